@@ -1,0 +1,49 @@
+# Thin wrapper: install dependencies, build with CMake, run, test.
+#   make run    install deps, build, start the demo echo upstream and upgate on conf/upgate.yaml
+#   make test   install deps, build (warnings are errors), run every test through ctest
+BUILD      ?= build
+BUILD_TYPE ?= RelWithDebInfo
+CMAKE_ARGS ?=
+CTEST_ARGS ?=
+SANITIZE   ?= address,undefined
+
+# Debian bookworm packages the build, the tests and the demo need.
+DEPS := cmake make g++ pkg-config libuv1-dev libssl-dev libyaml-cpp-dev catch2 node-llhttp \
+        libspdlog-dev libfmt-dev libcli11-dev python3 python3-websockets openssl curl procps \
+        ca-certificates
+
+.PHONY: all deps build run test test-asan clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	  grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j$$(nproc)
+
+run: build
+	@echo "starting the demo echo upstream on 127.0.0.1:9001"
+	@/usr/bin/python3 docker/demo/echo_server.py --port 9001 & demo=$$!; \
+	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
+	$(BUILD)/gateway/upgate -c conf/upgate.yaml
+
+test: CMAKE_ARGS += -DUPGATE_WERROR=ON
+run: CMAKE_ARGS += -DUPGATE_BUILD_TESTS=OFF
+test: build
+	ulimit -n $$(ulimit -Hn); ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
+
+# The same tests on an ASan/UBSan build in its own directory.
+test-asan:
+	$(MAKE) test BUILD=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DUPGATE_SANITIZE=$(SANITIZE)"
+
+clean:
+	rm -rf $(BUILD) build-asan
