@@ -1,0 +1,99 @@
+#pragma once
+// Plain, immutable configuration structs. yaml-cpp never leaves gateway/config/: the rest of the
+// gateway sees only these types. A Config is built once by the loader, validated, then shared
+// read-only between workers through std::shared_ptr<const Config>.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace upgate {
+
+using Millis = std::chrono::milliseconds;
+
+// host:port as written in the config ("127.0.0.1:8080", "[::1]:9001", "backend.local:80").
+struct HostPort {
+  std::string host;    // without brackets for IPv6 literals
+  uint16_t port = 0;   // 0 is allowed for listeners (ephemeral), not for upstream endpoints
+  std::string text() const;  // "127.0.0.1:8080" / "[::1]:9001"
+};
+
+struct ListenerConfig {
+  std::string name;      // unique; shown in the ready file and logs
+  HostPort address;      // listen address
+  int backlog = 511;
+};
+
+struct UpstreamConfig {
+  std::string name;
+  std::vector<HostPort> endpoints;           // round robin; the next one on connect failure
+  Millis connect_timeout{5000};              // per connect attempt -> 504 when all fail by timeout
+  Millis handshake_timeout{10000};           // wait for the upstream's 101 after connecting -> 504
+};
+
+struct HeaderMatch {
+  std::string name;                          // case-insensitive header name
+  std::optional<std::string> value;          // exact value; unset = header must be present
+};
+
+struct RouteMatch {
+  std::optional<std::string> path;           // exact path (query string excluded)
+  std::optional<std::string> path_prefix;    // path starts with this
+  std::optional<std::string> host;           // exact host, or "*.example.com" wildcard (port ignored)
+  std::vector<HeaderMatch> headers;          // all must match
+};
+
+enum class RouteKind { WebSocket };
+enum class TunnelMode { Passthrough };
+
+struct RouteConfig {
+  std::string name;
+  RouteMatch match;
+  RouteKind kind = RouteKind::WebSocket;
+  std::string upstream;                      // name of an UpstreamConfig (validated to exist)
+  TunnelMode mode = TunnelMode::Passthrough;
+};
+
+struct LimitsConfig {
+  size_t max_head_bytes = 16 * 1024;         // request head (line + headers) -> 431
+  size_t max_headers = 100;                  // header count -> 431
+  size_t high_water = 256 * 1024;            // per-direction pending bytes: stop reading above
+  size_t max_response_head_bytes = 16 * 1024;  // upstream response head -> 502
+  size_t max_error_body_bytes = 64 * 1024;   // relayed non-101 upstream body cap -> 502
+};
+
+struct TimeoutsConfig {
+  Millis head{10000};        // total deadline for the request head (not per read) -> 408
+  Millis idle{0};            // no bytes either way for this long -> close; 0 = never
+  Millis half_close{5000};   // after one side ended, wait this long for the other, then close
+};
+
+enum class LogLevel { Debug, Info, Warn, Error };
+
+struct LogConfig {
+  LogLevel level = LogLevel::Info;
+  bool access_log = true;    // one JSON line per session on stdout
+};
+
+struct Config {
+  std::string source;        // file name the config came from ("<built-in>" for the default)
+  unsigned workers = 0;      // 0 = number of CPUs
+  Millis drain_timeout{10000};
+  std::vector<ListenerConfig> listeners;
+  std::map<std::string, UpstreamConfig> upstreams;
+  std::vector<RouteConfig> routes;  // first match wins
+  LimitsConfig limits;
+  TimeoutsConfig timeouts;
+  LogConfig log;
+};
+
+// Names as written in the YAML ("debug", "websocket", "passthrough"); for logs and `upgate -t`.
+const char* logLevelName(LogLevel level);
+const char* routeKindName(RouteKind kind);
+const char* tunnelModeName(TunnelMode mode);
+
+}  // namespace upgate
