@@ -1,0 +1,41 @@
+#pragma once
+// The upgrade request the gateway sends to a WebSocket upstream, built from the client's checked
+// request head plus proxy headers (X-Forwarded-*, RFC 7239 Forwarded). Pure function; any thread;
+// never throws (OOM aborts).
+
+#include <cstdint>
+#include <string>
+
+#include "http/request_head.h"
+
+namespace upgate {
+
+// Where the client connection came from, as the session knows it.
+struct ForwardInfo {
+  // Peer address without brackets or port: "192.0.2.7", "2001:db8::1"; empty -> "unknown".
+  std::string client_ip;
+  uint16_t client_port = 0;   // peer port (not sent upstream in this version)
+  bool tls = false;           // the client connection is TLS: proto https
+  std::string listener_host;  // local address ip for Forwarded by=; empty: no by=
+};
+
+// Returns the whole request head, ending in the blank line:
+//   GET <target> HTTP/1.1\r\n
+//   <client headers in order, except: hop-by-hop ones (isHopByHop); ones nominated in the
+//    client's Connection header (but never Host or Sec-WebSocket-*, which the handshake needs);
+//    Content-Length (the gateway sends no body); X-Forwarded-For, X-Forwarded-Proto and Forwarded
+//    (re-sent below)>
+//   Connection: Upgrade\r\n
+//   Upgrade: websocket\r\n
+//   X-Forwarded-For: <client's values joined by ", ">, <client_ip>\r\n
+//   X-Forwarded-Proto: http|https\r\n          (the client's own value is replaced)
+//   X-Forwarded-Host: <Host>\r\n               (only when the client sent none and Host exists;
+//                                               a client's X-Forwarded-Host is kept in place)
+//   Forwarded: <client's values joined by ", ">, for=<ip>;by=<ip>;proto=http|https;host=<Host>\r\n
+//   \r\n
+// In Forwarded (RFC 7239 §4, §6) an IPv6 address is written "[addr]" and quoted, any value that
+// is not a token (e.g. "host:8080") is quoted; by= only when listener_host is set, host= only
+// when the client sent a Host. Sec-WebSocket-* headers pass through unchanged.
+std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo& info);
+
+}  // namespace upgate

@@ -1,0 +1,150 @@
+#include "http/headers.h"
+
+namespace upgate {
+
+namespace {
+
+char asciiLower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+bool isOws(char c) {
+  return c == ' ' || c == '\t';
+}
+
+// RFC 7230 §3.2.6: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_"
+//                        / "`" / "|" / "~" / DIGIT / ALPHA
+bool isTchar(char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+    return true;
+  }
+  switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (asciiLower(a[i]) != asciiLower(b[i])) {
+      return false;
+    }
+  }
+  return true;
+}
+
+const std::string* findHeader(const HeaderList& headers, std::string_view name) {
+  for (const Header& h : headers) {
+    if (iequals(h.name, name)) {
+      return &h.value;
+    }
+  }
+  return nullptr;
+}
+
+size_t countHeader(const HeaderList& headers, std::string_view name) {
+  size_t n = 0;
+  for (const Header& h : headers) {
+    if (iequals(h.name, name)) {
+      ++n;
+    }
+  }
+  return n;
+}
+
+bool headerHasToken(const HeaderList& headers, std::string_view name, std::string_view token) {
+  for (const Header& h : headers) {
+    if (!iequals(h.name, name)) {
+      continue;
+    }
+    for (std::string_view t : splitTokens(h.value)) {
+      if (iequals(t, token)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+std::vector<std::string_view> splitTokens(std::string_view list) {
+  std::vector<std::string_view> out;
+  while (true) {
+    size_t comma = list.find(',');
+    std::string_view element = trimOws(list.substr(0, comma));
+    if (!element.empty()) {
+      out.push_back(element);
+    }
+    if (comma == std::string_view::npos) {
+      break;
+    }
+    list.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
+bool isHopByHop(std::string_view name) {
+  static constexpr std::string_view kHopByHop[] = {"Connection", "Keep-Alive", "Proxy-Connection",
+                                                   "TE",         "Trailer",    "Transfer-Encoding",
+                                                   "Upgrade"};
+  for (std::string_view h : kHopByHop) {
+    if (iequals(name, h)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool isToken(std::string_view s) {
+  if (s.empty()) {
+    return false;
+  }
+  for (char c : s) {
+    if (!isTchar(c)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool isFieldValue(std::string_view s) {
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if ((u < 0x20 && c != '\t') || u == 0x7f) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string_view trimOws(std::string_view s) {
+  while (!s.empty() && isOws(s.front())) {
+    s.remove_prefix(1);
+  }
+  while (!s.empty() && isOws(s.back())) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+}  // namespace upgate
