@@ -1,0 +1,110 @@
+#include "net/listener.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/handle.h"
+#include "core/log.h"
+
+namespace upgate {
+
+std::string formatSockaddr(const sockaddr* sa, std::string* ip_only, uint16_t* port) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  uint16_t p = 0;
+  bool v6 = sa->sa_family == AF_INET6;
+  if (v6) {
+    const auto* s6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+    p = ntohs(s6->sin6_port);
+  } else if (sa->sa_family == AF_INET) {
+    const auto* s4 = reinterpret_cast<const sockaddr_in*>(sa);
+    inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+    p = ntohs(s4->sin_port);
+  }
+  if (ip_only) *ip_only = ip;
+  if (port) *port = p;
+  return v6 ? "[" + std::string(ip) + "]:" + std::to_string(p) : std::string(ip) + ":" + std::to_string(p);
+}
+
+int openListenSocket(const HostPort& address, int backlog, std::string& bound, std::string& err) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(address.port);
+  int gai = getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints, &res);
+  if (gai != 0) {
+    err = address.text() + ": cannot resolve: " + gai_strerror(gai);
+    return -1;
+  }
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    err = std::string("socket: ") + std::strerror(errno);
+    freeaddrinfo(res);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  // libuv 1.44 has no flag for SO_REUSEPORT: set it before bind, then hand the fd to uv_tcp_open.
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (res->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+    err = address.text() + ": " + std::strerror(errno);
+    freeaddrinfo(res);
+    ::close(fd);
+    return -1;
+  }
+  freeaddrinfo(res);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  bound = formatSockaddr(reinterpret_cast<sockaddr*>(&ss));
+  return fd;
+}
+
+int Listener::open(uv_loop_t* loop, int fd, int backlog) {
+  int rc = uv_tcp_init(loop, &tcp_);
+  if (rc != 0) {
+    ::close(fd);
+    return rc;
+  }
+  tcp_.data = this;
+  open_ = true;
+  rc = uv_tcp_open(&tcp_, fd);
+  if (rc == 0) rc = uv_listen(asStream(&tcp_), backlog, onConnection);
+  return rc;
+}
+
+void Listener::onConnection(uv_stream_t* server, int status) noexcept {
+  auto* self = ownerOf<Listener>(server);
+  if (status < 0) {
+    // EMFILE and friends: the connection stays in the backlog; say why once per event.
+    UPGATE_LOG(warn, 0, "listener {}: accept failed: {}", self->config_.name, uv_strerror(status));
+    return;
+  }
+  self->on_accept_(*self, server);
+}
+
+void Listener::close(std::function<void()> done) {
+  if (!open_) {
+    if (done) done();
+    return;
+  }
+  open_ = false;
+  on_closed_ = std::move(done);
+  uv_close(asHandle(&tcp_), onClose);
+}
+
+void Listener::onClose(uv_handle_t* h) noexcept {
+  auto* self = ownerOf<Listener>(h);
+  if (self->on_closed_) self->on_closed_();
+}
+
+}  // namespace upgate

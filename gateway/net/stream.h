@@ -1,0 +1,43 @@
+#pragma once
+// The byte-stream seam between the proxy and the transport. proxy/ talks only to Stream, so a
+// TLS leg (a Stream decorator over TcpStream) and a plain TCP leg look the same to it.
+
+#include <cstddef>
+
+namespace upgate {
+
+// Upcalls from a Stream to whoever owns it. All run on the stream's loop thread. After any
+// upcall the callee may have closed the stream; callers re-check before touching it again.
+class StreamListener {
+ public:
+  virtual ~StreamListener() = default;
+  // Bytes read. Borrowed: valid only during the call (they live in the loop's shared buffer).
+  virtual void onData(const char* data, size_t len) = 0;
+  // The peer finished sending (FIN). Writing may continue until shutdown().
+  virtual void onEof() = 0;
+  // A read or write failed (a negative UV_E* code). The stream stays open until close().
+  virtual void onError(int uv_err) = 0;
+  // Pending bytes fell from above the high mark to the low mark (high / 2).
+  virtual void onDrain() = 0;
+  // The handle finished closing; the owner may free the stream's memory now.
+  virtual void onClosed() = 0;
+};
+
+class Stream {
+ public:
+  virtual ~Stream() = default;
+  virtual int readStart() = 0;
+  virtual void readStop() = 0;
+  // Queues len bytes, copying only what the socket did not take at once. Order is preserved.
+  // Returns 0 or a negative UV_E* code (then the stream is unusable; onError is not called).
+  virtual int write(const char* data, size_t len) = 0;
+  // Bytes accepted by write() and not yet handed to the kernel.
+  virtual size_t pendingBytes() const = 0;
+  // Sends FIN after every queued byte was written. Idempotent.
+  virtual void shutdown() = 0;
+  // Idempotent; onClosed() follows from the loop.
+  virtual void close() = 0;
+  virtual bool isClosing() const = 0;
+};
+
+}  // namespace upgate

@@ -1,0 +1,157 @@
+#include "net/tcp_stream.h"
+
+#include <cassert>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/handle.h"
+
+namespace upgate {
+
+// A queued write owns its uv_write_t and a copy of the bytes the socket did not take. It is
+// freed in onWrite for every status, UV_ECANCELED included (libuv runs those before close_cb).
+struct TcpStream::WriteReq {
+  uv_write_t req;
+  size_t len;
+  char data[1];  // allocated with the request: one malloc per queued write
+
+  static WriteReq* make(const char* bytes, size_t n) {
+    void* mem = std::malloc(offsetof(WriteReq, data) + n);
+    if (mem == nullptr) std::abort();  // OOM aborts (style.md §2.6); nothing throws here
+    auto* w = static_cast<WriteReq*>(mem);
+    w->len = n;
+    std::memcpy(w->data, bytes, n);
+    return w;
+  }
+};
+
+TcpStream::~TcpStream() { assert(!initialized_ || closed_); }
+
+int TcpStream::init(uv_loop_t* loop, StreamListener* listener) {
+  int rc = uv_tcp_init(loop, &tcp_);
+  if (rc != 0) return rc;
+  tcp_.data = this;
+  listener_ = listener;
+  initialized_ = true;
+  return 0;
+}
+
+void TcpStream::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
+  auto* ctx = static_cast<LoopContext*>(h->loop->data);
+  *buf = uv_buf_init(ctx->read_buffer, sizeof(ctx->read_buffer));
+}
+
+void TcpStream::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept {
+  ownerOf<TcpStream>(s)->handleRead(nread);
+}
+
+void TcpStream::handleRead(ssize_t nread) {
+  if (nread == 0 || closing_) return;  // 0 is EAGAIN, not EOF
+  if (nread > 0) {
+    bytes_read_ += static_cast<uint64_t>(nread);
+    auto* ctx = static_cast<LoopContext*>(tcp_.loop->data);
+    listener_->onData(ctx->read_buffer, static_cast<size_t>(nread));
+    return;
+  }
+  // EOF or error: no more reads either way.
+  uv_read_stop(asStream(&tcp_));
+  reading_ = false;
+  if (nread == UV_EOF) {
+    listener_->onEof();
+  } else {
+    listener_->onError(static_cast<int>(nread));
+  }
+}
+
+int TcpStream::readStart() {
+  if (closing_) return UV_EPIPE;
+  if (reading_) return 0;
+  int rc = uv_read_start(asStream(&tcp_), onAlloc, onRead);
+  if (rc == 0) reading_ = true;
+  return rc;
+}
+
+void TcpStream::readStop() {
+  if (!reading_ || closing_) return;
+  uv_read_stop(asStream(&tcp_));
+  reading_ = false;
+}
+
+int TcpStream::write(const char* data, size_t len) {
+  if (closing_ || shutdown_sent_) return UV_EPIPE;
+  if (len == 0) return 0;
+  size_t done = 0;
+  if (pending_ == 0) {
+    // Fast path: most writes are taken whole by the kernel and nothing is copied.
+    uv_buf_t buf = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(len));
+    int n = uv_try_write(asStream(&tcp_), &buf, 1);
+    if (n >= 0) {
+      done = static_cast<size_t>(n);
+    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+      return n;
+    }
+  }
+  bytes_written_ += done;
+  if (done == len) return 0;
+  WriteReq* w = WriteReq::make(data + done, len - done);
+  w->req.data = this;
+  uv_buf_t buf = uv_buf_init(w->data, static_cast<unsigned>(w->len));
+  int rc = uv_write(&w->req, asStream(&tcp_), &buf, 1, onWrite);
+  if (rc != 0) {
+    std::free(w);
+    return rc;
+  }
+  pending_ += w->len;
+  if (pending_ > high_water_) above_high_ = true;
+  return 0;
+}
+
+void TcpStream::onWrite(uv_write_t* req, int status) noexcept {
+  auto* w = reinterpret_cast<WriteReq*>(req);  // req is the first member
+  auto* self = static_cast<TcpStream*>(req->data);
+  size_t len = w->len;
+  std::free(w);
+  self->handleWriteDone(len, status);
+}
+
+void TcpStream::handleWriteDone(size_t len, int status) {
+  pending_ -= len;
+  if (status == 0) bytes_written_ += len;
+  if (closing_) return;
+  if (status < 0) {
+    listener_->onError(status);
+    return;
+  }
+  if (above_high_ && pending_ <= high_water_ / 2) {
+    above_high_ = false;
+    listener_->onDrain();
+  }
+}
+
+void TcpStream::shutdown() {
+  if (closing_ || shutdown_sent_) return;
+  shutdown_sent_ = true;
+  shutdown_req_.data = this;
+  // libuv waits for queued writes before sending FIN.
+  if (uv_shutdown(&shutdown_req_, asStream(&tcp_), onShutdown) != 0) shutdown_req_.data = nullptr;
+}
+
+void TcpStream::onShutdown(uv_shutdown_t*, int) noexcept {
+  // Nothing to do: a failed shutdown surfaces as a read or write error, or the peer's EOF.
+}
+
+void TcpStream::close() {
+  if (!initialized_ || closing_) return;
+  closing_ = true;
+  reading_ = false;
+  if (!uv_is_closing(asHandle(&tcp_))) uv_close(asHandle(&tcp_), onClose);
+}
+
+void TcpStream::onClose(uv_handle_t* h) noexcept { ownerOf<TcpStream>(h)->handleClosed(); }
+
+void TcpStream::handleClosed() {
+  closed_ = true;
+  listener_->onClosed();  // may free this object: touch nothing after
+}
+
+}  // namespace upgate

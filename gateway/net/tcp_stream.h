@@ -1,0 +1,75 @@
+#pragma once
+// One uv_tcp_t as a Stream: reads into the loop's shared buffer, writes with uv_try_write first
+// and queues only the remainder (design.md §3), watermark edge upcalls, shutdown, close.
+
+#include <uv.h>
+
+#include <cstdint>
+
+#include "net/stream.h"
+
+namespace upgate {
+
+// One read buffer per loop (uSockets' shared receive buffer): an idle connection owns none.
+// Stored in loop->data by the worker that owns the loop.
+struct LoopContext {
+  static constexpr size_t kReadBufferSize = 64 * 1024;
+  char read_buffer[kReadBufferSize];
+};
+
+class TcpStream final : public Stream {
+ public:
+  TcpStream() = default;
+  TcpStream(const TcpStream&) = delete;
+  TcpStream& operator=(const TcpStream&) = delete;
+  ~TcpStream() override;
+
+  // uv_tcp_init on loop; listener receives every upcall. Returns a UV code.
+  int init(uv_loop_t* loop, StreamListener* listener);
+  uv_tcp_t* handle() { return &tcp_; }
+  void setListener(StreamListener* listener) { listener_ = listener; }
+  // Pending bytes above `high` arm a drain upcall for when they fall to high / 2.
+  void setHighWater(size_t high) { high_water_ = high; }
+
+  int readStart() override;
+  void readStop() override;
+  int write(const char* data, size_t len) override;
+  size_t pendingBytes() const override { return pending_; }
+  void shutdown() override;
+  void close() override;
+  bool isClosing() const override { return closing_; }
+  bool isOpen() const { return initialized_ && !closing_; }
+  bool isReading() const { return reading_; }
+
+  // Bytes read and written over the stream's life (for the access log).
+  uint64_t bytesRead() const { return bytes_read_; }
+  uint64_t bytesWritten() const { return bytes_written_; }
+
+ private:
+  struct WriteReq;
+  static void onAlloc(uv_handle_t*, size_t, uv_buf_t*) noexcept;
+  static void onRead(uv_stream_t*, ssize_t, const uv_buf_t*) noexcept;
+  static void onWrite(uv_write_t*, int) noexcept;
+  static void onShutdown(uv_shutdown_t*, int) noexcept;
+  static void onClose(uv_handle_t*) noexcept;
+
+  void handleRead(ssize_t nread);
+  void handleWriteDone(size_t len, int status);
+  void handleClosed();
+
+  uv_tcp_t tcp_{};
+  uv_shutdown_t shutdown_req_{};
+  StreamListener* listener_ = nullptr;
+  size_t pending_ = 0;
+  size_t high_water_ = SIZE_MAX;
+  uint64_t bytes_read_ = 0;
+  uint64_t bytes_written_ = 0;
+  bool initialized_ = false;
+  bool reading_ = false;
+  bool closing_ = false;
+  bool closed_ = false;
+  bool shutdown_sent_ = false;
+  bool above_high_ = false;
+};
+
+}  // namespace upgate

@@ -1,0 +1,26 @@
+#pragma once
+// The access log: one JSON line per session on stdout, written when the session ends.
+
+#include <cstdint>
+#include <string>
+
+namespace upgate {
+
+struct AccessRecord {
+  uint64_t id = 0;
+  std::string client;    // "ip:port"
+  std::string listener;
+  std::string route;     // empty = no route matched
+  std::string upstream;  // endpoint tried last, empty if none
+  int status = 0;        // 101, or the HTTP status sent; 0 = nothing was sent
+  uint64_t bytes_in = 0;   // client -> upstream after the 101
+  uint64_t bytes_out = 0;  // upstream -> client after the 101
+  uint64_t duration_ms = 0;
+  std::string close;     // why the session ended
+};
+
+std::string formatAccessRecord(const AccessRecord& r);
+// Writes one line with a single fwrite (stdio locks per call, so lines never interleave).
+void writeAccessRecord(const AccessRecord& r);
+
+}  // namespace upgate

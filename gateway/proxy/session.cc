@@ -1,0 +1,580 @@
+#include "proxy/session.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+
+#include <cassert>
+#include <cstring>
+
+#include "core/handle.h"
+#include "core/log.h"
+#include "http/forwarding.h"
+#include "http/request_parser.h"
+#include "http/response_parser.h"
+#include "http/response_writer.h"
+#include "net/listener.h"
+#include "proxy/access_log.h"
+#include "proxy/worker.h"
+#include "websocket/handshake.h"
+
+namespace upgate {
+
+// State that exists only until the 101 (design.md §3: an established session owns no parser).
+struct HandshakeState {
+  HandshakeState(const LimitsConfig& limits)
+      : request(limits.max_head_bytes, limits.max_headers),
+        response(limits.max_response_head_bytes, limits.max_error_body_bytes) {}
+
+  RequestParser request;
+  ResponseParser response;
+  std::string client_leftover;  // bytes after the request head: sent upstream after the 101
+  ForwardInfo forward;
+  size_t first_endpoint = 0;
+  size_t attempts = 0;
+  bool any_timeout = false;
+  bool resolve_timed_out = false;
+  int last_error = 0;
+  uv_connect_t connect_req{};
+  uv_getaddrinfo_t resolve_req{};
+};
+
+namespace {
+
+// Lingering close after an error response: keep reading (and discarding) so the kernel does not
+// answer the client's unread bytes with a RST that could destroy the response in flight.
+constexpr uint64_t kLingerMs = 2000;
+
+std::string uvReason(const char* what, int uv_err) {
+  return std::string(what) + ": " + uv_err_name(uv_err);
+}
+
+}  // namespace
+
+Session::Session(Worker& worker, const ListenerConfig& listener, uint64_t id)
+    : worker_(worker), listener_(listener), id_(id) {}
+
+Session::~Session() { assert(open_handles_ == 0); }
+
+void Session::start() {
+  uv_loop_t* loop = worker_.loop();
+  const Config& cfg = worker_.config();
+  started_ = true;
+  client_.setListener(&client_leg_);
+  ++open_handles_;  // the client handle, initialised and accepted by the worker
+
+  uv_timer_init(loop, &timer_);
+  timer_.data = this;
+  ++open_handles_;
+
+  started_ms_ = uv_now(loop);
+  hs_ = std::make_unique<HandshakeState>(cfg.limits);
+
+  sockaddr_storage peer{};
+  int len = sizeof(peer);
+  if (uv_tcp_getpeername(client_.handle(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+    client_addr_ = formatSockaddr(reinterpret_cast<sockaddr*>(&peer), &hs_->forward.client_ip,
+                                  &hs_->forward.client_port);
+  }
+  uv_tcp_nodelay(client_.handle(), 1);
+
+  // The head deadline is total, from accept: a client trickling bytes cannot extend it.
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(cfg.timeouts.head.count()), 0);
+  int rc = client_.readStart();
+  if (rc != 0) finish(uvReason("client read", rc));
+}
+
+void Session::abort(const char* reason) {
+  if (state_ == State::Closing) return;
+  if (!started_) {
+    // uv_accept failed: only the bare client handle exists, and nothing happened worth a log line.
+    state_ = State::Closing;
+    logged_ = true;
+    ++open_handles_;
+    client_.setListener(&client_leg_);
+    client_.close();
+    return;
+  }
+  finish(reason);
+}
+
+// ---- Leg upcalls -------------------------------------------------------------------------------
+
+void Session::Leg::onData(const char* data, size_t len) {
+  Session& s = s_;
+  switch (s.state_) {
+    case State::ReadingHead:
+      if (is_client_) s.onClientHead(data, len);
+      return;
+    case State::AwaitingSwitch:
+      if (is_client_) {
+        // Reads are stopped after the head; anything here is pipelined data, keep it bounded.
+        s.hs_->client_leftover.append(data, len);
+      } else {
+        s.onUpstreamHead(data, len);
+      }
+      return;
+    case State::Tunnel:
+      if (is_client_) {
+        s.bytes_up_ += len;
+        s.pump(s.client_, s.upstream_, data, len);
+      } else {
+        s.bytes_down_ += len;
+        s.pump(s.upstream_, s.client_, data, len);
+      }
+      return;
+    default:
+      return;  // lingering or closing: discard
+  }
+}
+
+void Session::Leg::onEof() { s_.onLegEof(is_client_); }
+void Session::Leg::onError(int uv_err) { s_.onLegError(is_client_, uv_err); }
+void Session::Leg::onDrain() { s_.onLegDrain(is_client_); }
+void Session::Leg::onClosed() { s_.onLegClosed(is_client_); }
+
+// ---- Request head ------------------------------------------------------------------------------
+
+void Session::onClientHead(const char* data, size_t len) {
+  ParseResult r = hs_->request.feed(data, len);
+  if (r == ParseResult::NeedMore) return;
+  if (r == ParseResult::Error) {
+    respondError(hs_->request.errorStatus(), hs_->request.errorReason());
+    return;
+  }
+  // Read only the head; stop until routing and the upstream handshake are done.
+  size_t used = hs_->request.consumed();
+  if (used < len) hs_->client_leftover.assign(data + used, len - used);
+  client_.readStop();
+  uv_timer_stop(&timer_);
+  routeRequest();
+}
+
+void Session::routeRequest() {
+  RequestHead& head = hs_->request.head();
+  bool upgrade = isUpgradeRequest(head);
+  if (upgrade) {
+    HandshakeVerdict v = checkClientHandshake(head);
+    if (v.status != 0) {
+      respondError(v.status, v.reason, &v.headers);
+      return;
+    }
+  }
+  route_ = worker_.routes().match(head);
+  if (route_ == nullptr) {
+    respondError(404, "no route for " + head.path);
+    return;
+  }
+  if (!upgrade) {
+    HeaderList h{{"Upgrade", "websocket"}, {"Sec-WebSocket-Version", "13"}};
+    respondError(426, "route \"" + route_->name + "\" serves WebSocket upgrades only", &h);
+    return;
+  }
+  auto it = worker_.config().upstreams.find(route_->upstream);
+  assert(it != worker_.config().upstreams.end());  // validated at load
+  upstream_cfg_ = &it->second;
+  hs_->first_endpoint = worker_.nextEndpoint(*upstream_cfg_);
+  hs_->forward.tls = false;
+  connectNextEndpoint();
+}
+
+// ---- Upstream connect --------------------------------------------------------------------------
+
+void Session::connectNextEndpoint() {
+  const auto& endpoints = upstream_cfg_->endpoints;
+  if (hs_->attempts == endpoints.size()) {
+    // Every endpoint failed once: a timeout anywhere means the upstream is slow (504), else down.
+    int status = hs_->any_timeout ? 504 : 502;
+    respondError(status, "upstream \"" + upstream_cfg_->name + "\" unavailable (last error: " +
+                             (hs_->last_error ? uv_err_name(hs_->last_error) : "timeout") + ")");
+    return;
+  }
+  const HostPort& ep = endpoints[(hs_->first_endpoint + hs_->attempts) % endpoints.size()];
+  ++hs_->attempts;
+  upstream_addr_ = ep.text();
+
+  sockaddr_storage addr{};
+  if (uv_ip4_addr(ep.host.c_str(), ep.port, reinterpret_cast<sockaddr_in*>(&addr)) == 0 ||
+      uv_ip6_addr(ep.host.c_str(), ep.port, reinterpret_cast<sockaddr_in6*>(&addr)) == 0) {
+    connectTo(reinterpret_cast<sockaddr*>(&addr));
+    return;
+  }
+  // A host name: resolve on the threadpool, never on the loop.
+  state_ = State::Resolving;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hs_->resolve_req.data = this;
+  std::string port = std::to_string(ep.port);
+  int rc = uv_getaddrinfo(worker_.loop(), &hs_->resolve_req, onResolved, ep.host.c_str(),
+                          port.c_str(), &hints);
+  if (rc != 0) {
+    onConnectFailed(rc, false);
+    return;
+  }
+  ++open_handles_;  // the resolver's callback is owed to us
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->connect_timeout.count()), 0);
+}
+
+void Session::onResolved(uv_getaddrinfo_t* req, int status, addrinfo* res) noexcept {
+  auto* self = static_cast<Session*>(req->data);
+  --self->open_handles_;
+  if (self->state_ != State::Resolving) {  // the session ended meanwhile
+    if (res) uv_freeaddrinfo(res);
+    self->maybeDelete();
+    return;
+  }
+  uv_timer_stop(&self->timer_);
+  if (self->hs_->resolve_timed_out) {
+    self->hs_->resolve_timed_out = false;
+    self->onConnectFailed(UV_ETIMEDOUT, true);
+  } else if (status != 0 || res == nullptr) {
+    UPGATE_LOG(warn, self->id_, "upstream {}: cannot resolve: {}", self->upstream_addr_,
+               uv_strerror(status));
+    self->onConnectFailed(status ? status : UV_EAI_NONAME, false);
+  } else {
+    self->connectTo(res->ai_addr);
+  }
+  if (res) uv_freeaddrinfo(res);
+}
+
+void Session::connectTo(const sockaddr* addr) {
+  state_ = State::Connecting;
+  int rc = upstream_.init(worker_.loop(), &upstream_leg_);
+  if (rc != 0) {
+    onConnectFailed(rc, false);
+    return;
+  }
+  ++open_handles_;
+  upstream_.setHighWater(worker_.config().limits.high_water);
+  hs_->connect_req.data = this;
+  rc = uv_tcp_connect(&hs_->connect_req, upstream_.handle(), addr, onConnect);
+  if (rc != 0) {
+    onConnectFailed(rc, false);
+    return;
+  }
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->connect_timeout.count()), 0);
+}
+
+void Session::onConnect(uv_connect_t* req, int status) noexcept {
+  auto* self = static_cast<Session*>(req->data);
+  if (status == UV_ECANCELED || self->state_ != State::Connecting) return;  // we closed it
+  uv_timer_stop(&self->timer_);
+  if (status != 0) {
+    self->onConnectFailed(status, false);
+  } else {
+    self->onConnected(status);
+  }
+}
+
+void Session::onConnectFailed(int status, bool timed_out) {
+  hs_->any_timeout |= timed_out;
+  if (!timed_out) hs_->last_error = status;
+  UPGATE_LOG(warn, id_, "upstream {} ({}): connect failed: {}", upstream_addr_,
+             upstream_cfg_->name, timed_out ? "timeout" : uv_strerror(status));
+  if (upstream_.isOpen()) {
+    // The next attempt needs a fresh handle; it starts once this one has closed (onLegClosed).
+    upstream_.close();
+    return;
+  }
+  connectNextEndpoint();
+}
+
+void Session::onConnected(int) {
+  state_ = State::AwaitingSwitch;
+  uv_tcp_nodelay(upstream_.handle(), 1);
+  std::string request = upstreamUpgradeRequest(hs_->request.head(), hs_->forward);
+  int rc = upstream_.write(request.data(), request.size());
+  if (rc == 0) rc = upstream_.readStart();
+  if (rc != 0) {
+    respondError(502, uvReason("upstream write", rc));
+    return;
+  }
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->handshake_timeout.count()), 0);
+}
+
+// ---- Upstream answer ---------------------------------------------------------------------------
+
+void Session::onUpstreamHead(const char* data, size_t len) {
+  ParseResult r = hs_->response.feed(data, len);
+  if (r == ParseResult::NeedMore) return;
+  if (r == ParseResult::Error) {
+    respondError(502, "malformed upstream response: " + hs_->response.errorReason());
+    return;
+  }
+  const ResponseHead& head = hs_->response.head();
+  if (head.status != 101) {
+    // A refusal from the application (401, 403, 404...) is the application's answer: relay it.
+    respond(head.status, "upstream answered " + std::to_string(head.status),
+            relayedResponse(head, hs_->response.body()));
+    return;
+  }
+  size_t used = hs_->response.consumed();
+  std::string upstream_leftover(data + used, len - used);
+  HandshakeVerdict v = checkUpstreamSwitch(head, hs_->request.head());
+  if (v.status != 0) {
+    respondError(v.status, v.reason);
+    return;
+  }
+  std::string response = switchingResponse(head);
+  response += upstream_leftover;
+  bytes_down_ += upstream_leftover.size();
+  status_ = 101;
+  switchProtocols();
+  if (state_ != State::Tunnel) return;
+  pump(upstream_, client_, response.data(), response.size());
+}
+
+void Session::onUpstreamHeadEof() {
+  ParseResult r = hs_->response.finishEof();
+  if (r == ParseResult::Complete && hs_->response.head().status != 101) {
+    const ResponseHead& head = hs_->response.head();
+    respond(head.status, "upstream answered " + std::to_string(head.status),
+            relayedResponse(head, hs_->response.body()));
+    return;
+  }
+  respondError(502, "upstream closed the connection before answering the upgrade");
+}
+
+void Session::switchProtocols() {
+  std::string leftover = std::move(hs_->client_leftover);
+  hs_.reset();  // the handshake is over: free parsers and the request copy
+  state_ = State::Tunnel;
+  uv_timer_stop(&timer_);
+  const Config& cfg = worker_.config();
+  client_.setHighWater(cfg.limits.high_water);
+  upstream_.setHighWater(cfg.limits.high_water);
+  last_activity_ms_ = uv_now(worker_.loop());
+  armTunnelTimer();
+  if (!leftover.empty()) {
+    bytes_up_ += leftover.size();
+    pump(client_, upstream_, leftover.data(), leftover.size());
+    if (state_ != State::Tunnel) return;
+  }
+  if (!client_paused_) {
+    int rc = client_.readStart();
+    if (rc != 0) finish(uvReason("client read", rc));
+  }
+}
+
+// ---- Tunnel ------------------------------------------------------------------------------------
+
+void Session::pump(TcpStream& from, TcpStream& to, const char* data, size_t len) {
+  last_activity_ms_ = uv_now(worker_.loop());
+  int rc = to.write(data, len);
+  if (rc != 0) {
+    finish(uvReason(&to == &client_ ? "client write" : "upstream write", rc));
+    return;
+  }
+  // Backpressure (design.md §3): the destination is over high water -> stop reading the source
+  // until onDrain says it fell to half.
+  if (to.pendingBytes() > worker_.config().limits.high_water) {
+    from.readStop();
+    (&from == &client_ ? client_paused_ : upstream_paused_) = true;
+  }
+}
+
+void Session::onLegDrain(bool is_client) {
+  if (state_ != State::Tunnel) return;
+  // `is_client` names the destination that drained; resume its source.
+  TcpStream& source = is_client ? upstream_ : client_;
+  bool& paused = is_client ? upstream_paused_ : client_paused_;
+  bool source_eof = is_client ? upstream_eof_ : client_eof_;
+  if (!paused) return;
+  paused = false;
+  if (source_eof) return;
+  int rc = source.readStart();
+  if (rc != 0) finish(uvReason(is_client ? "upstream read" : "client read", rc));
+}
+
+void Session::onLegEof(bool is_client) {
+  switch (state_) {
+    case State::ReadingHead:
+      finish("client closed before sending a complete request head");
+      return;
+    case State::AwaitingSwitch:
+      if (is_client) {
+        finish("client closed during the upstream handshake");
+      } else {
+        onUpstreamHeadEof();
+      }
+      return;
+    case State::Lingering:
+      if (is_client) finish(close_reason_);
+      return;
+    case State::Tunnel:
+      break;
+    default:
+      return;
+  }
+  // Half-close: pass the FIN on once the queue is written, keep the other direction going.
+  (is_client ? client_eof_ : upstream_eof_) = true;
+  (is_client ? upstream_ : client_).shutdown();
+  if (client_eof_ && upstream_eof_) {
+    finish("closed by both sides");
+    return;
+  }
+  half_close_deadline_ms_ =
+      uv_now(worker_.loop()) + static_cast<uint64_t>(worker_.config().timeouts.half_close.count());
+  close_reason_ = is_client ? "client closed" : "upstream closed";
+  armTunnelTimer();
+}
+
+void Session::onLegError(bool is_client, int uv_err) {
+  const char* who = is_client ? "client" : "upstream";
+  switch (state_) {
+    case State::AwaitingSwitch:
+      if (!is_client) {
+        respondError(502, uvReason("upstream connection failed during the handshake", uv_err));
+        return;
+      }
+      break;
+    case State::Lingering:
+      finish(close_reason_);
+      return;
+    default:
+      break;
+  }
+  finish(std::string(who) + " connection error: " + uv_err_name(uv_err));
+}
+
+void Session::onLegClosed(bool is_client) {
+  --open_handles_;
+  if (!is_client && state_ == State::Connecting) {
+    connectNextEndpoint();  // the failed attempt's handle is gone; try the next endpoint
+    return;
+  }
+  maybeDelete();
+}
+
+// ---- Timer -------------------------------------------------------------------------------------
+
+void Session::onTimer(uv_timer_t* t) noexcept { ownerOf<Session>(t)->handleTimer(); }
+
+void Session::handleTimer() {
+  switch (state_) {
+    case State::ReadingHead:
+      respondError(408, "request head not complete within " +
+                            std::to_string(worker_.config().timeouts.head.count()) + " ms");
+      return;
+    case State::Resolving:
+      // The resolver request must come back before the next attempt can reuse it: cancel it
+      // (effective while it is still queued) and let onResolved move on.
+      hs_->resolve_timed_out = true;
+      uv_cancel(reinterpret_cast<uv_req_t*>(&hs_->resolve_req));
+      return;
+    case State::Connecting:
+      onConnectFailed(UV_ETIMEDOUT, true);
+      return;
+    case State::AwaitingSwitch:
+      respondError(504, "upstream sent no 101 within " +
+                            std::to_string(upstream_cfg_->handshake_timeout.count()) + " ms");
+      return;
+    case State::Tunnel:
+      break;
+    case State::Lingering:
+      finish(close_reason_);
+      return;
+    case State::Closing:
+      return;
+  }
+  uint64_t now = uv_now(worker_.loop());
+  if (half_close_deadline_ms_ != 0 && now >= half_close_deadline_ms_) {
+    finish(close_reason_ + "; the other side did not finish within timeouts.half_close");
+    return;
+  }
+  uint64_t idle = static_cast<uint64_t>(worker_.config().timeouts.idle.count());
+  if (idle != 0 && now - last_activity_ms_ >= idle) {
+    finish("idle timeout");
+    return;
+  }
+  armTunnelTimer();
+}
+
+void Session::armTunnelTimer() {
+  // One timer serves both the idle cut and the half-close deadline: fire at the nearest one and
+  // re-check there, rather than restarting a timer on every read.
+  uint64_t now = uv_now(worker_.loop());
+  uint64_t due = UINT64_MAX;
+  uint64_t idle = static_cast<uint64_t>(worker_.config().timeouts.idle.count());
+  if (idle != 0) due = last_activity_ms_ + idle;
+  if (half_close_deadline_ms_ != 0 && half_close_deadline_ms_ < due) due = half_close_deadline_ms_;
+  if (due == UINT64_MAX) return;
+  uv_timer_start(&timer_, onTimer, due > now ? due - now : 0, 0);
+}
+
+// ---- Exits -------------------------------------------------------------------------------------
+
+void Session::respondError(int status, const std::string& reason, const void* extra_headers) {
+  const auto* extra = static_cast<const HeaderList*>(extra_headers);
+  respond(status, reason, errorResponse(status, reason, extra ? *extra : HeaderList{}));
+}
+
+void Session::respond(int status, const std::string& reason, const std::string& response) {
+  if (state_ == State::Closing || state_ == State::Lingering) return;
+  status_ = status;
+  close_reason_ = reason;
+  if (status >= 500) {
+    UPGATE_LOG(warn, id_, "{} {}", status, reason);
+  } else {
+    UPGATE_LOG(info, id_, "{} {}", status, reason);
+  }
+  if (upstream_.isOpen()) upstream_.close();
+  state_ = State::Lingering;
+  if (client_.write(response.data(), response.size()) != 0) {
+    finish(reason);
+    return;
+  }
+  client_.shutdown();
+  if (client_.readStart() != 0) {
+    finish(reason);
+    return;
+  }
+  uv_timer_start(&timer_, onTimer, kLingerMs, 0);
+}
+
+void Session::finish(const std::string& reason) {
+  if (state_ == State::Closing) return;
+  if (state_ != State::Lingering) close_reason_ = reason;
+  state_ = State::Closing;
+  writeAccessLog();
+  closeHandles();
+}
+
+void Session::closeHandles() {
+  uv_timer_stop(&timer_);
+  if (!uv_is_closing(asHandle(&timer_))) uv_close(asHandle(&timer_), onTimerClosed);
+  client_.close();
+  upstream_.close();
+}
+
+void Session::onTimerClosed(uv_handle_t* h) noexcept {
+  auto* self = ownerOf<Session>(h);
+  --self->open_handles_;
+  self->maybeDelete();
+}
+
+void Session::maybeDelete() {
+  if (open_handles_ != 0 || state_ != State::Closing) return;
+  worker_.removeSession(this);
+  delete this;
+}
+
+void Session::writeAccessLog() {
+  if (logged_) return;
+  logged_ = true;
+  if (!worker_.config().log.access_log) return;
+  AccessRecord r;
+  r.id = id_;
+  r.client = client_addr_;
+  r.listener = listener_.name;
+  r.route = route_ ? route_->name : std::string();
+  r.upstream = upstream_addr_;
+  r.status = status_;
+  r.bytes_in = bytes_up_;
+  r.bytes_out = bytes_down_;
+  r.duration_ms = uv_now(worker_.loop()) - started_ms_;
+  r.close = close_reason_;
+  writeAccessRecord(r);
+}
+
+}  // namespace upgate

@@ -1,0 +1,127 @@
+#pragma once
+// One client connection from accept to close: reads the request head, checks the handshake,
+// routes, connects the upstream, relays the upgrade, then tunnels bytes both ways (passthrough).
+// Owns both legs and one timer; lives on one worker loop and is deleted only in the last close
+// callback of its handles (style.md §2.4). Every exit goes through respond() (before the 101)
+// or finish() (after), which write the access-log line once.
+
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "config/config.h"
+#include "net/tcp_stream.h"
+
+namespace upgate {
+
+class Worker;
+struct HandshakeState;
+
+class Session {
+ public:
+  Session(Worker& worker, const ListenerConfig& listener, uint64_t id);
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+  ~Session();
+
+  // The client leg, to be initialised and passed to uv_accept by the worker.
+  TcpStream& client() { return client_; }
+  // Starts the head deadline and reading; call once after uv_accept succeeded.
+  void start();
+  // Ends the session at once (drain deadline, shutdown).
+  void abort(const char* reason);
+  uint64_t id() const { return id_; }
+
+  // Intrusive list links owned by the worker's session registry.
+  Session* prev = nullptr;
+  Session* next = nullptr;
+
+ private:
+  enum class State { ReadingHead, Resolving, Connecting, AwaitingSwitch, Tunnel, Lingering, Closing };
+
+  // Adapts one leg's StreamListener upcalls to Session members.
+  class Leg final : public StreamListener {
+   public:
+    Leg(Session& s, bool is_client) : s_(s), is_client_(is_client) {}
+    void onData(const char* data, size_t len) override;
+    void onEof() override;
+    void onError(int uv_err) override;
+    void onDrain() override;
+    void onClosed() override;
+
+   private:
+    Session& s_;
+    bool is_client_;
+  };
+
+  static void onTimer(uv_timer_t* t) noexcept;
+  static void onTimerClosed(uv_handle_t* h) noexcept;
+  static void onResolved(uv_getaddrinfo_t* req, int status, addrinfo* res) noexcept;
+  static void onConnect(uv_connect_t* req, int status) noexcept;
+
+  // Handshake phase.
+  void onClientHead(const char* data, size_t len);
+  void routeRequest();
+  void connectNextEndpoint();
+  void connectTo(const sockaddr* addr);
+  void onConnected(int status);
+  void onConnectFailed(int status, bool timed_out);
+  void onUpstreamHead(const char* data, size_t len);
+  void onUpstreamHeadEof();
+  void switchProtocols();
+
+  // Tunnel phase.
+  void pump(TcpStream& from, TcpStream& to, const char* data, size_t len);
+  void onLegEof(bool is_client);
+  void onLegError(bool is_client, int uv_err);
+  void onLegDrain(bool is_client);
+  void onLegClosed(bool is_client);
+  void handleTimer();
+  void armTunnelTimer();
+
+  // Exits.
+  void respond(int status, const std::string& reason, const std::string& response);
+  void respondError(int status, const std::string& reason, const void* extra_headers = nullptr);
+  void finish(const std::string& reason);
+  void closeHandles();
+  void writeAccessLog();
+  void maybeDelete();
+
+  Worker& worker_;
+  const ListenerConfig& listener_;
+  const uint64_t id_;
+  State state_ = State::ReadingHead;
+
+  Leg client_leg_{*this, true};
+  Leg upstream_leg_{*this, false};
+  TcpStream client_;
+  TcpStream upstream_;
+  uv_timer_t timer_{};
+  int open_handles_ = 0;  // handles (and in-flight requests) whose callbacks are still owed
+
+  // Everything needed only until the 101: freed when the tunnel starts, so an established
+  // session carries no parser, no request copy and no leftover buffers.
+  std::unique_ptr<HandshakeState> hs_;
+
+  const RouteConfig* route_ = nullptr;
+  const UpstreamConfig* upstream_cfg_ = nullptr;
+  std::string client_addr_;
+  std::string upstream_addr_;
+  std::string close_reason_;
+  int status_ = 0;
+  uint64_t started_ms_ = 0;
+  uint64_t last_activity_ms_ = 0;
+  uint64_t half_close_deadline_ms_ = 0;
+  uint64_t bytes_up_ = 0;    // client -> upstream after the 101
+  uint64_t bytes_down_ = 0;  // upstream -> client after the 101
+  bool client_eof_ = false;
+  bool upstream_eof_ = false;
+  bool client_paused_ = false;    // client reads stopped because the upstream is above high water
+  bool upstream_paused_ = false;  // upstream reads stopped because the client is above high water
+  bool started_ = false;
+  bool logged_ = false;
+};
+
+}  // namespace upgate

@@ -1,0 +1,145 @@
+#include "proxy/worker.h"
+
+#include <unistd.h>
+
+#include "core/handle.h"
+#include "core/log.h"
+#include "proxy/session.h"
+
+namespace upgate {
+
+Worker::Worker(unsigned index, std::shared_ptr<const Config> config, ListenFds fds)
+    : index_(index), config_(std::move(config)), routes_(*config_), fds_(std::move(fds)) {}
+
+Worker::~Worker() {
+  join();
+  for (int fd : fds_.fds) {
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+std::future<int> Worker::start() {
+  std::promise<int> ready;
+  std::future<int> f = ready.get_future();
+  thread_ = std::thread([this, p = std::move(ready)]() mutable { run(std::move(p)); });
+  return f;
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::run(std::promise<int> ready) {
+  loop_ctx_ = std::make_unique<LoopContext>();
+  uv_loop_init(&loop_);
+  loop_.data = loop_ctx_.get();
+  uv_async_init(&loop_, &async_, onAsync);
+  async_.data = this;
+  uv_timer_init(&loop_, &drain_timer_);
+  drain_timer_.data = this;
+
+  int rc = 0;
+  for (size_t i = 0; i < config_->listeners.size(); ++i) {
+    const ListenerConfig& lc = config_->listeners[i];
+    auto l = std::make_unique<Listener>(
+        lc, [this](Listener& listener, uv_stream_t* server) { accept(listener, server); });
+    int fd = fds_.fds[i];
+    fds_.fds[i] = -1;  // the listener owns it now
+    int r = l->open(&loop_, fd, lc.backlog);
+    if (r != 0 && rc == 0) rc = r;
+    listeners_.push_back(std::move(l));
+    ++listeners_open_;
+  }
+  ready.set_value(rc);
+  if (rc != 0) beginDrain();
+
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  // Every handle should be closed by now; make sure, then close the loop (libuv test/task.h).
+  uv_walk(
+      &loop_, [](uv_handle_t* h, void*) { if (!uv_is_closing(h)) uv_close(h, nullptr); },
+      nullptr);
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop_) != 0) UPGATE_LOG(err, 0, "worker {}: loop closed with live handles", index_);
+}
+
+void Worker::post(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    inbox_.push_back(std::move(task));
+  }
+  uv_async_send(&async_);
+}
+
+void Worker::onAsync(uv_async_t* a) noexcept {
+  auto* self = ownerOf<Worker>(a);
+  std::vector<std::function<void()>> tasks;
+  {
+    std::lock_guard<std::mutex> lock(self->inbox_mutex_);
+    tasks.swap(self->inbox_);
+  }
+  for (auto& t : tasks) t();
+}
+
+void Worker::requestDrain() {
+  post([this] { beginDrain(); });
+}
+
+void Worker::accept(Listener& listener, uv_stream_t* server) {
+  // Ids are unique per process: the worker index in the low bits, a counter above.
+  uint64_t id = (++next_id_ << 8) | (index_ & 0xff);
+  auto* s = new Session(*this, listener.config(), id);
+  if (s->client().init(&loop_, nullptr) != 0) {
+    delete s;  // no handle was made: nothing to close
+    return;
+  }
+  s->next = sessions_;
+  if (sessions_) sessions_->prev = s;
+  sessions_ = s;
+  ++session_count_;
+  if (uv_accept(server, asStream(s->client().handle())) != 0) {
+    s->abort("accept failed");  // frees itself once the fresh handle is closed
+    return;
+  }
+  s->start();
+}
+
+void Worker::removeSession(Session* s) {
+  if (s->prev) s->prev->next = s->next;
+  if (s->next) s->next->prev = s->prev;
+  if (sessions_ == s) sessions_ = s->next;
+  --session_count_;
+  maybeStop();
+}
+
+size_t Worker::nextEndpoint(const UpstreamConfig& upstream) {
+  size_t& rr = round_robin_[&upstream];
+  return rr++ % upstream.endpoints.size();
+}
+
+void Worker::beginDrain() {
+  if (draining_) return;
+  draining_ = true;
+  for (auto& l : listeners_) {
+    l->close([this] {
+      --listeners_open_;
+      maybeStop();
+    });
+  }
+  uv_timer_start(&drain_timer_, onDrainTimer, static_cast<uint64_t>(config_->drain_timeout.count()), 0);
+  maybeStop();
+}
+
+void Worker::onDrainTimer(uv_timer_t* t) noexcept {
+  auto* self = ownerOf<Worker>(t);
+  UPGATE_LOG(info, 0, "worker {}: drain timeout, closing {} sessions", self->index_, self->session_count_);
+  for (Session* s = self->sessions_; s != nullptr; s = s->next) s->abort("drain timeout");
+}
+
+void Worker::maybeStop() {
+  if (!draining_ || stopping_ || session_count_ != 0 || listeners_open_ != 0) return;
+  stopping_ = true;
+  uv_close(asHandle(&drain_timer_), nullptr);
+  uv_close(asHandle(&async_), nullptr);
+}
+
+}  // namespace upgate

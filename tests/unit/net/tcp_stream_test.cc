@@ -1,0 +1,156 @@
+#include "net/tcp_stream.h"
+
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <memory>
+#include <string>
+
+#include "net/listener.h"
+
+using namespace upgate;
+
+namespace {
+
+// Records every upcall of one stream.
+struct Recorder : StreamListener {
+  std::string data;
+  int eofs = 0, drains = 0, closed = 0, error = 0;
+  void onData(const char* d, size_t n) override { data.append(d, n); }
+  void onEof() override { ++eofs; }
+  void onError(int e) override { error = e; }
+  void onDrain() override { ++drains; }
+  void onClosed() override { ++closed; }
+};
+
+// A loop with a connected pair of TcpStreams on 127.0.0.1 (the server side from uv_accept).
+struct Pair {
+  uv_loop_t loop{};
+  LoopContext ctx;
+  uv_tcp_t server{};
+  uv_connect_t connect{};
+  TcpStream a, b;  // a = connecting side, b = accepted side
+  Recorder ra, rb;
+  bool connected = false, accepted = false;
+
+  Pair() {
+    REQUIRE(uv_loop_init(&loop) == 0);
+    loop.data = &ctx;
+    REQUIRE(uv_tcp_init(&loop, &server) == 0);
+    server.data = this;
+    sockaddr_in addr{};
+    uv_ip4_addr("127.0.0.1", 0, &addr);
+    REQUIRE(uv_tcp_bind(&server, reinterpret_cast<sockaddr*>(&addr), 0) == 0);
+    REQUIRE(uv_listen(reinterpret_cast<uv_stream_t*>(&server), 16, [](uv_stream_t* s, int st) {
+              auto* p = static_cast<Pair*>(s->data);
+              REQUIRE(st == 0);
+              REQUIRE(p->b.init(&p->loop, &p->rb) == 0);
+              REQUIRE(uv_accept(s, reinterpret_cast<uv_stream_t*>(p->b.handle())) == 0);
+              p->accepted = true;
+            }) == 0);
+    sockaddr_storage bound{};
+    int len = sizeof(bound);
+    uv_tcp_getsockname(&server, reinterpret_cast<sockaddr*>(&bound), &len);
+    REQUIRE(a.init(&loop, &ra) == 0);
+    connect.data = this;
+    REQUIRE(uv_tcp_connect(&connect, a.handle(), reinterpret_cast<sockaddr*>(&bound),
+                           [](uv_connect_t* c, int st) {
+                             REQUIRE(st == 0);
+                             static_cast<Pair*>(c->data)->connected = true;
+                           }) == 0);
+    runUntil([&] { return connected && accepted; });
+  }
+
+  template <typename F>
+  void runUntil(F done, int max_iterations = 100000) {
+    for (int i = 0; i < max_iterations && !done(); ++i) uv_run(&loop, UV_RUN_ONCE);
+    REQUIRE(done());
+  }
+
+  ~Pair() {
+    a.close();
+    b.close();
+    uv_close(reinterpret_cast<uv_handle_t*>(&server), nullptr);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(ra.closed == 1);
+    CHECK(rb.closed == 1);
+    CHECK(uv_loop_close(&loop) == 0);
+  }
+};
+
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("tcp_stream: bytes arrive in order and EOF follows shutdown", "[net]") {
+  Pair p;
+  REQUIRE(p.b.readStart() == 0);
+  std::string msg = pattern(100000);
+  for (size_t off = 0; off < msg.size(); off += 1000) REQUIRE(p.a.write(msg.data() + off, 1000) == 0);
+  p.a.shutdown();
+  p.runUntil([&] { return p.rb.eofs == 1; });
+  CHECK(p.rb.data == msg);
+  CHECK(p.a.bytesWritten() == msg.size());
+  CHECK(p.b.bytesRead() == msg.size());
+}
+
+TEST_CASE("tcp_stream: queue above high water drains with one onDrain upcall", "[net]") {
+  Pair p;
+  p.a.setHighWater(64 * 1024);
+  std::string chunk = pattern(256 * 1024);
+  // The peer is not reading: the kernel buffers fill and our queue must grow past high water.
+  size_t written = 0;
+  for (int i = 0; i < 64 && p.a.pendingBytes() <= 64 * 1024; ++i) {
+    REQUIRE(p.a.write(chunk.data(), chunk.size()) == 0);
+    written += chunk.size();
+  }
+  REQUIRE(p.a.pendingBytes() > 64 * 1024);
+  CHECK(p.ra.drains == 0);
+  REQUIRE(p.b.readStart() == 0);
+  p.runUntil([&] { return p.rb.data.size() == written; });
+  CHECK(p.ra.drains == 1);
+  CHECK(p.a.pendingBytes() == 0);
+}
+
+TEST_CASE("tcp_stream: writes after close fail and the close upcall comes once", "[net]") {
+  Pair p;
+  p.a.close();
+  CHECK(p.a.isClosing());
+  CHECK(p.a.write("x", 1) == UV_EPIPE);
+  p.a.close();  // idempotent
+  REQUIRE(p.b.readStart() == 0);
+  p.runUntil([&] { return p.rb.eofs == 1 || p.rb.error != 0; });
+}
+
+TEST_CASE("listener: openListenSocket binds port 0 and reports the real port", "[net]") {
+  HostPort hp;
+  hp.host = "127.0.0.1";
+  hp.port = 0;
+  std::string bound, err;
+  int fd = openListenSocket(hp, 16, bound, err);
+  REQUIRE(fd >= 0);
+  CHECK(bound.rfind("127.0.0.1:", 0) == 0);
+  CHECK(bound != "127.0.0.1:0");
+  // A second socket on the same port succeeds thanks to SO_REUSEPORT (one per worker).
+  HostPort same = hp;
+  same.port = static_cast<uint16_t>(std::stoi(bound.substr(bound.rfind(':') + 1)));
+  std::string bound2;
+  int fd2 = openListenSocket(same, 16, bound2, err);
+  CHECK(fd2 >= 0);
+  CHECK(bound2 == bound);
+  ::close(fd);
+  if (fd2 >= 0) ::close(fd2);
+}
+
+TEST_CASE("listener: a bad address is a clear error", "[net]") {
+  HostPort hp;
+  hp.host = "256.1.1.1";
+  hp.port = 80;
+  std::string bound, err;
+  CHECK(openListenSocket(hp, 16, bound, err) == -1);
+  CHECK(err.find("256.1.1.1:80") != std::string::npos);
+}
