@@ -49,6 +49,15 @@ int main(int argc, char** argv) {
     if (test_only) std::cerr << "configuration has " << e.errors.size() << " error(s)\n";
     return 2;
   }
+  // Certificates and keys are part of the configuration: a missing file, a key that does not
+  // match, an expired certificate or a cipher string OpenSSL rejects fail here, also with -t.
+  std::shared_ptr<const upgate::TlsBundle> tls;
+  try {
+    tls = upgate::buildTlsBundle(*config);
+  } catch (const upgate::TlsSetupError& e) {
+    std::cerr << config->source << ": " << e.what() << "\n";
+    return 2;
+  }
   if (test_only) {
     std::printf("configuration OK\n");
     return 0;
@@ -59,5 +68,5 @@ int main(int argc, char** argv) {
   upgate::log::init(config->log.level);
   upgate::ServerOptions options;
   options.ready_file = ready_file;
-  return upgate::runServer(config, options);
+  return upgate::runServer(config, tls, options);
 }

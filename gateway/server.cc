@@ -20,13 +20,49 @@ struct MainLoop {
   uv_loop_t loop{};
   uv_signal_t sigterm{}, sigint{}, sighup{};
   std::vector<std::unique_ptr<Worker>>* workers = nullptr;
+  const Config* config = nullptr;
   bool draining = false;
 };
+
+void logTls(const TlsBundle& tls, const Config& config) {
+  for (size_t i = 0; i < tls.listeners.size(); ++i) {
+    if (!tls.listeners[i]) continue;
+    for (const std::string& line : tls.listeners[i]->describe()) {
+      if (line.rfind("SELF-SIGNED", 0) == 0) {
+        UPGATE_LOG(warn, 0, "listener {}: TLS with a {}", config.listeners[i].name, line);
+      } else {
+        UPGATE_LOG(info, 0, "listener {}: TLS certificate {}", config.listeners[i].name, line);
+      }
+    }
+  }
+  for (const auto& [name, ctx] : tls.upstreams) {
+    for (const std::string& line : ctx->describe()) {
+      if (line.find("NOT VERIFIED") != std::string::npos) {
+        UPGATE_LOG(warn, 0, "upstream {}: {}", name, line);
+      } else {
+        UPGATE_LOG(info, 0, "upstream {}: {}", name, line);
+      }
+    }
+  }
+}
+
+// SIGHUP: certificates and keys are read again. Established sessions keep the contexts they
+// started with; a broken file changes nothing and says why.
+void reloadTls(MainLoop& m) {
+  try {
+    std::shared_ptr<const TlsBundle> tls = buildTlsBundle(*m.config);
+    for (auto& w : *m.workers) w->swapTls(tls);
+    UPGATE_LOG(info, 0, "SIGHUP: TLS certificates and keys reloaded");
+    logTls(*tls, *m.config);
+  } catch (const TlsSetupError& e) {
+    UPGATE_LOG(err, 0, "SIGHUP: TLS reload failed, keeping the current certificates: {}", e.what());
+  }
+}
 
 void onSignal(uv_signal_t* h, int signum) noexcept {
   auto* m = static_cast<MainLoop*>(h->data);
   if (signum == SIGHUP) {
-    UPGATE_LOG(warn, 0, "SIGHUP: configuration reload is not supported by this version; ignored");
+    reloadTls(*m);
     return;
   }
   if (m->draining) {
@@ -55,7 +91,9 @@ bool writeReadyFile(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-int runServer(std::shared_ptr<const Config> config, const ServerOptions& options) {
+int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
+              const ServerOptions& options) {
+  logTls(*tls, *config);
   unsigned workers = config->workers;
   if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
 
@@ -89,6 +127,7 @@ int runServer(std::shared_ptr<const Config> config, const ServerOptions& options
   // Signal handlers go in before the ready file exists: whoever reads it may signal at once.
   MainLoop m;
   m.workers = &pool;
+  m.config = config.get();
   uv_loop_init(&m.loop);
   for (auto [h, sig] : {std::pair{&m.sigterm, SIGTERM}, {&m.sigint, SIGINT}, {&m.sighup, SIGHUP}}) {
     uv_signal_init(&m.loop, h);
@@ -97,7 +136,7 @@ int runServer(std::shared_ptr<const Config> config, const ServerOptions& options
   }
   std::vector<std::future<int>> started;
   for (unsigned w = 0; w < workers; ++w) {
-    pool.push_back(std::make_unique<Worker>(w, config, std::move(fds[w])));
+    pool.push_back(std::make_unique<Worker>(w, config, tls, std::move(fds[w])));
     started.push_back(pool.back()->start());
   }
   int failed = 0;

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "config/config.h"
+#include "tls/tls_context.h"
 
 namespace upgate {
 
@@ -15,6 +16,9 @@ struct ServerOptions {
 
 // Runs until drained. Returns the process exit code: 0 after a drain, 1 if a listener could
 // not be opened.
-int runServer(std::shared_ptr<const Config> config, const ServerOptions& options);
+// `tls` holds the contexts built from `config` (buildTlsBundle); SIGHUP rebuilds them from the
+// same files and swaps them in, keeping the old ones if the new files are broken.
+int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
+              const ServerOptions& options);
 
 }  // namespace upgate

@@ -22,10 +22,55 @@ struct HostPort {
   std::string text() const;  // "127.0.0.1:8080" / "[::1]:9001"
 };
 
+// One certificate chain + key; SNI picks it for the names listed (exact or "*.wildcard").
+struct TlsCertificateConfig {
+  std::string cert;                       // PEM chain file (leaf first)
+  std::string key;                        // PEM private key file
+  std::vector<std::string> server_names;  // empty = names taken from the certificate's SANs
+};
+
+enum class TlsVersion { Tls12, Tls13 };
+
+// Headers that carry the verified client certificate identity upstream (mTLS). Empty = not sent.
+struct ClientCertHeaders {
+  std::string subject = "X-Client-Cert-Subject";
+  std::string sans = "X-Client-Cert-SANs";
+  std::string fingerprint = "X-Client-Cert-SHA256";
+};
+
+struct TlsClientAuthConfig {
+  std::string ca;         // PEM bundle of accepted client CAs
+  bool required = true;   // false = ask for a certificate, accept connections without one
+  ClientCertHeaders headers;
+};
+
+struct ListenerTlsConfig {
+  // The first is the default (no SNI, or no name matched). Empty = a self-signed certificate is
+  // generated at start for 127.0.0.1/localhost (logged as such): for demos and tests only.
+  std::vector<TlsCertificateConfig> certificates;
+  TlsVersion min_version = TlsVersion::Tls12;
+  std::string ciphers;        // TLS 1.2 cipher list (OpenSSL syntax); empty = safe default
+  std::string ciphersuites;   // TLS 1.3 suites; empty = OpenSSL default
+  std::string groups;         // key-exchange groups, e.g. "X25519:P-256"; empty = default
+  bool session_tickets = true;
+  Millis ticket_key_rotation{3600 * 1000};  // new ticket key this often; the previous one still decrypts
+  std::optional<TlsClientAuthConfig> client_auth;
+};
+
 struct ListenerConfig {
   std::string name;      // unique; shown in the ready file and logs
   HostPort address;      // listen address
   int backlog = 511;
+  std::optional<ListenerTlsConfig> tls;  // set = this listener serves wss:// and https://
+};
+
+// TLS towards an upstream (wss://).
+struct UpstreamTlsConfig {
+  std::string ca = "system";  // PEM file of trusted CAs, or "system" for the OS store
+  std::string server_name;    // SNI and the name verified; empty = the endpoint's host
+  bool verify = true;         // false disables verification (logged as a warning at start)
+  std::string cert;           // client certificate (PEM) for upstream mTLS; optional
+  std::string key;            // its key; required when cert is set
 };
 
 struct UpstreamConfig {
@@ -33,6 +78,7 @@ struct UpstreamConfig {
   std::vector<HostPort> endpoints;           // round robin; the next one on connect failure
   Millis connect_timeout{5000};              // per connect attempt -> 504 when all fail by timeout
   Millis handshake_timeout{10000};           // wait for the upstream's 101 after connecting -> 504
+  std::optional<UpstreamTlsConfig> tls;      // set = connect with TLS (wss://)
 };
 
 struct HeaderMatch {

@@ -35,9 +35,12 @@ class Stream {
   virtual size_t pendingBytes() const = 0;
   // Sends FIN after every queued byte was written. Idempotent.
   virtual void shutdown() = 0;
+  // Pending bytes above `high` arm one onDrain() upcall for when they fall to high / 2.
+  virtual void setHighWater(size_t high) = 0;
   // Idempotent; onClosed() follows from the loop.
   virtual void close() = 0;
   virtual bool isClosing() const = 0;
+  virtual bool isOpen() const = 0;
 };
 
 }  // namespace upgate

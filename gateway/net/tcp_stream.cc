@@ -28,11 +28,14 @@ struct TcpStream::WriteReq {
 TcpStream::~TcpStream() { assert(!initialized_ || closed_); }
 
 int TcpStream::init(uv_loop_t* loop, StreamListener* listener) {
+  assert(!initialized_ || closed_);  // a closed stream may be reused (next upstream endpoint)
   int rc = uv_tcp_init(loop, &tcp_);
   if (rc != 0) return rc;
   tcp_.data = this;
   listener_ = listener;
   initialized_ = true;
+  closing_ = closed_ = reading_ = shutdown_sent_ = above_high_ = false;
+  pending_ = 0;
   return 0;
 }
 

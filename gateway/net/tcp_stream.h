@@ -5,6 +5,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <string>
 
 #include "net/stream.h"
 
@@ -15,6 +16,10 @@ namespace upgate {
 struct LoopContext {
   static constexpr size_t kReadBufferSize = 64 * 1024;
   char read_buffer[kReadBufferSize];
+  // TLS: plaintext out of SSL_read (the ciphertext still sits in read_buffer), and ciphertext
+  // out of SSL_write/handshakes, flushed to the socket before the SSL call's caller returns.
+  char plain_buffer[kReadBufferSize];
+  std::string tls_out;
 };
 
 class TcpStream final : public Stream {
@@ -28,8 +33,7 @@ class TcpStream final : public Stream {
   int init(uv_loop_t* loop, StreamListener* listener);
   uv_tcp_t* handle() { return &tcp_; }
   void setListener(StreamListener* listener) { listener_ = listener; }
-  // Pending bytes above `high` arm a drain upcall for when they fall to high / 2.
-  void setHighWater(size_t high) { high_water_ = high; }
+  void setHighWater(size_t high) override { high_water_ = high; }
 
   int readStart() override;
   void readStop() override;
@@ -38,7 +42,7 @@ class TcpStream final : public Stream {
   void shutdown() override;
   void close() override;
   bool isClosing() const override { return closing_; }
-  bool isOpen() const { return initialized_ && !closing_; }
+  bool isOpen() const override { return initialized_ && !closing_; }
   bool isReading() const { return reading_; }
 
   // Bytes read and written over the stream's life (for the access log).

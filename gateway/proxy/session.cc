@@ -6,7 +6,10 @@
 #include <cassert>
 #include <cstring>
 
+#include <algorithm>
+
 #include "core/handle.h"
+#include "http/headers.h"
 #include "core/log.h"
 #include "http/forwarding.h"
 #include "http/request_parser.h"
@@ -50,8 +53,9 @@ std::string uvReason(const char* what, int uv_err) {
 
 }  // namespace
 
-Session::Session(Worker& worker, const ListenerConfig& listener, uint64_t id)
-    : worker_(worker), listener_(listener), id_(id) {}
+Session::Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
+                 std::shared_ptr<const TlsContext> tls)
+    : worker_(worker), listener_(listener), id_(id), listener_tls_(std::move(tls)) {}
 
 Session::~Session() { assert(open_handles_ == 0); }
 
@@ -59,8 +63,13 @@ void Session::start() {
   uv_loop_t* loop = worker_.loop();
   const Config& cfg = worker_.config();
   started_ = true;
-  client_.setListener(&client_leg_);
   ++open_handles_;  // the client handle, initialised and accepted by the worker
+  if (listener_tls_) {
+    client_tls_ = std::make_unique<TlsStream>(client_tcp_, listener_tls_, &client_leg_);
+    client_ = client_tls_.get();
+  } else {
+    client_tcp_.setListener(&client_leg_);
+  }
 
   uv_timer_init(loop, &timer_);
   timer_.data = this;
@@ -71,15 +80,18 @@ void Session::start() {
 
   sockaddr_storage peer{};
   int len = sizeof(peer);
-  if (uv_tcp_getpeername(client_.handle(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+  if (uv_tcp_getpeername(client_tcp_.handle(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
     client_addr_ = formatSockaddr(reinterpret_cast<sockaddr*>(&peer), &hs_->forward.client_ip,
                                   &hs_->forward.client_port);
   }
-  uv_tcp_nodelay(client_.handle(), 1);
+  uv_tcp_nodelay(client_tcp_.handle(), 1);
+  hs_->forward.tls = client_tls_ != nullptr;
 
   // The head deadline is total, from accept: a client trickling bytes cannot extend it.
   uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(cfg.timeouts.head.count()), 0);
-  int rc = client_.readStart();
+  // The head deadline covers the TLS handshake too: a handshake never finished is cut by it.
+  int rc = client_tls_ ? client_tls_->init() : 0;
+  if (rc == 0) rc = client_->readStart();
   if (rc != 0) finish(uvReason("client read", rc));
 }
 
@@ -90,8 +102,8 @@ void Session::abort(const char* reason) {
     state_ = State::Closing;
     logged_ = true;
     ++open_handles_;
-    client_.setListener(&client_leg_);
-    client_.close();
+    client_tcp_.setListener(&client_leg_);
+    client_tcp_.close();
     return;
   }
   finish(reason);
@@ -116,10 +128,10 @@ void Session::Leg::onData(const char* data, size_t len) {
     case State::Tunnel:
       if (is_client_) {
         s.bytes_up_ += len;
-        s.pump(s.client_, s.upstream_, data, len);
+        s.pump(*s.client_, *s.upstream_, data, len);
       } else {
         s.bytes_down_ += len;
-        s.pump(s.upstream_, s.client_, data, len);
+        s.pump(*s.upstream_, *s.client_, data, len);
       }
       return;
     default:
@@ -144,7 +156,7 @@ void Session::onClientHead(const char* data, size_t len) {
   // Read only the head; stop until routing and the upstream handshake are done.
   size_t used = hs_->request.consumed();
   if (used < len) hs_->client_leftover.assign(data + used, len - used);
-  client_.readStop();
+  client_->readStop();
   uv_timer_stop(&timer_);
   routeRequest();
 }
@@ -173,7 +185,7 @@ void Session::routeRequest() {
   assert(it != worker_.config().upstreams.end());  // validated at load
   upstream_cfg_ = &it->second;
   hs_->first_endpoint = worker_.nextEndpoint(*upstream_cfg_);
-  hs_->forward.tls = false;
+  addClientCertHeaders(head);
   connectNextEndpoint();
 }
 
@@ -239,15 +251,24 @@ void Session::onResolved(uv_getaddrinfo_t* req, int status, addrinfo* res) noexc
 
 void Session::connectTo(const sockaddr* addr) {
   state_ = State::Connecting;
-  int rc = upstream_.init(worker_.loop(), &upstream_leg_);
+  upstream_tls_.reset();  // a previous attempt's, if any: its TCP handle is closed
+  upstream_ = &upstream_tcp_;
+  int rc = upstream_tcp_.init(worker_.loop(), &upstream_leg_);
   if (rc != 0) {
     onConnectFailed(rc, false);
     return;
   }
   ++open_handles_;
-  upstream_.setHighWater(worker_.config().limits.high_water);
+  if (auto tls = worker_.upstreamTls(upstream_cfg_->name)) {
+    upstream_tls_ = std::make_unique<TlsStream>(upstream_tcp_, std::move(tls), &upstream_leg_);
+    upstream_ = upstream_tls_.get();
+    if ((rc = upstream_tls_->init()) != 0) {
+      onConnectFailed(rc, false);
+      return;
+    }
+  }
   hs_->connect_req.data = this;
-  rc = uv_tcp_connect(&hs_->connect_req, upstream_.handle(), addr, onConnect);
+  rc = uv_tcp_connect(&hs_->connect_req, upstream_tcp_.handle(), addr, onConnect);
   if (rc != 0) {
     onConnectFailed(rc, false);
     return;
@@ -271,9 +292,9 @@ void Session::onConnectFailed(int status, bool timed_out) {
   if (!timed_out) hs_->last_error = status;
   UPGATE_LOG(warn, id_, "upstream {} ({}): connect failed: {}", upstream_addr_,
              upstream_cfg_->name, timed_out ? "timeout" : uv_strerror(status));
-  if (upstream_.isOpen()) {
+  if (upstream_->isOpen()) {
     // The next attempt needs a fresh handle; it starts once this one has closed (onLegClosed).
-    upstream_.close();
+    upstream_->close();
     return;
   }
   connectNextEndpoint();
@@ -281,12 +302,21 @@ void Session::onConnectFailed(int status, bool timed_out) {
 
 void Session::onConnected(int) {
   state_ = State::AwaitingSwitch;
-  uv_tcp_nodelay(upstream_.handle(), 1);
+  uv_tcp_nodelay(upstream_tcp_.handle(), 1);
+  int rc = 0;
+  if (upstream_tls_) {
+    const UpstreamTlsConfig* tls = upstream_tls_->ctx()->upstream();
+    const std::string& endpoint_host =
+        upstream_cfg_->endpoints[(hs_->first_endpoint + hs_->attempts - 1) %
+                                 upstream_cfg_->endpoints.size()].host;
+    rc = upstream_tls_->connect(tls && !tls->server_name.empty() ? tls->server_name : endpoint_host);
+  }
+  // Over TLS the request waits in the TlsStream until the handshake is done.
   std::string request = upstreamUpgradeRequest(hs_->request.head(), hs_->forward);
-  int rc = upstream_.write(request.data(), request.size());
-  if (rc == 0) rc = upstream_.readStart();
+  if (rc == 0) rc = upstream_->write(request.data(), request.size());
+  if (rc == 0) rc = upstream_->readStart();
   if (rc != 0) {
-    respondError(502, uvReason("upstream write", rc));
+    respondError(502, legError(false, rc));
     return;
   }
   uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->handshake_timeout.count()), 0);
@@ -321,7 +351,7 @@ void Session::onUpstreamHead(const char* data, size_t len) {
   status_ = 101;
   switchProtocols();
   if (state_ != State::Tunnel) return;
-  pump(upstream_, client_, response.data(), response.size());
+  pump(*upstream_, *client_, response.data(), response.size());
 }
 
 void Session::onUpstreamHeadEof() {
@@ -341,42 +371,42 @@ void Session::switchProtocols() {
   state_ = State::Tunnel;
   uv_timer_stop(&timer_);
   const Config& cfg = worker_.config();
-  client_.setHighWater(cfg.limits.high_water);
-  upstream_.setHighWater(cfg.limits.high_water);
+  client_->setHighWater(cfg.limits.high_water);
+  upstream_->setHighWater(cfg.limits.high_water);
   last_activity_ms_ = uv_now(worker_.loop());
   armTunnelTimer();
   if (!leftover.empty()) {
     bytes_up_ += leftover.size();
-    pump(client_, upstream_, leftover.data(), leftover.size());
+    pump(*client_, *upstream_, leftover.data(), leftover.size());
     if (state_ != State::Tunnel) return;
   }
   if (!client_paused_) {
-    int rc = client_.readStart();
+    int rc = client_->readStart();
     if (rc != 0) finish(uvReason("client read", rc));
   }
 }
 
 // ---- Tunnel ------------------------------------------------------------------------------------
 
-void Session::pump(TcpStream& from, TcpStream& to, const char* data, size_t len) {
+void Session::pump(Stream& from, Stream& to, const char* data, size_t len) {
   last_activity_ms_ = uv_now(worker_.loop());
   int rc = to.write(data, len);
   if (rc != 0) {
-    finish(uvReason(&to == &client_ ? "client write" : "upstream write", rc));
+    finish(legError(&to == client_, rc));
     return;
   }
   // Backpressure (design.md §3): the destination is over high water -> stop reading the source
   // until onDrain says it fell to half.
   if (to.pendingBytes() > worker_.config().limits.high_water) {
     from.readStop();
-    (&from == &client_ ? client_paused_ : upstream_paused_) = true;
+    (&from == client_ ? client_paused_ : upstream_paused_) = true;
   }
 }
 
 void Session::onLegDrain(bool is_client) {
   if (state_ != State::Tunnel) return;
   // `is_client` names the destination that drained; resume its source.
-  TcpStream& source = is_client ? upstream_ : client_;
+  Stream& source = is_client ? *upstream_ : *client_;
   bool& paused = is_client ? upstream_paused_ : client_paused_;
   bool source_eof = is_client ? upstream_eof_ : client_eof_;
   if (!paused) return;
@@ -408,7 +438,7 @@ void Session::onLegEof(bool is_client) {
   }
   // Half-close: pass the FIN on once the queue is written, keep the other direction going.
   (is_client ? client_eof_ : upstream_eof_) = true;
-  (is_client ? upstream_ : client_).shutdown();
+  (is_client ? upstream_ : client_)->shutdown();
   if (client_eof_ && upstream_eof_) {
     finish("closed by both sides");
     return;
@@ -419,14 +449,27 @@ void Session::onLegEof(bool is_client) {
   armTunnelTimer();
 }
 
+std::string Session::legError(bool is_client, int uv_err) const {
+  const TlsStream* tls = is_client ? client_tls_.get() : upstream_tls_.get();
+  std::string who = is_client ? "client" : "upstream";
+  if (tls && !tls->errorDetail().empty()) return who + " " + tls->errorDetail();
+  return who + " connection error: " + uv_err_name(uv_err);
+}
+
 void Session::onLegError(bool is_client, int uv_err) {
-  const char* who = is_client ? "client" : "upstream";
+  std::string reason = legError(is_client, uv_err);
   switch (state_) {
     case State::AwaitingSwitch:
       if (!is_client) {
-        respondError(502, uvReason("upstream connection failed during the handshake", uv_err));
+        // A certificate that fails verification lands here: 502 with the reason (logged).
+        respondError(502, reason);
         return;
       }
+      break;
+    case State::ReadingHead:
+      // Includes TLS handshake failures (garbage instead of a ClientHello, no shared
+      // protocol, a refused client certificate): logged once here, then closed.
+      UPGATE_LOG(info, id_, "{}", reason);
       break;
     case State::Lingering:
       finish(close_reason_);
@@ -434,7 +477,24 @@ void Session::onLegError(bool is_client, int uv_err) {
     default:
       break;
   }
-  finish(std::string(who) + " connection error: " + uv_err_name(uv_err));
+  finish(reason);
+}
+
+void Session::addClientCertHeaders(RequestHead& head) {
+  if (!client_tls_ || !listener_tls_->clientAuth()) return;
+  const ClientCertHeaders& names = listener_tls_->clientAuth()->headers;
+  // Whatever the client sent under these names is dropped first: only upgate vouches for them.
+  auto& h = head.headers;
+  for (const std::string* n : {&names.subject, &names.sans, &names.fingerprint}) {
+    if (n->empty()) continue;
+    h.erase(std::remove_if(h.begin(), h.end(), [&](const Header& x) { return iequals(x.name, *n); }),
+            h.end());
+  }
+  PeerIdentity id;
+  if (!peerIdentity(client_tls_->ssl(), id)) return;
+  if (!names.subject.empty()) h.push_back({names.subject, id.subject});
+  if (!names.sans.empty() && !id.sans.empty()) h.push_back({names.sans, id.sans});
+  if (!names.fingerprint.empty()) h.push_back({names.fingerprint, id.fingerprint});
 }
 
 void Session::onLegClosed(bool is_client) {
@@ -518,14 +578,14 @@ void Session::respond(int status, const std::string& reason, const std::string& 
   } else {
     UPGATE_LOG(info, id_, "{} {}", status, reason);
   }
-  if (upstream_.isOpen()) upstream_.close();
+  if (upstream_->isOpen()) upstream_->close();
   state_ = State::Lingering;
-  if (client_.write(response.data(), response.size()) != 0) {
+  if (client_->write(response.data(), response.size()) != 0) {
     finish(reason);
     return;
   }
-  client_.shutdown();
-  if (client_.readStart() != 0) {
+  client_->shutdown();
+  if (client_->readStart() != 0) {
     finish(reason);
     return;
   }
@@ -543,8 +603,8 @@ void Session::finish(const std::string& reason) {
 void Session::closeHandles() {
   uv_timer_stop(&timer_);
   if (!uv_is_closing(asHandle(&timer_))) uv_close(asHandle(&timer_), onTimerClosed);
-  client_.close();
-  upstream_.close();
+  client_->close();
+  upstream_->close();
 }
 
 void Session::onTimerClosed(uv_handle_t* h) noexcept {

@@ -11,8 +11,11 @@
 #include <memory>
 #include <string>
 
+#include "http/request_head.h"
+
 #include "config/config.h"
 #include "net/tcp_stream.h"
+#include "tls/tls_stream.h"
 
 namespace upgate {
 
@@ -21,13 +24,15 @@ struct HandshakeState;
 
 class Session {
  public:
-  Session(Worker& worker, const ListenerConfig& listener, uint64_t id);
+  // `tls` is the listener's TLS context, or null for a plain listener.
+  Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
+          std::shared_ptr<const TlsContext> tls);
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
   ~Session();
 
-  // The client leg, to be initialised and passed to uv_accept by the worker.
-  TcpStream& client() { return client_; }
+  // The client's TCP connection, to be initialised and passed to uv_accept by the worker.
+  TcpStream& clientTcp() { return client_tcp_; }
   // Starts the head deadline and reading; call once after uv_accept succeeded.
   void start();
   // Ends the session at once (drain deadline, shutdown).
@@ -73,7 +78,9 @@ class Session {
   void switchProtocols();
 
   // Tunnel phase.
-  void pump(TcpStream& from, TcpStream& to, const char* data, size_t len);
+  void pump(Stream& from, Stream& to, const char* data, size_t len);
+  void addClientCertHeaders(RequestHead& head);
+  std::string legError(bool is_client, int uv_err) const;
   void onLegEof(bool is_client);
   void onLegError(bool is_client, int uv_err);
   void onLegDrain(bool is_client);
@@ -96,8 +103,15 @@ class Session {
 
   Leg client_leg_{*this, true};
   Leg upstream_leg_{*this, false};
-  TcpStream client_;
-  TcpStream upstream_;
+  // A leg is a TcpStream, optionally wrapped by a TlsStream; client_/upstream_ point at the
+  // outermost one, so the tunnel code is the same for plain and TLS legs.
+  TcpStream client_tcp_;
+  TcpStream upstream_tcp_;
+  std::unique_ptr<TlsStream> client_tls_;
+  std::unique_ptr<TlsStream> upstream_tls_;
+  Stream* client_ = &client_tcp_;
+  Stream* upstream_ = &upstream_tcp_;
+  std::shared_ptr<const TlsContext> listener_tls_;
   uv_timer_t timer_{};
   int open_handles_ = 0;  // handles (and in-flight requests) whose callbacks are still owed
 

@@ -8,8 +8,13 @@
 
 namespace upgate {
 
-Worker::Worker(unsigned index, std::shared_ptr<const Config> config, ListenFds fds)
-    : index_(index), config_(std::move(config)), routes_(*config_), fds_(std::move(fds)) {}
+Worker::Worker(unsigned index, std::shared_ptr<const Config> config,
+               std::shared_ptr<const TlsBundle> tls, ListenFds fds)
+    : index_(index),
+      config_(std::move(config)),
+      routes_(*config_),
+      tls_(std::move(tls)),
+      fds_(std::move(fds)) {}
 
 Worker::~Worker() {
   join();
@@ -87,8 +92,9 @@ void Worker::requestDrain() {
 void Worker::accept(Listener& listener, uv_stream_t* server) {
   // Ids are unique per process: the worker index in the low bits, a counter above.
   uint64_t id = (++next_id_ << 8) | (index_ & 0xff);
-  auto* s = new Session(*this, listener.config(), id);
-  if (s->client().init(&loop_, nullptr) != 0) {
+  size_t index = static_cast<size_t>(&listener.config() - config_->listeners.data());
+  auto* s = new Session(*this, listener.config(), id, tls_->listeners[index]);
+  if (s->clientTcp().init(&loop_, nullptr) != 0) {
     delete s;  // no handle was made: nothing to close
     return;
   }
@@ -96,11 +102,20 @@ void Worker::accept(Listener& listener, uv_stream_t* server) {
   if (sessions_) sessions_->prev = s;
   sessions_ = s;
   ++session_count_;
-  if (uv_accept(server, asStream(s->client().handle())) != 0) {
+  if (uv_accept(server, asStream(s->clientTcp().handle())) != 0) {
     s->abort("accept failed");  // frees itself once the fresh handle is closed
     return;
   }
   s->start();
+}
+
+void Worker::swapTls(std::shared_ptr<const TlsBundle> tls) {
+  post([this, tls = std::move(tls)]() mutable { tls_ = std::move(tls); });
+}
+
+std::shared_ptr<const TlsContext> Worker::upstreamTls(const std::string& upstream) const {
+  auto it = tls_->upstreams.find(upstream);
+  return it == tls_->upstreams.end() ? nullptr : it->second;
 }
 
 void Worker::removeSession(Session* s) {

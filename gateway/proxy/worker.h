@@ -19,6 +19,7 @@
 #include "net/listener.h"
 #include "net/tcp_stream.h"
 #include "routing/route_table.h"
+#include "tls/tls_context.h"
 
 namespace upgate {
 
@@ -31,7 +32,8 @@ struct ListenFds {
 
 class Worker {
  public:
-  Worker(unsigned index, std::shared_ptr<const Config> config, ListenFds fds);
+  Worker(unsigned index, std::shared_ptr<const Config> config,
+         std::shared_ptr<const TlsBundle> tls, ListenFds fds);
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker();
@@ -41,6 +43,8 @@ class Worker {
   void join();
   // Thread-safe: stop accepting, let sessions end until drain_timeout, then abort the rest.
   void requestDrain();
+  // Thread-safe: new connections use these contexts; established sessions keep theirs.
+  void swapTls(std::shared_ptr<const TlsBundle> tls);
 
   // Loop-thread API for sessions.
   uv_loop_t* loop() { return &loop_; }
@@ -49,6 +53,7 @@ class Worker {
   // Index of the endpoint to try first for `upstream` (per-worker round robin).
   size_t nextEndpoint(const UpstreamConfig& upstream);
   void removeSession(Session* s);
+  std::shared_ptr<const TlsContext> upstreamTls(const std::string& upstream) const;
 
  private:
   static void onAsync(uv_async_t* a) noexcept;
@@ -63,6 +68,7 @@ class Worker {
   const unsigned index_;
   std::shared_ptr<const Config> config_;
   RouteTable routes_;
+  std::shared_ptr<const TlsBundle> tls_;
   ListenFds fds_;
   std::thread thread_;
 

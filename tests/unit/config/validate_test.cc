@@ -11,7 +11,7 @@ namespace {
 
 Config validConfig() {
   Config c;
-  c.listeners.push_back(ListenerConfig{"public", HostPort{"127.0.0.1", 8080}, 511});
+  c.listeners.push_back(ListenerConfig{"public", HostPort{"127.0.0.1", 8080}, 511, std::nullopt});
   UpstreamConfig up;
   up.name = "chat";
   up.endpoints.push_back(HostPort{"127.0.0.1", 9001});
@@ -51,9 +51,9 @@ TEST_CASE("validate: listeners", "[config]") {
     CHECK(texts(c) == std::vector<std::string>{"listeners: at least one listener is required"});
   }
   SECTION("names and addresses unique; port 0 may repeat") {
-    c.listeners.push_back(ListenerConfig{"public", HostPort{"127.0.0.1", 8080}, 511});
-    c.listeners.push_back(ListenerConfig{"a", HostPort{"127.0.0.1", 0}, 511});
-    c.listeners.push_back(ListenerConfig{"b", HostPort{"127.0.0.1", 0}, 511});
+    c.listeners.push_back(ListenerConfig{"public", HostPort{"127.0.0.1", 8080}, 511, std::nullopt});
+    c.listeners.push_back(ListenerConfig{"a", HostPort{"127.0.0.1", 0}, 511, std::nullopt});
+    c.listeners.push_back(ListenerConfig{"b", HostPort{"127.0.0.1", 0}, 511, std::nullopt});
     CHECK(texts(c) ==
           std::vector<std::string>{
               "listeners[1].name: duplicate listener name \"public\" (also listeners[0])",
@@ -61,9 +61,9 @@ TEST_CASE("validate: listeners", "[config]") {
   }
   SECTION("name rules") {
     c.listeners[0].name = "bad name";
-    c.listeners.push_back(ListenerConfig{"", HostPort{"127.0.0.1", 1}, 511});
-    c.listeners.push_back(ListenerConfig{std::string(65, 'x'), HostPort{"127.0.0.1", 2}, 511});
-    c.listeners.push_back(ListenerConfig{"ok_name-1.v2", HostPort{"127.0.0.1", 3}, 511});
+    c.listeners.push_back(ListenerConfig{"", HostPort{"127.0.0.1", 1}, 511, std::nullopt});
+    c.listeners.push_back(ListenerConfig{std::string(65, 'x'), HostPort{"127.0.0.1", 2}, 511, std::nullopt});
+    c.listeners.push_back(ListenerConfig{"ok_name-1.v2", HostPort{"127.0.0.1", 3}, 511, std::nullopt});
     auto t = texts(c);
     REQUIRE(t.size() == 3);
     CHECK(t[0] ==

@@ -1,0 +1,78 @@
+#pragma once
+// TLS over a TcpStream, as a Stream: proxy/ never knows whether a leg is encrypted.
+//
+// Ciphertext does not go through BIO_s_mem pairs: a small BIO of our own reads straight from the
+// bytes TcpStream just read (the loop's shared buffer) and writes into the loop's scratch
+// buffer, which is flushed to the socket after each SSL call. So, with SSL_MODE_RELEASE_BUFFERS,
+// an idle TLS connection owns no data buffer at all (memory BIOs keep their high-water
+// allocation for the life of the connection). Plaintext is read into a second per-loop buffer.
+
+#include <openssl/ssl.h>
+
+#include <memory>
+#include <string>
+
+#include "net/tcp_stream.h"
+#include "tls/tls_context.h"
+
+namespace upgate {
+
+class TlsStream final : public Stream, private StreamListener {
+ public:
+  TlsStream(TcpStream& tcp, std::shared_ptr<const TlsContext> ctx, StreamListener* listener);
+  TlsStream(const TlsStream&) = delete;
+  TlsStream& operator=(const TlsStream&) = delete;
+  ~TlsStream() override;
+
+  // Returns 0, or UV_ENOMEM if OpenSSL could not make the SSL object.
+  int init();
+  // Client side only: SNI + the name to verify (host name or IP literal), then the ClientHello.
+  int connect(const std::string& server_name);
+
+  bool handshakeDone() const { return handshake_done_; }
+  SSL* ssl() const { return ssl_; }
+  const std::shared_ptr<const TlsContext>& ctx() const { return ctx_; }
+  // Why the last TLS failure happened (OpenSSL's reasons, verify result), for logs.
+  const std::string& errorDetail() const { return error_; }
+
+  int readStart() override { return tcp_.readStart(); }
+  void readStop() override { tcp_.readStop(); }
+  int write(const char* data, size_t len) override;
+  size_t pendingBytes() const override { return tcp_.pendingBytes() + early_.size(); }
+  void setHighWater(size_t high) override { tcp_.setHighWater(high); }
+  void shutdown() override;
+  void close() override { tcp_.close(); }
+  bool isClosing() const override { return tcp_.isClosing(); }
+  bool isOpen() const override { return tcp_.isOpen(); }
+
+ private:
+  // Upcalls from the TcpStream (ciphertext side).
+  void onData(const char* data, size_t len) override;
+  void onEof() override;
+  void onError(int uv_err) override { listener_->onError(uv_err); }
+  void onDrain() override { listener_->onDrain(); }
+  void onClosed() override { listener_->onClosed(); }
+
+  static int bioRead(BIO* b, char* out, int len) noexcept;
+  static int bioWrite(BIO* b, const char* in, int len) noexcept;
+  static long bioCtrl(BIO* b, int cmd, long num, void* ptr) noexcept;
+  static BIO_METHOD* bioMethod();
+
+  void cycle();
+  int flush();
+  void fail(int ssl_error);
+  std::string& scratch();
+
+  TcpStream& tcp_;
+  std::shared_ptr<const TlsContext> ctx_;
+  StreamListener* listener_;
+  SSL* ssl_ = nullptr;
+  const char* in_ = nullptr;  // ciphertext being fed to OpenSSL (borrowed for one onData)
+  size_t in_len_ = 0;
+  std::string early_;         // plaintext written before the handshake finished
+  std::string error_;
+  bool handshake_done_ = false;
+  bool failed_ = false;
+};
+
+}  // namespace upgate
