@@ -86,6 +86,7 @@ void Session::start() {
   }
   uv_tcp_nodelay(client_tcp_.handle(), 1);
   hs_->forward.tls = client_tls_ != nullptr;
+  UPGATE_LOG(debug, id_, "accepted {} on listener {}", client_addr_, listener_.name);
 
   // The head deadline is total, from accept: a client trickling bytes cannot extend it.
   uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(cfg.timeouts.head.count()), 0);
@@ -345,6 +346,7 @@ void Session::onUpstreamHead(const char* data, size_t len) {
     respondError(v.status, v.reason);
     return;
   }
+  UPGATE_LOG(debug, id_, "101 from upstream {}: tunnel open (route {})", upstream_addr_, route_->name);
   std::string response = switchingResponse(head);
   response += upstream_leftover;
   bytes_down_ += upstream_leftover.size();
@@ -596,6 +598,7 @@ void Session::finish(const std::string& reason) {
   if (state_ == State::Closing) return;
   if (state_ != State::Lingering) close_reason_ = reason;
   state_ = State::Closing;
+  UPGATE_LOG(debug, id_, "closing: {}", close_reason_);
   writeAccessLog();
   closeHandles();
 }
