@@ -41,9 +41,10 @@ run: CMAKE_ARGS += -DUPGATE_BUILD_TESTS=OFF
 test: build
 	ulimit -n $$(ulimit -Hn); ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
 
-# The same tests on an ASan/UBSan build in its own directory.
+# The same tests (but the container image) on an ASan/UBSan build in its own directory.
 test-asan:
-	$(MAKE) test BUILD=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DUPGATE_SANITIZE=$(SANITIZE)"
+	$(MAKE) test BUILD=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DUPGATE_SANITIZE=$(SANITIZE)" \
+	  CTEST_ARGS="-LE container $(CTEST_ARGS)"
 
 clean:
 	rm -rf $(BUILD) build-asan
