@@ -36,7 +36,7 @@ run: build
 	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
 	$(BUILD)/gateway/upgate -c conf/upgate.yaml
 
-test: CMAKE_ARGS += -DUPGATE_WERROR=ON
+test: CMAKE_ARGS += -DUPGATE_WERROR=ON -DUPGATE_BUILD_TESTS=ON
 run: CMAKE_ARGS += -DUPGATE_BUILD_TESTS=OFF
 test: build
 	ulimit -n $$(ulimit -Hn); ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
