@@ -20,6 +20,9 @@ int eventTrampoline(llhttp_t* parser) noexcept {
   return (static_cast<Owner*>(parser->data)->*Member)();
 }
 
+constexpr const char* kFoldReason =
+    "obs-fold (header line starting with whitespace) is not allowed";
+
 }  // namespace
 
 void splitTarget(std::string_view target, std::string& path, std::string& query) {
@@ -85,27 +88,21 @@ ParseResult RequestParser::feed(const char* data, size_t len) {
   const size_t allowance = max_head_bytes_ - head_bytes_;
   const size_t n = std::min(len, allowance);
   if (n == 0) {
-    return len == 0
-               ? ParseResult::NeedMore
-               : fail(431, "header section exceeds " + std::to_string(max_head_bytes_) + " bytes");
+    return len == 0 ? ParseResult::NeedMore : failTooLarge();
   }
   const llhttp_errno_t err = llhttp_execute(&parser_, data, n);
   switch (err) {
     case HPE_OK:
       if (scanForFold(data, n)) {
-        return fail(400, "obs-fold (header line starting with whitespace) is not allowed");
+        return fail(400, kFoldReason);
       }
       head_bytes_ += n;
-      if (n < len) {
-        return fail(431, "header section exceeds " + std::to_string(max_head_bytes_) + " bytes");
-      }
-      return ParseResult::NeedMore;
-    case HPE_PAUSED:          // our pause: head of a request with a body, or a plain request
-    case HPE_PAUSED_UPGRADE:  // upgrade request complete; the rest is another protocol
-    {
+      return n < len ? failTooLarge() : ParseResult::NeedMore;
+    case HPE_PAUSED:            // our pause: head of a request with a body, or a plain request
+    case HPE_PAUSED_UPGRADE: {  // upgrade request complete; the rest is another protocol
       const size_t parsed = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
       if (scanForFold(data, parsed)) {
-        return fail(400, "obs-fold (header line starting with whitespace) is not allowed");
+        return fail(400, kFoldReason);
       }
       consumed_ = parsed;
       state_ = ParseResult::Complete;
@@ -113,14 +110,13 @@ ParseResult RequestParser::feed(const char* data, size_t len) {
     }
     case HPE_PAUSED_H2_UPGRADE:
       return fail(505, "HTTP/2 connection preface is not supported");
-    default:
+    default: {
       if (cb_status_ != 0) {
         return fail(cb_status_, std::move(cb_reason_));
       }
-      {
-        const char* why = llhttp_get_error_reason(&parser_);
-        return fail(400, std::string("malformed request: ") + (why ? why : llhttp_errno_name(err)));
-      }
+      const char* why = llhttp_get_error_reason(&parser_);
+      return fail(400, std::string("malformed request: ") + (why ? why : llhttp_errno_name(err)));
+    }
   }
 }
 
@@ -133,6 +129,10 @@ bool RequestParser::scanForFold(const char* data, size_t len) {
     after_lf_ = c == '\n';
   }
   return false;
+}
+
+ParseResult RequestParser::failTooLarge() {
+  return fail(431, "header section exceeds " + std::to_string(max_head_bytes_) + " bytes");
 }
 
 ParseResult RequestParser::fail(int status, std::string reason) {

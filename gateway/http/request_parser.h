@@ -85,6 +85,7 @@ class RequestParser {
 
   int reject(int status, std::string reason) noexcept;
   ParseResult fail(int status, std::string reason);
+  ParseResult failTooLarge();
   // True if data[0, len) starts a header line with SP/HTAB (obs-fold); carries state across feeds.
   bool scanForFold(const char* data, size_t len);
 
