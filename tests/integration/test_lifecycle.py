@@ -1,0 +1,290 @@
+"""How sessions end: upstream reset, clean closes both ways, half-closes both ways, the idle
+timeout, and SIGTERM with sessions open."""
+
+import asyncio
+import signal
+import socket
+import time
+import unittest
+
+import websockets
+
+import harness
+from harness import GatewayTestCase, EchoUpstream, RawClient, RawUpstream
+
+ABRUPT_CLOSE_DEADLINE = 2.0   # the brief's bound for "upstream reset ends the client"
+DRAIN_TIMEOUT = 2.0
+SHUTDOWN_MARGIN = 5.0
+IDLE = 1.0
+
+
+def ws_connect(url, **kw):
+    return websockets.connect(url, compression=None, ping_interval=None, open_timeout=10,
+                              close_timeout=5, **kw)
+
+
+def assert_only_close_frames(test, data):
+    """Bytes that arrived before the gateway hung up may only be close frame(s)."""
+    reader = harness.FrameReader()
+    reader.feed(data)
+    for _ in range(10):
+        frame = reader.next_frame()
+        if frame is None:
+            break
+        test.assertEqual(frame[1], harness.OP_CLOSE, "unexpected frame %r" % (frame,))
+    test.assertEqual(len(reader.buf), 0, "partial frame before close: %r" % bytes(reader.buf))
+
+
+def client_half_close_handler(conn, up):
+    """Reads everything until the client's EOF, then answers with a frame and closes."""
+    _, leftover = harness.websocket_accept(conn, up)
+    data = leftover
+    conn.settimeout(harness.IO_TIMEOUT)
+    for _ in range(10000):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    up.event("eof", data)
+    conn.sendall(harness.encode_frame(harness.OP_TEXT, b"got %d bytes" % len(data), mask=False))
+    conn.shutdown(socket.SHUT_WR)
+    harness.wait_peer_close(conn, 10, up.stopping)
+
+
+def upstream_half_close_handler(conn, up):
+    """Sends a frame, half-closes, then still reads what the client sends until its EOF."""
+    _, leftover = harness.websocket_accept(conn, up)
+    conn.sendall(harness.encode_frame(harness.OP_TEXT, b"last words", mask=False))
+    conn.shutdown(socket.SHUT_WR)
+    up.event("shut-wr")
+    reader = harness.FrameReader()
+    reader.feed(leftover)
+    conn.settimeout(harness.IO_TIMEOUT)
+    for _ in range(10000):
+        frame = reader.next_frame()
+        if frame is not None:
+            up.event("frame", frame[2])
+            continue
+        chunk = conn.recv(65536)
+        if not chunk:
+            up.event("eof")
+            return
+        reader.feed(chunk)
+
+
+class TunnelEndTest(GatewayTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = cls.start_class_peer(EchoUpstream())
+        cls.chc = cls.start_class_peer(RawUpstream(client_half_close_handler, name="chc"))
+        cls.uhc = cls.start_class_peer(RawUpstream(upstream_half_close_handler, name="uhc"))
+        cls.gw = cls.start_class_gateway(harness.make_config(
+            upstreams={"chat": {"endpoints": [cls.echo.addr]},
+                       "chc": {"endpoints": [cls.chc.addr]},
+                       "uhc": {"endpoints": [cls.uhc.addr]}},
+            routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "chat"},
+                    {"name": "chc", "match": {"path_prefix": "/chc"}, "upstream": "chc"},
+                    {"name": "uhc", "match": {"path_prefix": "/uhc"}, "upstream": "uhc"}],
+            timeouts={"head": "10s", "idle": 0, "half_close": "5s"}))
+
+    def tearDown(self):
+        self.assertGatewayAlive(self.gw)
+
+    def test_upstream_reset_ends_client_connection(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/chat/abort")
+        c.send_frame(harness.OP_TEXT, b"boom")
+        started = time.monotonic()
+        data, how = c.read_until_closed(ABRUPT_CLOSE_DEADLINE + 5)
+        elapsed = time.monotonic() - started
+        self.assertIn(how, ("eof", "reset"), "client still connected %.1fs after the upstream "
+                      "reset its connection" % elapsed)
+        self.assertLess(elapsed, ABRUPT_CLOSE_DEADLINE,
+                        "client connection ended %.1fs after the upstream reset" % elapsed)
+        assert_only_close_frames(self, bytes(c.frames.buf) + data)
+        entry = self.gw.access_log_for_client(c.local)
+        self.assertEqual(entry["status"], 101, entry)
+
+    def test_upstream_clean_close_propagates(self):
+        async def run():
+            async with ws_connect(self.gw.url("/chat/close")) as ws:
+                await ws.send("please close")
+                # (websockets calls a 4001 close an "error": only 1000/1001 are "OK" to it)
+                with self.assertRaises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                await asyncio.wait_for(ws.wait_closed(), 10)
+                return ws.close_code, ws.close_reason, ws.local_address
+
+        code, reason, local = self.run_async(run(), timeout=30)
+        self.assertEqual((code, reason), (4001, "bye"))
+        entry = self.gw.access_log_for_client(local)
+        self.assertEqual(entry["status"], 101, entry)
+        self.assertTrue(entry["close"], entry)
+
+    def test_client_clean_close_propagates(self):
+        async def run():
+            async with ws_connect(self.gw.url("/chat/client-close")) as ws:
+                await ws.send("hello")
+                self.assertEqual(await asyncio.wait_for(ws.recv(), 10), "hello")
+                await asyncio.wait_for(ws.close(4002, "client bye"), 10)
+                return ws.close_code, ws.close_reason
+
+        code, reason = self.run_async(run(), timeout=30)
+        self.assertEqual((code, reason), (4002, "client bye"), "close echoed by the upstream")
+        self.assertEqual(self.echo.wait_close_for("/chat/client-close"),
+                         ("/chat/client-close", 4002, "client bye"))
+
+    def test_client_half_close(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/chc")
+        frame = harness.encode_frame(harness.OP_TEXT, b"half-closed")
+        c.send(frame)
+        c.sock.shutdown(socket.SHUT_WR)
+        got = self.chc.wait_event(lambda e: e[0] == "eof", what="client EOF at the upstream")
+        self.assertEqual(got[1], frame, "upstream should get the frame, then EOF")
+        # The other direction still flows after the client's FIN.
+        self.assertEqual(c.recv_frame(), (True, harness.OP_TEXT, b"got %d bytes" % len(frame)))
+        data, how = c.read_until_closed(5)
+        self.assertEqual((data, how), (b"", "eof"))
+
+    def test_upstream_half_close(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/uhc")
+        self.assertEqual(c.recv_frame(), (True, harness.OP_TEXT, b"last words"))
+        self.uhc.wait_event(lambda e: e[0] == "shut-wr")
+        # The upstream's FIN reaches the client as a FIN (no close frame invented)...
+        data, how = c.read_until_closed(5)
+        self.assertEqual((bytes(c.frames.buf) + data, how), (b"", "eof"))
+        # ...and the client can still talk to the upstream that stopped sending.
+        c.send_frame(harness.OP_TEXT, b"still listening?")
+        got = self.uhc.wait_event(lambda e: e[0] in ("frame", "eof"),
+                                  what="client frame at the half-closed upstream")
+        self.assertEqual(got, ("frame", b"still listening?"))
+        c.sock.shutdown(socket.SHUT_WR)
+        self.uhc.wait_event(lambda e: e[0] == "eof", timeout=5,
+                            what="client EOF at the half-closed upstream")
+
+
+class IdleTimeoutTest(GatewayTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = cls.start_class_peer(EchoUpstream())
+        cls.gw = cls.start_class_gateway(harness.make_config(
+            upstreams={"chat": {"endpoints": [cls.echo.addr]}},
+            routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "chat"}],
+            timeouts={"head": "10s", "idle": "1s", "half_close": "5s"}))
+
+    def tearDown(self):
+        self.assertGatewayAlive(self.gw)
+
+    def test_idle_session_is_closed(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/chat/idle")
+        c.send_frame(harness.OP_TEXT, b"once")
+        self.assertEqual(c.recv_frame()[2], b"once")
+        started = time.monotonic()
+        data, how = c.read_until_closed(IDLE + SHUTDOWN_MARGIN)
+        elapsed = time.monotonic() - started
+        self.assertIn(how, ("eof", "reset"), "idle session still open after %.1fs" % elapsed)
+        self.assertGreater(elapsed, IDLE * 0.5, "closed before the idle timeout")
+        assert_only_close_frames(self, bytes(c.frames.buf) + data)
+        entry = self.gw.access_log_for_client(c.local)
+        self.assertTrue(entry["close"], entry)
+
+    def test_active_session_survives_idle_timeout(self):
+        async def run():
+            async with ws_connect(self.gw.url("/chat/active")) as ws:
+                started = time.monotonic()
+                for i in range(10):  # ~3 s of traffic, a message every 0.3 s
+                    await ws.send("tick %d" % i)
+                    self.assertEqual(await asyncio.wait_for(ws.recv(), 10), "tick %d" % i)
+                    await asyncio.sleep(0.3)  # pacing, not synchronisation
+                return time.monotonic() - started
+
+        elapsed = self.run_async(run(), timeout=60)
+        self.assertGreater(elapsed, IDLE * 2, "traffic should have outlived the idle timeout")
+
+
+class ShutdownTest(GatewayTestCase):
+    def test_sigterm_with_open_sessions(self):
+        echo = self.start_peer(EchoUpstream())
+        gw = self.start_gateway(harness.make_config(
+            upstreams={"chat": {"endpoints": [echo.addr]}},
+            routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "chat"}],
+            drain_timeout="2s"))
+        clients = []
+        for i in range(5):
+            c = RawClient(gw.addr())
+            self.addCleanup(c.close)
+            c.handshake("/chat/drain%d" % i)
+            c.send_frame(harness.OP_TEXT, b"before %d" % i)
+            self.assertEqual(c.recv_frame()[2], b"before %d" % i)
+            clients.append(c)
+        # One client stuck in the middle of its head.
+        half = RawClient(gw.addr())
+        self.addCleanup(half.close)
+        half.send(b"GET /chat HTTP/1.1\r\nHost: x\r\n")
+        addr = gw.addr()
+
+        started = time.monotonic()
+        gw.signal(signal.SIGTERM)
+
+        def refused():
+            s = socket.socket()
+            s.settimeout(1)
+            try:
+                s.connect(addr)
+                return False
+            except OSError:
+                return True
+            finally:
+                s.close()
+
+        harness.poll_until(refused, DRAIN_TIMEOUT + SHUTDOWN_MARGIN, interval=0.05,
+                           what="listener closed after SIGTERM")
+        try:
+            code = gw.proc.wait(DRAIN_TIMEOUT + SHUTDOWN_MARGIN)
+        except harness.subprocess.TimeoutExpired:
+            self.fail("upgate still running %.0fs after SIGTERM with drain_timeout %.0fs"
+                      % (DRAIN_TIMEOUT + SHUTDOWN_MARGIN, DRAIN_TIMEOUT))
+        elapsed = time.monotonic() - started
+        print("\nSIGTERM -> exit %s in %.2fs (drain_timeout %.0fs)"
+              % (harness.describe_exit(code), elapsed, DRAIN_TIMEOUT))
+        self.assertEqual(code, 0, "exit after SIGTERM: %s\n%s"
+                         % (harness.describe_exit(code), gw.stderr_tail()))
+        for c in clients + [half]:
+            data, how = c.read_until_closed(5)
+            self.assertIn(how, ("eof", "reset"))
+            if c is not half:
+                assert_only_close_frames(self, bytes(c.frames.buf) + data)
+        logged = {e.get("client") for e in gw.access_log() if e.get("status") == 101}
+        for c in clients:
+            self.assertIn(harness.hostport(c.local), logged,
+                          "a session closed by the drain has no access-log line")
+
+    def test_sigint_exits_zero(self):
+        echo = self.start_peer(EchoUpstream())
+        gw = self.start_gateway(harness.make_config(
+            upstreams={"chat": {"endpoints": [echo.addr]}},
+            routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "chat"}],
+            drain_timeout="2s"))
+        with RawClient(gw.addr()) as c:
+            c.handshake("/chat/sigint")
+            c.send_frame(harness.OP_TEXT, b"x")
+            self.assertEqual(c.recv_frame()[2], b"x")
+            gw.signal(signal.SIGINT)
+            try:
+                code = gw.proc.wait(DRAIN_TIMEOUT + SHUTDOWN_MARGIN)
+            except harness.subprocess.TimeoutExpired:
+                self.fail("upgate still running %.0fs after SIGINT"
+                          % (DRAIN_TIMEOUT + SHUTDOWN_MARGIN))
+            self.assertEqual(code, 0, "exit after SIGINT: %s\n%s"
+                             % (harness.describe_exit(code), gw.stderr_tail()))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
