@@ -43,6 +43,12 @@ const char* routeKindName(RouteKind kind) {
   switch (kind) {
     case RouteKind::WebSocket:
       return "websocket";
+    case RouteKind::Http:
+      return "http";
+    case RouteKind::LongPoll:
+      return "longpoll";
+    case RouteKind::Channel:
+      return "channel";
   }
   return "?";
 }

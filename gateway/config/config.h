@@ -93,8 +93,44 @@ struct RouteMatch {
   std::vector<HeaderMatch> headers;          // all must match
 };
 
-enum class RouteKind { WebSocket };
+enum class RouteKind {
+  WebSocket,  // tunnel to a WebSocket upstream
+  Http,       // plain HTTP reverse proxy to the legacy app (not an upgrade)
+  LongPoll,   // WebSocket clients fed by one shared upstream long-poll loop per channel
+  Channel,    // WebSocket (or SSE) clients fed by the publish API
+};
+
+// A name -> value pair from the config (headers to send, etc.).
+using ConfigHeaders = std::vector<std::pair<std::string, std::string>>;
+
+// Templates ("{query.symbols}", "{path.1}", "{path}", "{header.X-Tenant}", "{cursor}") are
+// expanded per request; see http/template.h.
+struct LongPollConfig {
+  std::string channel = "{path}";   // channel key: every subscriber with the same key shares a poll
+  std::string poll;                 // target of the upstream poll, e.g. "/poll?c={cursor}"
+  std::string method = "GET";
+  ConfigHeaders headers;            // extra headers on every poll and send
+  Millis timeout{65000};            // one poll request (the app may hold it this long)
+  std::string cursor_header;        // the next cursor comes from this response header...
+  std::string cursor_json;          // ...or from this JSON field of the body ("$.cursor")
+  std::string cursor_initial = "0";
+  bool split_json_array = false;    // true: each element of a JSON array body is one message
+  std::string send;                 // client messages are POSTed here; empty = not accepted
+  Millis grace{5000};               // stop polling this long after the last subscriber left
+  Millis backoff_initial{500};      // upstream errors: exponential backoff with jitter...
+  Millis backoff_max{30000};        // ...up to this
+};
+
+enum class OverflowPolicy { Close, Drop };
 enum class TunnelMode { Passthrough };
+
+// One plugin instance: built in (by name) or loaded from a shared object (path).
+struct PluginConfig {
+  std::string name;          // built-in name, or a label for an external plugin
+  std::string path;          // empty = built in; else the .so to dlopen
+  std::string config_yaml;   // the plugin's own `config:` subtree, re-emitted as YAML text
+  std::string where;         // "file:line:col" of the entry, prefixed to the plugin's errors
+};
 
 struct RouteConfig {
   std::string name;
@@ -102,6 +138,26 @@ struct RouteConfig {
   RouteKind kind = RouteKind::WebSocket;
   std::string upstream;                      // name of an UpstreamConfig (validated to exist)
   TunnelMode mode = TunnelMode::Passthrough;
+  std::vector<PluginConfig> plugins;         // run in order, after the global ones
+  // kind: http
+  Millis response_timeout{120000};           // upstream answer (long-polls pass through)
+  // kind: longpoll
+  LongPollConfig longpoll;
+  // kind: channel
+  std::string channel = "{path}";            // channel key template
+  // longpoll and channel: per-subscriber queue of unsent bytes, and what happens beyond it
+  size_t max_queue_bytes = 1024 * 1024;
+  OverflowPolicy overflow = OverflowPolicy::Close;  // Close: 1008; Drop: skip messages
+  bool sse = true;                           // also serve text/event-stream to non-WebSocket GETs
+};
+
+// The admin listener: POST /publish/{channel}, /healthz, /readyz. Off unless `admin:` is
+// configured (then loopback 127.0.0.1:9901 unless an address is given).
+struct AdminConfig {
+  HostPort address{"127.0.0.1", 9901};
+  bool enabled = false;
+  std::string token;            // non-empty: requests need "Authorization: Bearer <token>"
+  size_t max_body_bytes = 1024 * 1024;
 };
 
 struct LimitsConfig {
@@ -110,6 +166,7 @@ struct LimitsConfig {
   size_t high_water = 256 * 1024;            // per-direction pending bytes: stop reading above
   size_t max_response_head_bytes = 16 * 1024;  // upstream response head -> 502
   size_t max_error_body_bytes = 64 * 1024;   // relayed non-101 upstream body cap -> 502
+  size_t max_message_size = 16 * 1024 * 1024;  // WebSocket message upgate reads itself -> 1009
 };
 
 struct TimeoutsConfig {
@@ -135,6 +192,8 @@ struct Config {
   LimitsConfig limits;
   TimeoutsConfig timeouts;
   LogConfig log;
+  std::vector<PluginConfig> plugins;  // global: run for every route, before the route's own
+  AdminConfig admin;
 };
 
 // Names as written in the YAML ("debug", "websocket", "passthrough"); for logs and `upgate -t`.

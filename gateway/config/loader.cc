@@ -1,5 +1,8 @@
 #include "config/loader.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -103,6 +106,31 @@ bool related(const std::string& a, const std::string& b) {
   return next == '.' || next == '[';
 }
 
+// The directory relative file names in a config are resolved against: the config file's own,
+// with a trailing '/', when `source` names a regular file; else "" (the working directory), as
+// for "<built-in ...>" or a source name that is only a label.
+std::string baseDirOf(const std::string& source) {
+  struct stat st {};
+  if (source.empty() || ::stat(source.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return "";
+  size_t slash = source.rfind('/');
+  return slash == std::string::npos ? std::string() : source.substr(0, slash + 1);
+}
+
+// Whether `path` can be opened for reading; else why not (strerror). O_NONBLOCK so that a FIFO
+// named by mistake does not hang the loader; nothing is read.
+bool readableFile(const std::string& path, std::string& why) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    why = std::strerror(errno);
+    return false;
+  }
+  struct stat st {};
+  int err = ::fstat(fd, &st) != 0 ? errno : (S_ISDIR(st.st_mode) ? EISDIR : 0);
+  ::close(fd);
+  if (err != 0) why = std::strerror(err);
+  return err == 0;
+}
+
 // A node in the document with the key path that led to it. YAML::Node's operator= writes
 // through to the document when the target already refers to a node, so Fields are only ever
 // copy-constructed, never assigned.
@@ -114,7 +142,9 @@ struct Field {
 
 class Loader {
  public:
-  explicit Loader(std::string source) : source_(std::move(source)) { cfg_->source = source_; }
+  explicit Loader(std::string source) : source_(std::move(source)), base_dir_(baseDirOf(source_)) {
+    cfg_->source = source_;
+  }
 
   std::shared_ptr<const Config> load(std::string_view yaml) {
     std::vector<Node> docs;
@@ -280,6 +310,40 @@ class Loader {
     if (readString(f, s)) out = std::move(s);
   }
 
+  // For keys whose absence means "the default": an explicit "" is a mistake, not the default.
+  bool readNonEmptyString(const Field& f, std::string& out) {
+    std::string s;
+    if (!readString(f, s)) return false;
+    if (s.empty()) {
+      error(f.mark, f.path, "must not be empty (leave the key out for the default)");
+      return false;
+    }
+    out = std::move(s);
+    return true;
+  }
+
+  // A file named in the config. Relative names are relative to the config file's directory and
+  // are stored resolved (usable from the working directory). The file must be readable now, so
+  // `upgate -t` reports a typo at its line; the TLS layer checks the contents. With
+  // `allow_system`, "system" means the OS trust store and is kept as is.
+  void readFile(const Field& f, std::string& out, bool allow_system = false) {
+    std::string written;
+    if (!readString(f, written)) return;
+    if (written.empty()) {
+      error(f.mark, f.path, "must not be empty");
+      return;
+    }
+    if (allow_system && written == "system") {
+      out = written;
+      return;
+    }
+    out = written.front() == '/' ? written : base_dir_ + written;
+    std::string why;
+    if (!readableFile(out, why)) {
+      error(f.mark, f.path, "cannot read " + quoted(written) + ": " + why);
+    }
+  }
+
   bool readBool(const Field& f, bool& out) {
     if (!expect(f, NodeType::Scalar, "true or false")) return false;
     std::string s = f.value.Scalar();
@@ -357,7 +421,7 @@ class Loader {
     Config& c = *cfg_;
     fields(root,
            {"workers", "drain_timeout", "listeners", "upstreams", "routes", "limits", "timeouts",
-            "log"},
+            "log", "admin"},
            {"listeners"}, [&](const std::string& key, const Field& f) {
              if (key == "workers") {
                int64_t v = 0;
@@ -383,12 +447,14 @@ class Loader {
                loadTimeouts(f);
              } else if (key == "log") {
                loadLog(f);
+             } else if (key == "admin") {
+               loadAdmin(f);
              }
            });
   }
 
   void loadListener(const Field& item, ListenerConfig& l) {
-    fields(item, {"name", "address", "backlog"}, {"name", "address"},
+    fields(item, {"name", "address", "backlog", "tls"}, {"name", "address"},
            [&](const std::string& key, const Field& f) {
              if (key == "name") {
                readString(f, l.name);
@@ -399,6 +465,126 @@ class Loader {
                if (readInt(f, config_range::kMinBacklog, config_range::kMaxBacklog, v)) {
                  l.backlog = static_cast<int>(v);
                }
+             } else if (key == "tls") {
+               loadListenerTls(f, l.tls.emplace());
+             }
+           });
+  }
+
+  // `tls:` must be a map; its presence, even empty, is what turns TLS on.
+  bool expectTlsMap(const Field& f) {
+    if (f.value.IsMap()) return true;
+    error(f.mark, f.path,
+          std::string("expected a map, got ") + kindOf(f.value) +
+              " (`tls: {}` enables TLS with the defaults; leave the key out for none)");
+    return false;
+  }
+
+  void loadListenerTls(const Field& map, ListenerTlsConfig& t) {
+    if (!expectTlsMap(map)) return;
+    fields(map,
+           {"certificates", "min_version", "ciphers", "ciphersuites", "groups", "session_tickets",
+            "ticket_key_rotation", "client_auth"},
+           {}, [&](const std::string& key, const Field& f) {
+             if (key == "certificates") {
+               items(f, [&](const Field& item) {
+                 t.certificates.emplace_back();  // kept even if broken: indexes stay aligned
+                 loadCertificate(item, t.certificates.back());
+               });
+             } else if (key == "min_version") {
+               readTlsVersion(f, t.min_version);
+             } else if (key == "ciphers") {
+               readNonEmptyString(f, t.ciphers);
+             } else if (key == "ciphersuites") {
+               readNonEmptyString(f, t.ciphersuites);
+             } else if (key == "groups") {
+               readNonEmptyString(f, t.groups);
+             } else if (key == "session_tickets") {
+               readBool(f, t.session_tickets);
+             } else if (key == "ticket_key_rotation") {
+               readDuration(f, t.ticket_key_rotation);
+             } else if (key == "client_auth") {
+               loadClientAuth(f, t.client_auth.emplace());
+             }
+           });
+  }
+
+  void loadCertificate(const Field& map, TlsCertificateConfig& c) {
+    fields(map, {"cert", "key", "server_names"}, {"cert", "key"},
+           [&](const std::string& key, const Field& f) {
+             if (key == "cert") {
+               readFile(f, c.cert);
+             } else if (key == "key") {
+               readFile(f, c.key);
+             } else if (key == "server_names") {
+               items(f, [&](const Field& name) {
+                 c.server_names.emplace_back();  // kept even if broken: indexes stay aligned
+                 readString(name, c.server_names.back());
+               });
+             }
+           });
+  }
+
+  void readTlsVersion(const Field& f, TlsVersion& out) {
+    std::string s;
+    if (!readString(f, s)) return;
+    if (s == "1.2" || s == "TLSv1.2") {
+      out = TlsVersion::Tls12;
+    } else if (s == "1.3" || s == "TLSv1.3") {
+      out = TlsVersion::Tls13;
+    } else if (s == "1.0" || s == "1.1" || s == "TLSv1" || s == "TLSv1.0" || s == "TLSv1.1") {
+      error(f.mark, f.path,
+            "TLS version " + quoted(s) +
+                " is not supported (expected \"1.2\" or \"1.3\", or TLSv1.2 / TLSv1.3)");
+    } else {
+      error(f.mark, f.path,
+            "unknown TLS version " + quoted(s) +
+                " (expected \"1.2\" or \"1.3\", or TLSv1.2 / TLSv1.3)");
+    }
+  }
+
+  void loadClientAuth(const Field& map, TlsClientAuthConfig& a) {
+    fields(map, {"ca", "required", "headers"}, {"ca"}, [&](const std::string& key, const Field& f) {
+      if (key == "ca") {
+        if (f.value.IsScalar() && f.value.Scalar() == "system") {
+          error(f.mark, f.path,
+                "\"system\" is not allowed here: name the PEM file of the CAs that issue your "
+                "client certificates");
+          return;
+        }
+        readFile(f, a.ca);
+      } else if (key == "required") {
+        readBool(f, a.required);
+      } else if (key == "headers") {
+        ClientCertHeaders& h = a.headers;
+        fields(f, {"subject", "sans", "fingerprint"}, {},
+               [&](const std::string& name, const Field& v) {
+                 if (name == "subject") {
+                   readString(v, h.subject);
+                 } else if (name == "sans") {
+                   readString(v, h.sans);
+                 } else if (name == "fingerprint") {
+                   readString(v, h.fingerprint);
+                 }
+               });
+      }
+    });
+  }
+
+  void loadUpstreamTls(const Field& map, UpstreamTlsConfig& t) {
+    if (!expectTlsMap(map)) return;
+    fields(map, {"ca", "server_name", "verify", "cert", "key"}, {},
+           [&](const std::string& key, const Field& f) {
+             if (key == "ca") {
+               readFile(f, t.ca, true);
+             } else if (key == "server_name") {
+               readNonEmptyString(f, t.server_name);
+             } else if (key == "verify") {
+               readBool(f, t.verify);
+             } else if (key == "cert") {
+               readFile(f, t.cert);
+             } else if (key == "key") {
+               readFile(f, t.key);
              }
            });
   }
@@ -408,7 +594,7 @@ class Loader {
       marks_[f.path] = k.Mark();  // errors about an upstream as a whole concern its name
       UpstreamConfig u;
       u.name = name;
-      fields(f, {"endpoints", "connect_timeout", "handshake_timeout"}, {"endpoints"},
+      fields(f, {"endpoints", "connect_timeout", "handshake_timeout", "tls"}, {"endpoints"},
              [&](const std::string& key, const Field& v) {
                if (key == "endpoints") {
                  items(v, [&](const Field& ep) {
@@ -419,6 +605,8 @@ class Loader {
                  readDuration(v, u.connect_timeout);
                } else if (key == "handshake_timeout") {
                  readDuration(v, u.handshake_timeout);
+               } else if (key == "tls") {
+                 loadUpstreamTls(v, u.tls.emplace());
                }
              });
       // Registered even when broken, so routes naming it do not also get "unknown upstream".
@@ -427,8 +615,10 @@ class Loader {
   }
 
   void loadRoute(const Field& item, RouteConfig& r) {
-    fields(item, {"name", "match", "kind", "upstream", "mode"}, {"name", "upstream"},
-           [&](const std::string& key, const Field& f) {
+    fields(item,
+           {"name", "match", "kind", "upstream", "mode", "response_timeout", "longpoll", "channel",
+            "max_queue_bytes", "overflow", "sse"},
+           {"name"}, [&](const std::string& key, const Field& f) {
              if (key == "name") {
                readString(f, r.name);
              } else if (key == "match") {
@@ -438,11 +628,18 @@ class Loader {
                if (!readString(f, s)) return;
                if (s == "websocket") {
                  r.kind = RouteKind::WebSocket;
-               } else if (s == "http" || s == "longpoll" || s == "channel" || s == "tcp") {
-                 error(f.mark, f.path,
-                       "route kind " + quoted(s) + " is not supported by this version");
+               } else if (s == "http") {
+                 r.kind = RouteKind::Http;
+               } else if (s == "longpoll") {
+                 r.kind = RouteKind::LongPoll;
+               } else if (s == "channel") {
+                 r.kind = RouteKind::Channel;
+               } else if (s == "tcp") {
+                 error(f.mark, f.path, "route kind " + quoted(s) + " is not supported by this version");
                } else {
-                 error(f.mark, f.path, "unknown route kind " + quoted(s) + " (expected websocket)");
+                 error(f.mark, f.path,
+                       "unknown route kind " + quoted(s) +
+                           " (expected one of: websocket, http, longpoll, channel)");
                }
              } else if (key == "upstream") {
                readString(f, r.upstream);
@@ -458,6 +655,99 @@ class Loader {
                  error(f.mark, f.path,
                        "unknown tunnel mode " + quoted(s) + " (expected passthrough)");
                }
+             } else if (key == "response_timeout") {
+               readDuration(f, r.response_timeout);
+             } else if (key == "longpoll") {
+               loadLongPoll(f, r.longpoll);
+             } else if (key == "channel") {
+               readNonEmptyString(f, r.channel);
+             } else if (key == "max_queue_bytes") {
+               readSize(f, r.max_queue_bytes);
+             } else if (key == "overflow") {
+               std::string s;
+               if (!readString(f, s)) return;
+               if (s == "close") {
+                 r.overflow = OverflowPolicy::Close;
+               } else if (s == "drop") {
+                 r.overflow = OverflowPolicy::Drop;
+               } else {
+                 error(f.mark, f.path, "unknown overflow policy " + quoted(s) + " (expected close or drop)");
+               }
+             } else if (key == "sse") {
+               readBool(f, r.sse);
+             }
+           });
+    // Only channel routes (fed by the publish API) have no upstream.
+    bool has_upstream = item.value.IsMap() && item.value["upstream"];
+    if (item.value.IsMap() && !has_upstream && r.kind != RouteKind::Channel) {
+      error(item.mark, childPath(item.path, "upstream"), "required key is missing");
+    }
+  }
+
+  void loadLongPoll(const Field& map, LongPollConfig& lp) {
+    fields(map,
+           {"channel", "poll", "method", "headers", "timeout", "cursor", "split", "send", "grace",
+            "backoff"},
+           {"poll"}, [&](const std::string& key, const Field& f) {
+             if (key == "channel") {
+               readNonEmptyString(f, lp.channel);
+             } else if (key == "poll") {
+               readNonEmptyString(f, lp.poll);
+             } else if (key == "method") {
+               readNonEmptyString(f, lp.method);
+             } else if (key == "headers") {
+               entries(f, [&](const std::string& name, const Field& v, const Node&) {
+                 std::string value;
+                 if (readString(v, value)) lp.headers.emplace_back(name, value);
+               });
+             } else if (key == "timeout") {
+               readDuration(f, lp.timeout);
+             } else if (key == "cursor") {
+               fields(f, {"header", "json", "initial"}, {}, [&](const std::string& k, const Field& v) {
+                 if (k == "header") {
+                   readNonEmptyString(v, lp.cursor_header);
+                 } else if (k == "json") {
+                   readNonEmptyString(v, lp.cursor_json);
+                 } else if (k == "initial") {
+                   readString(v, lp.cursor_initial);
+                 }
+               });
+             } else if (key == "split") {
+               std::string s;
+               if (!readString(f, s)) return;
+               if (s == "json_array") {
+                 lp.split_json_array = true;
+               } else if (s == "body") {
+                 lp.split_json_array = false;
+               } else {
+                 error(f.mark, f.path, "unknown split " + quoted(s) + " (expected body or json_array)");
+               }
+             } else if (key == "send") {
+               readNonEmptyString(f, lp.send);
+             } else if (key == "grace") {
+               readDuration(f, lp.grace);
+             } else if (key == "backoff") {
+               fields(f, {"initial", "max"}, {}, [&](const std::string& k, const Field& v) {
+                 readDuration(v, k == "initial" ? lp.backoff_initial : lp.backoff_max);
+               });
+             }
+           });
+  }
+
+  void loadAdmin(const Field& map) {
+    AdminConfig& a = cfg_->admin;
+    a.enabled = true;
+    if (map.value.IsNull()) return;  // "admin:" alone = defaults
+    fields(map, {"address", "token", "max_body_bytes", "enabled"}, {},
+           [&](const std::string& key, const Field& f) {
+             if (key == "address") {
+               readHostPort(f, true, a.address);
+             } else if (key == "token") {
+               readNonEmptyString(f, a.token);
+             } else if (key == "max_body_bytes") {
+               readSize(f, a.max_body_bytes);
+             } else if (key == "enabled") {
+               readBool(f, a.enabled);
              }
            });
   }
@@ -494,7 +784,7 @@ class Loader {
     LimitsConfig& l = cfg_->limits;
     fields(map,
            {"max_head_bytes", "max_headers", "high_water", "max_response_head_bytes",
-            "max_error_body_bytes"},
+            "max_error_body_bytes", "max_message_size"},
            {}, [&](const std::string& key, const Field& f) {
              if (key == "max_head_bytes") {
                readSize(f, l.max_head_bytes);
@@ -510,6 +800,8 @@ class Loader {
                readSize(f, l.max_response_head_bytes);
              } else if (key == "max_error_body_bytes") {
                readSize(f, l.max_error_body_bytes);
+             } else if (key == "max_message_size") {
+               readSize(f, l.max_message_size);
              }
            });
   }
@@ -552,6 +844,7 @@ class Loader {
   }
 
   std::string source_;
+  std::string base_dir_;  // prefix for relative file names: "" or ending in '/'
   std::shared_ptr<Config> cfg_ = std::make_shared<Config>();
   std::vector<ConfigError> errors_;
   std::vector<std::string> blocked_;         // paths whose errors make later checks moot

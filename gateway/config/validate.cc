@@ -1,5 +1,7 @@
 #include "config/validate.h"
 
+#include "http/template.h"
+
 #include <cstdio>
 #include <map>
 #include <string>
@@ -177,7 +179,94 @@ class Validator {
         error(base + ".backlog",
               rangeMessage(config_range::kMinBacklog, config_range::kMaxBacklog, l.backlog));
       }
+      if (l.tls) checkListenerTls(base + ".tls", *l.tls);
     }
+  }
+
+  // What a client can send in SNI: a DNS name, or "*.name" covering one more label. No port,
+  // and no IP address (RFC 6066 §3: SNI carries host names only).
+  void checkServerNamePattern(const std::string& path, const std::string& name) {
+    std::string_view rest = name;
+    bool wildcard = rest.size() > 2 && rest.substr(0, 2) == "*.";
+    if (wildcard) rest.remove_prefix(2);
+    HostPort hp;
+    std::string ignored;
+    bool ok = !rest.empty() && rest.front() != '[' &&
+              parseHostPort(std::string(rest) + ":1", hp, ignored, false);
+    bool is_ip = ok && rest.find_first_not_of("0123456789.") == std::string_view::npos;
+    if (is_ip && !wildcard) {
+      error(path, "invalid server name " + quoted(name) +
+                      ": clients never send an IP address in SNI (connections by address get "
+                      "the first certificate)");
+    } else if (!ok || is_ip) {
+      error(path, "invalid server name " + quoted(name) +
+                      " (expected a DNS name or \"*.example.com\", without port)");
+    }
+  }
+
+  // Response header names for the client certificate: tokens, distinct; "" = not sent.
+  void checkClientCertHeaders(const std::string& base, const ClientCertHeaders& h) {
+    std::map<std::string, std::string> seen;  // lower-case name -> key of the first use
+    const std::pair<const char*, const std::string*> kHeaders[] = {
+        {"subject", &h.subject}, {"sans", &h.sans}, {"fingerprint", &h.fingerprint}};
+    for (const auto& [key, name] : kHeaders) {
+      if (name->empty()) continue;
+      const std::string path = base + "." + key;
+      if (!isToken(*name)) {
+        error(path, "invalid header name " + quoted(*name));
+      } else if (auto [it, fresh] = seen.emplace(lowered(*name), key); !fresh) {
+        error(path, "header " + quoted(*name) + " is also used by " + it->second +
+                        " (header names ignore case)");
+      }
+    }
+  }
+
+  void checkListenerTls(const std::string& base, const ListenerTlsConfig& t) {
+    std::map<std::string, std::string> names;  // lower-case server name -> path of first use
+    for (size_t i = 0; i < t.certificates.size(); ++i) {
+      const TlsCertificateConfig& c = t.certificates[i];
+      const std::string cbase = base + ".certificates[" + std::to_string(i) + "]";
+      if (c.cert.empty()) error(cbase + ".cert", "must not be empty");
+      if (c.key.empty()) error(cbase + ".key", "must not be empty");
+      for (size_t j = 0; j < c.server_names.size(); ++j) {
+        const std::string path = cbase + ".server_names[" + std::to_string(j) + "]";
+        const size_t before = errors_.size();
+        checkServerNamePattern(path, c.server_names[j]);
+        if (errors_.size() != before) continue;
+        auto [it, fresh] = names.emplace(lowered(c.server_names[j]), path);
+        if (!fresh) {
+          error(path,
+                "server name " + quoted(c.server_names[j]) + " is also listed at " + it->second);
+        }
+      }
+    }
+    checkPositive(base + ".ticket_key_rotation", t.ticket_key_rotation);
+    if (t.client_auth) {
+      if (t.client_auth->ca.empty()) error(base + ".client_auth.ca", "must not be empty");
+      checkClientCertHeaders(base + ".client_auth.headers", t.client_auth->headers);
+    }
+  }
+
+  // The name an upstream's certificate is verified against (and sent in SNI when it is not an
+  // address): a DNS name, or an IPv4 / IPv6 address without brackets. "" = the endpoint's host.
+  void checkUpstreamServerName(const std::string& path, const std::string& name) {
+    if (name.empty()) return;
+    HostPort hp;
+    std::string ignored;
+    bool ok = name.find(':') != std::string::npos
+                  ? parseHostPort("[" + name + "]:1", hp, ignored, false)
+                  : parseHostPort(name + ":1", hp, ignored, false);
+    if (!ok) {
+      error(path, "invalid server name " + quoted(name) +
+                      " (expected a DNS name or an IP address, without port)");
+    }
+  }
+
+  void checkUpstreamTls(const std::string& base, const UpstreamTlsConfig& t) {
+    if (t.ca.empty()) error(base + ".ca", "must not be empty (\"system\" = the OS trust store)");
+    checkUpstreamServerName(base + ".server_name", t.server_name);
+    if (!t.cert.empty() && t.key.empty()) error(base + ".key", "required when cert is set");
+    if (t.cert.empty() && !t.key.empty()) error(base + ".cert", "required when key is set");
   }
 
   void checkUpstreams() {
@@ -198,6 +287,7 @@ class Validator {
       }
       checkPositive(base + ".connect_timeout", up.connect_timeout);
       checkPositive(base + ".handshake_timeout", up.handshake_timeout);
+      if (up.tls) checkUpstreamTls(base + ".tls", *up.tls);
     }
   }
 
@@ -259,10 +349,48 @@ class Validator {
           error(path, "header value must not contain control characters");
         }
       }
-      if (r.upstream.empty()) {
+      if (r.kind == RouteKind::Channel) {
+        if (!r.upstream.empty()) {
+          error(base + ".upstream", "a channel route has no upstream (it is fed by the publish API)");
+        }
+        if (!c_.admin.enabled) {
+          error(base + ".kind", "channel routes need the publish API: configure `admin:`");
+        }
+      } else if (r.upstream.empty()) {
         error(base + ".upstream", "missing upstream");
       } else if (c_.upstreams.count(r.upstream) == 0) {
         error(base + ".upstream", "unknown upstream " + quoted(r.upstream));
+      }
+      std::string why;
+      if (r.kind == RouteKind::Channel && !checkTemplate(r.channel, false, why)) {
+        error(base + ".channel", why);
+      }
+      if (r.kind == RouteKind::LongPoll) {
+        const LongPollConfig& lp = r.longpoll;
+        if (lp.poll.empty()) error(base + ".longpoll.poll", "required for a longpoll route");
+        if (!checkTemplate(lp.channel, false, why)) error(base + ".longpoll.channel", why);
+        if (!lp.poll.empty() && !checkTemplate(lp.poll, true, why)) {
+          error(base + ".longpoll.poll", why);
+        } else if (!lp.poll.empty() && lp.poll[0] != '/') {
+          error(base + ".longpoll.poll", "must start with '/' (a target on the upstream)");
+        }
+        if (!lp.send.empty() && (lp.send[0] != '/' || !checkTemplate(lp.send, false, why))) {
+          error(base + ".longpoll.send", lp.send[0] != '/' ? "must start with '/'" : why);
+        }
+        if (!lp.cursor_header.empty() && !lp.cursor_json.empty()) {
+          error(base + ".longpoll.cursor", "set either header or json, not both");
+        }
+        if (lp.timeout.count() <= 0) error(base + ".longpoll.timeout", "must be greater than 0");
+        if (lp.backoff_initial.count() <= 0 || lp.backoff_max < lp.backoff_initial) {
+          error(base + ".longpoll.backoff", "need 0 < initial <= max");
+        }
+      }
+      if (r.kind == RouteKind::Http && r.response_timeout.count() <= 0) {
+        error(base + ".response_timeout", "must be greater than 0");
+      }
+      if ((r.kind == RouteKind::Channel || r.kind == RouteKind::LongPoll) &&
+          r.max_queue_bytes < 1024) {
+        error(base + ".max_queue_bytes", "must be at least 1KiB");
       }
     }
   }
@@ -280,6 +408,7 @@ class Validator {
     checkSize("limits.max_response_head_bytes", l.max_response_head_bytes, kMinHeadBytes,
               kMaxHeadBytes);
     checkSize("limits.max_error_body_bytes", l.max_error_body_bytes, 0, kMaxErrorBodyBytes);
+    checkSize("limits.max_message_size", l.max_message_size, 125, size_t{1} << 31);
   }
 
   void checkTimeouts() {

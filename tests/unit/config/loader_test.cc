@@ -166,7 +166,7 @@ TEST_CASE("loader: absent keys take the documented defaults", "[config]") {
 
 TEST_CASE("loader: shipped configs load", "[config]") {
   auto file = GENERATE(as<std::string>{}, "conf/upgate.yaml", "conf/examples/minimal.yaml",
-                       "conf/examples/multi-upstream.yaml");
+                       "conf/examples/multi-upstream.yaml", "conf/examples/tls.yaml");
   INFO(file);
   std::shared_ptr<const Config> c;
   try {
@@ -182,19 +182,43 @@ TEST_CASE("loader: shipped configs load", "[config]") {
 TEST_CASE("loader: built-in default matches the documented setup", "[config]") {
   auto c = loadConfigFile(std::string(UPGATE_SOURCE_DIR) + "/conf/upgate.yaml");
   CHECK(c->workers == 2);
-  REQUIRE(c->listeners.size() == 1);
+  REQUIRE(c->listeners.size() == 2);
   CHECK(c->listeners[0].name == "public");
   CHECK(c->listeners[0].address.text() == "127.0.0.1:8080");
+  CHECK_FALSE(c->listeners[0].tls.has_value());
+  // wss:// with the self-signed demo certificate: `tls: {}`, every TLS key at its default.
+  CHECK(c->listeners[1].name == "secure");
+  CHECK(c->listeners[1].address.text() == "127.0.0.1:8443");
+  REQUIRE(c->listeners[1].tls.has_value());
+  const ListenerTlsConfig& tls = *c->listeners[1].tls;
+  const ListenerTlsConfig dt;
+  CHECK(tls.certificates.empty());
+  CHECK(tls.min_version == dt.min_version);
+  CHECK(tls.ciphers == dt.ciphers);
+  CHECK(tls.ciphersuites == dt.ciphersuites);
+  CHECK(tls.groups == dt.groups);
+  CHECK(tls.session_tickets == dt.session_tickets);
+  CHECK(tls.ticket_key_rotation == dt.ticket_key_rotation);
+  CHECK_FALSE(tls.client_auth.has_value());
   REQUIRE(c->upstreams.count("demo") == 1);
+  CHECK_FALSE(c->upstreams.at("demo").tls.has_value());
   REQUIRE(c->upstreams.at("demo").endpoints.size() == 1);
   CHECK(c->upstreams.at("demo").endpoints[0].text() == "127.0.0.1:9001");
-  REQUIRE(c->routes.size() == 1);
+  // The demo: /echo tunnels to the echo server, /ticker bridges the legacy app's long-poll,
+  // /news/ is a publish-API channel, and the rest is the legacy app over plain HTTP.
+  const Config d;  // the reference file spells out every default; they must agree with config.h
+  REQUIRE(c->routes.size() == 4);
   CHECK(c->routes[0].name == "echo");
-  CHECK(c->routes[0].match.path_prefix == std::optional<std::string>("/"));
+  CHECK(c->routes[0].match.path_prefix == std::optional<std::string>("/echo"));
   CHECK(c->routes[0].kind == RouteKind::WebSocket);
   CHECK(c->routes[0].upstream == "demo");
-  // The reference file spells out every default; they must agree with config.h.
-  const Config d;
+  CHECK(c->routes[1].kind == RouteKind::LongPoll);
+  CHECK(c->routes[1].upstream == "legacy");
+  CHECK(c->routes[2].kind == RouteKind::Channel);
+  CHECK(c->routes[3].kind == RouteKind::Http);
+  CHECK(c->admin.enabled);
+  CHECK(c->admin.address.text() == "127.0.0.1:9901");
+  CHECK(c->limits.max_message_size == d.limits.max_message_size);
   CHECK(c->drain_timeout == d.drain_timeout);
   CHECK(c->listeners[0].backlog == ListenerConfig{}.backlog);
   CHECK(c->upstreams.at("demo").connect_timeout == UpstreamConfig{}.connect_timeout);
@@ -224,12 +248,12 @@ TEST_CASE("loader: unknown key names its path", "[config]") {
   SECTION("at the top level") {
     CHECK(oneError(kBase + "worker: 2\n") ==
           "t.yaml:7:1: worker: unknown key (expected one of: workers, drain_timeout, listeners, "
-          "upstreams, routes, limits, timeouts, log)");
+          "upstreams, routes, limits, timeouts, log, admin)");
   }
   SECTION("in an upstream") {
     CHECK(oneError(kBase + "    timeout: 5s\n") ==
           "t.yaml:7:5: upstreams.chat.timeout: unknown key (expected one of: endpoints, "
-          "connect_timeout, handshake_timeout)");
+          "connect_timeout, handshake_timeout, tls)");
   }
   SECTION("in limits, timeouts and log") {
     auto errs2 = errorsOf(kBase + "limits: {max_body: 1}\ntimeouts: {read: 1s}\nlog: {file: x}\n");
@@ -380,9 +404,9 @@ TEST_CASE("loader: every error is reported at once", "[config]") {
   REQUIRE(errs.size() == 5);
   checkError(errs[0], path, 1, 10, "workers", "expected an integer, got \"many\"");
   checkError(errs[1], path, 5, 5, "listeners[0].colour",
-             "unknown key (expected one of: name, address, backlog)");
+             "unknown key (expected one of: name, address, backlog, tls)");
   checkError(errs[2], path, 11, 11, "routes[0].kind",
-             "route kind \"http\" is not supported by this version");
+             "route kind \"tcp\" is not supported by this version");
   checkError(errs[3], path, 12, 15, "routes[0].upstream", "unknown upstream \"chta\"");
   checkError(errs[4], path, 13, 19, "timeouts.head", "must be greater than 0, got 0");
 
@@ -427,16 +451,67 @@ TEST_CASE("loader: a broken section does not also fail its checks", "[config]") 
 }
 
 TEST_CASE("loader: route kind and mode this build does not support", "[config]") {
-  auto kind = GENERATE(as<std::string>{}, "http", "longpoll", "channel", "tcp");
-  CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    kind: " + kind + "\n") ==
-        "t.yaml:10:11: routes[0].kind: route kind \"" + kind +
-            "\" is not supported by this version");
+  CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    kind: tcp\n") ==
+        "t.yaml:10:11: routes[0].kind: route kind \"tcp\" is not supported by this version");
   CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    kind: ws\n") ==
-        "t.yaml:10:11: routes[0].kind: unknown route kind \"ws\" (expected websocket)");
+        "t.yaml:10:11: routes[0].kind: unknown route kind \"ws\" (expected one of: websocket, "
+        "http, longpoll, channel)");
   CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    mode: frames\n") ==
         "t.yaml:10:11: routes[0].mode: tunnel mode \"frames\" is not supported by this version");
   CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    mode: raw\n") ==
         "t.yaml:10:11: routes[0].mode: unknown tunnel mode \"raw\" (expected passthrough)");
+}
+
+TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
+  SECTION("a longpoll route loads every key") {
+    auto cfg = loadConfigString(
+        kBase +
+            "routes:\n  - name: ticker\n    kind: longpoll\n    upstream: chat\n"
+            "    longpoll:\n      channel: \"{query.symbols}\"\n"
+            "      poll: \"/poll?s={query.symbols}&c={cursor}\"\n"
+            "      cursor: { header: X-Cursor, initial: \"7\" }\n      split: json_array\n"
+            "      send: /send\n      grace: 2s\n      backoff: { initial: 100ms, max: 5s }\n"
+            "      headers: { X-From: upgate }\n",
+        "t.yaml");
+    const RouteConfig& r = cfg->routes.at(0);
+    CHECK(r.kind == RouteKind::LongPoll);
+    CHECK(r.longpoll.channel == "{query.symbols}");
+    CHECK(r.longpoll.poll == "/poll?s={query.symbols}&c={cursor}");
+    CHECK(r.longpoll.cursor_header == "X-Cursor");
+    CHECK(r.longpoll.cursor_initial == "7");
+    CHECK(r.longpoll.split_json_array);
+    CHECK(r.longpoll.send == "/send");
+    CHECK(r.longpoll.grace == Millis(2000));
+    CHECK(r.longpoll.backoff_initial == Millis(100));
+    CHECK(r.longpoll.backoff_max == Millis(5000));
+    REQUIRE(r.longpoll.headers.size() == 1);
+    CHECK(r.longpoll.headers[0].first == "X-From");
+  }
+  SECTION("longpoll needs a poll target with known variables") {
+    CHECK(oneError(kBase + "routes:\n  - name: r\n    kind: longpoll\n    upstream: chat\n") ==
+          "t.yaml:8:5: routes[0].longpoll.poll: required for a longpoll route");
+    CHECK(oneError(kBase +
+                   "routes:\n  - name: r\n    kind: longpoll\n    upstream: chat\n"
+                   "    longpoll: { poll: \"/p?x={query}\" }\n") ==
+          "t.yaml:11:23: routes[0].longpoll.poll: unknown variable {query} (expected path, "
+          "path.N, query.NAME, header.NAME, cursor)");
+  }
+  SECTION("a channel route needs no upstream but needs the admin API") {
+    CHECK(oneError(kBase + "routes:\n  - name: n\n    kind: channel\n    channel: \"{path.2}\"\n") ==
+          "t.yaml:9:11: routes[0].kind: channel routes need the publish API: configure `admin:`");
+    auto cfg = loadConfigString(kBase +
+                                    "admin: { address: 127.0.0.1:0, token: s3cret }\n"
+                                    "routes:\n  - name: n\n    kind: channel\n"
+                                    "    channel: \"{path.2}\"\n    overflow: drop\n",
+                                "t.yaml");
+    CHECK(cfg->admin.enabled);
+    CHECK(cfg->admin.token == "s3cret");
+    CHECK(cfg->routes.at(0).overflow == OverflowPolicy::Drop);
+  }
+  SECTION("other routes still need an upstream") {
+    CHECK(oneError(kBase + "routes:\n  - name: r\n    kind: http\n") ==
+          "t.yaml:8:5: routes[0].upstream: required key is missing");
+  }
 }
 
 TEST_CASE("loader: value ranges", "[config]") {

@@ -62,8 +62,10 @@ TEST_CASE("validate: listeners", "[config]") {
   SECTION("name rules") {
     c.listeners[0].name = "bad name";
     c.listeners.push_back(ListenerConfig{"", HostPort{"127.0.0.1", 1}, 511, std::nullopt});
-    c.listeners.push_back(ListenerConfig{std::string(65, 'x'), HostPort{"127.0.0.1", 2}, 511, std::nullopt});
-    c.listeners.push_back(ListenerConfig{"ok_name-1.v2", HostPort{"127.0.0.1", 3}, 511, std::nullopt});
+    c.listeners.push_back(
+        ListenerConfig{std::string(65, 'x'), HostPort{"127.0.0.1", 2}, 511, std::nullopt});
+    c.listeners.push_back(
+        ListenerConfig{"ok_name-1.v2", HostPort{"127.0.0.1", 3}, 511, std::nullopt});
     auto t = texts(c);
     REQUIRE(t.size() == 3);
     CHECK(t[0] ==
@@ -107,6 +109,121 @@ TEST_CASE("validate: upstreams", "[config]") {
     other.endpoints.push_back(HostPort{"10.0.0.2", 1});
     c.upstreams.emplace("spare", other);
     CHECK(validateConfig(c).empty());
+  }
+}
+
+TEST_CASE("validate: listener TLS", "[config][tls]") {
+  Config c = validConfig();
+  ListenerTlsConfig& t = c.listeners[0].tls.emplace();
+  SECTION("defaults are valid: no certificates = self-signed") {
+    CHECK(validateConfig(c).empty());
+  }
+  SECTION("certificate entries need cert and key") {
+    t.certificates.push_back(TlsCertificateConfig{"a.pem", "", {}});
+    t.certificates.push_back(TlsCertificateConfig{"", "b.key", {}});
+    CHECK(texts(c) ==
+          std::vector<std::string>{"listeners[0].tls.certificates[0].key: must not be empty",
+                                   "listeners[0].tls.certificates[1].cert: must not be empty"});
+  }
+  SECTION("server names: DNS names or one leading wildcard label, no port, no address") {
+    auto ok = GENERATE(as<std::string>{}, "example.com", "*.example.com", "localhost",
+                       "Example.COM", "a-b.c_d.example", "*.com");
+    INFO(ok);
+    t.certificates.push_back(TlsCertificateConfig{"a.pem", "a.key", {ok}});
+    CHECK(validateConfig(c).empty());
+  }
+  SECTION("bad server names") {
+    auto bad = GENERATE(as<std::string>{}, "", "*", "*.", "**.a.com", "*.*.a.com", "a.*.com",
+                        "a.com.", "a.com:443", "*.a.com:443", "[::1]", "::1", "*.10.0.0.1",
+                        "a b.com", "-a.com", "https://a.com");
+    INFO(bad);
+    t.certificates.push_back(TlsCertificateConfig{"a.pem", "a.key", {bad}});
+    auto v = texts(c);
+    REQUIRE(v.size() == 1);
+    CHECK(v[0].rfind("listeners[0].tls.certificates[0].server_names[0]: invalid server name", 0) ==
+          0);
+  }
+  SECTION("an IP address is explained") {
+    t.certificates.push_back(TlsCertificateConfig{"a.pem", "a.key", {"127.0.0.1"}});
+    CHECK(texts(c) == std::vector<std::string>{
+                          "listeners[0].tls.certificates[0].server_names[0]: invalid server name "
+                          "\"127.0.0.1\": clients never send an IP address in SNI (connections "
+                          "by address get the first certificate)"});
+  }
+  SECTION("a name is listed once per listener, ignoring case") {
+    t.certificates.push_back(TlsCertificateConfig{"a.pem", "a.key", {"a.com", "*.a.com"}});
+    t.certificates.push_back(TlsCertificateConfig{"b.pem", "b.key", {"b.com", "*.A.com"}});
+    CHECK(texts(c) ==
+          std::vector<std::string>{"listeners[0].tls.certificates[1].server_names[1]: server "
+                                   "name \"*.A.com\" is also listed at "
+                                   "listeners[0].tls.certificates[0].server_names[1]"});
+    // Another listener may reuse it.
+    c.listeners.push_back(ListenerConfig{"other", HostPort{"127.0.0.1", 8443}, 511, t});
+    CHECK(texts(c).size() == 2);
+  }
+  SECTION("ticket key rotation must be positive") {
+    t.ticket_key_rotation = Millis(0);
+    CHECK(texts(c) == std::vector<std::string>{
+                          "listeners[0].tls.ticket_key_rotation: must be greater than 0, got 0"});
+    t.ticket_key_rotation = Millis(1);
+    CHECK(validateConfig(c).empty());
+  }
+  SECTION("client_auth") {
+    TlsClientAuthConfig& a = t.client_auth.emplace();
+    CHECK(texts(c) ==
+          std::vector<std::string>{"listeners[0].tls.client_auth.ca: must not be empty"});
+    a.ca = "ca.pem";
+    CHECK(validateConfig(c).empty());
+    a.headers = ClientCertHeaders{"", "", ""};  // none sent: valid
+    CHECK(validateConfig(c).empty());
+    a.headers = ClientCertHeaders{"X-Id", "x-ID", "X-Fp:"};
+    CHECK(texts(c) == std::vector<std::string>{
+                          "listeners[0].tls.client_auth.headers.sans: header \"x-ID\" is also "
+                          "used by subject (header names ignore case)",
+                          "listeners[0].tls.client_auth.headers.fingerprint: invalid header name "
+                          "\"X-Fp:\""});
+  }
+}
+
+TEST_CASE("validate: upstream TLS", "[config][tls]") {
+  Config c = validConfig();
+  UpstreamTlsConfig& t = c.upstreams.at("chat").tls.emplace();
+  SECTION("defaults are valid") {
+    CHECK(t.ca == "system");
+    CHECK(validateConfig(c).empty());
+  }
+  SECTION("cert and key go together") {
+    t.cert = "c.pem";
+    CHECK(texts(c) ==
+          std::vector<std::string>{"upstreams.chat.tls.key: required when cert is set"});
+    t.cert.clear();
+    t.key = "c.key";
+    CHECK(texts(c) ==
+          std::vector<std::string>{"upstreams.chat.tls.cert: required when key is set"});
+    t.cert = "c.pem";
+    CHECK(validateConfig(c).empty());
+  }
+  SECTION("ca") {
+    t.ca.clear();
+    CHECK(texts(c) == std::vector<std::string>{
+                          "upstreams.chat.tls.ca: must not be empty (\"system\" = the OS trust "
+                          "store)"});
+  }
+  SECTION("server_name: a DNS name or an address, no port, no wildcard") {
+    auto ok = GENERATE(as<std::string>{}, "", "chat.internal", "10.0.0.1", "::1", "fe80::1");
+    INFO(ok);
+    t.server_name = ok;
+    CHECK(validateConfig(c).empty());
+  }
+  SECTION("bad server_name") {
+    auto bad = GENERATE(as<std::string>{}, "chat.internal:443", "*.internal", "[::1]", "a b",
+                        "10.0.0.1:443", "300.1.1.1");
+    INFO(bad);
+    t.server_name = bad;
+    auto v = texts(c);
+    REQUIRE(v.size() == 1);
+    CHECK(v[0] == "upstreams.chat.tls.server_name: invalid server name \"" + bad +
+                      "\" (expected a DNS name or an IP address, without port)");
   }
 }
 
