@@ -11,6 +11,7 @@
 
 #include "core/log.h"
 #include "net/listener.h"
+#include "admin/admin_server.h"
 #include "proxy/worker.h"
 
 namespace upgate {
@@ -19,10 +20,21 @@ namespace {
 struct MainLoop {
   uv_loop_t loop{};
   uv_signal_t sigterm{}, sigint{}, sighup{};
+  uv_async_t workers_done{};
   std::vector<std::unique_ptr<Worker>>* workers = nullptr;
+  AdminServer* admin = nullptr;
   const Config* config = nullptr;
+  std::thread reaper;  // joins the workers during a drain, then wakes the main loop
   bool draining = false;
 };
+
+// Every worker has drained and its thread ended: close what is left on the main loop (the
+// admin listener answered /readyz with 503 meanwhile) so uv_run returns.
+void onWorkersDone(uv_async_t* a) noexcept {
+  auto* m = static_cast<MainLoop*>(a->data);
+  uv_close(reinterpret_cast<uv_handle_t*>(&m->workers_done), nullptr);
+  if (m->admin) m->admin->close([] {});
+}
 
 void logTls(const TlsBundle& tls, const Config& config) {
   for (size_t i = 0; i < tls.listeners.size(); ++i) {
@@ -72,11 +84,15 @@ void onSignal(uv_signal_t* h, int signum) noexcept {
   }
   m->draining = true;
   UPGATE_LOG(info, 0, "{}: draining: no new connections, waiting for sessions", strsignal(signum));
+  if (m->admin) m->admin->setDraining();
   for (auto& w : *m->workers) w->requestDrain();
-  // Nothing else runs on the main loop: closing the signal handles lets uv_run return.
   uv_close(reinterpret_cast<uv_handle_t*>(&m->sigterm), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&m->sigint), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&m->sighup), nullptr);
+  m->reaper = std::thread([m] {
+    for (auto& w : *m->workers) w->join();
+    uv_async_send(&m->workers_done);
+  });
 }
 
 bool writeReadyFile(const std::string& path, const std::string& text) {
@@ -97,10 +113,34 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
   unsigned workers = config->workers;
   if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
 
+  // Signal handlers go in before anything listens: whoever reads the ready file may signal.
+  MainLoop m;
+  m.config = config.get();
+  LoopContext main_ctx;
+  uv_loop_init(&m.loop);
+  m.loop.data = &main_ctx;
+  for (auto [h, sig] : {std::pair{&m.sigterm, SIGTERM}, {&m.sigint, SIGINT}, {&m.sighup, SIGHUP}}) {
+    uv_signal_init(&m.loop, h);
+    h->data = &m;
+    uv_signal_start(h, onSignal, sig);
+  }
+  uv_async_init(&m.loop, &m.workers_done, onWorkersDone);
+  m.workers_done.data = &m;
+  auto abandon = [&m](int code) {
+    uv_walk(&m.loop, [](uv_handle_t* h, void*) { if (!uv_is_closing(h)) uv_close(h, nullptr); }, nullptr);
+    uv_run(&m.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&m.loop);
+    return code;
+  };
+
   // Open every socket up front on this thread: a bind error is reported before anything runs,
   // and port 0 resolves once, so all workers share the same SO_REUSEPORT port.
   std::vector<ListenFds> fds(workers);
   std::string ready;
+  auto close_fds = [&fds] {
+    for (auto& set : fds)
+      for (int f : set.fds) ::close(f);
+  };
   for (const ListenerConfig& lc : config->listeners) {
     HostPort addr = lc.address;
     std::string first_bound;
@@ -109,9 +149,8 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
       int fd = openListenSocket(addr, lc.backlog, bound, err);
       if (fd < 0) {
         UPGATE_LOG(err, 0, "listener {}: cannot listen on {}", lc.name, err);
-        for (auto& set : fds)
-          for (int f : set.fds) ::close(f);
-        return 1;
+        close_fds();
+        return abandon(1);
       }
       fds[w].fds.push_back(fd);
       if (w == 0) {
@@ -120,25 +159,36 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
       }
     }
     ready += lc.name + " " + first_bound + "\n";
-    UPGATE_LOG(info, 0, "listener {} on {} ({} workers)", lc.name, first_bound, workers);
+    UPGATE_LOG(info, 0, "listener {} on {}{} ({} workers)", lc.name, lc.tls ? "tls " : "",
+               first_bound, workers);
   }
 
+  Hub hub;
+  std::unique_ptr<AdminServer> admin;
+  if (config->admin.enabled) {
+    admin = std::make_unique<AdminServer>(&m.loop, *config, hub);
+    std::string bound, err;
+    if (!admin->start(bound, err)) {
+      UPGATE_LOG(err, 0, "admin listener: cannot listen on {}", err);
+      close_fds();
+      admin->close(nullptr);
+      return abandon(1);
+    }
+    ready += "admin " + bound + "\n";
+    UPGATE_LOG(info, 0, "admin listener on {} (POST /publish/{{channel}}, /healthz, /readyz)", bound);
+  }
+  m.admin = admin.get();
+
   std::vector<std::unique_ptr<Worker>> pool;
-  // Signal handlers go in before the ready file exists: whoever reads it may signal at once.
-  MainLoop m;
-  m.workers = &pool;
-  m.config = config.get();
-  uv_loop_init(&m.loop);
-  for (auto [h, sig] : {std::pair{&m.sigterm, SIGTERM}, {&m.sigint, SIGINT}, {&m.sighup, SIGHUP}}) {
-    uv_signal_init(&m.loop, h);
-    h->data = &m;
-    uv_signal_start(h, onSignal, sig);
-  }
-  std::vector<std::future<int>> started;
   for (unsigned w = 0; w < workers; ++w) {
-    pool.push_back(std::make_unique<Worker>(w, config, tls, std::move(fds[w])));
-    started.push_back(pool.back()->start());
+    pool.push_back(std::make_unique<Worker>(w, config, tls, hub, std::move(fds[w])));
   }
+  std::vector<Worker*> raw;
+  for (auto& w : pool) raw.push_back(w.get());
+  hub.setWorkers(raw);
+  m.workers = &pool;
+  std::vector<std::future<int>> started;
+  for (auto& w : pool) started.push_back(w->start());
   int failed = 0;
   for (auto& f : started) {
     int rc = f.get();
@@ -147,11 +197,9 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
   if (failed != 0) {
     UPGATE_LOG(err, 0, "worker could not start listening: {}", uv_strerror(failed));
     for (auto& w : pool) w->requestDrain();
-    pool.clear();  // joins
-    uv_walk(&m.loop, [](uv_handle_t* h, void*) { uv_close(h, nullptr); }, nullptr);
-    uv_run(&m.loop, UV_RUN_DEFAULT);
-    uv_loop_close(&m.loop);
-    return 1;
+    for (auto& w : pool) w->join();
+    if (admin) admin->close(nullptr);
+    return abandon(1);
   }
   if (!options.ready_file.empty() && !writeReadyFile(options.ready_file, ready)) {
     UPGATE_LOG(err, 0, "cannot write ready file {}", options.ready_file);
@@ -159,8 +207,8 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
   std::fprintf(stderr, "upgate listening: %s", ready.c_str());
 
   uv_run(&m.loop, UV_RUN_DEFAULT);
+  if (m.reaper.joinable()) m.reaper.join();
   uv_loop_close(&m.loop);
-  for (auto& w : pool) w->join();
   UPGATE_LOG(info, 0, "drained; exiting");
   return 0;
 }

@@ -16,6 +16,8 @@
 #include "http/response_parser.h"
 #include "http/response_writer.h"
 #include "net/listener.h"
+#include "bridge/subscription.h"
+#include "http/template.h"
 #include "proxy/access_log.h"
 #include "proxy/worker.h"
 #include "websocket/handshake.h"
@@ -126,6 +128,13 @@ void Session::Leg::onData(const char* data, size_t len) {
         s.onUpstreamHead(data, len);
       }
       return;
+    case State::Subscribed:
+      if (is_client_) {
+        s.last_activity_ms_ = uv_now(s.worker_.loop());
+        // Stream data lives in the loop's writable read buffer: frames are unmasked in place.
+        s.subscription_->onClientData(const_cast<char*>(data), len);
+      }
+      return;
     case State::Tunnel:
       if (is_client_) {
         s.bytes_up_ += len;
@@ -177,6 +186,10 @@ void Session::routeRequest() {
     respondError(404, "no route for " + head.path);
     return;
   }
+  if (route_->kind == RouteKind::Channel || route_->kind == RouteKind::LongPoll) {
+    subscribe(upgrade);
+    return;
+  }
   if (!upgrade) {
     HeaderList h{{"Upgrade", "websocket"}, {"Sec-WebSocket-Version", "13"}};
     respondError(426, "route \"" + route_->name + "\" serves WebSocket upgrades only", &h);
@@ -188,6 +201,110 @@ void Session::routeRequest() {
   hs_->first_endpoint = worker_.nextEndpoint(*upstream_cfg_);
   addClientCertHeaders(head);
   connectNextEndpoint();
+}
+
+// ---- Channel subscribers ---------------------------------------------------------------------
+
+void Session::subscribe(bool upgrade) {
+  RequestHead& head = hs_->request.head();
+  Subscription::Mode mode = Subscription::Mode::WebSocket;
+  if (!upgrade) {
+    const std::string* accept = findHeader(head.headers, "accept");
+    if (!route_->sse || head.method != "GET" || accept == nullptr ||
+        accept->find("text/event-stream") == std::string::npos) {
+      HeaderList h{{"Upgrade", "websocket"}, {"Sec-WebSocket-Version", "13"}};
+      respondError(426, "route \"" + route_->name + "\" serves WebSocket upgrades" +
+                            (route_->sse ? " and GETs with Accept: text/event-stream" : ""),
+                   &h);
+      return;
+    }
+    mode = Subscription::Mode::Sse;
+  }
+  bool longpoll = route_->kind == RouteKind::LongPoll;
+  const std::string& key_template = longpoll ? route_->longpoll.channel : route_->channel;
+  std::string error;
+  auto channel = expandTemplate(key_template, head, TemplateUse::ChannelKey, &error);
+  if (!channel || channel->empty()) {
+    respondError(400, "cannot name a channel from this request (" + key_template +
+                          (error.empty() ? " is empty" : ": " + error) + ")");
+    return;
+  }
+  std::string poll_target, send_target;
+  HeaderList forward;
+  if (longpoll) {
+    poll_target = expandTemplate(route_->longpoll.poll, head, TemplateUse::UrlTarget).value_or("");
+    if (!route_->longpoll.send.empty())
+      send_target = expandTemplate(route_->longpoll.send, head, TemplateUse::UrlTarget).value_or("");
+    // The client's credentials go along with its messages: the app authorizes them as before.
+    for (const char* name : {"cookie", "authorization"}) {
+      if (const std::string* v = findHeader(head.headers, name)) forward.push_back({name, *v});
+    }
+    forward.push_back({"X-Forwarded-For", hs_->forward.client_ip});
+  }
+  std::string response =
+      mode == Subscription::Mode::Sse
+          ? "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
+          : "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Accept: " +
+                computeAccept(*findHeader(head.headers, "sec-websocket-key")) + "\r\n\r\n";
+  std::string leftover = std::move(hs_->client_leftover);
+  hs_.reset();
+  status_ = mode == Subscription::Mode::Sse ? 200 : 101;
+  upstream_addr_.clear();
+  state_ = State::Subscribed;
+  client_->setHighWater(worker_.config().limits.high_water);
+  if (client_->write(response.data(), response.size()) != 0) {
+    finish("client write failed");
+    return;
+  }
+  subscription_ = std::make_unique<Subscription>(worker_, static_cast<SubscriptionOwner&>(*this),
+                                                 *route_, *channel, mode);
+  subscription_->start(std::move(poll_target), std::move(send_target), std::move(forward));
+  UPGATE_LOG(debug, id_, "subscribed to channel {} ({})", *channel,
+             mode == Subscription::Mode::Sse ? "SSE" : "WebSocket");
+  last_activity_ms_ = uv_now(worker_.loop());
+  armTunnelTimer();
+  if (!leftover.empty()) {
+    subscription_->onClientData(leftover.data(), leftover.size());
+    if (state_ != State::Subscribed) return;
+  }
+  if (client_->readStart() != 0) finish("client read failed");
+}
+
+Stream& Session::clientStream() { return *client_; }
+
+void Session::countBytes(uint64_t in, uint64_t out) {
+  bytes_up_ += in;
+  bytes_down_ += out;
+  last_activity_ms_ = uv_now(worker_.loop());
+}
+
+void Session::subscriptionEnded(uint16_t code, const std::string& reason) {
+  std::string why = code ? reason + " (" + std::to_string(code) + ")" : reason;
+  lingerClose(why);
+}
+
+void Session::lingerClose(const std::string& reason) {
+  if (state_ == State::Closing || state_ == State::Lingering) return;
+  // Let what is queued (a close frame) reach the client, then wait for its FIN.
+  close_reason_ = reason;
+  state_ = State::Lingering;
+  client_->shutdown();
+  if (upstream_->isOpen()) upstream_->close();
+  if (client_->readStart() != 0) {
+    finish(reason);
+    return;
+  }
+  uv_timer_start(&timer_, onTimer, kLingerMs, 0);
+}
+
+void Session::drain() {
+  if (state_ == State::Subscribed && subscription_) {
+    subscription_->close(1001, "server going away");
+    // The client's close frame ends it; if none comes, the close timeout does.
+    if (state_ == State::Subscribed) uv_timer_start(&timer_, onTimer, kLingerMs, 0);
+  }
 }
 
 // ---- Upstream connect --------------------------------------------------------------------------
@@ -433,6 +550,9 @@ void Session::onLegEof(bool is_client) {
     case State::Lingering:
       if (is_client) finish(close_reason_);
       return;
+    case State::Subscribed:
+      if (is_client) finish("client closed without a close frame");
+      return;
     case State::Tunnel:
       break;
     default:
@@ -531,6 +651,12 @@ void Session::handleTimer() {
       respondError(504, "upstream sent no 101 within " +
                             std::to_string(upstream_cfg_->handshake_timeout.count()) + " ms");
       return;
+    case State::Subscribed:
+      if (subscription_->closeSent()) {
+        finish("the client did not answer our close frame in time");
+        return;
+      }
+      break;
     case State::Tunnel:
       break;
     case State::Lingering:

@@ -15,6 +15,7 @@
 
 #include "config/config.h"
 #include "net/tcp_stream.h"
+#include "bridge/subscription.h"
 #include "tls/tls_stream.h"
 
 namespace upgate {
@@ -22,7 +23,7 @@ namespace upgate {
 class Worker;
 struct HandshakeState;
 
-class Session {
+class Session final : private SubscriptionOwner {
  public:
   // `tls` is the listener's TLS context, or null for a plain listener.
   Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
@@ -37,6 +38,9 @@ class Session {
   void start();
   // Ends the session at once (drain deadline, shutdown).
   void abort(const char* reason);
+  // The worker is draining: subscribers get a 1001 close frame; tunnels run on until they end
+  // or the drain deadline aborts them.
+  void drain();
   uint64_t id() const { return id_; }
 
   // Intrusive list links owned by the worker's session registry.
@@ -44,7 +48,16 @@ class Session {
   Session* next = nullptr;
 
  private:
-  enum class State { ReadingHead, Resolving, Connecting, AwaitingSwitch, Tunnel, Lingering, Closing };
+  enum class State {
+    ReadingHead,     // reading the request head (TLS handshake included)
+    Resolving,       // upstream host name lookup
+    Connecting,      // TCP (and TLS) connect to an upstream endpoint
+    AwaitingSwitch,  // upgrade request sent; waiting for the upstream's 101
+    Tunnel,          // websocket route: bytes both ways
+    Subscribed,      // channel/longpoll route: upgate is the WebSocket (or SSE) server
+    Lingering,       // an answer or close frame is being flushed; waiting for the client's FIN
+    Closing,         // handles are closing; deleted in the last close callback
+  };
 
   // Adapts one leg's StreamListener upcalls to Session members.
   class Leg final : public StreamListener {
@@ -88,7 +101,15 @@ class Session {
   void handleTimer();
   void armTunnelTimer();
 
+  // Channel subscribers (SubscriptionOwner).
+  void subscribe(bool upgrade);
+  Stream& clientStream() override;
+  uint64_t sessionId() const override { return id_; }
+  void subscriptionEnded(uint16_t code, const std::string& reason) override;
+  void countBytes(uint64_t in, uint64_t out) override;
+
   // Exits.
+  void lingerClose(const std::string& reason);
   void respond(int status, const std::string& reason, const std::string& response);
   void respondError(int status, const std::string& reason, const void* extra_headers = nullptr);
   void finish(const std::string& reason);
@@ -118,6 +139,7 @@ class Session {
   // Everything needed only until the 101: freed when the tunnel starts, so an established
   // session carries no parser, no request copy and no leftover buffers.
   std::unique_ptr<HandshakeState> hs_;
+  std::unique_ptr<Subscription> subscription_;  // channel and longpoll routes only
 
   const RouteConfig* route_ = nullptr;
   const UpstreamConfig* upstream_cfg_ = nullptr;

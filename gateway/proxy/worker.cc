@@ -4,16 +4,20 @@
 
 #include "core/handle.h"
 #include "core/log.h"
+#include "bridge/poller.h"
+#include "bridge/subscription.h"
+#include "proxy/http_client.h"
 #include "proxy/session.h"
 
 namespace upgate {
 
 Worker::Worker(unsigned index, std::shared_ptr<const Config> config,
-               std::shared_ptr<const TlsBundle> tls, ListenFds fds)
+               std::shared_ptr<const TlsBundle> tls, Hub& hub, ListenFds fds)
     : index_(index),
       config_(std::move(config)),
       routes_(*config_),
       tls_(std::move(tls)),
+      hub_(hub),
       fds_(std::move(fds)) {}
 
 Worker::~Worker() {
@@ -42,6 +46,8 @@ void Worker::run(std::promise<int> ready) {
   async_.data = this;
   uv_timer_init(&loop_, &drain_timer_);
   drain_timer_.data = this;
+  http_client_ = std::make_unique<HttpClient>(&loop_);
+  http_client_open_ = true;
 
   int rc = 0;
   for (size_t i = 0; i < config_->listeners.size(); ++i) {
@@ -68,10 +74,9 @@ void Worker::run(std::promise<int> ready) {
 }
 
 void Worker::post(std::function<void()> task) {
-  {
-    std::lock_guard<std::mutex> lock(inbox_mutex_);
-    inbox_.push_back(std::move(task));
-  }
+  std::lock_guard<std::mutex> lock(inbox_mutex_);
+  if (inbox_closed_) return;  // stopping: nothing will run it
+  inbox_.push_back(std::move(task));
   uv_async_send(&async_);
 }
 
@@ -118,6 +123,62 @@ std::shared_ptr<const TlsContext> Worker::upstreamTls(const std::string& upstrea
   return it == tls_->upstreams.end() ? nullptr : it->second;
 }
 
+void Worker::addSubscriber(const std::string& channel, const RouteConfig& route,
+                           const std::string& poll_target, ChannelSubscriber* s) {
+  subscribers_[channel].push_back(s);
+  hub_.subscribed(index_, channel, route, poll_target);
+}
+
+void Worker::removeSubscriber(const std::string& channel, ChannelSubscriber* s) {
+  auto it = subscribers_.find(channel);
+  if (it == subscribers_.end()) return;
+  auto& list = it->second;
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (list[i] != s) continue;
+    list[i] = list.back();  // order among subscribers does not matter; messages keep theirs
+    list.pop_back();
+    if (list.empty()) subscribers_.erase(it);
+    hub_.unsubscribed(index_, channel);
+    return;
+  }
+}
+
+void Worker::deliverLocal(const std::string& channel, const MessagePtr& message) {
+  auto it = subscribers_.find(channel);
+  if (it == subscribers_.end()) return;
+  // A delivery may close a subscriber (queue overflow), which unsubscribes it from this very
+  // list: iterate over a copy of the pointers.
+  std::vector<ChannelSubscriber*> targets = it->second;
+  Delivery d(*message);
+  for (ChannelSubscriber* s : targets) s->deliver(d);
+}
+
+void Worker::acquirePoller(const std::string& channel, const RouteConfig& route,
+                           const std::string& poll_target) {
+  if (stopping_ || draining_) return;
+  auto it = pollers_.find(channel);
+  if (it != pollers_.end()) {
+    it->second->keep();  // back within the grace period
+    return;
+  }
+  auto* p = new Poller(*this, channel, route, poll_target);
+  pollers_[channel] = p;
+  p->start();
+}
+
+void Worker::releasePoller(const std::string& channel) {
+  auto it = pollers_.find(channel);
+  if (it != pollers_.end()) it->second->releaseAfterGrace();
+}
+
+void Worker::forgetPoller(const std::string& channel) {
+  auto it = pollers_.find(channel);
+  if (it == pollers_.end()) return;
+  Poller* p = it->second;
+  pollers_.erase(it);
+  p->destroy();
+}
+
 void Worker::removeSession(Session* s) {
   if (s->prev) s->prev->next = s->next;
   if (s->next) s->next->prev = s->prev;
@@ -140,6 +201,7 @@ void Worker::beginDrain() {
       maybeStop();
     });
   }
+  for (Session* s = sessions_; s != nullptr; s = s->next) s->drain();
   uv_timer_start(&drain_timer_, onDrainTimer, static_cast<uint64_t>(config_->drain_timeout.count()), 0);
   maybeStop();
 }
@@ -153,8 +215,17 @@ void Worker::onDrainTimer(uv_timer_t* t) noexcept {
 void Worker::maybeStop() {
   if (!draining_ || stopping_ || session_count_ != 0 || listeners_open_ != 0) return;
   stopping_ = true;
+  for (auto& [channel, p] : pollers_) p->destroy();
+  pollers_.clear();
   uv_close(asHandle(&drain_timer_), nullptr);
-  uv_close(asHandle(&async_), nullptr);
+  // The HTTP client's connections close asynchronously; the inbox goes last, once they have.
+  http_client_->close([this] {
+    {
+      std::lock_guard<std::mutex> lock(inbox_mutex_);
+      inbox_closed_ = true;
+    }
+    uv_close(asHandle(&async_), nullptr);
+  });
 }
 
 }  // namespace upgate

@@ -19,11 +19,14 @@
 #include "net/listener.h"
 #include "net/tcp_stream.h"
 #include "routing/route_table.h"
+#include "bridge/hub.h"
 #include "tls/tls_context.h"
 
 namespace upgate {
 
 class Session;
+class HttpClient;
+class Poller;
 
 // One listening fd per configured listener, in config order, made by the main thread.
 struct ListenFds {
@@ -33,7 +36,7 @@ struct ListenFds {
 class Worker {
  public:
   Worker(unsigned index, std::shared_ptr<const Config> config,
-         std::shared_ptr<const TlsBundle> tls, ListenFds fds);
+         std::shared_ptr<const TlsBundle> tls, Hub& hub, ListenFds fds);
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker();
@@ -45,6 +48,8 @@ class Worker {
   void requestDrain();
   // Thread-safe: new connections use these contexts; established sessions keep theirs.
   void swapTls(std::shared_ptr<const TlsBundle> tls);
+  // Thread-safe: runs `task` on this worker's loop, in post order.
+  void post(std::function<void()> task);
 
   // Loop-thread API for sessions.
   uv_loop_t* loop() { return &loop_; }
@@ -54,13 +59,26 @@ class Worker {
   size_t nextEndpoint(const UpstreamConfig& upstream);
   void removeSession(Session* s);
   std::shared_ptr<const TlsContext> upstreamTls(const std::string& upstream) const;
+  unsigned index() const { return index_; }
+  Hub& hub() { return hub_; }
+  HttpClient& httpClient() { return *http_client_; }
+
+  // Channels (loop thread). The worker keeps its own subscriber lists; the hub only counts.
+  void addSubscriber(const std::string& channel, const RouteConfig& route,
+                     const std::string& poll_target, ChannelSubscriber* s);
+  void removeSubscriber(const std::string& channel, ChannelSubscriber* s);
+  void deliverLocal(const std::string& channel, const MessagePtr& message);
+  // Long-poll channels owned by this worker (posted by the hub).
+  void acquirePoller(const std::string& channel, const RouteConfig& route,
+                     const std::string& poll_target);
+  void releasePoller(const std::string& channel);
+  void forgetPoller(const std::string& channel);
 
  private:
   static void onAsync(uv_async_t* a) noexcept;
   static void onDrainTimer(uv_timer_t* t) noexcept;
 
   void run(std::promise<int> ready);
-  void post(std::function<void()> task);
   void accept(Listener& listener, uv_stream_t* server);
   void beginDrain();
   void maybeStop();
@@ -69,6 +87,11 @@ class Worker {
   std::shared_ptr<const Config> config_;
   RouteTable routes_;
   std::shared_ptr<const TlsBundle> tls_;
+  Hub& hub_;
+  std::unique_ptr<HttpClient> http_client_;
+  std::unordered_map<std::string, std::vector<ChannelSubscriber*>> subscribers_;
+  std::unordered_map<std::string, Poller*> pollers_;  // each deletes itself after destroy()
+  bool http_client_open_ = false;
   ListenFds fds_;
   std::thread thread_;
 
@@ -81,6 +104,7 @@ class Worker {
 
   std::mutex inbox_mutex_;
   std::vector<std::function<void()>> inbox_;
+  bool inbox_closed_ = false;  // guarded by inbox_mutex_
 
   Session* sessions_ = nullptr;  // intrusive list head
   size_t session_count_ = 0;

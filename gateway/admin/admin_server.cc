@@ -1,0 +1,234 @@
+#include "admin/admin_server.h"
+
+#include <cassert>
+
+#include "http/template.h"
+#include "core/handle.h"
+#include "core/log.h"
+#include "http/headers.h"
+#include "http/request_parser.h"
+#include "http/response_writer.h"
+#include "net/listener.h"
+
+namespace upgate {
+namespace {
+
+constexpr uint64_t kConnectionTimeoutMs = 10000;
+
+std::string jsonEscaped(const std::string& s) {
+  std::string out;
+  log::appendJsonEscaped(out, s);
+  return out;
+}
+
+std::string okResponse(const std::string& json) {
+  return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+         std::to_string(json.size() + 1) + "\r\nConnection: close\r\n\r\n" + json + "\n";
+}
+
+}  // namespace
+
+// One admin request: head, then a Content-Length body, then one answer and close.
+class AdminConnection final : public StreamListener {
+ public:
+  explicit AdminConnection(AdminServer& server)
+      : server_(server),
+        parser_(server.config().limits.max_head_bytes, server.config().limits.max_headers) {}
+
+  int init() {
+    int rc = tcp_.init(server_.loop(), this);
+    if (rc != 0) return rc;
+    uv_timer_init(server_.loop(), &timer_);
+    timer_.data = this;
+    open_ = 2;
+    return 0;
+  }
+  TcpStream& tcp() { return tcp_; }
+
+  void start() {
+    uv_timer_start(&timer_, onTimer, kConnectionTimeoutMs, 0);
+    if (tcp_.readStart() != 0) close();
+  }
+
+  void close() {
+    if (closing_) return;
+    closing_ = true;
+    tcp_.close();
+    uv_close(asHandle(&timer_), onTimerClosed);
+  }
+
+ private:
+  static void onTimer(uv_timer_t* t) noexcept { ownerOf<AdminConnection>(t)->close(); }
+  static void onTimerClosed(uv_handle_t* h) noexcept { ownerOf<AdminConnection>(h)->released(); }
+
+  void released() {
+    if (--open_ > 0) return;
+    server_.connectionClosed(this);
+    delete this;
+  }
+
+  void onData(const char* data, size_t len) override {
+    if (answered_) return;
+    if (!head_done_) {
+      ParseResult r = parser_.feed(data, len);
+      if (r == ParseResult::NeedMore) return;
+      if (r == ParseResult::Error) {
+        answer(errorResponse(parser_.errorStatus(), parser_.errorReason()));
+        return;
+      }
+      head_done_ = true;
+      const RequestHead& head = parser_.head();
+      if (findHeader(head.headers, "transfer-encoding")) {
+        answer(errorResponse(411, "send the message with a Content-Length"));
+        return;
+      }
+      const std::string* cl = findHeader(head.headers, "content-length");
+      expected_ = cl ? std::strtoull(cl->c_str(), nullptr, 10) : 0;
+      if (expected_ > server_.config().admin.max_body_bytes) {
+        answer(errorResponse(413, "message larger than admin.max_body_bytes (" +
+                                      std::to_string(server_.config().admin.max_body_bytes) + ")"));
+        return;
+      }
+      size_t used = parser_.consumed();
+      data += used;
+      len -= used;
+    }
+    body_.append(data, std::min<size_t>(len, expected_ - body_.size()));
+    if (body_.size() == expected_) dispatch();
+  }
+
+  void dispatch() {
+    const RequestHead& head = parser_.head();
+    answer(server_.handle(head.method, head.path, head.query,
+                          findHeader(head.headers, "authorization"),
+                          findHeader(head.headers, "content-type"), body_));
+  }
+
+  void answer(const std::string& response) {
+    answered_ = true;
+    if (tcp_.write(response.data(), response.size()) != 0) {
+      close();
+      return;
+    }
+    tcp_.shutdown();  // the client sees EOF after the answer and closes; the timer backs it up
+  }
+
+  void onEof() override {
+    if (!answered_) {
+      close();
+      return;
+    }
+    close();
+  }
+  void onError(int) override { close(); }
+  void onDrain() override {}
+  void onClosed() override { released(); }
+
+  AdminServer& server_;
+  TcpStream tcp_;
+  uv_timer_t timer_{};
+  RequestParser parser_;
+  std::string body_;
+  uint64_t expected_ = 0;
+  int open_ = 0;
+  bool head_done_ = false;
+  bool answered_ = false;
+  bool closing_ = false;
+};
+
+
+AdminServer::AdminServer(uv_loop_t* loop, const Config& config, Hub& hub)
+    : loop_(loop), config_(config), hub_(hub) {}
+
+AdminServer::~AdminServer() { assert(!listening_ && connections_.empty()); }
+
+bool AdminServer::start(std::string& bound, std::string& err) {
+  int fd = openListenSocket(config_.admin.address, 128, bound, err);
+  if (fd < 0) return false;
+  uv_tcp_init(loop_, &tcp_);
+  tcp_.data = this;
+  listening_ = true;
+  int rc = uv_tcp_open(&tcp_, fd);
+  if (rc == 0) rc = uv_listen(asStream(&tcp_), 128, onConnection);
+  if (rc != 0) {
+    err = std::string("admin listener: ") + uv_strerror(rc);
+    return false;
+  }
+  return true;
+}
+
+void AdminServer::onConnection(uv_stream_t* server, int status) noexcept {
+  auto* self = ownerOf<AdminServer>(server);
+  if (status < 0 || self->closing_) return;
+  auto* c = new AdminConnection(*self);
+  if (c->init() != 0) {
+    delete c;
+    return;
+  }
+  self->connections_.insert(c);
+  if (uv_accept(server, asStream(c->tcp().handle())) != 0) {
+    c->close();
+    return;
+  }
+  c->start();
+}
+
+void AdminServer::connectionClosed(AdminConnection* c) {
+  connections_.erase(c);
+  maybeDone();
+}
+
+void AdminServer::close(std::function<void()> done) {
+  closing_ = true;
+  done_ = std::move(done);
+  if (listening_) {
+    uv_close(asHandle(&tcp_), onListenerClosed);
+  } else {
+    maybeDone();
+  }
+  for (AdminConnection* c : std::vector<AdminConnection*>(connections_.begin(), connections_.end()))
+    c->close();
+}
+
+void AdminServer::onListenerClosed(uv_handle_t* h) noexcept {
+  auto* self = ownerOf<AdminServer>(h);
+  self->listening_ = false;
+  self->maybeDone();
+}
+
+void AdminServer::maybeDone() {
+  if (!closing_ || listening_ || !connections_.empty() || !done_) return;
+  auto done = std::move(done_);
+  done_ = nullptr;
+  done();
+}
+
+std::string AdminServer::handle(const std::string& method, const std::string& path,
+                                const std::string& query, const std::string* authorization,
+                                const std::string* content_type, std::string& body) {
+  if (!config_.admin.token.empty() &&
+      (authorization == nullptr || *authorization != "Bearer " + config_.admin.token)) {
+    return errorResponse(401, "admin API: missing or wrong bearer token",
+                         {{"WWW-Authenticate", "Bearer realm=\"upgate admin\""}});
+  }
+  if (path == "/healthz") return okResponse("{\"status\":\"ok\"}");
+  if (path == "/readyz") {
+    return draining_ ? errorResponse(503, "draining") : okResponse("{\"status\":\"ready\"}");
+  }
+  static const std::string kPublish = "/publish/";
+  if (path.compare(0, kPublish.size(), kPublish) == 0) {
+    if (method != "POST") return errorResponse(405, "use POST", {{"Allow", "POST"}});
+    std::string channel = percentDecode(std::string_view(path).substr(kPublish.size()));
+    if (channel.empty()) return errorResponse(400, "no channel name after /publish/");
+    bool binary = (content_type && content_type->find("application/octet-stream") == 0) ||
+                  queryParam(query, "binary").value_or("") == "1";
+    size_t workers = 0;
+    uint64_t seq = hub_.publish(channel, std::move(body), binary, &workers);
+    return okResponse("{\"channel\":\"" + jsonEscaped(channel) + "\",\"seq\":" +
+                      std::to_string(seq) + ",\"subscribers\":" +
+                      std::to_string(hub_.subscribers(channel)) + "}");
+  }
+  return errorResponse(404, "admin API: no such endpoint " + path);
+}
+
+}  // namespace upgate

@@ -1,0 +1,66 @@
+#include "bridge/hub.h"
+
+#include <functional>
+
+#include "proxy/worker.h"
+
+namespace upgate {
+
+unsigned Hub::ownerOf(const std::string& channel) const {
+  return static_cast<unsigned>(std::hash<std::string>{}(channel) % workers_.size());
+}
+
+void Hub::subscribed(unsigned worker, const std::string& channel, const RouteConfig& route,
+                     const std::string& poll_target) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Channel& c = channels_[channel];
+  if (c.per_worker.empty()) c.per_worker.resize(workers_.size());
+  ++c.per_worker[worker];
+  if (c.total++ == 0 && route.kind == RouteKind::LongPoll) {
+    // Posted under the lock: the owner sees start/release in the order the counts changed.
+    Worker* owner = workers_[ownerOf(channel)];
+    const RouteConfig* r = &route;
+    owner->post([owner, channel, r, poll_target] { owner->acquirePoller(channel, *r, poll_target); });
+  }
+}
+
+void Hub::unsubscribed(unsigned worker, const std::string& channel) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = channels_.find(channel);
+  if (it == channels_.end() || it->second.per_worker[worker] == 0) return;
+  Channel& c = it->second;
+  --c.per_worker[worker];
+  if (--c.total != 0) return;
+  Worker* owner = workers_[ownerOf(channel)];
+  owner->post([owner, channel] { owner->releasePoller(channel); });
+  // The entry stays (it carries the sequence number); it is tiny.
+}
+
+uint64_t Hub::publish(const std::string& channel, std::string payload, bool binary,
+                      size_t* workers_reached) {
+  auto message = std::make_shared<ChannelMessage>();
+  message->payload = std::move(payload);
+  message->binary = binary;
+  std::lock_guard<std::mutex> lock(mutex_);
+  Channel& c = channels_[channel];
+  if (c.per_worker.empty()) c.per_worker.resize(workers_.size());
+  message->seq = ++c.seq;
+  MessagePtr shared = std::move(message);
+  size_t reached = 0;
+  for (size_t w = 0; w < workers_.size(); ++w) {
+    if (c.per_worker[w] == 0) continue;
+    Worker* target = workers_[w];
+    target->post([target, channel, shared] { target->deliverLocal(channel, shared); });
+    ++reached;
+  }
+  if (workers_reached) *workers_reached = reached;
+  return shared->seq;
+}
+
+size_t Hub::subscribers(const std::string& channel) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = channels_.find(channel);
+  return it == channels_.end() ? 0 : it->second.total;
+}
+
+}  // namespace upgate

@@ -1,0 +1,87 @@
+#pragma once
+// The process-wide channel hub: who subscribes to which channel on which worker, and the
+// fan-out of published messages. Each worker keeps its own subscriber lists (touched only on its
+// loop); the hub keeps per-channel counts per worker and posts each message once to every
+// worker that has subscribers. Publishes, subscribes and unsubscribes take one mutex — control
+// events, never per byte. Holding it while posting keeps every channel's messages in one order
+// on every worker, whichever thread published them.
+//
+// Long-poll channels: the first subscriber in the process starts the channel's poller on its
+// owner worker (hash of the name); when the last one leaves, the owner stops it after a grace.
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.h"
+
+namespace upgate {
+
+class Worker;
+
+struct ChannelMessage {
+  std::string payload;
+  bool binary = false;
+  uint64_t seq = 0;  // per channel, from 1
+};
+using MessagePtr = std::shared_ptr<const ChannelMessage>;
+
+// Per-worker encodings of one message, built once per worker and written to every local
+// subscriber (with uv_try_write, so usually without a copy).
+// Each encoding is built on first use, so a worker with only WebSocket subscribers never
+// builds SSE events.
+class Delivery {
+ public:
+  explicit Delivery(const ChannelMessage& m) : message(m) {}
+  const ChannelMessage& message;
+  const std::string& wsFrame() const;   // header + payload, unmasked
+  const std::string& sseEvent() const;  // "id: N\ndata: ...\n\n"
+
+ private:
+  mutable std::string ws_frame_;
+  mutable std::string sse_event_;
+};
+
+// A session subscribed to a channel (loop thread only).
+class ChannelSubscriber {
+ public:
+  virtual ~ChannelSubscriber() = default;
+  virtual void deliver(const Delivery& delivery) = 0;
+};
+
+class Hub {
+ public:
+  // Called once, before any worker runs.
+  void setWorkers(std::vector<Worker*> workers) { workers_ = std::move(workers); }
+
+  // From `worker`'s loop, after it added the subscriber to its local list. `route` is a
+  // longpoll or channel route; `poll_target` is the route's poll target expanded for this
+  // channel (longpoll only) and is used if this subscriber starts the poller.
+  void subscribed(unsigned worker, const std::string& channel, const RouteConfig& route,
+                  const std::string& poll_target);
+  // From `worker`'s loop, after it removed the subscriber from its local list.
+  void unsubscribed(unsigned worker, const std::string& channel);
+
+  // Any thread. Returns the message's sequence number and how many workers it went to.
+  uint64_t publish(const std::string& channel, std::string payload, bool binary,
+                   size_t* workers_reached = nullptr);
+  // Subscribers in the process (all workers), for the admin API and tests.
+  size_t subscribers(const std::string& channel);
+
+ private:
+  struct Channel {
+    std::vector<uint32_t> per_worker;  // subscriber counts
+    uint64_t total = 0;
+    uint64_t seq = 0;
+  };
+  unsigned ownerOf(const std::string& channel) const;
+
+  std::vector<Worker*> workers_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, Channel> channels_;
+};
+
+}  // namespace upgate

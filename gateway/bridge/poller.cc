@@ -1,0 +1,193 @@
+#include "bridge/poller.h"
+
+#include <nlohmann/json.hpp>
+
+#include <random>
+
+#include "bridge/hub.h"
+#include "http/template.h"
+#include "core/handle.h"
+#include "core/log.h"
+#include "http/headers.h"
+#include "proxy/worker.h"
+
+namespace upgate {
+namespace {
+
+// "$.a.b" -> the value at that path of a JSON object, as text (strings unquoted).
+bool jsonPath(const nlohmann::json& doc, std::string_view path, std::string& out) {
+  if (path.substr(0, 2) == "$.") path.remove_prefix(2);
+  const nlohmann::json* node = &doc;
+  while (!path.empty()) {
+    size_t dot = path.find('.');
+    std::string key(path.substr(0, dot));
+    if (!node->is_object() || !node->contains(key)) return false;
+    node = &(*node)[key];
+    path = dot == std::string_view::npos ? std::string_view() : path.substr(dot + 1);
+  }
+  out = node->is_string() ? node->get<std::string>() : node->dump();
+  return true;
+}
+
+bool looksBinary(const HttpResponse& r) {
+  const std::string* type = findHeader(r.headers, "content-type");
+  return type && type->find("application/octet-stream") != std::string::npos;
+}
+
+}  // namespace
+
+Poller::Poller(Worker& worker, std::string channel, const RouteConfig& route, std::string target)
+    : worker_(worker),
+      channel_(std::move(channel)),
+      route_(route),
+      target_(std::move(target)),
+      cursor_(route.longpoll.cursor_initial) {
+  uv_timer_init(worker_.loop(), &retry_timer_);
+  uv_timer_init(worker_.loop(), &grace_timer_);
+  retry_timer_.data = grace_timer_.data = this;
+  open_timers_ = 2;
+}
+
+Poller::~Poller() = default;
+
+void Poller::start() {
+  UPGATE_LOG(info, 0, "channel {}: first subscriber, polling upstream {} {}", channel_,
+             route_.upstream, substituteCursor(target_, cursor_));
+  poll();
+}
+
+void Poller::keep() { uv_timer_stop(&grace_timer_); }
+
+void Poller::releaseAfterGrace() {
+  uv_timer_start(&grace_timer_, onGraceTimer, static_cast<uint64_t>(route_.longpoll.grace.count()), 0);
+}
+
+void Poller::onGraceTimer(uv_timer_t* t) noexcept {
+  auto* self = ownerOf<Poller>(t);
+  UPGATE_LOG(info, 0, "channel {}: no subscribers for {} ms, polling stopped after {} polls",
+             self->channel_, self->route_.longpoll.grace.count(), self->polls_);
+  self->worker_.forgetPoller(self->channel_);  // calls destroy()
+}
+
+void Poller::destroy() {
+  if (stopping_) return;
+  stopping_ = true;
+  if (call_) HttpClient::cancel(call_);
+  call_.reset();
+  uv_close(asHandle(&retry_timer_), onClosed);
+  uv_close(asHandle(&grace_timer_), onClosed);
+}
+
+void Poller::onClosed(uv_handle_t* h) noexcept {
+  auto* self = ownerOf<Poller>(h);
+  if (--self->open_timers_ == 0) delete self;
+}
+
+void Poller::poll() {
+  if (stopping_) return;
+  const Config& cfg = worker_.config();
+  auto it = cfg.upstreams.find(route_.upstream);
+  const UpstreamConfig& up = it->second;
+  HttpRequest req;
+  req.method = route_.longpoll.method;
+  req.endpoint = up.endpoints[worker_.nextEndpoint(up)];
+  req.tls = worker_.upstreamTls(up.name);
+  if (up.tls && !up.tls->server_name.empty()) req.tls_server_name = up.tls->server_name;
+  req.target = substituteCursor(target_, cursor_);
+  for (const auto& [name, value] : route_.longpoll.headers) req.headers.push_back({name, value});
+  req.timeout = route_.longpoll.timeout;
+  req.max_response_bytes = route_.max_queue_bytes;
+  ++polls_;
+  call_ = worker_.httpClient().send(std::move(req), [this](const std::string& error, HttpResponse& r) {
+    call_.reset();
+    onResponse(error, r);
+  });
+}
+
+void Poller::onResponse(const std::string& error, HttpResponse& r) {
+  if (stopping_) return;
+  if (!error.empty()) {
+    // Our own timeout is the normal end of an idle long-poll: ask again at once.
+    if (error.rfind("timeout", 0) == 0) {
+      failures_ = 0;
+      poll();
+      return;
+    }
+    backoff(error);
+    return;
+  }
+  if (r.status == 204 || r.status == 304 || (r.status == 200 && r.body.empty())) {
+    failures_ = 0;
+    advanceCursor(r);
+    poll();
+    return;
+  }
+  if (r.status != 200) {
+    backoff("upstream answered " + std::to_string(r.status));
+    return;
+  }
+  failures_ = 0;
+  publishBody(r);
+  if (!advanceCursor(r)) {
+    UPGATE_LOG(warn, 0, "channel {}: the poll answer carried no cursor ({}); the next poll repeats "
+               "cursor \"{}\"", channel_,
+               route_.longpoll.cursor_header.empty() ? route_.longpoll.cursor_json
+                                                     : "header " + route_.longpoll.cursor_header,
+               cursor_);
+  }
+  poll();
+}
+
+void Poller::publishBody(const HttpResponse& r) {
+  Hub& hub = worker_.hub();
+  if (!route_.longpoll.split_json_array) {
+    hub.publish(channel_, r.body, looksBinary(r));
+    return;
+  }
+  nlohmann::json doc = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !doc.is_array()) {
+    UPGATE_LOG(warn, 0, "channel {}: split: json_array, but the body is not a JSON array; "
+               "published whole", channel_);
+    hub.publish(channel_, r.body, false);
+    return;
+  }
+  // Strings go out as their text, anything else as compact JSON.
+  for (const auto& element : doc) {
+    hub.publish(channel_, element.is_string() ? element.get<std::string>() : element.dump(), false);
+  }
+}
+
+bool Poller::advanceCursor(const HttpResponse& r) {
+  const LongPollConfig& lp = route_.longpoll;
+  if (!lp.cursor_header.empty()) {
+    const std::string* v = findHeader(r.headers, lp.cursor_header);
+    if (v == nullptr) return false;
+    cursor_ = *v;
+    return true;
+  }
+  if (!lp.cursor_json.empty()) {
+    if (r.body.empty()) return false;
+    nlohmann::json doc = nlohmann::json::parse(r.body, nullptr, false);
+    return !doc.is_discarded() && jsonPath(doc, lp.cursor_json, cursor_);
+  }
+  return true;  // no cursor configured: nothing to advance
+}
+
+void Poller::backoff(const std::string& why) {
+  const LongPollConfig& lp = route_.longpoll;
+  uint64_t base = static_cast<uint64_t>(lp.backoff_initial.count());
+  uint64_t cap = static_cast<uint64_t>(lp.backoff_max.count());
+  uint64_t delay = base << std::min(failures_, 20u);
+  if (delay > cap) delay = cap;
+  ++failures_;
+  // Full jitter on the upper half: many gateways restarting together do not poll in lockstep.
+  static thread_local std::minstd_rand rng{std::random_device{}()};
+  delay = delay / 2 + rng() % (delay / 2 + 1);
+  UPGATE_LOG(warn, 0, "channel {}: poll failed ({}); retry {} in {} ms, cursor \"{}\" kept",
+             channel_, why, failures_, delay, cursor_);
+  uv_timer_start(&retry_timer_, onRetryTimer, delay, 0);
+}
+
+void Poller::onRetryTimer(uv_timer_t* t) noexcept { ownerOf<Poller>(t)->poll(); }
+
+}  // namespace upgate

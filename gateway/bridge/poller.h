@@ -1,0 +1,68 @@
+#pragma once
+// One upstream long-poll loop for one channel, shared by every subscriber in the process. It
+// lives on the channel's owner worker (Hub::ownerOf) and publishes what the legacy app answers
+// through the Hub, so subscribers on every worker get the same messages in the same order.
+//
+//   poll -> 200 with a body: split into messages, publish, advance the cursor, poll again
+//        -> 204 / 304 / empty body / our own timeout: poll again at once
+//        -> anything else (connect error, 5xx, ...): back off exponentially with jitter
+// The cursor survives upstream restarts: a failed poll never moves it, so the next successful
+// poll resumes where the last one ended and nothing published upstream is skipped.
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+
+#include "config/config.h"
+#include "proxy/http_client.h"
+
+namespace upgate {
+
+class Worker;
+
+class Poller {
+ public:
+  // `target` is the route's poll template with every variable but {cursor} expanded.
+  Poller(Worker& worker, std::string channel, const RouteConfig& route, std::string target);
+  Poller(const Poller&) = delete;
+  Poller& operator=(const Poller&) = delete;
+
+  void start();
+  // Subscribers came back during the grace period: keep polling.
+  void keep();
+  // The last subscriber left: stop after the route's grace period (keep() cancels it).
+  void releaseAfterGrace();
+  // Stops at once and deletes itself once its timers are closed (no callback runs after).
+  void destroy();
+
+  const std::string& cursor() const { return cursor_; }
+  uint64_t polls() const { return polls_; }
+
+ private:
+  ~Poller();
+  static void onRetryTimer(uv_timer_t* t) noexcept;
+  static void onGraceTimer(uv_timer_t* t) noexcept;
+  static void onClosed(uv_handle_t* h) noexcept;
+
+  void poll();
+  void onResponse(const std::string& error, HttpResponse& response);
+  void publishBody(const HttpResponse& response);
+  bool advanceCursor(const HttpResponse& response);
+  void backoff(const std::string& why);
+
+  Worker& worker_;
+  const std::string channel_;
+  const RouteConfig& route_;
+  const std::string target_;
+  std::string cursor_;
+  std::shared_ptr<HttpClient::Call> call_;  // the in-flight poll (cancelled on stop)
+  uv_timer_t retry_timer_{};
+  uv_timer_t grace_timer_{};
+  int open_timers_ = 0;
+  uint64_t polls_ = 0;
+  unsigned failures_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace upgate

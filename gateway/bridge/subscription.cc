@@ -1,0 +1,297 @@
+#include "bridge/subscription.h"
+
+#include <cstring>
+
+#include "core/log.h"
+#include "proxy/worker.h"
+#include "websocket/close_code.h"
+#include "websocket/frame_writer.h"
+#include "websocket/utf8.h"
+
+namespace upgate {
+namespace {
+
+// Client messages waiting to be POSTed (one is in flight): beyond this the client is too fast.
+constexpr size_t kMaxOutbox = 64;
+
+}  // namespace
+
+std::string encodeWsFrame(const ChannelMessage& m) {
+  char header[kMaxFrameHeader];
+  size_t n = writeFrameHeader(header, m.binary ? opcode::kBinary : opcode::kText, true, false,
+                              m.payload.size(), nullptr);
+  std::string frame;
+  frame.reserve(n + m.payload.size());
+  frame.append(header, n);
+  frame.append(m.payload);
+  return frame;
+}
+
+std::string encodeSseEvent(const ChannelMessage& m) {
+  // Each line of the payload becomes its own data: field; EventSource joins them with \n.
+  std::string out = "id: " + std::to_string(m.seq) + "\n";
+  std::string_view rest(m.payload);
+  for (;;) {
+    size_t end = rest.find('\n');
+    std::string_view line = rest.substr(0, end);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    out += "data: ";
+    out.append(line);
+    out += '\n';
+    if (end == std::string_view::npos) break;
+    rest.remove_prefix(end + 1);
+  }
+  out += '\n';
+  return out;
+}
+
+const std::string& Delivery::wsFrame() const {
+  if (ws_frame_.empty()) ws_frame_ = encodeWsFrame(message);
+  return ws_frame_;
+}
+
+const std::string& Delivery::sseEvent() const {
+  if (sse_event_.empty()) sse_event_ = encodeSseEvent(message);
+  return sse_event_;
+}
+
+Subscription::Subscription(Worker& worker, SubscriptionOwner& owner, const RouteConfig& route,
+                           std::string channel, Mode mode)
+    : worker_(worker),
+      owner_(owner),
+      route_(route),
+      channel_(std::move(channel)),
+      mode_(mode),
+      parser_(Role::Client, FrameParser::Limits{worker.config().limits.max_message_size}, false) {}
+
+Subscription::~Subscription() {
+  if (send_call_) HttpClient::cancel(send_call_);
+  if (registered_) worker_.removeSubscriber(channel_, this);
+}
+
+void Subscription::start(std::string poll_target, std::string send_target,
+                         HeaderList forward_headers) {
+  send_target_ = std::move(send_target);
+  forward_headers_ = std::move(forward_headers);
+  registered_ = true;
+  worker_.addSubscriber(channel_, route_, poll_target, this);
+}
+
+void Subscription::deliver(const Delivery& d) {
+  if (ended_ || close_sent_) return;
+  Stream& out = owner_.clientStream();
+  if (out.pendingBytes() > route_.max_queue_bytes) {
+    if (route_.overflow == OverflowPolicy::Drop) {
+      if (dropped_++ == 0)
+        UPGATE_LOG(warn, owner_.sessionId(), "channel {}: subscriber too slow, dropping messages",
+                   channel_);
+      return;
+    }
+    UPGATE_LOG(warn, owner_.sessionId(), "channel {}: subscriber too slow ({} bytes queued)",
+               channel_, out.pendingBytes());
+    close(close_code::kPolicyViolation, "subscriber too slow");
+    return;
+  }
+  const std::string& bytes = mode_ == Mode::WebSocket ? d.wsFrame() : d.sseEvent();
+  owner_.countBytes(0, d.message.payload.size());
+  if (out.write(bytes.data(), bytes.size()) != 0) {
+    ended_ = true;
+    owner_.subscriptionEnded(close_code::kAbnormal, "client write failed");
+  }
+}
+
+bool Subscription::writeFrame(uint8_t op, const char* data, size_t len) {
+  char header[kMaxFrameHeader];
+  size_t n = writeFrameHeader(header, op, true, false, len, nullptr);
+  Stream& out = owner_.clientStream();
+  return out.write(header, n) == 0 && (len == 0 || out.write(data, len) == 0);
+}
+
+void Subscription::close(uint16_t code, const std::string& reason) {
+  if (ended_ || close_sent_) return;
+  if (mode_ == Mode::Sse) {
+    ended_ = true;
+    owner_.subscriptionEnded(0, reason);
+    return;
+  }
+  close_sent_ = true;
+  std::string frame = closeFrame(code, reason, false);
+  if (owner_.clientStream().write(frame.data(), frame.size()) != 0) {
+    ended_ = true;
+    owner_.subscriptionEnded(code, reason);
+  }
+  // Otherwise the session waits for the client's close frame (bounded by its close timeout).
+}
+
+void Subscription::fail(uint16_t code, const std::string& reason) {
+  if (ended_) return;
+  UPGATE_LOG(info, owner_.sessionId(), "channel {}: closing with {}: {}", channel_, code, reason);
+  if (!close_sent_) {
+    close_sent_ = true;
+    std::string frame = closeFrame(code, reason, false);
+    owner_.clientStream().write(frame.data(), frame.size());
+  }
+  ended_ = true;
+  owner_.subscriptionEnded(code, reason);
+}
+
+// ---- Frames from the client ------------------------------------------------------------------
+
+void Subscription::onClientData(char* data, size_t len) {
+  if (ended_ || mode_ == Mode::Sse) return;
+  ParseError e = parser_.feed(data, len, *this);
+  if (e) fail(e.code, e.reason);
+}
+
+bool Subscription::onFrameHeader(const FrameHeader& h, const char*, size_t) {
+  if (isControlOpcode(h.opcode)) {
+    control_.clear();
+    return true;
+  }
+  if (h.opcode == opcode::kContinuation) {
+    if (!in_message_) {
+      fail(close_code::kProtocolError, "continuation frame without a message");
+      return false;
+    }
+  } else {
+    if (in_message_) {
+      fail(close_code::kProtocolError, "new message inside a fragmented message");
+      return false;
+    }
+    in_message_ = true;
+    message_opcode_ = h.opcode;
+    message_.clear();
+  }
+  if (message_.size() + h.payload_len > worker_.config().limits.max_message_size) {
+    fail(close_code::kMessageTooBig, "message larger than limits.max_message_size");
+    return false;
+  }
+  return true;
+}
+
+bool Subscription::onFramePayload(const FrameHeader& h, char* data, size_t len, uint64_t) {
+  if (isControlOpcode(h.opcode)) {
+    control_.append(data, len);
+  } else {
+    message_.append(data, len);
+  }
+  return true;
+}
+
+bool Subscription::onFrameEnd(const FrameHeader& h) {
+  switch (h.opcode) {
+    case opcode::kPing:
+      if (close_sent_) return true;  // no pongs after our close frame
+      if (!writeFrame(opcode::kPong, control_.data(), control_.size())) {
+        fail(close_code::kAbnormal, "client write failed");
+        return false;
+      }
+      return true;
+    case opcode::kPong:
+      return true;
+    case opcode::kClose: {
+      uint16_t code = close_code::kNoStatus;
+      if (control_.size() == 1) {
+        fail(close_code::kProtocolError, "close frame with a 1-byte payload");
+        return false;
+      }
+      if (control_.size() >= 2) {
+        code = static_cast<uint16_t>((static_cast<uint8_t>(control_[0]) << 8) |
+                                     static_cast<uint8_t>(control_[1]));
+        if (!isValidWireCloseCode(code)) {
+          fail(close_code::kProtocolError, "invalid close code");
+          return false;
+        }
+        Utf8Validator v;
+        if (!v.feed(control_.data() + 2, control_.size() - 2) || !v.complete()) {
+          fail(close_code::kInvalidPayload, "close reason is not UTF-8");
+          return false;
+        }
+      }
+      if (!close_sent_) {
+        // Echo the code (RFC 6455 §5.5.1); a close without a code is answered with 1000.
+        close_sent_ = true;
+        std::string frame = closeFrame(code == close_code::kNoStatus ? close_code::kNormal : code,
+                                       "", false);
+        owner_.clientStream().write(frame.data(), frame.size());
+      }
+      ended_ = true;
+      owner_.subscriptionEnded(code, "client closed");
+      return false;
+    }
+    default:
+      break;
+  }
+  if (!h.fin) return true;
+  in_message_ = false;
+  if (message_opcode_ == opcode::kText) {
+    Utf8Validator v;
+    if (!v.feed(message_.data(), message_.size()) || !v.complete()) {
+      fail(close_code::kInvalidPayload, "text message is not valid UTF-8");
+      return false;
+    }
+  }
+  owner_.countBytes(message_.size(), 0);
+  onClientMessage();
+  return !ended_;
+}
+
+// ---- Client messages to the legacy app (longpoll routes) -------------------------------------
+
+void Subscription::onClientMessage() {
+  if (route_.kind != RouteKind::LongPoll || send_target_.empty()) {
+    // Channel routes are one-way: say so once, precisely, and end the session.
+    fail(close_code::kUnsupportedData, "this channel does not accept messages from clients");
+    return;
+  }
+  if (outbox_.size() >= kMaxOutbox) {
+    fail(close_code::kPolicyViolation, "too many messages waiting for the application");
+    return;
+  }
+  outbox_.push_back(std::move(message_));
+  message_.clear();
+  if (!send_call_) sendNext();
+}
+
+void Subscription::sendNext() {
+  if (outbox_.empty() || ended_) return;
+  const Config& cfg = worker_.config();
+  const UpstreamConfig& up = cfg.upstreams.at(route_.upstream);
+  HttpRequest req;
+  req.method = "POST";
+  req.endpoint = up.endpoints[worker_.nextEndpoint(up)];
+  req.tls = worker_.upstreamTls(up.name);
+  if (up.tls && !up.tls->server_name.empty()) req.tls_server_name = up.tls->server_name;
+  req.target = send_target_;
+  req.headers = forward_headers_;
+  for (const auto& [name, value] : route_.longpoll.headers) req.headers.push_back({name, value});
+  req.headers.push_back({"Content-Type", message_opcode_ == opcode::kBinary
+                                             ? "application/octet-stream"
+                                             : "text/plain; charset=utf-8"});
+  req.body = std::move(outbox_.front());
+  outbox_.pop_front();
+  req.timeout = route_.longpoll.timeout;
+  send_call_ = worker_.httpClient().send(std::move(req), [this](const std::string& error,
+                                                                 HttpResponse& r) {
+    send_call_.reset();
+    if (ended_) return;
+    if (!error.empty() || r.status < 200 || r.status > 299) {
+      std::string why = error.empty() ? "application answered " + std::to_string(r.status) : error;
+      UPGATE_LOG(warn, owner_.sessionId(), "channel {}: send to {} failed: {}", channel_,
+                 send_target_, why);
+      fail(close_code::kInternalError, "the application did not accept the message");
+      return;
+    }
+    // The application's answer, if any, goes back to this client only.
+    if (!r.body.empty() && !close_sent_) {
+      owner_.countBytes(0, r.body.size());
+      if (!writeFrame(opcode::kText, r.body.data(), r.body.size())) {
+        fail(close_code::kAbnormal, "client write failed");
+        return;
+      }
+    }
+    sendNext();
+  });
+}
+
+}  // namespace upgate

@@ -1,0 +1,100 @@
+#pragma once
+// A client subscribed to a channel (route kinds `channel` and `longpoll`). upgate is the
+// WebSocket server here: it answered the 101 itself, writes each published message as one
+// unmasked frame, answers pings, runs the close handshake, and (longpoll routes) turns the
+// client's own messages into HTTP POSTs to the legacy app, whose answer goes back to this client.
+// A subscriber reading Server-Sent Events instead gets `id:`/`data:` events and sends nothing.
+//
+// Memory: a subscription holds no buffer while idle. A slow subscriber's unsent bytes are
+// bounded by the route's max_queue_bytes: beyond it the session is closed with 1008 (policy
+// `close`) or messages are skipped for it (policy `drop`).
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+
+#include "bridge/hub.h"
+#include "config/config.h"
+#include "net/stream.h"
+#include "proxy/http_client.h"
+#include "websocket/frame_parser.h"
+
+namespace upgate {
+
+class Worker;
+
+// What a subscription needs from the session that owns the client connection.
+class SubscriptionOwner {
+ public:
+  virtual ~SubscriptionOwner() = default;
+  virtual Stream& clientStream() = 0;
+  virtual uint64_t sessionId() const = 0;
+  // The subscription is over (close handshake done, protocol error, overflow): end the session.
+  // `code` is the WebSocket close code sent or received (0 for SSE).
+  virtual void subscriptionEnded(uint16_t code, const std::string& reason) = 0;
+  // Counts payload bytes for the access log.
+  virtual void countBytes(uint64_t in, uint64_t out) = 0;
+};
+
+std::string encodeWsFrame(const ChannelMessage& m);
+std::string encodeSseEvent(const ChannelMessage& m);
+
+class Subscription final : public ChannelSubscriber, private FrameSink {
+ public:
+  enum class Mode { WebSocket, Sse };
+  Subscription(Worker& worker, SubscriptionOwner& owner, const RouteConfig& route,
+               std::string channel, Mode mode);
+  ~Subscription() override;
+  Subscription(const Subscription&) = delete;
+  Subscription& operator=(const Subscription&) = delete;
+
+  // Registers with the worker (and so the hub). `send_target` is the route's send target
+  // expanded for this client (longpoll), `poll_target` its poll target (longpoll).
+  void start(std::string poll_target, std::string send_target, HeaderList forward_headers);
+  // Bytes from the client (WebSocket frames). The buffer is the loop's read buffer: writable.
+  void onClientData(char* data, size_t len);
+  // Server-initiated close (drain: 1001, overflow: 1008); waits for the client's close frame
+  // up to the close timeout, which the owner enforces.
+  void close(uint16_t code, const std::string& reason);
+  bool closeSent() const { return close_sent_; }
+  const std::string& channel() const { return channel_; }
+
+  void deliver(const Delivery& d) override;
+
+ private:
+  bool onFrameHeader(const FrameHeader& h, const char* raw, size_t raw_len) override;
+  bool onFramePayload(const FrameHeader& h, char* data, size_t len, uint64_t offset) override;
+  bool onFrameEnd(const FrameHeader& h) override;
+
+  void fail(uint16_t code, const std::string& reason);
+  bool writeFrame(uint8_t opcode, const char* data, size_t len);
+  void onClientMessage();
+  void sendNext();
+
+  Worker& worker_;
+  SubscriptionOwner& owner_;
+  const RouteConfig& route_;
+  const std::string channel_;
+  const Mode mode_;
+  bool registered_ = false;
+  FrameParser parser_;
+
+  // The message being received from the client (fragments reassembled, bounded).
+  std::string message_;
+  uint8_t message_opcode_ = 0;
+  std::string control_;  // payload of the control frame being received (<= 125 bytes)
+  bool in_message_ = false;
+
+  // longpoll: client messages POSTed to the legacy app, one at a time, in order.
+  std::string send_target_;
+  HeaderList forward_headers_;
+  std::deque<std::string> outbox_;
+  std::shared_ptr<HttpClient::Call> send_call_;
+
+  uint64_t dropped_ = 0;
+  bool close_sent_ = false;
+  bool ended_ = false;
+};
+
+}  // namespace upgate
