@@ -1,5 +1,5 @@
 # Thin wrapper: install dependencies, build with CMake, run, test.
-#   make run    install deps, build, start the demo echo upstream and upgate on conf/upgate.yaml
+#   make run    install deps, build, start the demo apps and upgate on conf/upgate.yaml
 #   make test   install deps, build (warnings are errors), run every test through ctest
 BUILD      ?= build
 BUILD_TYPE ?= RelWithDebInfo
@@ -30,14 +30,17 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
 	cmake --build $(BUILD) -j$$(nproc)
 
-run: build
-	@echo "starting the demo echo upstream on 127.0.0.1:9001"
-	@/usr/bin/python3 docker/demo/echo_server.py --port 9001 & demo=$$!; \
-	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
-	$(BUILD)/gateway/upgate -c conf/upgate.yaml
-
 test: CMAKE_ARGS += -DUPGATE_WERROR=ON -DUPGATE_BUILD_TESTS=ON
 run: CMAKE_ARGS += -DUPGATE_BUILD_TESTS=OFF
+
+run: build
+	@echo "demo: echo upstream on 127.0.0.1:9001, stock-ticker legacy app on 127.0.0.1:8000"
+	@/usr/bin/python3 docker/demo/echo_server.py --port 9001 & echo_pid=$$!; \
+	/usr/bin/python3 docker/demo/ticker_app.py --port 8000 & app_pid=$$!; \
+	trap 'kill $$echo_pid $$app_pid 2>/dev/null' EXIT INT TERM; \
+	echo "open http://127.0.0.1:8080/ (or https://127.0.0.1:8443/, self-signed) for the live ticker"; \
+	$(BUILD)/gateway/upgate -c conf/upgate.yaml
+
 test: build
 	ulimit -n $$(ulimit -Hn); ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
 
