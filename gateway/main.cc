@@ -26,9 +26,12 @@ int main(int argc, char** argv) {
   std::string ready_file;
   bool test_only = false;
   bool version = false;
-  app.add_option("-c,--config", config_file, "YAML configuration file (default: the built-in conf/upgate.yaml)");
-  app.add_flag("-t,--test", test_only, "check the configuration, print `configuration OK` or every error, exit 0/2");
-  app.add_option("--ready-file", ready_file, "write the bound listener addresses here once listening");
+  app.add_option("-c,--config", config_file,
+                 "YAML configuration file (default: the built-in conf/upgate.yaml)");
+  app.add_flag("-t,--test", test_only,
+               "check the configuration, print `configuration OK` or every error, exit 0/2");
+  app.add_option("--ready-file", ready_file,
+                 "write the bound listener addresses here once listening");
   app.add_flag("-v,--version", version, "print the version and exit");
   CLI11_PARSE(app, argc, argv);
 

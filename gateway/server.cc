@@ -9,9 +9,9 @@
 #include <thread>
 #include <vector>
 
+#include "admin/admin_server.h"
 #include "core/log.h"
 #include "net/listener.h"
-#include "admin/admin_server.h"
 #include "proxy/worker.h"
 
 namespace upgate {
@@ -127,7 +127,12 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
   uv_async_init(&m.loop, &m.workers_done, onWorkersDone);
   m.workers_done.data = &m;
   auto abandon = [&m](int code) {
-    uv_walk(&m.loop, [](uv_handle_t* h, void*) { if (!uv_is_closing(h)) uv_close(h, nullptr); }, nullptr);
+    uv_walk(
+        &m.loop,
+        [](uv_handle_t* h, void*) {
+          if (!uv_is_closing(h)) uv_close(h, nullptr);
+        },
+        nullptr);
     uv_run(&m.loop, UV_RUN_DEFAULT);
     uv_loop_close(&m.loop);
     return code;
@@ -175,7 +180,8 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
       return abandon(1);
     }
     ready += "admin " + bound + "\n";
-    UPGATE_LOG(info, 0, "admin listener on {} (POST /publish/{{channel}}, /healthz, /readyz)", bound);
+    UPGATE_LOG(info, 0, "admin listener on {} (POST /publish/{{channel}}, /healthz, /readyz)",
+               bound);
   }
   m.admin = admin.get();
 

@@ -2,12 +2,12 @@
 
 #include <cassert>
 
-#include "http/template.h"
 #include "core/handle.h"
 #include "core/log.h"
 #include "http/headers.h"
 #include "http/request_parser.h"
 #include "http/response_writer.h"
+#include "http/template.h"
 #include "net/listener.h"
 
 namespace upgate {
@@ -136,11 +136,12 @@ class AdminConnection final : public StreamListener {
   bool closing_ = false;
 };
 
-
 AdminServer::AdminServer(uv_loop_t* loop, const Config& config, Hub& hub)
     : loop_(loop), config_(config), hub_(hub) {}
 
-AdminServer::~AdminServer() { assert(!listening_ && connections_.empty()); }
+AdminServer::~AdminServer() {
+  assert(!listening_ && connections_.empty());
+}
 
 bool AdminServer::start(std::string& bound, std::string& err) {
   int fd = openListenSocket(config_.admin.address, 128, bound, err);
@@ -224,9 +225,9 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
                   queryParam(query, "binary").value_or("") == "1";
     size_t workers = 0;
     uint64_t seq = hub_.publish(channel, std::move(body), binary, &workers);
-    return okResponse("{\"channel\":\"" + jsonEscaped(channel) + "\",\"seq\":" +
-                      std::to_string(seq) + ",\"subscribers\":" +
-                      std::to_string(hub_.subscribers(channel)) + "}");
+    return okResponse("{\"channel\":\"" + jsonEscaped(channel) +
+                      "\",\"seq\":" + std::to_string(seq) +
+                      ",\"subscribers\":" + std::to_string(hub_.subscribers(channel)) + "}");
   }
   return errorResponse(404, "admin API: no such endpoint " + path);
 }

@@ -20,7 +20,8 @@ void Hub::subscribed(unsigned worker, const std::string& channel, const RouteCon
     // Posted under the lock: the owner sees start/release in the order the counts changed.
     Worker* owner = workers_[ownerOf(channel)];
     const RouteConfig* r = &route;
-    owner->post([owner, channel, r, poll_target] { owner->acquirePoller(channel, *r, poll_target); });
+    owner->post(
+        [owner, channel, r, poll_target] { owner->acquirePoller(channel, *r, poll_target); });
   }
 }
 

@@ -1,14 +1,13 @@
 #include "bridge/poller.h"
 
 #include <nlohmann/json.hpp>
-
 #include <random>
 
 #include "bridge/hub.h"
-#include "http/template.h"
 #include "core/handle.h"
 #include "core/log.h"
 #include "http/headers.h"
+#include "http/template.h"
 #include "proxy/worker.h"
 
 namespace upgate {
@@ -56,10 +55,13 @@ void Poller::start() {
   poll();
 }
 
-void Poller::keep() { uv_timer_stop(&grace_timer_); }
+void Poller::keep() {
+  uv_timer_stop(&grace_timer_);
+}
 
 void Poller::releaseAfterGrace() {
-  uv_timer_start(&grace_timer_, onGraceTimer, static_cast<uint64_t>(route_.longpoll.grace.count()), 0);
+  uv_timer_start(&grace_timer_, onGraceTimer, static_cast<uint64_t>(route_.longpoll.grace.count()),
+                 0);
 }
 
 void Poller::onGraceTimer(uv_timer_t* t) noexcept {
@@ -98,10 +100,11 @@ void Poller::poll() {
   req.timeout = route_.longpoll.timeout;
   req.max_response_bytes = route_.max_queue_bytes;
   ++polls_;
-  call_ = worker_.httpClient().send(std::move(req), [this](const std::string& error, HttpResponse& r) {
-    call_.reset();
-    onResponse(error, r);
-  });
+  call_ =
+      worker_.httpClient().send(std::move(req), [this](const std::string& error, HttpResponse& r) {
+        call_.reset();
+        onResponse(error, r);
+      });
 }
 
 void Poller::onResponse(const std::string& error, HttpResponse& r) {
@@ -129,8 +132,10 @@ void Poller::onResponse(const std::string& error, HttpResponse& r) {
   failures_ = 0;
   publishBody(r);
   if (!advanceCursor(r)) {
-    UPGATE_LOG(warn, 0, "channel {}: the poll answer carried no cursor ({}); the next poll repeats "
-               "cursor \"{}\"", channel_,
+    UPGATE_LOG(warn, 0,
+               "channel {}: the poll answer carried no cursor ({}); the next poll repeats "
+               "cursor \"{}\"",
+               channel_,
                route_.longpoll.cursor_header.empty() ? route_.longpoll.cursor_json
                                                      : "header " + route_.longpoll.cursor_header,
                cursor_);
@@ -146,8 +151,10 @@ void Poller::publishBody(const HttpResponse& r) {
   }
   nlohmann::json doc = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded() || !doc.is_array()) {
-    UPGATE_LOG(warn, 0, "channel {}: split: json_array, but the body is not a JSON array; "
-               "published whole", channel_);
+    UPGATE_LOG(warn, 0,
+               "channel {}: split: json_array, but the body is not a JSON array; "
+               "published whole",
+               channel_);
     hub.publish(channel_, r.body, false);
     return;
   }
@@ -188,6 +195,8 @@ void Poller::backoff(const std::string& why) {
   uv_timer_start(&retry_timer_, onRetryTimer, delay, 0);
 }
 
-void Poller::onRetryTimer(uv_timer_t* t) noexcept { ownerOf<Poller>(t)->poll(); }
+void Poller::onRetryTimer(uv_timer_t* t) noexcept {
+  ownerOf<Poller>(t)->poll();
+}
 
 }  // namespace upgate

@@ -211,8 +211,8 @@ bool Subscription::onFrameEnd(const FrameHeader& h) {
       if (!close_sent_) {
         // Echo the code (RFC 6455 §5.5.1); a close without a code is answered with 1000.
         close_sent_ = true;
-        std::string frame = closeFrame(code == close_code::kNoStatus ? close_code::kNormal : code,
-                                       "", false);
+        std::string frame =
+            closeFrame(code == close_code::kNoStatus ? close_code::kNormal : code, "", false);
         owner_.clientStream().write(frame.data(), frame.size());
       }
       ended_ = true;
@@ -271,27 +271,28 @@ void Subscription::sendNext() {
   req.body = std::move(outbox_.front());
   outbox_.pop_front();
   req.timeout = route_.longpoll.timeout;
-  send_call_ = worker_.httpClient().send(std::move(req), [this](const std::string& error,
-                                                                 HttpResponse& r) {
-    send_call_.reset();
-    if (ended_) return;
-    if (!error.empty() || r.status < 200 || r.status > 299) {
-      std::string why = error.empty() ? "application answered " + std::to_string(r.status) : error;
-      UPGATE_LOG(warn, owner_.sessionId(), "channel {}: send to {} failed: {}", channel_,
-                 send_target_, why);
-      fail(close_code::kInternalError, "the application did not accept the message");
-      return;
-    }
-    // The application's answer, if any, goes back to this client only.
-    if (!r.body.empty() && !close_sent_) {
-      owner_.countBytes(0, r.body.size());
-      if (!writeFrame(opcode::kText, r.body.data(), r.body.size())) {
-        fail(close_code::kAbnormal, "client write failed");
-        return;
-      }
-    }
-    sendNext();
-  });
+  send_call_ =
+      worker_.httpClient().send(std::move(req), [this](const std::string& error, HttpResponse& r) {
+        send_call_.reset();
+        if (ended_) return;
+        if (!error.empty() || r.status < 200 || r.status > 299) {
+          std::string why =
+              error.empty() ? "application answered " + std::to_string(r.status) : error;
+          UPGATE_LOG(warn, owner_.sessionId(), "channel {}: send to {} failed: {}", channel_,
+                     send_target_, why);
+          fail(close_code::kInternalError, "the application did not accept the message");
+          return;
+        }
+        // The application's answer, if any, goes back to this client only.
+        if (!r.body.empty() && !close_sent_) {
+          owner_.countBytes(0, r.body.size());
+          if (!writeFrame(opcode::kText, r.body.data(), r.body.size())) {
+            fail(close_code::kAbnormal, "client write failed");
+            return;
+          }
+        }
+        sendNext();
+      });
 }
 
 }  // namespace upgate

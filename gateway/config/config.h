@@ -17,8 +17,8 @@ using Millis = std::chrono::milliseconds;
 
 // host:port as written in the config ("127.0.0.1:8080", "[::1]:9001", "backend.local:80").
 struct HostPort {
-  std::string host;    // without brackets for IPv6 literals
-  uint16_t port = 0;   // 0 is allowed for listeners (ephemeral), not for upstream endpoints
+  std::string host;          // without brackets for IPv6 literals
+  uint16_t port = 0;         // 0 is allowed for listeners (ephemeral), not for upstream endpoints
   std::string text() const;  // "127.0.0.1:8080" / "[::1]:9001"
 };
 
@@ -39,8 +39,8 @@ struct ClientCertHeaders {
 };
 
 struct TlsClientAuthConfig {
-  std::string ca;         // PEM bundle of accepted client CAs
-  bool required = true;   // false = ask for a certificate, accept connections without one
+  std::string ca;        // PEM bundle of accepted client CAs
+  bool required = true;  // false = ask for a certificate, accept connections without one
   ClientCertHeaders headers;
 };
 
@@ -49,17 +49,18 @@ struct ListenerTlsConfig {
   // generated at start for 127.0.0.1/localhost (logged as such): for demos and tests only.
   std::vector<TlsCertificateConfig> certificates;
   TlsVersion min_version = TlsVersion::Tls12;
-  std::string ciphers;        // TLS 1.2 cipher list (OpenSSL syntax); empty = safe default
-  std::string ciphersuites;   // TLS 1.3 suites; empty = OpenSSL default
-  std::string groups;         // key-exchange groups, e.g. "X25519:P-256"; empty = default
+  std::string ciphers;       // TLS 1.2 cipher list (OpenSSL syntax); empty = safe default
+  std::string ciphersuites;  // TLS 1.3 suites; empty = OpenSSL default
+  std::string groups;        // key-exchange groups, e.g. "X25519:P-256"; empty = default
   bool session_tickets = true;
-  Millis ticket_key_rotation{3600 * 1000};  // new ticket key this often; the previous one still decrypts
+  Millis ticket_key_rotation{3600 *
+                             1000};  // new ticket key this often; the previous one still decrypts
   std::optional<TlsClientAuthConfig> client_auth;
 };
 
 struct ListenerConfig {
-  std::string name;      // unique; shown in the ready file and logs
-  HostPort address;      // listen address
+  std::string name;  // unique; shown in the ready file and logs
+  HostPort address;  // listen address
   int backlog = 511;
   std::optional<ListenerTlsConfig> tls;  // set = this listener serves wss:// and https://
 };
@@ -75,22 +76,22 @@ struct UpstreamTlsConfig {
 
 struct UpstreamConfig {
   std::string name;
-  std::vector<HostPort> endpoints;           // round robin; the next one on connect failure
-  Millis connect_timeout{5000};              // per connect attempt -> 504 when all fail by timeout
-  Millis handshake_timeout{10000};           // wait for the upstream's 101 after connecting -> 504
-  std::optional<UpstreamTlsConfig> tls;      // set = connect with TLS (wss://)
+  std::vector<HostPort> endpoints;       // round robin; the next one on connect failure
+  Millis connect_timeout{5000};          // per connect attempt -> 504 when all fail by timeout
+  Millis handshake_timeout{10000};       // wait for the upstream's 101 after connecting -> 504
+  std::optional<UpstreamTlsConfig> tls;  // set = connect with TLS (wss://)
 };
 
 struct HeaderMatch {
-  std::string name;                          // case-insensitive header name
-  std::optional<std::string> value;          // exact value; unset = header must be present
+  std::string name;                  // case-insensitive header name
+  std::optional<std::string> value;  // exact value; unset = header must be present
 };
 
 struct RouteMatch {
-  std::optional<std::string> path;           // exact path (query string excluded)
-  std::optional<std::string> path_prefix;    // path starts with this
-  std::optional<std::string> host;           // exact host, or "*.example.com" wildcard (port ignored)
-  std::vector<HeaderMatch> headers;          // all must match
+  std::optional<std::string> path;         // exact path (query string excluded)
+  std::optional<std::string> path_prefix;  // path starts with this
+  std::optional<std::string> host;         // exact host, or "*.example.com" wildcard (port ignored)
+  std::vector<HeaderMatch> headers;        // all must match
 };
 
 enum class RouteKind {
@@ -106,19 +107,19 @@ using ConfigHeaders = std::vector<std::pair<std::string, std::string>>;
 // Templates ("{query.symbols}", "{path.1}", "{path}", "{header.X-Tenant}", "{cursor}") are
 // expanded per request; see http/template.h.
 struct LongPollConfig {
-  std::string channel = "{path}";   // channel key: every subscriber with the same key shares a poll
-  std::string poll;                 // target of the upstream poll, e.g. "/poll?c={cursor}"
+  std::string channel = "{path}";  // channel key: every subscriber with the same key shares a poll
+  std::string poll;                // target of the upstream poll, e.g. "/poll?c={cursor}"
   std::string method = "GET";
-  ConfigHeaders headers;            // extra headers on every poll and send
-  Millis timeout{65000};            // one poll request (the app may hold it this long)
-  std::string cursor_header;        // the next cursor comes from this response header...
-  std::string cursor_json;          // ...or from this JSON field of the body ("$.cursor")
+  ConfigHeaders headers;      // extra headers on every poll and send
+  Millis timeout{65000};      // one poll request (the app may hold it this long)
+  std::string cursor_header;  // the next cursor comes from this response header...
+  std::string cursor_json;    // ...or from this JSON field of the body ("$.cursor")
   std::string cursor_initial = "0";
-  bool split_json_array = false;    // true: each element of a JSON array body is one message
-  std::string send;                 // client messages are POSTed here; empty = not accepted
-  Millis grace{5000};               // stop polling this long after the last subscriber left
-  Millis backoff_initial{500};      // upstream errors: exponential backoff with jitter...
-  Millis backoff_max{30000};        // ...up to this
+  bool split_json_array = false;  // true: each element of a JSON array body is one message
+  std::string send;               // client messages are POSTed here; empty = not accepted
+  Millis grace{5000};             // stop polling this long after the last subscriber left
+  Millis backoff_initial{500};    // upstream errors: exponential backoff with jitter...
+  Millis backoff_max{30000};      // ...up to this
 };
 
 enum class OverflowPolicy { Close, Drop };
@@ -126,29 +127,29 @@ enum class TunnelMode { Passthrough };
 
 // One plugin instance: built in (by name) or loaded from a shared object (path).
 struct PluginConfig {
-  std::string name;          // built-in name, or a label for an external plugin
-  std::string path;          // empty = built in; else the .so to dlopen
-  std::string config_yaml;   // the plugin's own `config:` subtree, re-emitted as YAML text
-  std::string where;         // "file:line:col" of the entry, prefixed to the plugin's errors
+  std::string name;         // built-in name, or a label for an external plugin
+  std::string path;         // empty = built in; else the .so to dlopen
+  std::string config_yaml;  // the plugin's own `config:` subtree, re-emitted as YAML text
+  std::string where;        // "file:line:col" of the entry, prefixed to the plugin's errors
 };
 
 struct RouteConfig {
   std::string name;
   RouteMatch match;
   RouteKind kind = RouteKind::WebSocket;
-  std::string upstream;                      // name of an UpstreamConfig (validated to exist)
+  std::string upstream;  // name of an UpstreamConfig (validated to exist)
   TunnelMode mode = TunnelMode::Passthrough;
-  std::vector<PluginConfig> plugins;         // run in order, after the global ones
+  std::vector<PluginConfig> plugins;  // run in order, after the global ones
   // kind: http
-  Millis response_timeout{120000};           // upstream answer (long-polls pass through)
+  Millis response_timeout{120000};  // upstream answer (long-polls pass through)
   // kind: longpoll
   LongPollConfig longpoll;
   // kind: channel
-  std::string channel = "{path}";            // channel key template
+  std::string channel = "{path}";  // channel key template
   // longpoll and channel: per-subscriber queue of unsent bytes, and what happens beyond it
   size_t max_queue_bytes = 1024 * 1024;
   OverflowPolicy overflow = OverflowPolicy::Close;  // Close: 1008; Drop: skip messages
-  bool sse = true;                           // also serve text/event-stream to non-WebSocket GETs
+  bool sse = true;  // also serve text/event-stream to non-WebSocket GETs
 };
 
 // The admin listener: POST /publish/{channel}, /healthz, /readyz. Off unless `admin:` is
@@ -156,35 +157,35 @@ struct RouteConfig {
 struct AdminConfig {
   HostPort address{"127.0.0.1", 9901};
   bool enabled = false;
-  std::string token;            // non-empty: requests need "Authorization: Bearer <token>"
+  std::string token;  // non-empty: requests need "Authorization: Bearer <token>"
   size_t max_body_bytes = 1024 * 1024;
 };
 
 struct LimitsConfig {
-  size_t max_head_bytes = 16 * 1024;         // request head (line + headers) -> 431
-  size_t max_headers = 100;                  // header count -> 431
-  size_t high_water = 256 * 1024;            // per-direction pending bytes: stop reading above
+  size_t max_head_bytes = 16 * 1024;           // request head (line + headers) -> 431
+  size_t max_headers = 100;                    // header count -> 431
+  size_t high_water = 256 * 1024;              // per-direction pending bytes: stop reading above
   size_t max_response_head_bytes = 16 * 1024;  // upstream response head -> 502
-  size_t max_error_body_bytes = 64 * 1024;   // relayed non-101 upstream body cap -> 502
+  size_t max_error_body_bytes = 64 * 1024;     // relayed non-101 upstream body cap -> 502
   size_t max_message_size = 16 * 1024 * 1024;  // WebSocket message upgate reads itself -> 1009
 };
 
 struct TimeoutsConfig {
-  Millis head{10000};        // total deadline for the request head (not per read) -> 408
-  Millis idle{0};            // no bytes either way for this long -> close; 0 = never
-  Millis half_close{5000};   // after one side ended, wait this long for the other, then close
+  Millis head{10000};       // total deadline for the request head (not per read) -> 408
+  Millis idle{0};           // no bytes either way for this long -> close; 0 = never
+  Millis half_close{5000};  // after one side ended, wait this long for the other, then close
 };
 
 enum class LogLevel { Debug, Info, Warn, Error };
 
 struct LogConfig {
   LogLevel level = LogLevel::Info;
-  bool access_log = true;    // one JSON line per session on stdout
+  bool access_log = true;  // one JSON line per session on stdout
 };
 
 struct Config {
-  std::string source;        // file name the config came from ("<built-in>" for the default)
-  unsigned workers = 0;      // 0 = number of CPUs
+  std::string source;    // file name the config came from ("<built-in>" for the default)
+  unsigned workers = 0;  // 0 = number of CPUs
   Millis drain_timeout{10000};
   std::vector<ListenerConfig> listeners;
   std::map<std::string, UpstreamConfig> upstreams;

@@ -421,7 +421,7 @@ class Loader {
     Config& c = *cfg_;
     fields(root,
            {"workers", "drain_timeout", "listeners", "upstreams", "routes", "limits", "timeouts",
-            "log", "admin"},
+            "log", "admin", "plugins"},
            {"listeners"}, [&](const std::string& key, const Field& f) {
              if (key == "workers") {
                int64_t v = 0;
@@ -449,6 +449,8 @@ class Loader {
                loadLog(f);
              } else if (key == "admin") {
                loadAdmin(f);
+             } else if (key == "plugins") {
+               loadPlugins(f, c.plugins);
              }
            });
   }
@@ -617,7 +619,7 @@ class Loader {
   void loadRoute(const Field& item, RouteConfig& r) {
     fields(item,
            {"name", "match", "kind", "upstream", "mode", "response_timeout", "longpoll", "channel",
-            "max_queue_bytes", "overflow", "sse"},
+            "max_queue_bytes", "overflow", "sse", "plugins"},
            {"name"}, [&](const std::string& key, const Field& f) {
              if (key == "name") {
                readString(f, r.name);
@@ -675,6 +677,8 @@ class Loader {
                }
              } else if (key == "sse") {
                readBool(f, r.sse);
+             } else if (key == "plugins") {
+               loadPlugins(f, r.plugins);
              }
            });
     // Only channel routes (fed by the publish API) have no upstream.
@@ -682,6 +686,28 @@ class Loader {
     if (item.value.IsMap() && !has_upstream && r.kind != RouteKind::Channel) {
       error(item.mark, childPath(item.path, "upstream"), "required key is missing");
     }
+  }
+
+  // `plugins:` (global or per route), run in this order. Each entry names a built-in or, with
+  // `path:`, a shared object (resolved like other files, loaded by the plugin host, which also
+  // checks the names); its `config:` subtree goes to the plugin as YAML text, and `where` is the
+  // entry's file:line:col, which prefixes the plugin's own config errors.
+  void loadPlugins(const Field& seq, std::vector<PluginConfig>& out) {
+    items(seq, [&](const Field& item) {
+      PluginConfig p;
+      p.where = source_ + ":" + std::to_string(item.mark.line + 1) + ":" +
+                std::to_string(item.mark.column + 1);
+      fields(item, {"name", "path", "config"}, {"name"}, [&](const std::string& key, const Field& f) {
+        if (key == "name") {
+          readNonEmptyString(f, p.name);
+        } else if (key == "path") {
+          if (readNonEmptyString(f, p.path) && p.path.front() != '/') p.path = base_dir_ + p.path;
+        } else if (key == "config" && !f.value.IsNull()) {
+          p.config_yaml = YAML::Dump(f.value) + "\n";
+        }
+      });
+      out.push_back(std::move(p));
+    });
   }
 
   void loadLongPoll(const Field& map, LongPollConfig& lp) {

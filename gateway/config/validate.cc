@@ -1,13 +1,13 @@
 #include "config/validate.h"
 
-#include "http/template.h"
-
 #include <cstdio>
 #include <map>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "http/template.h"
 
 namespace upgate {
 
@@ -351,7 +351,8 @@ class Validator {
       }
       if (r.kind == RouteKind::Channel) {
         if (!r.upstream.empty()) {
-          error(base + ".upstream", "a channel route has no upstream (it is fed by the publish API)");
+          error(base + ".upstream",
+                "a channel route has no upstream (it is fed by the publish API)");
         }
         if (!c_.admin.enabled) {
           error(base + ".kind", "channel routes need the publish API: configure `admin:`");

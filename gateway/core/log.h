@@ -27,17 +27,19 @@ void appendJsonEscaped(std::string& out, std::string_view s);
 // Emits {"ts":...,"level":...,"id":<id>,"msg":"<msg>"}; id 0 means "no session".
 void event(spdlog::level::level_enum level, uint64_t id, std::string_view msg);
 
-inline bool enabled(spdlog::level::level_enum level) { return spdlog::should_log(level); }
+inline bool enabled(spdlog::level::level_enum level) {
+  return spdlog::should_log(level);
+}
 
 }  // namespace log
 
 // Formats only when the level is enabled: log messages cost nothing on the data path otherwise.
 // `lvl` is one of spdlog's level names: debug, info, warn, err.
-#define UPGATE_LOG(lvl, id, ...)                                                \
-  do {                                                                          \
-    if (::upgate::log::enabled(::spdlog::level::lvl)) {                         \
+#define UPGATE_LOG(lvl, id, ...)                                                  \
+  do {                                                                            \
+    if (::upgate::log::enabled(::spdlog::level::lvl)) {                           \
       ::upgate::log::event(::spdlog::level::lvl, (id), fmt::format(__VA_ARGS__)); \
-    }                                                                           \
+    }                                                                             \
   } while (0)
 
 }  // namespace upgate

@@ -86,9 +86,10 @@ bool walk(std::string_view tpl, const RequestHead* request, bool allow_cursor, s
     std::string value;
     bool is_cursor = false;
     if (!resolve(var, request, value, is_cursor)) {
-      if (error) *error = "unknown variable {" + std::string(var) +
-                          "} (expected path, path.N, query.NAME, header.NAME" +
-                          (allow_cursor ? ", cursor)" : ")");
+      if (error)
+        *error = "unknown variable {" + std::string(var) +
+                 "} (expected path, path.N, query.NAME, header.NAME" +
+                 (allow_cursor ? ", cursor)" : ")");
       return false;
     }
     if (is_cursor && !allow_cursor) {

@@ -29,7 +29,8 @@ std::string formatSockaddr(const sockaddr* sa, std::string* ip_only, uint16_t* p
   }
   if (ip_only) *ip_only = ip;
   if (port) *port = p;
-  return v6 ? "[" + std::string(ip) + "]:" + std::to_string(p) : std::string(ip) + ":" + std::to_string(p);
+  return v6 ? "[" + std::string(ip) + "]:" + std::to_string(p)
+            : std::string(ip) + ":" + std::to_string(p);
 }
 
 int openListenSocket(const HostPort& address, int backlog, std::string& bound, std::string& err) {
@@ -39,7 +40,8 @@ int openListenSocket(const HostPort& address, int backlog, std::string& bound, s
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* res = nullptr;
   std::string port = std::to_string(address.port);
-  int gai = getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints, &res);
+  int gai = getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints,
+                        &res);
   if (gai != 0) {
     err = address.text() + ": cannot resolve: " + gai_strerror(gai);
     return -1;

@@ -25,7 +25,9 @@ struct TcpStream::WriteReq {
   }
 };
 
-TcpStream::~TcpStream() { assert(!initialized_ || closed_); }
+TcpStream::~TcpStream() {
+  assert(!initialized_ || closed_);
+}
 
 int TcpStream::init(uv_loop_t* loop, StreamListener* listener) {
   assert(!initialized_ || closed_);  // a closed stream may be reused (next upstream endpoint)
@@ -150,7 +152,9 @@ void TcpStream::close() {
   if (!uv_is_closing(asHandle(&tcp_))) uv_close(asHandle(&tcp_), onClose);
 }
 
-void TcpStream::onClose(uv_handle_t* h) noexcept { ownerOf<TcpStream>(h)->handleClosed(); }
+void TcpStream::onClose(uv_handle_t* h) noexcept {
+  ownerOf<TcpStream>(h)->handleClosed();
+}
 
 void TcpStream::handleClosed() {
   closed_ = true;

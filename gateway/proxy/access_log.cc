@@ -38,7 +38,8 @@ std::string formatAccessRecord(const AccessRecord& r) {
   gmtime_r(&ts.tv_sec, &utc);
   char stamp[64];
   snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900,
-           utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ts.tv_nsec / 1000000));
+           utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+           static_cast<int>(ts.tv_nsec / 1000000));
   std::string out;
   out.reserve(256);
   out += "{\"ts\":\"";

@@ -8,15 +8,15 @@ namespace upgate {
 
 struct AccessRecord {
   uint64_t id = 0;
-  std::string client;    // "ip:port"
+  std::string client;  // "ip:port"
   std::string listener;
-  std::string route;     // empty = no route matched
-  std::string upstream;  // endpoint tried last, empty if none
-  int status = 0;        // 101, or the HTTP status sent; 0 = nothing was sent
+  std::string route;       // empty = no route matched
+  std::string upstream;    // endpoint tried last, empty if none
+  int status = 0;          // 101, or the HTTP status sent; 0 = nothing was sent
   uint64_t bytes_in = 0;   // client -> upstream after the 101
   uint64_t bytes_out = 0;  // upstream -> client after the 101
   uint64_t duration_ms = 0;
-  std::string close;     // why the session ended
+  std::string close;  // why the session ended
 };
 
 std::string formatAccessRecord(const AccessRecord& r);

@@ -3,21 +3,20 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cstring>
 
-#include <algorithm>
-
+#include "bridge/subscription.h"
 #include "core/handle.h"
-#include "http/headers.h"
 #include "core/log.h"
 #include "http/forwarding.h"
+#include "http/headers.h"
 #include "http/request_parser.h"
 #include "http/response_parser.h"
 #include "http/response_writer.h"
-#include "net/listener.h"
-#include "bridge/subscription.h"
 #include "http/template.h"
+#include "net/listener.h"
 #include "proxy/access_log.h"
 #include "proxy/worker.h"
 #include "websocket/handshake.h"
@@ -59,7 +58,9 @@ Session::Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
                  std::shared_ptr<const TlsContext> tls)
     : worker_(worker), listener_(listener), id_(id), listener_tls_(std::move(tls)) {}
 
-Session::~Session() { assert(open_handles_ == 0); }
+Session::~Session() {
+  assert(open_handles_ == 0);
+}
 
 void Session::start() {
   uv_loop_t* loop = worker_.loop();
@@ -149,10 +150,18 @@ void Session::Leg::onData(const char* data, size_t len) {
   }
 }
 
-void Session::Leg::onEof() { s_.onLegEof(is_client_); }
-void Session::Leg::onError(int uv_err) { s_.onLegError(is_client_, uv_err); }
-void Session::Leg::onDrain() { s_.onLegDrain(is_client_); }
-void Session::Leg::onClosed() { s_.onLegClosed(is_client_); }
+void Session::Leg::onEof() {
+  s_.onLegEof(is_client_);
+}
+void Session::Leg::onError(int uv_err) {
+  s_.onLegError(is_client_, uv_err);
+}
+void Session::Leg::onDrain() {
+  s_.onLegDrain(is_client_);
+}
+void Session::Leg::onClosed() {
+  s_.onLegClosed(is_client_);
+}
 
 // ---- Request head ------------------------------------------------------------------------------
 
@@ -213,8 +222,9 @@ void Session::subscribe(bool upgrade) {
     if (!route_->sse || head.method != "GET" || accept == nullptr ||
         accept->find("text/event-stream") == std::string::npos) {
       HeaderList h{{"Upgrade", "websocket"}, {"Sec-WebSocket-Version", "13"}};
-      respondError(426, "route \"" + route_->name + "\" serves WebSocket upgrades" +
-                            (route_->sse ? " and GETs with Accept: text/event-stream" : ""),
+      respondError(426,
+                   "route \"" + route_->name + "\" serves WebSocket upgrades" +
+                       (route_->sse ? " and GETs with Accept: text/event-stream" : ""),
                    &h);
       return;
     }
@@ -234,7 +244,8 @@ void Session::subscribe(bool upgrade) {
   if (longpoll) {
     poll_target = expandTemplate(route_->longpoll.poll, head, TemplateUse::UrlTarget).value_or("");
     if (!route_->longpoll.send.empty())
-      send_target = expandTemplate(route_->longpoll.send, head, TemplateUse::UrlTarget).value_or("");
+      send_target =
+          expandTemplate(route_->longpoll.send, head, TemplateUse::UrlTarget).value_or("");
     // The client's credentials go along with its messages: the app authorizes them as before.
     for (const char* name : {"cookie", "authorization"}) {
       if (const std::string* v = findHeader(head.headers, name)) forward.push_back({name, *v});
@@ -272,7 +283,9 @@ void Session::subscribe(bool upgrade) {
   if (client_->readStart() != 0) finish("client read failed");
 }
 
-Stream& Session::clientStream() { return *client_; }
+Stream& Session::clientStream() {
+  return *client_;
+}
 
 void Session::countBytes(uint64_t in, uint64_t out) {
   bytes_up_ += in;
@@ -342,7 +355,8 @@ void Session::connectNextEndpoint() {
     return;
   }
   ++open_handles_;  // the resolver's callback is owed to us
-  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->connect_timeout.count()), 0);
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->connect_timeout.count()),
+                 0);
 }
 
 void Session::onResolved(uv_getaddrinfo_t* req, int status, addrinfo* res) noexcept {
@@ -391,7 +405,8 @@ void Session::connectTo(const sockaddr* addr) {
     onConnectFailed(rc, false);
     return;
   }
-  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->connect_timeout.count()), 0);
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->connect_timeout.count()),
+                 0);
 }
 
 void Session::onConnect(uv_connect_t* req, int status) noexcept {
@@ -408,8 +423,8 @@ void Session::onConnect(uv_connect_t* req, int status) noexcept {
 void Session::onConnectFailed(int status, bool timed_out) {
   hs_->any_timeout |= timed_out;
   if (!timed_out) hs_->last_error = status;
-  UPGATE_LOG(warn, id_, "upstream {} ({}): connect failed: {}", upstream_addr_,
-             upstream_cfg_->name, timed_out ? "timeout" : uv_strerror(status));
+  UPGATE_LOG(warn, id_, "upstream {} ({}): connect failed: {}", upstream_addr_, upstream_cfg_->name,
+             timed_out ? "timeout" : uv_strerror(status));
   if (upstream_->isOpen()) {
     // The next attempt needs a fresh handle; it starts once this one has closed (onLegClosed).
     upstream_->close();
@@ -425,9 +440,11 @@ void Session::onConnected(int) {
   if (upstream_tls_) {
     const UpstreamTlsConfig* tls = upstream_tls_->ctx()->upstream();
     const std::string& endpoint_host =
-        upstream_cfg_->endpoints[(hs_->first_endpoint + hs_->attempts - 1) %
-                                 upstream_cfg_->endpoints.size()].host;
-    rc = upstream_tls_->connect(tls && !tls->server_name.empty() ? tls->server_name : endpoint_host);
+        upstream_cfg_
+            ->endpoints[(hs_->first_endpoint + hs_->attempts - 1) % upstream_cfg_->endpoints.size()]
+            .host;
+    rc =
+        upstream_tls_->connect(tls && !tls->server_name.empty() ? tls->server_name : endpoint_host);
   }
   // Over TLS the request waits in the TlsStream until the handshake is done.
   std::string request = upstreamUpgradeRequest(hs_->request.head(), hs_->forward);
@@ -437,7 +454,8 @@ void Session::onConnected(int) {
     respondError(502, legError(false, rc));
     return;
   }
-  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->handshake_timeout.count()), 0);
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(upstream_cfg_->handshake_timeout.count()),
+                 0);
 }
 
 // ---- Upstream answer ---------------------------------------------------------------------------
@@ -463,7 +481,8 @@ void Session::onUpstreamHead(const char* data, size_t len) {
     respondError(v.status, v.reason);
     return;
   }
-  UPGATE_LOG(debug, id_, "101 from upstream {}: tunnel open (route {})", upstream_addr_, route_->name);
+  UPGATE_LOG(debug, id_, "101 from upstream {}: tunnel open (route {})", upstream_addr_,
+             route_->name);
   std::string response = switchingResponse(head);
   response += upstream_leftover;
   bytes_down_ += upstream_leftover.size();
@@ -609,8 +628,9 @@ void Session::addClientCertHeaders(RequestHead& head) {
   auto& h = head.headers;
   for (const std::string* n : {&names.subject, &names.sans, &names.fingerprint}) {
     if (n->empty()) continue;
-    h.erase(std::remove_if(h.begin(), h.end(), [&](const Header& x) { return iequals(x.name, *n); }),
-            h.end());
+    h.erase(
+        std::remove_if(h.begin(), h.end(), [&](const Header& x) { return iequals(x.name, *n); }),
+        h.end());
   }
   PeerIdentity id;
   if (!peerIdentity(client_tls_->ssl(), id)) return;
@@ -630,7 +650,9 @@ void Session::onLegClosed(bool is_client) {
 
 // ---- Timer -------------------------------------------------------------------------------------
 
-void Session::onTimer(uv_timer_t* t) noexcept { ownerOf<Session>(t)->handleTimer(); }
+void Session::onTimer(uv_timer_t* t) noexcept {
+  ownerOf<Session>(t)->handleTimer();
+}
 
 void Session::handleTimer() {
   switch (state_) {

@@ -11,11 +11,10 @@
 #include <memory>
 #include <string>
 
-#include "http/request_head.h"
-
-#include "config/config.h"
-#include "net/tcp_stream.h"
 #include "bridge/subscription.h"
+#include "config/config.h"
+#include "http/request_head.h"
+#include "net/tcp_stream.h"
 #include "tls/tls_stream.h"
 
 namespace upgate {

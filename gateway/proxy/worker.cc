@@ -2,10 +2,10 @@
 
 #include <unistd.h>
 
-#include "core/handle.h"
-#include "core/log.h"
 #include "bridge/poller.h"
 #include "bridge/subscription.h"
+#include "core/handle.h"
+#include "core/log.h"
 #include "proxy/http_client.h"
 #include "proxy/session.h"
 
@@ -67,10 +67,14 @@ void Worker::run(std::promise<int> ready) {
   uv_run(&loop_, UV_RUN_DEFAULT);
   // Every handle should be closed by now; make sure, then close the loop (libuv test/task.h).
   uv_walk(
-      &loop_, [](uv_handle_t* h, void*) { if (!uv_is_closing(h)) uv_close(h, nullptr); },
+      &loop_,
+      [](uv_handle_t* h, void*) {
+        if (!uv_is_closing(h)) uv_close(h, nullptr);
+      },
       nullptr);
   uv_run(&loop_, UV_RUN_DEFAULT);
-  if (uv_loop_close(&loop_) != 0) UPGATE_LOG(err, 0, "worker {}: loop closed with live handles", index_);
+  if (uv_loop_close(&loop_) != 0)
+    UPGATE_LOG(err, 0, "worker {}: loop closed with live handles", index_);
 }
 
 void Worker::post(std::function<void()> task) {
@@ -202,13 +206,15 @@ void Worker::beginDrain() {
     });
   }
   for (Session* s = sessions_; s != nullptr; s = s->next) s->drain();
-  uv_timer_start(&drain_timer_, onDrainTimer, static_cast<uint64_t>(config_->drain_timeout.count()), 0);
+  uv_timer_start(&drain_timer_, onDrainTimer, static_cast<uint64_t>(config_->drain_timeout.count()),
+                 0);
   maybeStop();
 }
 
 void Worker::onDrainTimer(uv_timer_t* t) noexcept {
   auto* self = ownerOf<Worker>(t);
-  UPGATE_LOG(info, 0, "worker {}: drain timeout, closing {} sessions", self->index_, self->session_count_);
+  UPGATE_LOG(info, 0, "worker {}: drain timeout, closing {} sessions", self->index_,
+             self->session_count_);
   for (Session* s = self->sessions_; s != nullptr; s = s->next) s->abort("drain timeout");
 }
 

@@ -15,11 +15,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "bridge/hub.h"
 #include "config/config.h"
 #include "net/listener.h"
 #include "net/tcp_stream.h"
 #include "routing/route_table.h"
-#include "bridge/hub.h"
 #include "tls/tls_context.h"
 
 namespace upgate {
@@ -35,8 +35,8 @@ struct ListenFds {
 
 class Worker {
  public:
-  Worker(unsigned index, std::shared_ptr<const Config> config,
-         std::shared_ptr<const TlsBundle> tls, Hub& hub, ListenFds fds);
+  Worker(unsigned index, std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
+         Hub& hub, ListenFds fds);
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker();

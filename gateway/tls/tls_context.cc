@@ -119,7 +119,8 @@ std::string asn1TimeText(const ASN1_TIME* t) {
 // DNS names from the certificate's subjectAltName, else its CN: what SNI can select it by.
 std::vector<std::string> certificateNames(X509* cert) {
   std::vector<std::string> names;
-  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  auto* sans =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
     const GENERAL_NAME* gn = sk_GENERAL_NAME_value(sans, i);
     if (gn->type != GEN_DNS) continue;
@@ -146,8 +147,8 @@ SSL_CTX* newContext(bool server, TlsVersion min, const std::string& what) {
   SSL_CTX* ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
   if (ctx == nullptr) fail(what, "cannot create SSL_CTX");
   SSL_CTX_set_min_proto_version(ctx, min == TlsVersion::Tls13 ? TLS1_3_VERSION : TLS1_2_VERSION);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                               SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_options(
+      ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   // RELEASE_BUFFERS: an idle connection gives its record buffers back (design.md §3).
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_AUTO_RETRY |
                             SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
@@ -196,7 +197,8 @@ void useSelfSigned(SSL_CTX* ctx, const std::string& what) {
     X509_gmtime_adj(X509_getm_notAfter(cert), 30L * 24 * 3600);
     X509_NAME* name = X509_get_subject_name(cert);
     X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>("upgate self-signed"), -1, -1, 0);
+                               reinterpret_cast<const unsigned char*>("upgate self-signed"), -1, -1,
+                               0);
     X509_set_issuer_name(cert, name);
     X509_set_pubkey(cert, key);
     X509V3_CTX v3;
@@ -270,22 +272,24 @@ std::shared_ptr<const TlsContext> TlsContext::forListener(const ListenerTlsConfi
       STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(ca.c_str());
       if (names == nullptr) fail(what, "no CA names in " + ca);
       SSL_CTX_set_client_CA_list(ctx, names);
-      SSL_CTX_set_verify(ctx,
-                         SSL_VERIFY_PEER | (cfg.client_auth->required ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
-                         nullptr);
+      SSL_CTX_set_verify(
+          ctx, SSL_VERIFY_PEER | (cfg.client_auth->required ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+          nullptr);
     }
     if (cfg.certificates.empty()) {
       useSelfSigned(ctx, what);
       X509* leaf = SSL_CTX_get0_certificate(ctx);
-      self->description_.push_back("SELF-SIGNED certificate for localhost, 127.0.0.1, ::1 "
-                                   "(generated at start; for demos and tests only), sha256 " +
-                                   fingerprintOf(leaf));
+      self->description_.push_back(
+          "SELF-SIGNED certificate for localhost, 127.0.0.1, ::1 "
+          "(generated at start; for demos and tests only), sha256 " +
+          fingerprintOf(leaf));
       continue;
     }
     const TlsCertificateConfig& c = cfg.certificates[i];
     loadCertificate(ctx, c, what);
     X509* leaf = SSL_CTX_get0_certificate(ctx);
-    std::vector<std::string> names = c.server_names.empty() ? certificateNames(leaf) : c.server_names;
+    std::vector<std::string> names =
+        c.server_names.empty() ? certificateNames(leaf) : c.server_names;
     std::string list;
     for (const std::string& n : names) {
       self->sni_.push_back({lower(n), ctx});
@@ -381,13 +385,16 @@ bool peerIdentity(SSL* ssl, PeerIdentity& out) {
   out.subject.assign(p, static_cast<size_t>(n));
   BIO_free(b);
   out.sans.clear();
-  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  auto* sans =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
     const GENERAL_NAME* gn = sk_GENERAL_NAME_value(sans, i);
     std::string item;
     if (gn->type == GEN_DNS || gn->type == GEN_EMAIL || gn->type == GEN_URI) {
       const ASN1_STRING* s = gn->d.ia5;
-      item = (gn->type == GEN_DNS ? "DNS:" : gn->type == GEN_EMAIL ? "email:" : "URI:") +
+      item = (gn->type == GEN_DNS     ? "DNS:"
+              : gn->type == GEN_EMAIL ? "email:"
+                                      : "URI:") +
              std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
                          static_cast<size_t>(ASN1_STRING_length(s)));
     } else if (gn->type == GEN_IPADD) {

@@ -9,6 +9,8 @@ namespace upgate {
 
 // Pops every queued error and joins their reasons: "lib: reason; lib: reason". Empty if none.
 std::string takeTlsErrors();
-inline void clearTlsErrors() { (void)takeTlsErrors(); }
+inline void clearTlsErrors() {
+  (void)takeTlsErrors();
+}
 
 }  // namespace upgate

@@ -173,8 +173,8 @@ void TlsStream::fail(int ssl_error) {
   if (ssl_error == SSL_ERROR_SYSCALL && reason.empty()) reason = "connection error";
   long verify = SSL_get_verify_result(ssl_);
   if (verify != X509_V_OK && !handshake_done_) {
-    reason += std::string(reason.empty() ? "" : "; ") + "certificate verify failed: " +
-              X509_verify_cert_error_string(verify);
+    reason += std::string(reason.empty() ? "" : "; ") +
+              "certificate verify failed: " + X509_verify_cert_error_string(verify);
   }
   error_ = (handshake_done_ ? "TLS error: " : "TLS handshake failed: ") +
            (reason.empty() ? "error " + std::to_string(ssl_error) : reason);

@@ -69,7 +69,7 @@ class TlsStream final : public Stream, private StreamListener {
   SSL* ssl_ = nullptr;
   const char* in_ = nullptr;  // ciphertext being fed to OpenSSL (borrowed for one onData)
   size_t in_len_ = 0;
-  std::string early_;         // plaintext written before the handshake finished
+  std::string early_;  // plaintext written before the handshake finished
   std::string error_;
   bool handshake_done_ = false;
   bool failed_ = false;

@@ -490,15 +490,15 @@ TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
   SECTION("longpoll needs a poll target with known variables") {
     CHECK(oneError(kBase + "routes:\n  - name: r\n    kind: longpoll\n    upstream: chat\n") ==
           "t.yaml:8:5: routes[0].longpoll.poll: required for a longpoll route");
-    CHECK(oneError(kBase +
-                   "routes:\n  - name: r\n    kind: longpoll\n    upstream: chat\n"
-                   "    longpoll: { poll: \"/p?x={query}\" }\n") ==
+    CHECK(oneError(kBase + "routes:\n  - name: r\n    kind: longpoll\n    upstream: chat\n"
+                           "    longpoll: { poll: \"/p?x={query}\" }\n") ==
           "t.yaml:11:23: routes[0].longpoll.poll: unknown variable {query} (expected path, "
           "path.N, query.NAME, header.NAME, cursor)");
   }
   SECTION("a channel route needs no upstream but needs the admin API") {
-    CHECK(oneError(kBase + "routes:\n  - name: n\n    kind: channel\n    channel: \"{path.2}\"\n") ==
-          "t.yaml:9:11: routes[0].kind: channel routes need the publish API: configure `admin:`");
+    CHECK(
+        oneError(kBase + "routes:\n  - name: n\n    kind: channel\n    channel: \"{path.2}\"\n") ==
+        "t.yaml:9:11: routes[0].kind: channel routes need the publish API: configure `admin:`");
     auto cfg = loadConfigString(kBase +
                                     "admin: { address: 127.0.0.1:0, token: s3cret }\n"
                                     "routes:\n  - name: n\n    kind: channel\n"

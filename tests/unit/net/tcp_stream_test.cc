@@ -90,7 +90,8 @@ TEST_CASE("tcp_stream: bytes arrive in order and EOF follows shutdown", "[net]")
   Pair p;
   REQUIRE(p.b.readStart() == 0);
   std::string msg = pattern(100000);
-  for (size_t off = 0; off < msg.size(); off += 1000) REQUIRE(p.a.write(msg.data() + off, 1000) == 0);
+  for (size_t off = 0; off < msg.size(); off += 1000)
+    REQUIRE(p.a.write(msg.data() + off, 1000) == 0);
   p.a.shutdown();
   p.runUntil([&] { return p.rb.eofs == 1; });
   CHECK(p.rb.data == msg);
