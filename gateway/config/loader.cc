@@ -697,15 +697,18 @@ class Loader {
       PluginConfig p;
       p.where = source_ + ":" + std::to_string(item.mark.line + 1) + ":" +
                 std::to_string(item.mark.column + 1);
-      fields(item, {"name", "path", "config"}, {"name"}, [&](const std::string& key, const Field& f) {
-        if (key == "name") {
-          readNonEmptyString(f, p.name);
-        } else if (key == "path") {
-          if (readNonEmptyString(f, p.path) && p.path.front() != '/') p.path = base_dir_ + p.path;
-        } else if (key == "config" && !f.value.IsNull()) {
-          p.config_yaml = YAML::Dump(f.value) + "\n";
-        }
-      });
+      fields(item, {"name", "path", "config"}, {"name"},
+             [&](const std::string& key, const Field& f) {
+               if (key == "name") {
+                 readNonEmptyString(f, p.name);
+               } else if (key == "path") {
+                 if (readNonEmptyString(f, p.path) && p.path.front() != '/') {
+                   p.path = base_dir_ + p.path;
+                 }
+               } else if (key == "config" && !f.value.IsNull()) {
+                 p.config_yaml = YAML::Dump(f.value) + "\n";
+               }
+             });
       out.push_back(std::move(p));
     });
   }
@@ -834,13 +837,16 @@ class Loader {
 
   void loadTimeouts(const Field& map) {
     TimeoutsConfig& t = cfg_->timeouts;
-    fields(map, {"head", "idle", "half_close"}, {}, [&](const std::string& key, const Field& f) {
+    fields(map, {"head", "idle", "half_close", "keepalive"}, {},
+           [&](const std::string& key, const Field& f) {
       if (key == "head") {
         readDuration(f, t.head);
       } else if (key == "idle") {
         readDuration(f, t.idle);
       } else if (key == "half_close") {
         readDuration(f, t.half_close);
+      } else if (key == "keepalive") {
+        readDuration(f, t.keepalive);
       }
     });
   }

@@ -119,7 +119,18 @@ void Session::Leg::onData(const char* data, size_t len) {
   Session& s = s_;
   switch (s.state_) {
     case State::ReadingHead:
-      if (is_client_) s.onClientHead(data, len);
+      if (!is_client_) return;
+      if (s.keepalive_wait_) {
+        // The next request on a kept-alive connection: from its first byte the head deadline
+        // applies.
+        s.keepalive_wait_ = false;
+        uv_timer_start(&s.timer_, onTimer,
+                       static_cast<uint64_t>(s.worker_.config().timeouts.head.count()), 0);
+      }
+      s.onClientHead(data, len);
+      return;
+    case State::Exchanging:
+      if (is_client_) s.onExchangeClientData(data, len);
       return;
     case State::AwaitingSwitch:
       if (is_client_) {
@@ -197,6 +208,10 @@ void Session::routeRequest() {
   }
   if (route_->kind == RouteKind::Channel || route_->kind == RouteKind::LongPoll) {
     subscribe(upgrade);
+    return;
+  }
+  if (route_->kind == RouteKind::Http && !upgrade) {
+    startExchange();
     return;
   }
   if (!upgrade) {
@@ -313,12 +328,104 @@ void Session::lingerClose(const std::string& reason) {
 }
 
 void Session::drain() {
+  if (state_ == State::ReadingHead && keepalive_wait_ && next_request_.empty()) {
+    logged_ = true;  // an idle keep-alive connection: nothing to log
+    finish("draining");
+    return;
+  }
   if (state_ == State::Subscribed && subscription_) {
     subscription_->close(1001, "server going away");
     // The client's close frame ends it; if none comes, the close timeout does.
     if (state_ == State::Subscribed) uv_timer_start(&timer_, onTimer, kLingerMs, 0);
   }
 }
+
+// ---- http routes -----------------------------------------------------------------------------
+
+void Session::startExchange() {
+  const UpstreamConfig& up = worker_.config().upstreams.at(route_->upstream);
+  state_ = State::Exchanging;
+  uv_timer_stop(&timer_);
+  forward_ = hs_->forward;
+  std::string early = std::move(hs_->client_leftover);
+  RequestHead head = std::move(hs_->request.head());
+  hs_.reset();
+  exchange_.reset();  // the previous request's, finished
+  exchange_ = std::make_unique<HttpExchange>(worker_, worker_.upstreamPool(),
+                                             static_cast<HttpExchangeOwner&>(*this), *route_, up,
+                                             std::move(head), forward_);
+  size_t used = exchange_->start(early.data(), early.size());
+  if (state_ != State::Exchanging) {  // failed at once (a malformed request)
+    return;
+  }
+  next_request_.assign(early.data() + used, early.size() - used);
+  // Read the body while it flows; hold anything after it until this exchange is done.
+  if (exchange_->requestComplete() || !next_request_.empty()) {
+    client_->readStop();
+  } else if (client_->readStart() != 0) {
+    finish("client read failed");
+  }
+}
+
+void Session::onExchangeClientData(const char* data, size_t len) {
+  size_t used = exchange_->onClientData(data, len);
+  if (used < len) next_request_.append(data + used, len - used);
+  if (state_ == State::Exchanging && (exchange_->requestComplete() || used < len)) {
+    client_->readStop();
+  }
+}
+
+void Session::exchangeDone(bool keep_alive, int status, uint64_t bytes_in, uint64_t bytes_out) {
+  status_ = status;
+  bytes_up_ = bytes_in;
+  bytes_down_ = bytes_out;
+  upstream_addr_ = exchange_->upstreamAddress();
+  close_reason_ = "response complete";
+  writeAccessLog();  // one line per HTTP request
+  if (!keep_alive || worker_.draining()) {
+    lingerClose(keep_alive ? "draining" : "response complete");
+    return;
+  }
+  // Back to reading a head, on the same connection. The next request is processed from the
+  // loop (never inside the exchange's upcall, which may still be on the stack).
+  logged_ = false;
+  status_ = 0;
+  bytes_up_ = bytes_down_ = 0;
+  route_ = nullptr;
+  upstream_addr_.clear();
+  started_ms_ = uv_now(worker_.loop());
+  hs_ = std::make_unique<HandshakeState>(worker_.config().limits);
+  hs_->forward = forward_;
+  state_ = State::ReadingHead;
+  keepalive_wait_ = true;
+  uint64_t wait = next_request_.empty()
+                      ? static_cast<uint64_t>(worker_.config().timeouts.keepalive.count())
+                      : 0;
+  uv_timer_start(&timer_, onTimer, wait, 0);
+  if (next_request_.empty() && client_->readStart() != 0) finish("client read failed");
+}
+
+void Session::resumeNextRequest() {
+  keepalive_wait_ = false;
+  if (next_request_.empty()) {
+    logged_ = true;  // an idle keep-alive connection timing out is not a request
+    finish("keep-alive timeout");
+    return;
+  }
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(worker_.config().timeouts.head.count()),
+                 0);
+  std::string data = std::move(next_request_);
+  next_request_.clear();
+  onClientHead(data.data(), data.size());
+  if (state_ == State::ReadingHead && client_->readStart() != 0) finish("client read failed");
+}
+
+void Session::exchangeFailed(int status, const std::string& reason) {
+  if (exchange_) upstream_addr_ = exchange_->upstreamAddress();
+  respondError(status, reason);
+}
+
+void Session::exchangeAborted(const std::string& reason) { finish(reason); }
 
 // ---- Upstream connect --------------------------------------------------------------------------
 
@@ -542,6 +649,10 @@ void Session::pump(Stream& from, Stream& to, const char* data, size_t len) {
 }
 
 void Session::onLegDrain(bool is_client) {
+  if (state_ == State::Exchanging) {
+    if (is_client) exchange_->onClientDrain();
+    return;
+  }
   if (state_ != State::Tunnel) return;
   // `is_client` names the destination that drained; resume its source.
   Stream& source = is_client ? *upstream_ : *client_;
@@ -557,7 +668,9 @@ void Session::onLegDrain(bool is_client) {
 void Session::onLegEof(bool is_client) {
   switch (state_) {
     case State::ReadingHead:
-      finish("client closed before sending a complete request head");
+      if (keepalive_wait_) logged_ = true;  // a kept-alive connection ending between requests
+      finish(keepalive_wait_ ? "client closed the keep-alive connection"
+                             : "client closed before sending a complete request head");
       return;
     case State::AwaitingSwitch:
       if (is_client) {
@@ -571,6 +684,9 @@ void Session::onLegEof(bool is_client) {
       return;
     case State::Subscribed:
       if (is_client) finish("client closed without a close frame");
+      return;
+    case State::Exchanging:
+      if (is_client) exchange_->onClientEof();
       return;
     case State::Tunnel:
       break;
@@ -608,6 +724,11 @@ void Session::onLegError(bool is_client, int uv_err) {
       }
       break;
     case State::ReadingHead:
+      if (keepalive_wait_) {
+        logged_ = true;
+        finish(reason);
+        return;
+      }
       // Includes TLS handshake failures (garbage instead of a ClientHello, no shared
       // protocol, a refused client certificate): logged once here, then closed.
       UPGATE_LOG(info, id_, "{}", reason);
@@ -657,6 +778,10 @@ void Session::onTimer(uv_timer_t* t) noexcept {
 void Session::handleTimer() {
   switch (state_) {
     case State::ReadingHead:
+      if (keepalive_wait_) {
+        resumeNextRequest();
+        return;
+      }
       respondError(408, "request head not complete within " +
                             std::to_string(worker_.config().timeouts.head.count()) + " ms");
       return;
@@ -681,6 +806,8 @@ void Session::handleTimer() {
       break;
     case State::Tunnel:
       break;
+    case State::Exchanging:
+      return;  // the exchange runs its own timers
     case State::Lingering:
       finish(close_reason_);
       return;
@@ -752,6 +879,7 @@ void Session::finish(const std::string& reason) {
 }
 
 void Session::closeHandles() {
+  if (exchange_) exchange_->abort();
   uv_timer_stop(&timer_);
   if (!uv_is_closing(asHandle(&timer_))) uv_close(asHandle(&timer_), onTimerClosed);
   client_->close();

@@ -13,8 +13,10 @@
 
 #include "bridge/subscription.h"
 #include "config/config.h"
+#include "http/forwarding.h"
 #include "http/request_head.h"
 #include "net/tcp_stream.h"
+#include "proxy/http_exchange.h"
 #include "tls/tls_stream.h"
 
 namespace upgate {
@@ -22,7 +24,7 @@ namespace upgate {
 class Worker;
 struct HandshakeState;
 
-class Session final : private SubscriptionOwner {
+class Session final : private SubscriptionOwner, private HttpExchangeOwner {
  public:
   // `tls` is the listener's TLS context, or null for a plain listener.
   Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
@@ -54,6 +56,7 @@ class Session final : private SubscriptionOwner {
     AwaitingSwitch,  // upgrade request sent; waiting for the upstream's 101
     Tunnel,          // websocket route: bytes both ways
     Subscribed,      // channel/longpoll route: upgate is the WebSocket (or SSE) server
+    Exchanging,      // http route: one request/response in flight (keep-alive loops back)
     Lingering,       // an answer or close frame is being flushed; waiting for the client's FIN
     Closing,         // handles are closing; deleted in the last close callback
   };
@@ -107,6 +110,14 @@ class Session final : private SubscriptionOwner {
   void subscriptionEnded(uint16_t code, const std::string& reason) override;
   void countBytes(uint64_t in, uint64_t out) override;
 
+  // http routes (HttpExchangeOwner); keep-alive returns to ReadingHead.
+  void startExchange();
+  void onExchangeClientData(const char* data, size_t len);
+  void exchangeDone(bool keep_alive, int status, uint64_t bytes_in, uint64_t bytes_out) override;
+  void exchangeFailed(int status, const std::string& reason) override;
+  void exchangeAborted(const std::string& reason) override;
+  void resumeNextRequest();
+
   // Exits.
   void lingerClose(const std::string& reason);
   void respond(int status, const std::string& reason, const std::string& response);
@@ -139,6 +150,10 @@ class Session final : private SubscriptionOwner {
   // session carries no parser, no request copy and no leftover buffers.
   std::unique_ptr<HandshakeState> hs_;
   std::unique_ptr<Subscription> subscription_;  // channel and longpoll routes only
+  std::unique_ptr<HttpExchange> exchange_;       // http routes: the current (or last) exchange
+  std::string next_request_;  // bytes of the client's next (pipelined) request, held meanwhile
+  ForwardInfo forward_;       // the client's address, kept across keep-alive requests
+  bool keepalive_wait_ = false;  // between keep-alive requests: idle timeout, no 408
 
   const RouteConfig* route_ = nullptr;
   const UpstreamConfig* upstream_cfg_ = nullptr;

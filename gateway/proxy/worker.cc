@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "proxy/http_client.h"
 #include "proxy/session.h"
+#include "proxy/upstream_pool.h"
 
 namespace upgate {
 
@@ -47,6 +48,7 @@ void Worker::run(std::promise<int> ready) {
   uv_timer_init(&loop_, &drain_timer_);
   drain_timer_.data = this;
   http_client_ = std::make_unique<HttpClient>(&loop_);
+  upstream_pool_ = std::make_unique<UpstreamPool>(&loop_);
   http_client_open_ = true;
 
   int rc = 0;
@@ -224,13 +226,15 @@ void Worker::maybeStop() {
   for (auto& [channel, p] : pollers_) p->destroy();
   pollers_.clear();
   uv_close(asHandle(&drain_timer_), nullptr);
-  // The HTTP client's connections close asynchronously; the inbox goes last, once they have.
-  http_client_->close([this] {
-    {
-      std::lock_guard<std::mutex> lock(inbox_mutex_);
-      inbox_closed_ = true;
-    }
-    uv_close(asHandle(&async_), nullptr);
+  // Pooled connections close asynchronously; the inbox goes last, once they all have.
+  upstream_pool_->close([this] {
+    http_client_->close([this] {
+      {
+        std::lock_guard<std::mutex> lock(inbox_mutex_);
+        inbox_closed_ = true;
+      }
+      uv_close(asHandle(&async_), nullptr);
+    });
   });
 }
 

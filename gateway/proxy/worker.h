@@ -27,6 +27,7 @@ namespace upgate {
 class Session;
 class HttpClient;
 class Poller;
+class UpstreamPool;
 
 // One listening fd per configured listener, in config order, made by the main thread.
 struct ListenFds {
@@ -60,8 +61,10 @@ class Worker {
   void removeSession(Session* s);
   std::shared_ptr<const TlsContext> upstreamTls(const std::string& upstream) const;
   unsigned index() const { return index_; }
+  bool draining() const { return draining_; }
   Hub& hub() { return hub_; }
   HttpClient& httpClient() { return *http_client_; }
+  UpstreamPool& upstreamPool() { return *upstream_pool_; }
 
   // Channels (loop thread). The worker keeps its own subscriber lists; the hub only counts.
   void addSubscriber(const std::string& channel, const RouteConfig& route,
@@ -89,6 +92,7 @@ class Worker {
   std::shared_ptr<const TlsBundle> tls_;
   Hub& hub_;
   std::unique_ptr<HttpClient> http_client_;
+  std::unique_ptr<UpstreamPool> upstream_pool_;  // keep-alive connections of http routes
   std::unordered_map<std::string, std::vector<ChannelSubscriber*>> subscribers_;
   std::unordered_map<std::string, Poller*> pollers_;  // each deletes itself after destroy()
   bool http_client_open_ = false;

@@ -1,0 +1,809 @@
+#include "proxy/http_exchange.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <string_view>
+#include <utility>
+
+#include "core/log.h"
+#include "http/headers.h"
+#include "proxy/worker.h"
+
+namespace upgate {
+
+namespace {
+
+// llhttp is C: trampolines recover the exchange from parser->data and call one member.
+template <int (HttpExchange::*Member)(const char*, size_t) noexcept>
+int dataCb(llhttp_t* parser, const char* at, size_t len) noexcept {
+  return (static_cast<HttpExchange*>(parser->data)->*Member)(at, len);
+}
+
+template <int (HttpExchange::*Member)() noexcept>
+int eventCb(llhttp_t* parser) noexcept {
+  return (static_cast<HttpExchange*>(parser->data)->*Member)();
+}
+
+// A chunked body is decoded by an llhttp request parser that first reads this head: from then
+// on it is in the body state and frames exactly what the client sends next.
+constexpr std::string_view kChunkedPrime = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+// RFC 9110 §9.2.2: repeating these has the same effect as sending them once.
+bool isIdempotent(std::string_view method) {
+  return method == "GET" || method == "HEAD" || method == "OPTIONS" || method == "TRACE" ||
+         method == "PUT" || method == "DELETE";
+}
+
+void appendHeader(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name).append(": ").append(value).append("\r\n");
+}
+
+void appendChunk(std::string& out, const char* data, size_t len) {
+  char size[24];
+  int n = std::snprintf(size, sizeof(size), "%zx\r\n", len);
+  out.append(size, static_cast<size_t>(n));
+  out.append(data, len);
+  out.append("\r\n");
+}
+
+// RFC 9110 §8.6: 1*DIGIT. No sign, no spaces, no list; overflow is an error.
+bool parseContentLength(std::string_view v, uint64_t& out) {
+  if (v.empty() || v.size() > 19) return false;  // 19 digits always fit in uint64_t
+  uint64_t n = 0;
+  for (char c : v) {
+    if (c < '0' || c > '9') return false;
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+  }
+  out = n;
+  return true;
+}
+
+// All values of `name`, in order, joined by ", " (RFC 9110 §5.3).
+std::string joinValues(const HeaderList& headers, std::string_view name) {
+  std::string out;
+  for (const Header& h : headers) {
+    if (!iequals(h.name, name) || trimOws(h.value).empty()) continue;
+    if (!out.empty()) out.append(", ");
+    out.append(h.value);
+  }
+  return out;
+}
+
+// RFC 7239 §4: value = token / quoted-string.
+void appendForwardedValue(std::string& out, std::string_view value) {
+  if (isToken(value)) {
+    out.append(value);
+    return;
+  }
+  out.push_back('"');
+  for (char c : value) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  out.push_back('"');
+}
+
+// RFC 7239 §6: an IPv6 node is "[addr]", which is not a token, so it ends up quoted.
+void appendForwardedNode(std::string& out, std::string_view ip) {
+  if (ip.find(':') == std::string_view::npos) {
+    appendForwardedValue(out, ip);
+    return;
+  }
+  std::string bracketed = "[";
+  bracketed.append(ip).append("]");
+  appendForwardedValue(out, bracketed);
+}
+
+std::string uvName(int err) {
+  return uv_err_name(err);
+}
+
+}  // namespace
+
+// ---- Request checks and the upstream head -------------------------------------------------------
+
+RequestFraming checkRequest(const RequestHead& head) {
+  RequestFraming f;
+  auto reject = [&f](int status, std::string why) {
+    f.error_status = status;
+    f.error = std::move(why);
+    return f;
+  };
+  if (head.http_major != 1) return reject(505, "only HTTP/1.x is proxied");
+  if (head.method == "CONNECT") return reject(405, "CONNECT is not proxied on http routes");
+  // RFC 9112 §3.2: exactly one Host in HTTP/1.1; two could route one way and be served another.
+  const size_t hosts = countHeader(head.headers, "Host");
+  if (hosts > 1) return reject(400, "more than one Host header");
+  if (hosts == 0 && head.http_minor >= 1) return reject(400, "HTTP/1.1 request without Host");
+  const std::string& t = head.target;
+  if (t == "*") {
+    if (head.method != "OPTIONS") return reject(400, "asterisk-form target with " + head.method);
+  } else if (t.empty() || (t[0] != '/' && t.find("://") == std::string::npos)) {
+    return reject(400, "authority-form target without CONNECT");
+  }
+
+  // RFC 9112 §6.1 and §6.3: the framing must be unambiguous, or a server behind us could see a
+  // different request boundary than we do.
+  size_t te_headers = 0, chunked = 0, codings = 0;
+  bool chunked_last = false;
+  std::string other;
+  for (const Header& h : head.headers) {
+    if (!iequals(h.name, "Transfer-Encoding")) continue;
+    ++te_headers;
+    for (std::string_view token : splitTokens(h.value)) {
+      ++codings;
+      chunked_last = iequals(token, "chunked");
+      if (chunked_last) {
+        ++chunked;
+      } else if (other.empty()) {
+        other.assign(token);
+      }
+    }
+  }
+  const size_t lengths = countHeader(head.headers, "Content-Length");
+  if (te_headers > 0) {
+    if (lengths > 0) return reject(400, "both Content-Length and Transfer-Encoding");
+    if (head.http_minor == 0) return reject(400, "Transfer-Encoding in an HTTP/1.0 request");
+    if (codings == 0) return reject(400, "empty Transfer-Encoding");
+    if (!chunked_last) return reject(400, "Transfer-Encoding does not end in chunked");
+    if (chunked > 1) return reject(400, "chunked applied more than once");
+    if (!other.empty()) return reject(501, "transfer coding \"" + other + "\" is not supported");
+    f.body = RequestFraming::Body::Chunked;
+    return f;
+  }
+  if (lengths > 1) return reject(400, "more than one Content-Length");
+  if (lengths == 1) {
+    if (!parseContentLength(*findHeader(head.headers, "Content-Length"), f.length)) {
+      return reject(400, "invalid Content-Length");
+    }
+    f.body = RequestFraming::Body::Length;
+  }
+  return f;
+}
+
+std::string upstreamHttpRequest(const RequestHead& head, const ForwardInfo& forward,
+                                const RequestFraming& framing, const std::string& default_host) {
+  const HeaderList& in = head.headers;
+  const std::string_view proto = forward.tls ? "https" : "http";
+  const std::string* host = findHeader(in, "Host");
+  const std::string_view client_ip =
+      forward.client_ip.empty() ? std::string_view("unknown") : std::string_view(forward.client_ip);
+
+  std::string out;
+  out.reserve(512);
+  out.append(head.method).push_back(' ');
+  if (head.target == "*") {
+    out.append("*");
+  } else if (head.target.empty()) {
+    out.append("/");
+  } else if (head.target[0] == '/') {
+    out.append(std::string_view(head.target).substr(0, head.target.find('#')));
+  } else {
+    // absolute-form: a reverse proxy sends origin-form (RFC 9112 §3.2.1). Routing used Host.
+    out.append(head.path);
+    if (!head.query.empty()) out.append("?").append(head.query);
+  }
+  out.append(" HTTP/1.1\r\n");
+  for (const Header& h : in) {
+    if (isHopByHop(h.name) || iequals(h.name, "Content-Length") ||
+        iequals(h.name, "X-Forwarded-For") || iequals(h.name, "X-Forwarded-Proto") ||
+        iequals(h.name, "Forwarded")) {
+      continue;
+    }
+    // An HTTP/1.0 client cannot receive the 100 an Expect asks for (RFC 9110 §10.1.1).
+    if (head.http_minor == 0 && iequals(h.name, "Expect")) continue;
+    if (!iequals(h.name, "Host") && headerHasToken(in, "Connection", h.name)) continue;
+    appendHeader(out, h.name, h.value);
+  }
+  if (host == nullptr) appendHeader(out, "Host", default_host);
+  if (framing.body == RequestFraming::Body::Length) {
+    appendHeader(out, "Content-Length", std::to_string(framing.length));
+  } else if (framing.body == RequestFraming::Body::Chunked) {
+    appendHeader(out, "Transfer-Encoding", "chunked");
+  }
+
+  std::string xff = joinValues(in, "X-Forwarded-For");
+  if (!xff.empty()) xff.append(", ");
+  xff.append(client_ip);
+  appendHeader(out, "X-Forwarded-For", xff);
+  appendHeader(out, "X-Forwarded-Proto", proto);
+  if (host != nullptr && findHeader(in, "X-Forwarded-Host") == nullptr) {
+    appendHeader(out, "X-Forwarded-Host", *host);
+  }
+  std::string fwd = joinValues(in, "Forwarded");
+  if (!fwd.empty()) fwd.append(", ");
+  fwd.append("for=");
+  appendForwardedNode(fwd, client_ip);
+  if (!forward.listener_host.empty()) {
+    fwd.append(";by=");
+    appendForwardedNode(fwd, forward.listener_host);
+  }
+  fwd.append(";proto=").append(proto);
+  if (host != nullptr && !host->empty()) {
+    fwd.append(";host=");
+    appendForwardedValue(fwd, *host);
+  }
+  appendHeader(out, "Forwarded", fwd);
+  out.append("\r\n");
+  return out;
+}
+
+// ---- Construction -----------------------------------------------------------------------------
+
+HttpExchange::HttpExchange(Worker& worker, UpstreamPool& pool, HttpExchangeOwner& owner,
+                           const RouteConfig& route, const UpstreamConfig& upstream,
+                           RequestHead head, const ForwardInfo& forward)
+    : HttpExchange(
+          HttpExchangeContext{pool, worker.config().limits, worker.upstreamTls(upstream.name),
+                              worker.nextEndpoint(upstream)},
+          owner, route, upstream, std::move(head), forward) {}
+
+HttpExchange::HttpExchange(const HttpExchangeContext& ctx, HttpExchangeOwner& owner,
+                           const RouteConfig& route, const UpstreamConfig& upstream,
+                           RequestHead head, const ForwardInfo& forward)
+    : pool_(ctx.pool),
+      owner_(owner),
+      route_(route),
+      upstream_(upstream),
+      tls_(ctx.tls),
+      first_endpoint_(ctx.first_endpoint),
+      high_water_(ctx.limits.high_water),
+      max_response_head_bytes_(ctx.limits.max_response_head_bytes),
+      max_headers_(ctx.limits.max_headers),
+      max_trailer_bytes_(ctx.limits.max_head_bytes),
+      head_(std::move(head)),
+      forward_(forward) {
+  llhttp_init(&resp_parser_, HTTP_RESPONSE, &responseSettings());
+  resp_parser_.data = this;
+}
+
+HttpExchange::~HttpExchange() {
+  if (conn_ != nullptr) releaseConn(false);
+}
+
+const llhttp_settings_t& HttpExchange::responseSettings() {
+  static const llhttp_settings_t kSettings = [] {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_message_begin = eventCb<&HttpExchange::respMessageBegin>;
+    s.on_status = dataCb<&HttpExchange::respStatus>;
+    s.on_header_field = dataCb<&HttpExchange::respHeaderField>;
+    s.on_header_field_complete = eventCb<&HttpExchange::respHeaderFieldComplete>;
+    s.on_header_value = dataCb<&HttpExchange::respHeaderValue>;
+    s.on_header_value_complete = eventCb<&HttpExchange::respHeaderValueComplete>;
+    s.on_headers_complete = eventCb<&HttpExchange::respHeadersComplete>;
+    s.on_body = dataCb<&HttpExchange::respBody>;
+    s.on_message_complete = eventCb<&HttpExchange::respMessageComplete>;
+    return s;
+  }();
+  return kSettings;
+}
+
+const llhttp_settings_t& HttpExchange::requestSettings() {
+  static const llhttp_settings_t kSettings = [] {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_header_field = dataCb<&HttpExchange::reqHeaderBytes>;  // trailers: counted, dropped
+    s.on_header_value = dataCb<&HttpExchange::reqHeaderBytes>;
+    s.on_body = dataCb<&HttpExchange::reqBody>;
+    s.on_message_complete = eventCb<&HttpExchange::reqMessageComplete>;
+    return s;
+  }();
+  return kSettings;
+}
+
+// ---- Request side -----------------------------------------------------------------------------
+
+size_t HttpExchange::start(const char* early, size_t len) {
+  if (started_ || finished_) return 0;
+  started_ = true;
+  framing_ = checkRequest(head_);
+  if (framing_.error_status != 0) {
+    UPGATE_LOG(debug, owner_.sessionId(), "http: refused {} {}: {}", head_.method, head_.target,
+               framing_.error);
+    fail(framing_.error_status, framing_.error);
+    return 0;
+  }
+  client_11_ = head_.http_minor >= 1;
+  client_wants_ka_ = client_11_ ? !headerHasToken(head_.headers, "Connection", "close")
+                                : headerHasToken(head_.headers, "Connection", "keep-alive");
+  head_request_ = head_.method == "HEAD";
+  retryable_ = isIdempotent(head_.method) && framing_.body == RequestFraming::Body::None;
+  owner_.clientStream().setHighWater(high_water_);
+
+  switch (framing_.body) {
+    case RequestFraming::Body::None:
+      req_done_ = true;
+      break;
+    case RequestFraming::Body::Length:
+      body_left_ = framing_.length;
+      req_done_ = body_left_ == 0;
+      break;
+    case RequestFraming::Body::Chunked:
+      llhttp_init(&req_parser_, HTTP_REQUEST, &requestSettings());
+      req_parser_.data = this;
+      // Cannot fail: a constant, valid head. The callbacks ignore it (nothing counts yet).
+      llhttp_execute(&req_parser_, kChunkedPrime.data(), kChunkedPrime.size());
+      trailer_bytes_ = 0;
+      break;
+  }
+  size_t used = 0;
+  if (!req_done_ && len > 0 && !consumeBody(early, len, &used)) return 0;
+  connectNext();  // may end the exchange (every endpoint failed at once): touch nothing after
+  return used;
+}
+
+size_t HttpExchange::onClientData(const char* data, size_t len) {
+  if (!started_ || finished_ || req_done_) return 0;
+  size_t used = 0;
+  if (!consumeBody(data, len, &used)) return 0;
+  if (!flushUpstream()) return 0;
+  return used;
+}
+
+bool HttpExchange::consumeBody(const char* data, size_t len, size_t* used) {
+  if (framing_.body == RequestFraming::Body::Length) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(len, body_left_));
+    pending_up_.append(data, n);
+    body_left_ -= n;
+    req_done_ = body_left_ == 0;
+    *used = n;
+  } else {
+    const llhttp_errno_t err = llhttp_execute(&req_parser_, data, len);
+    if (err == HPE_PAUSED) {  // reqMessageComplete: the body ended inside this read
+      *used = static_cast<size_t>(llhttp_get_error_pos(&req_parser_) - data);
+    } else if (err == HPE_OK) {
+      *used = len;
+    } else {
+      const char* why =
+          err == HPE_USER ? "trailer section too large" : llhttp_get_error_reason(&req_parser_);
+      failOrAbort(400, std::string("malformed chunked request body: ") +
+                           (why != nullptr ? why : llhttp_errno_name(err)));
+      return false;
+    }
+  }
+  bytes_in_ += *used;
+  if (!connected_ && !req_done_ && pending_up_.size() > high_water_) pauseClient();
+  return true;
+}
+
+int HttpExchange::reqHeaderBytes(const char*, size_t len) noexcept {
+  trailer_bytes_ += len;
+  return trailer_bytes_ > max_trailer_bytes_ ? HPE_USER : HPE_OK;
+}
+
+int HttpExchange::reqBody(const char* at, size_t len) noexcept {
+  // Re-framed: the app parses our canonical chunks, never the client's (extensions, odd
+  // whitespace or line ends that llhttp's loose mode tolerates).
+  appendChunk(pending_up_, at, len);
+  return HPE_OK;
+}
+
+int HttpExchange::reqMessageComplete() noexcept {
+  pending_up_.append("0\r\n\r\n");  // request trailers are dropped (RFC 9110 §6.5.1 allows it)
+  req_done_ = true;
+  return HPE_PAUSED;  // whatever follows is the next request: the owner keeps it
+}
+
+bool HttpExchange::flushUpstream() {
+  if (!connected_ || pending_up_.empty()) return true;
+  Stream& up = conn_->stream();
+  const int rc = up.write(pending_up_.data(), pending_up_.size());
+  pending_up_.clear();
+  if (rc != 0) {
+    upstreamFailed("upstream write: " + uvName(rc));
+    return false;
+  }
+  if (!got_response_byte_) last_activity_ = conn_->now();  // progress before the answer
+  if (!req_done_ && up.pendingBytes() > high_water_) pauseClient();
+  return true;
+}
+
+void HttpExchange::pauseClient() {
+  if (client_paused_) return;
+  client_paused_ = true;
+  owner_.clientStream().readStop();
+}
+
+void HttpExchange::resumeClient() {
+  if (!client_paused_) return;
+  client_paused_ = false;
+  owner_.clientStream().readStart();  // a failure surfaces on the client stream itself
+}
+
+UpstreamTarget HttpExchange::targetFor(const HostPort& endpoint) const {
+  UpstreamTarget t;
+  t.endpoint = endpoint;
+  t.tls = tls_;
+  if (tls_ && upstream_.tls) t.server_name = upstream_.tls->server_name;
+  t.connect_timeout = upstream_.connect_timeout;
+  return t;
+}
+
+void HttpExchange::connectNext() {
+  const std::vector<HostPort>& endpoints = upstream_.endpoints;
+  while (attempts_ < endpoints.size()) {
+    const HostPort& ep = endpoints[(first_endpoint_ + attempts_) % endpoints.size()];
+    ++attempts_;
+    endpoint_text_ = ep.text();
+    const UpstreamTarget target = targetFor(ep);
+    if (!fresh_only_) {
+      if (UpstreamConn* conn = pool_.acquireIdle(target, this)) {
+        conn_ = conn;
+        reused_ = true;
+        sendRequest();  // may end the exchange
+        return;
+      }
+    }
+    int err = 0;
+    if (UpstreamConn* conn = pool_.connect(target, this, &err)) {
+      conn_ = conn;
+      reused_ = false;
+      return;  // upstreamConnected() follows
+    }
+    last_error_ = err;
+    UPGATE_LOG(warn, owner_.sessionId(), "upstream {} ({}): connect failed: {}", endpoint_text_,
+               upstream_.name, uv_strerror(err));
+  }
+  // Every endpoint failed once: a timeout anywhere means the upstream is slow (504), else down.
+  fail(any_timeout_ ? 504 : 502,
+       "upstream \"" + upstream_.name + "\" unavailable (last error: " +
+           (last_error_ != 0 ? uvName(last_error_) : std::string("timeout")) + ")");
+}
+
+void HttpExchange::upstreamConnected(int status) {
+  if (finished_) return;
+  if (status != 0) {
+    any_timeout_ |= status == UV_ETIMEDOUT;
+    last_error_ = status;
+    std::string detail = conn_->errorDetail();
+    UPGATE_LOG(warn, owner_.sessionId(), "upstream {} ({}): connect failed: {}", endpoint_text_,
+               upstream_.name, detail.empty() ? uv_strerror(status) : detail);
+    releaseConn(false);
+    connectNext();
+    return;
+  }
+  sendRequest();
+}
+
+void HttpExchange::sendRequest() {
+  connected_ = true;
+  got_response_byte_ = false;
+  Stream& up = conn_->stream();
+  up.setHighWater(high_water_);
+  std::string wire = upstreamHttpRequest(head_, forward_, framing_, endpoint_text_);
+  wire.append(pending_up_);  // body bytes read while connecting (bounded by high water)
+  pending_up_.clear();
+  int rc = up.readStart();
+  if (rc == 0) rc = up.write(wire.data(), wire.size());
+  if (rc != 0) {
+    upstreamFailed("upstream write: " + uvName(rc));
+    return;
+  }
+  last_activity_ = conn_->now();
+  armTimer();
+  if (client_paused_ && !req_done_ && up.pendingBytes() <= high_water_) resumeClient();
+}
+
+void HttpExchange::upstreamDrain() {
+  if (!finished_ && client_paused_ && !req_done_) resumeClient();
+}
+
+void HttpExchange::onClientEof() {
+  if (!started_ || finished_) return;
+  client_eof_ = true;
+  if (req_done_) return;  // a half-close after the request: the answer still goes out
+  failOrAbort(400, "client closed before the end of the request body");
+}
+
+// ---- Response side ----------------------------------------------------------------------------
+
+void HttpExchange::upstreamData(const char* data, size_t len) {
+  if (finished_) return;
+  got_response_byte_ = true;
+  last_activity_ = conn_->now();
+  const llhttp_errno_t err = llhttp_execute(&resp_parser_, data, len);
+  size_t extra = 0;
+  if (err == HPE_PAUSED) {  // respMessageComplete: the final response ended here
+    extra = static_cast<size_t>(data + len - llhttp_get_error_pos(&resp_parser_));
+  } else if (err != HPE_OK) {
+    std::string why = err == HPE_USER ? resp_error_ : llhttp_get_error_reason(&resp_parser_);
+    out_.clear();  // a head parsed in this read but not sent yet is dropped with the rest
+    failOrAbort(502, "malformed upstream response: " + why);
+    return;
+  }
+  if (!flushClient()) return;
+  if (resp_complete_) {
+    // Reusable: the upstream allows it, nothing follows the response on the wire (a server
+    // talking out of turn cannot be trusted with the next request).
+    complete(extra == 0 && llhttp_should_keep_alive(&resp_parser_) != 0);
+    return;
+  }
+  if (!upstream_paused_ && owner_.clientStream().pendingBytes() > high_water_) {
+    upstream_paused_ = true;
+    conn_->stream().readStop();
+    conn_->stopTimer();  // a slow client is not a silent upstream
+  }
+}
+
+void HttpExchange::onClientDrain() {
+  if (finished_ || !upstream_paused_ || conn_ == nullptr) return;
+  upstream_paused_ = false;
+  last_activity_ = conn_->now();
+  armTimer();
+  if (conn_->stream().readStart() != 0) upstreamFailed("upstream read restart failed");
+}
+
+void HttpExchange::upstreamEof() {
+  if (finished_) return;
+  if (final_head_) {
+    // A body delimited by the end of the connection ends here; any other is truncated.
+    llhttp_finish(&resp_parser_);
+    if (resp_complete_) {
+      if (!flushClient()) return;
+      complete(false);
+      return;
+    }
+    failOrAbort(502, "upstream closed the connection before the end of the response");
+    return;
+  }
+  upstreamFailed(got_response_byte_ ? "upstream closed the connection inside the response head"
+                                    : "upstream closed the connection before answering");
+}
+
+void HttpExchange::upstreamError(int uv_err) {
+  if (finished_) return;
+  upstreamFailed("upstream connection error: " + uvName(uv_err));
+}
+
+void HttpExchange::upstreamFailed(const std::string& what) {
+  std::string reason = what;
+  if (conn_ != nullptr) {
+    const std::string detail = conn_->errorDetail();
+    if (!detail.empty()) reason = detail;
+  }
+  // RFC 9112 §9.3.1: a kept-alive connection the server closed while idle fails before the
+  // first response byte; a request that is safe to repeat gets one fresh connection.
+  if (!got_response_byte_ && reused_ && !retried_ && retryable_ && !resp_started_) {
+    UPGATE_LOG(debug, owner_.sessionId(), "upstream {}: pooled connection failed ({}), retrying",
+               endpoint_text_, reason);
+    retried_ = true;
+    fresh_only_ = true;
+    connected_ = false;
+    releaseConn(false);
+    attempts_ = 0;
+    connectNext();
+    return;
+  }
+  failOrAbort(502, reason);
+}
+
+void HttpExchange::armTimer() {
+  if (conn_ == nullptr || route_.response_timeout.count() <= 0) return;
+  const uint64_t timeout = static_cast<uint64_t>(route_.response_timeout.count());
+  const uint64_t idle = conn_->now() - last_activity_;
+  conn_->startTimer(idle >= timeout ? 0 : timeout - idle);
+}
+
+void HttpExchange::upstreamTimer() {
+  if (finished_ || upstream_paused_) return;
+  const uint64_t timeout = static_cast<uint64_t>(route_.response_timeout.count());
+  if (conn_->now() - last_activity_ < timeout) {
+    armTimer();  // progress since the timer was set: wait for the rest
+    return;
+  }
+  const std::string ms = std::to_string(timeout);
+  if (got_response_byte_) {
+    failOrAbort(504, "upstream sent nothing for " + ms + " ms inside its response");
+  } else if (!req_done_ && !client_paused_) {
+    // The upstream waits for a body the client is not sending.
+    fail(408, "client sent no request body for " + ms + " ms");
+  } else {
+    fail(504, "upstream did not answer within " + ms + " ms");
+  }
+}
+
+bool HttpExchange::flushClient() {
+  if (out_.empty()) return true;
+  const int rc = owner_.clientStream().write(out_.data(), out_.size());
+  bytes_out_ += out_.size();
+  resp_started_ = true;
+  if (out_.capacity() > 2 * LoopContext::kReadBufferSize) {
+    std::string().swap(out_);  // one large read (many chunks) should not pin its buffer
+  } else {
+    out_.clear();
+  }
+  if (rc != 0) {
+    abortWith("client write: " + uvName(rc));
+    return false;
+  }
+  return true;
+}
+
+int HttpExchange::respMessageBegin() noexcept {
+  resp_reason_.clear();
+  resp_headers_.clear();
+  field_.clear();
+  value_.clear();
+  resp_head_bytes_ = 0;
+  in_head_ = true;
+  return HPE_OK;
+}
+
+int HttpExchange::respCountHead(size_t len) noexcept {
+  resp_head_bytes_ += len;
+  if (resp_head_bytes_ <= max_response_head_bytes_) return HPE_OK;
+  resp_error_ = (in_head_ ? "head exceeds " : "trailer section exceeds ") +
+                std::to_string(max_response_head_bytes_) + " bytes";
+  return HPE_USER;
+}
+
+int HttpExchange::respStatus(const char* at, size_t len) noexcept {
+  resp_reason_.append(at, len);
+  return respCountHead(len);
+}
+
+int HttpExchange::respHeaderField(const char* at, size_t len) noexcept {
+  if (in_head_) field_.append(at, len);
+  return respCountHead(len + 4);  // ": " and CRLF
+}
+
+int HttpExchange::respHeaderFieldComplete() noexcept {
+  if (!in_head_) return HPE_OK;
+  if (!isToken(field_)) {
+    resp_error_ = "invalid header name";
+    return HPE_USER;
+  }
+  if (resp_headers_.size() >= max_headers_) {
+    resp_error_ = "more than " + std::to_string(max_headers_) + " header fields";
+    return HPE_USER;
+  }
+  return HPE_OK;
+}
+
+int HttpExchange::respHeaderValue(const char* at, size_t len) noexcept {
+  if (in_head_) value_.append(at, len);
+  return respCountHead(len);
+}
+
+int HttpExchange::respHeaderValueComplete() noexcept {
+  if (in_head_) resp_headers_.push_back(Header{std::move(field_), std::string(trimOws(value_))});
+  field_.clear();
+  value_.clear();
+  return HPE_OK;
+}
+
+int HttpExchange::respHeadersComplete() noexcept {
+  in_head_ = false;
+  resp_head_bytes_ = 0;  // trailers, if any, get a budget of their own
+  return onResponseHead();
+}
+
+int HttpExchange::onResponseHead() {
+  const int status = resp_parser_.status_code;
+  if (resp_parser_.http_major != 1) {
+    resp_error_ = "not HTTP/1.x";
+    return HPE_USER;
+  }
+  if (status == 101) {  // we never forward Upgrade, so nothing may switch
+    resp_error_ = "101 Switching Protocols to a request without Upgrade";
+    return HPE_USER;
+  }
+  if (status < 200) {
+    // RFC 9110 §15.2: a proxy forwards 1xx, except to HTTP/1.0 clients. No body ever.
+    interim_ = true;
+    if (client_11_) appendResponseHead(true);
+    return 1;
+  }
+  interim_ = false;
+  final_head_ = true;
+  status_ = status;
+  const bool no_body = head_request_ || status == 204 || status == 304;
+  bool delimited = true;
+  if (no_body) {
+    out_body_ = OutBody::None;
+  } else if ((resp_parser_.flags & F_CHUNKED) != 0) {
+    out_body_ = client_11_ ? OutBody::Chunked : OutBody::Raw;  // 1.0: decoded, close-delimited
+    delimited = client_11_;
+  } else if (llhttp_message_needs_eof(&resp_parser_) != 0) {
+    out_body_ = OutBody::Raw;
+    delimited = false;
+  } else {
+    out_body_ = OutBody::Raw;  // Content-Length: byte for byte
+  }
+  // A body still arriving from the client when the answer starts means the connection cannot
+  // carry another request afterwards: say so now.
+  client_ka_ = client_wants_ka_ && delimited && req_done_ && !client_eof_;
+  appendResponseHead(false);
+  return no_body ? 1 : 0;  // 1: llhttp expects no body (HEAD, 204, 304)
+}
+
+void HttpExchange::appendResponseHead(bool interim) {
+  const int status = resp_parser_.status_code;
+  out_.append("HTTP/1.1 ").append(std::to_string(status)).append(" ").append(resp_reason_);
+  out_.append("\r\n");
+  const bool bodiless_status = status < 200 || status == 204;  // RFC 9110 §8.6, §6.1
+  bool has_te = false;
+  for (const Header& h : resp_headers_) {
+    if (iequals(h.name, "Transfer-Encoding")) {
+      has_te = true;
+      continue;
+    }
+    if (iequals(h.name, "Content-Length")) {
+      if (bodiless_status || (resp_parser_.flags & F_CHUNKED) != 0) continue;
+    } else if (isHopByHop(h.name) || headerHasToken(resp_headers_, "Connection", h.name)) {
+      continue;
+    }
+    appendHeader(out_, h.name, h.value);
+  }
+  if (!interim) {
+    // Chunked output, a read-until-close body or a HEAD/304 describing one keep the upstream's
+    // codings; an HTTP/1.0 client cannot be sent any.
+    if (has_te && client_11_ && !bodiless_status) {
+      appendHeader(out_, "Transfer-Encoding", joinValues(resp_headers_, "Transfer-Encoding"));
+    }
+    appendHeader(out_, "Connection", client_ka_ ? "keep-alive" : "close");
+  }
+  out_.append("\r\n");
+}
+
+int HttpExchange::respBody(const char* at, size_t len) noexcept {
+  if (out_body_ == OutBody::Chunked) {
+    appendChunk(out_, at, len);
+  } else {
+    out_.append(at, len);
+  }
+  return HPE_OK;
+}
+
+int HttpExchange::respMessageComplete() noexcept {
+  if (interim_) return HPE_OK;  // the final response follows on the same connection
+  if (out_body_ == OutBody::Chunked) out_.append("0\r\n\r\n");  // upstream trailers dropped
+  resp_complete_ = true;
+  return HPE_PAUSED;
+}
+
+// ---- Ends -------------------------------------------------------------------------------------
+
+void HttpExchange::releaseConn(bool reusable) {
+  UpstreamConn* conn = conn_;
+  conn_ = nullptr;
+  connected_ = false;
+  if (conn != nullptr) pool_.release(conn, reusable);
+}
+
+void HttpExchange::complete(bool upstream_reusable) {
+  finished_ = true;
+  // Only a fully sent request leaves the connection in step for the next one.
+  const bool reusable =
+      upstream_reusable && req_done_ && pending_up_.empty() && conn_->stream().pendingBytes() == 0;
+  releaseConn(reusable);  // back in the pool before the upcall: the next request may take it
+  owner_.exchangeDone(client_ka_ && req_done_ && !client_eof_, status_, bytes_in_, bytes_out_);
+}
+
+void HttpExchange::fail(int status, const std::string& reason) {
+  finished_ = true;
+  releaseConn(false);
+  owner_.exchangeFailed(status, reason);
+}
+
+void HttpExchange::abortWith(const std::string& reason) {
+  finished_ = true;
+  releaseConn(false);
+  owner_.exchangeAborted(reason);
+}
+
+void HttpExchange::failOrAbort(int status, const std::string& reason) {
+  if (resp_started_) {
+    abortWith(reason);
+  } else {
+    fail(status, reason);
+  }
+}
+
+void HttpExchange::abort() {
+  finished_ = true;
+  releaseConn(false);
+}
+
+}  // namespace upgate
