@@ -111,6 +111,13 @@ ParseResult RequestParser::feed(const char* data, size_t len) {
     case HPE_PAUSED_H2_UPGRADE:
       return fail(505, "HTTP/2 connection preface is not supported");
     default: {
+      // A folded line before the point llhttp stopped is reported first, as it would have been
+      // had the bytes arrived in smaller reads: the answer must not depend on how reads split.
+      const char* stop = llhttp_get_error_pos(&parser_);
+      const size_t scanned = stop ? static_cast<size_t>(stop - data) : n;
+      if (scanForFold(data, std::min(scanned, n))) {
+        return fail(400, kFoldReason);
+      }
       if (cb_status_ != 0) {
         return fail(cb_status_, std::move(cb_reason_));
       }

@@ -161,6 +161,12 @@ int ResponseParser::onHeaderValueComplete() noexcept {
 }
 
 int ResponseParser::onHeadersComplete() noexcept {
+  // llhttp 8.1 accepts an empty or short status code ("HTTP/1.1 \r\n" is status 0, "020" is
+  // 20); RFC 9110 §15 wants three digits, and a relayed "HTTP/1.1 0" would be nonsense.
+  if (parser_.status_code < 100 || parser_.status_code > 999) {
+    return reject("malformed upstream response: status code " +
+                  std::to_string(parser_.status_code) + " is not three digits");
+  }
   head_.status = parser_.status_code;
   head_.http_major = parser_.http_major;
   head_.http_minor = parser_.http_minor;
