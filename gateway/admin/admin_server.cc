@@ -9,6 +9,7 @@
 #include "http/response_writer.h"
 #include "http/template.h"
 #include "net/listener.h"
+#include "websocket/utf8.h"
 
 namespace upgate {
 namespace {
@@ -207,14 +208,15 @@ void AdminServer::maybeDone() {
 std::string AdminServer::handle(const std::string& method, const std::string& path,
                                 const std::string& query, const std::string* authorization,
                                 const std::string* content_type, std::string& body) {
+  // Health probes stay open (load balancers and orchestrators call them without credentials).
+  if (path == "/healthz") return okResponse("{\"status\":\"ok\"}");
+  if (path == "/readyz") {
+    return draining_ ? errorResponse(503, "draining") : okResponse("{\"status\":\"ready\"}");
+  }
   if (!config_.admin.token.empty() &&
       (authorization == nullptr || *authorization != "Bearer " + config_.admin.token)) {
     return errorResponse(401, "admin API: missing or wrong bearer token",
                          {{"WWW-Authenticate", "Bearer realm=\"upgate admin\""}});
-  }
-  if (path == "/healthz") return okResponse("{\"status\":\"ok\"}");
-  if (path == "/readyz") {
-    return draining_ ? errorResponse(503, "draining") : okResponse("{\"status\":\"ready\"}");
   }
   static const std::string kPublish = "/publish/";
   if (path.compare(0, kPublish.size(), kPublish) == 0) {
@@ -223,6 +225,12 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
     if (channel.empty()) return errorResponse(400, "no channel name after /publish/");
     bool binary = (content_type && content_type->find("application/octet-stream") == 0) ||
                   queryParam(query, "binary").value_or("") == "1";
+    // A text frame must be UTF-8 (RFC 6455 §5.6), or every subscriber's client fails the
+    // connection: refuse it here, where the publisher can be told.
+    if (!binary && !isValidUtf8(body)) {
+      return errorResponse(400, "a text message must be valid UTF-8; publish binary data with "
+                                "Content-Type: application/octet-stream or ?binary=1");
+    }
     size_t workers = 0;
     uint64_t seq = hub_.publish(channel, std::move(body), binary, &workers);
     return okResponse("{\"channel\":\"" + jsonEscaped(channel) +

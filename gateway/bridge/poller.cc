@@ -9,6 +9,7 @@
 #include "http/headers.h"
 #include "http/template.h"
 #include "proxy/worker.h"
+#include "websocket/utf8.h"
 
 namespace upgate {
 namespace {
@@ -146,7 +147,8 @@ void Poller::onResponse(const std::string& error, HttpResponse& r) {
 void Poller::publishBody(const HttpResponse& r) {
   Hub& hub = worker_.hub();
   if (!route_.longpoll.split_json_array) {
-    hub.publish(channel_, r.body, looksBinary(r));
+    // Text frames must be UTF-8: a body that is not goes out as a binary message.
+    hub.publish(channel_, r.body, looksBinary(r) || !isValidUtf8(r.body));
     return;
   }
   nlohmann::json doc = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);

@@ -28,18 +28,18 @@ std::string encodeWsFrame(const ChannelMessage& m) {
 }
 
 std::string encodeSseEvent(const ChannelMessage& m) {
-  // Each line of the payload becomes its own data: field; EventSource joins them with \n.
+  // Each line of the payload becomes its own data: field; EventSource joins them with \n. A line
+  // ends at CRLF, LF or a lone CR (the SSE grammar treats all three as line ends).
   std::string out = "id: " + std::to_string(m.seq) + "\n";
   std::string_view rest(m.payload);
   for (;;) {
-    size_t end = rest.find('\n');
-    std::string_view line = rest.substr(0, end);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    size_t end = rest.find_first_of("\r\n");
     out += "data: ";
-    out.append(line);
+    out.append(rest.substr(0, end));
     out += '\n';
     if (end == std::string_view::npos) break;
-    rest.remove_prefix(end + 1);
+    size_t skip = (rest[end] == '\r' && end + 1 < rest.size() && rest[end + 1] == '\n') ? 2 : 1;
+    rest.remove_prefix(end + skip);
   }
   out += '\n';
   return out;
@@ -115,12 +115,16 @@ void Subscription::close(uint16_t code, const std::string& reason) {
     return;
   }
   close_sent_ = true;
+  close_description_ = std::to_string(code) + " " + reason;
   std::string frame = closeFrame(code, reason, false);
   if (owner_.clientStream().write(frame.data(), frame.size()) != 0) {
     ended_ = true;
     owner_.subscriptionEnded(code, reason);
+    return;
   }
-  // Otherwise the session waits for the client's close frame (bounded by its close timeout).
+  // The client's close frame ends it; the owner bounds the wait (a client that stopped reading
+  // never answers).
+  owner_.subscriptionClosing();
 }
 
 void Subscription::fail(uint16_t code, const std::string& reason) {

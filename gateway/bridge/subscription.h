@@ -33,6 +33,8 @@ class SubscriptionOwner {
   // The subscription is over (close handshake done, protocol error, overflow): end the session.
   // `code` is the WebSocket close code sent or received (0 for SSE).
   virtual void subscriptionEnded(uint16_t code, const std::string& reason) = 0;
+  // We sent a close frame and wait for the client's: bound the wait.
+  virtual void subscriptionClosing() = 0;
   // Counts payload bytes for the access log.
   virtual void countBytes(uint64_t in, uint64_t out) = 0;
 };
@@ -58,6 +60,8 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   // up to the close timeout, which the owner enforces.
   void close(uint16_t code, const std::string& reason);
   bool closeSent() const { return close_sent_; }
+  // "1008 subscriber too slow": the close frame we sent, for logs.
+  const std::string& closeSentDescription() const { return close_description_; }
   const std::string& channel() const { return channel_; }
 
   void deliver(const Delivery& d) override;
@@ -94,6 +98,7 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
 
   uint64_t dropped_ = 0;
   bool close_sent_ = false;
+  std::string close_description_;
   bool ended_ = false;
 };
 

@@ -313,6 +313,10 @@ void Session::subscriptionEnded(uint16_t code, const std::string& reason) {
   lingerClose(why);
 }
 
+void Session::subscriptionClosing() {
+  if (state_ == State::Subscribed) uv_timer_start(&timer_, onTimer, kLingerMs, 0);
+}
+
 void Session::lingerClose(const std::string& reason) {
   if (state_ == State::Closing || state_ == State::Lingering) return;
   // Let what is queued (a close frame) reach the client, then wait for its FIN.
@@ -328,6 +332,7 @@ void Session::lingerClose(const std::string& reason) {
 }
 
 void Session::drain() {
+  // (Subscribers: Subscription::close -> subscriptionClosing() bounds the wait for the reply.)
   if (state_ == State::ReadingHead && keepalive_wait_ && next_request_.empty()) {
     logged_ = true;  // an idle keep-alive connection: nothing to log
     finish("draining");
@@ -335,8 +340,6 @@ void Session::drain() {
   }
   if (state_ == State::Subscribed && subscription_) {
     subscription_->close(1001, "server going away");
-    // The client's close frame ends it; if none comes, the close timeout does.
-    if (state_ == State::Subscribed) uv_timer_start(&timer_, onTimer, kLingerMs, 0);
   }
 }
 
@@ -800,7 +803,8 @@ void Session::handleTimer() {
       return;
     case State::Subscribed:
       if (subscription_->closeSent()) {
-        finish("the client did not answer our close frame in time");
+        finish("sent close " + subscription_->closeSentDescription() +
+               "; the client did not answer it in time");
         return;
       }
       break;

@@ -1,0 +1,601 @@
+"""The long-poll bridge (`kind: longpoll` routes) end to end: the real upgate in front of the
+bundled legacy ticker app (docker/demo/ticker_app.py, started here with a fast tick).
+
+- fan-out: 1,000 WebSocket subscribers on one channel (2 workers) each get every update in order
+  while the app never sees more than one poll in flight for that channel;
+- client messages become POSTs to /send, and the answer goes back to the sender only;
+- 500s from the app: upgate backs off exponentially, keeps its cursor, loses nothing;
+- an upstream restart on the same port with its history continuing: no gap, no duplicate;
+- the poll loop stops a grace period after the last subscriber leaves;
+- two channels get independent polls and messages.
+"""
+
+import json
+import re
+import socket
+import sys
+import threading
+import time
+import unittest
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import harness
+from harness import GatewayTestCase, OP_TEXT
+import bridge_util
+from bridge_util import SubscriberPool, TickerApp, seq_of, start_gateway
+
+FANOUT = 1000
+FANOUT_WINDOW = 60         # updates the app produces while all 1,000 are subscribed
+SOURCES = ["127.0.0.%d" % i for i in range(2, 10)]  # spread clients over source addresses
+BACKOFF_INITIAL_MS = 200
+BACKOFF_MAX_MS = 1600
+
+
+def longpoll_route(name="ticker", prefix="/ticker", channel="{query.symbols}",
+                   poll="/poll?symbols={query.symbols}&cursor={cursor}", grace="1s", **extra):
+    lp = {
+        "channel": channel,
+        "poll": poll,
+        "cursor": {"header": "X-Cursor", "initial": "0"},
+        "split": "json_array",
+        "send": "/send",
+        "grace": grace,
+        "backoff": {"initial": "%dms" % BACKOFF_INITIAL_MS, "max": "%dms" % BACKOFF_MAX_MS},
+        "timeout": "20s",
+    }
+    lp.update(extra)
+    return {"name": name, "match": {"path_prefix": prefix}, "kind": "longpoll",
+            "upstream": "legacy", "longpoll": lp}
+
+
+def bridge_config(app_addr, routes=None, **overrides):
+    return harness.make_config(upstreams={"legacy": {"endpoints": [app_addr]}},
+                               routes=routes or [longpoll_route()], **overrides)
+
+
+def seqs(sub):
+    """Ticker sequence numbers of every price update a subscriber received, in order."""
+    out = []
+    for op, payload in sub.messages:
+        s = seq_of(payload)
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def last_seq(sub):
+    for op, payload in reversed(sub.messages):
+        s = seq_of(payload)
+        if s is not None:
+            return s
+    return 0
+
+
+class BridgeTestCase(GatewayTestCase):
+    def start_app(self, **kw):
+        app = TickerApp(**kw)
+        self.addCleanup(app.stop)
+        app.start()
+        return app
+
+    def pool(self, gw, **kw):
+        pool = SubscriberPool(gw.addr(), **kw)
+        self.addCleanup(pool.stop)
+        return pool
+
+    def assertContiguous(self, values, what):
+        """Strictly increasing by exactly 1 (no duplicate, no gap, no reordering)."""
+        bad = [(i, values[i - 1], values[i]) for i in range(1, len(values))
+               if values[i] != values[i - 1] + 1]
+        if bad:
+            self.fail("%s: not contiguous at (index, previous, value) %r; sequence %r"
+                      % (what, bad[:10], values[:200]))
+
+    def assertStrictlyIncreasing(self, values, what):
+        bad = [(i, values[i - 1], values[i]) for i in range(1, len(values))
+               if values[i] <= values[i - 1]]
+        if bad:
+            self.fail("%s: not strictly increasing at %r; sequence %r"
+                      % (what, bad[:10], values[:200]))
+
+
+class FanOutTest(BridgeTestCase):
+    def test_1000_subscribers_every_update_in_order_one_poll_in_flight(self):
+        app = self.start_app(symbols="GOOG", tick=0.05, quiet=True)
+        gw = start_gateway(self, bridge_config(app.addr, workers=2))
+        pool = self.pool(gw, name="fan-out")
+        started = time.monotonic()
+        subs = pool.connect_ws("/ticker?symbols=GOOG", FANOUT, sources=SOURCES)
+        connected_s = time.monotonic() - started
+        # Every update the app produces from now on goes to all 1,000 subscribers.
+        s0 = app.stats()["seq"]
+        samples = []
+
+        def produced():
+            st = app.stats()
+            samples.append(st)
+            return st["seq"] >= s0 + FANOUT_WINDOW
+
+        harness.poll_until(produced, 60, interval=0.1, what="the app producing updates")
+        end = samples[-1]["seq"]
+        try:
+            harness.poll_until(lambda: pool.check(lambda: all(last_seq(c) >= end for c in subs)),
+                               60, interval=0.1, what="every subscriber receiving update %d" % end)
+        except TimeoutError as exc:
+            with pool.cond:
+                behind = [(c.index, last_seq(c)) for c in subs if last_seq(c) < end]
+            self.fail("%s: %d behind, e.g. %r; %s" % (exc, len(behind), behind[:10],
+                                                        pool.summary()))
+
+        busy = [s["in_flight"].get("GOOG", 0) for s in samples]
+        self.assertLessEqual(max(busy), 1, "polls in flight for GOOG over time: %r" % busy)
+        final = app.stats()
+        self.assertEqual(final["max_in_flight"], {"GOOG": 1},
+                         "the app saw more than one poll at once: %r" % final)
+        self.assertEqual(list(final["polls"]), ["GOOG"], final)
+
+        with pool.cond:
+            for c in subs:
+                self.assertEqual(c.errors, [], c)
+                self.assertIsNone(c.close_code, c)
+                self.assertIsNone(c.eof, c)
+                self.assertTrue(all(op == OP_TEXT for op, _ in c.messages), c)
+                got = seqs(c)
+                self.assertEqual(len(got), len(c.messages),
+                                 "subscriber %d got a message that is no price update: %r"
+                                 % (c.index, c.messages[:5]))
+                self.assertStrictlyIncreasing(got, "subscriber %d" % c.index)
+                window = [s for s in got if s0 < s <= end]
+                self.assertEqual(window, list(range(s0 + 1, end + 1)),
+                                 "subscriber %d (%s): updates %d..%d" % (c.index, c.local,
+                                                                          s0 + 1, end))
+        pool.close_all(timeout=30)
+        self.assertEqual(bridge_util.workers_of(gw, subs, timeout=30), {0, 1},
+                         "the subscribers should be spread over both workers")
+        sys.stderr.write("fan-out: %d subscribers connected in %.1fs, %d updates each\n"
+                         % (FANOUT, connected_s, end - s0))
+
+
+class SendTest(BridgeTestCase):
+    def test_client_messages_become_posts_and_answers_go_to_the_sender_only(self):
+        app = self.start_app(symbols="GOOG", tick=0.05)
+        gw = start_gateway(self, bridge_config(app.addr))
+        pool = self.pool(gw)
+        a, b = pool.connect_ws("/ticker?symbols=GOOG", 2)
+        pool.wait(lambda: last_seq(a) > 0 and last_seq(b) > 0, 15, "the first updates")
+
+        orders = [{"action": "buy", "symbol": "GOOG", "qty": 1},
+                  {"action": "sell", "symbol": "GOOG", "qty": 2},
+                  {"action": "buy", "symbol": "GOOG", "qty": 3}]
+        for order in orders:
+            pool.send(a, OP_TEXT, json.dumps(order).encode())
+
+        def answers(c):
+            out = []
+            for op, payload in c.messages:
+                try:
+                    doc = json.loads(payload)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and "ok" in doc:
+                    out.append(doc)
+            return out
+
+        pool.wait(lambda: len(answers(a)) >= 3, 15, "the app's three answers at the sender")
+        got = answers(a)
+        self.assertEqual(len(got), 3, got)
+        for order, ans in zip(orders, got):
+            self.assertIs(ans["ok"], True, ans)
+            self.assertEqual((ans["action"], ans["symbol"], ans["qty"]),
+                             (order["action"], order["symbol"], order["qty"]), got)
+        self.assertEqual([x["order"] for x in got], [1, 2, 3],
+                         "answers should come back in the order the messages were sent")
+        self.assertEqual(app.stats()["orders"], 3)
+        # (The app logs a request after writing its answer: wait for the third line.)
+        harness.poll_until(
+            lambda: len([l for _, l in app.log_lines() if '"POST /send"' in l]) >= 3, 10,
+            what="three POST /send lines in the app's log")
+        posts = [l for _, l in app.log_lines() if '"POST /send"' in l]
+        self.assertEqual(len(posts), 3, "POSTs to /send in the app's log: %r" % posts)
+        self.assertTrue(all(" 200 " in l for l in posts), posts)
+
+        # Both keep receiving prices; the other subscriber never sees the answers.
+        after = app.stats()["seq"]
+        pool.wait(lambda: last_seq(a) > after and last_seq(b) > after, 15,
+                  "updates after the answers")
+        with pool.cond:
+            self.assertEqual(answers(b), [], "the answers leaked to another subscriber")
+            self.assertEqual(len(seqs(b)), len(b.messages), b.messages[:5])
+            self.assertContiguous(seqs(a), "sender's updates around its answers")
+            self.assertContiguous(seqs(b), "other subscriber's updates")
+        pool.close_all()
+
+
+class BackoffTest(BridgeTestCase):
+    FAILS = 6
+
+    def test_500s_back_off_exponentially_and_nothing_is_lost(self):
+        app = self.start_app(symbols="GOOG", tick=0.05)
+        gw = start_gateway(self, bridge_config(app.addr))
+        pool = self.pool(gw)
+        subs = pool.connect_ws("/ticker?symbols=GOOG", 3)
+        pool.wait(lambda: all(len(c.messages) >= 3 for c in subs), 15, "updates flowing")
+
+        app.fail(self.FAILS)
+        bridge_util.wait_gateway_message(
+            gw, r'channel GOOG: poll failed \(upstream answered 500\); retry %d in' % self.FAILS,
+            timeout=30)
+        self.assertEqual(app.stats()["fail_pending"], 0)
+        resumed_at = app.stats()["seq"]
+        pool.wait(lambda: all(last_seq(c) >= resumed_at for c in subs), 20,
+                  "updates after the failures (up to %d)" % resumed_at)
+        after = app.stats()["seq"]
+        pool.wait(lambda: all(last_seq(c) >= after for c in subs), 20, "updates resumed")
+
+        # upgate's own account: retries 1..N, each delay within [base/2, base] where base
+        # doubles from backoff.initial up to backoff.max, and the cursor kept throughout.
+        rx = (r'channel GOOG: poll failed \(upstream answered 500\); retry (\d+) in (\d+) ms, '
+              r'cursor "(\d+)" kept')
+        lines = bridge_util.gateway_messages(gw, rx)
+        retries = [int(m.group(1)) for _, m in lines]
+        delays = [int(m.group(2)) for _, m in lines]
+        cursors = {m.group(3) for _, m in lines}
+        self.assertEqual(retries, list(range(1, self.FAILS + 1)),
+                         "retry lines: %r" % [e["msg"] for e, _ in lines])
+        self.assertEqual(len(cursors), 1, "the cursor changed while failing: %r" % cursors)
+        cursor = int(cursors.pop())
+        for k, d in enumerate(delays, start=1):
+            base = min(BACKOFF_INITIAL_MS << (k - 1), BACKOFF_MAX_MS)
+            self.assertTrue(base // 2 <= d <= base,
+                            "retry %d: delay %d ms outside [%d, %d]" % (k, d, base // 2, base))
+
+        # The app's view: N polls answered 500, all with that cursor, then a successful poll
+        # with the same cursor; the retries were spread out (loosely: at least most of the
+        # announced delays elapsed between the first failure and the recovery).
+        def app_polls():
+            out = []
+            for t, line in app.log_lines():
+                m = re.search(r'"GET /poll\?symbols=GOOG&cursor=(\d+)" (\d+)', line)
+                if m:
+                    out.append((t, int(m.group(1)), int(m.group(2))))
+            return out
+
+        def recovered():
+            # The app logs a request once its answer is written: wait for the recovery's line.
+            p = app_polls()
+            fails = [i for i, x in enumerate(p) if x[2] == 500]
+            return p if fails and any(x[2] != 500 for x in p[fails[-1]:]) else None
+
+        try:
+            polls = harness.poll_until(recovered, 10, what="the app logging the recovery")
+        except TimeoutError:
+            self.fail("no successful poll after the 500s in the app's log: %r" % app_polls())
+        first = [i for i, p in enumerate(polls) if p[2] == 500]
+        self.assertEqual(len(first), self.FAILS, "polls answered 500: %r" % polls)
+        i0 = first[0]
+        self.assertEqual(first, list(range(i0, i0 + self.FAILS)), "the failures are not "
+                         "consecutive polls: %r" % polls[i0:i0 + self.FAILS + 2])
+        self.assertTrue(all(p[1] == cursor for p in polls[i0:i0 + self.FAILS]),
+                        polls[i0:i0 + self.FAILS])
+        self.assertGreater(len(polls), i0 + self.FAILS, "no poll after the failures: %r" % polls)
+        recovery = polls[i0 + self.FAILS]
+        self.assertEqual(recovery[1], cursor, "the first poll after the failures should resume "
+                         "at the kept cursor %d: %r" % (cursor, recovery))
+        self.assertEqual(recovery[2], 200, recovery)
+        span = recovery[0] - polls[i0][0]
+        self.assertGreaterEqual(span, 0.8 * sum(delays) / 1000.0,
+                                "first failure to recovery took %.2fs; announced delays %r ms"
+                                % (span, delays))
+        self.assertEqual(app.stats()["max_in_flight"], {"GOOG": 1})
+
+        # Nothing lost, nothing repeated: every subscriber's updates are contiguous.
+        with pool.cond:
+            for c in subs:
+                got = seqs(c)
+                self.assertContiguous(got, "subscriber %d across the failures" % c.index)
+                self.assertLessEqual(got[0], cursor, (got[:3], cursor))
+                self.assertIsNone(c.close_code, c)
+        pool.close_all()
+
+
+class HistoryApp:
+    """A small legacy long-poll app (stdlib) whose history outlives its process, unlike the
+    ticker app, whose sequence numbers restart at 1: stop() drops every connection as a crash
+    would; start() binds the same port again (SO_REUSEADDR) and continues the history.
+
+      GET /poll?cursor=N   200 [{"seq","text"}...] with seq > N at once or as soon as there are
+                           some (held up to `hold` s, then 204); X-Cursor = the highest seq.
+    Every poll is recorded as (instance, cursor)."""
+
+    def __init__(self, hold=1.0):
+        self.hold = hold
+        self.cond = threading.Condition()
+        self.items = []
+        self.polls = []
+        self.port = 0
+        self.instance = 0
+        self.server = None
+        self.thread = None
+        self.conns = set()
+        self.running = False
+
+    def add(self, count):
+        with self.cond:
+            for _ in range(count):
+                seq = len(self.items) + 1
+                self.items.append({"seq": seq, "text": "update %d" % seq})
+            self.cond.notify_all()
+            return len(self.items)
+
+    def start(self):
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def setup(self):
+                super().setup()
+                with app.cond:
+                    app.conns.add(self.connection)
+
+            def finish(self):
+                with app.cond:
+                    app.conns.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+
+            def do_GET(self):
+                url = urllib.parse.urlsplit(self.path)
+                q = dict(urllib.parse.parse_qsl(url.query))
+                if url.path != "/poll":
+                    self.send_error(404)
+                    return
+                cursor = int(q.get("cursor", "0"))
+                instance = self.server.instance
+                deadline = time.monotonic() + app.hold
+                with app.cond:
+                    app.polls.append((instance, cursor))
+                    app.cond.notify_all()
+                    for _ in range(100000):
+                        if app.instance != instance or not app.running:
+                            self.close_connection = True
+                            return  # crashed: no answer
+                        newer = app.items[cursor:]
+                        left = deadline - time.monotonic()
+                        if newer or left <= 0:
+                            break
+                        app.cond.wait(left)
+                    top = len(app.items)
+                if newer:
+                    body = json.dumps(newer).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("X-Cursor", str(top))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_response(204)
+                    self.send_header("X-Cursor", str(top))
+                    self.end_headers()
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True  # SO_REUSEADDR: the port may have TIME_WAIT entries
+
+        with self.cond:
+            self.instance += 1
+            self.running = True
+        self.server = Server(("127.0.0.1", self.port), Handler)
+        self.server.instance = self.instance
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={
+            "poll_interval": 0.05}, daemon=True, name="history-app")
+        self.thread.start()
+        return self
+
+    @property
+    def addr(self):
+        return ("127.0.0.1", self.port)
+
+    def stop(self):
+        if self.server is None:
+            return
+        with self.cond:
+            self.running = False
+            self.cond.notify_all()
+            conns = list(self.conns)
+        self.server.shutdown()
+        self.server.server_close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.thread.join(harness.STOP_TIMEOUT)
+        self.server = None
+
+    def wait_poll(self, predicate, timeout, what):
+        with self.cond:
+            if not self.cond.wait_for(lambda: any(predicate(p) for p in self.polls), timeout):
+                raise AssertionError("history app: no %s within %.0fs; polls %r"
+                                     % (what, timeout, self.polls))
+
+
+class UpstreamRestartTest(BridgeTestCase):
+    def test_cursor_survives_an_upstream_restart_on_the_same_port(self):
+        app = HistoryApp(hold=1.0)
+        self.addCleanup(app.stop)
+        app.add(3)
+        app.start()
+        port = app.port
+        route = longpoll_route(name="feed", prefix="/feed", channel="{path}",
+                               poll="/poll?cursor={cursor}")
+        route["longpoll"]["backoff"] = {"initial": "100ms", "max": "500ms"}
+        gw = start_gateway(self, bridge_config(app.addr, routes=[route]))
+        pool = self.pool(gw)
+        subs = pool.connect_ws("/feed", 3)
+
+        def feed_seqs(c):
+            return [json.loads(p)["seq"] for _, p in c.messages]
+
+        def all_have(n):
+            return lambda: all(feed_seqs(c) and feed_seqs(c)[-1] >= n for c in subs)
+
+        top = app.add(2)
+        pool.wait(all_have(top), 15, "updates up to %d before the restart" % top)
+        app.wait_poll(lambda p: p == (1, top), 10, "poll with cursor %d" % top)
+        before_cursor = top
+
+        app.stop()
+        bridge_util.wait_gateway_message(gw, r"channel /feed: poll failed .*cursor \"%d\" kept"
+                                         % before_cursor, timeout=15)
+        top = app.add(3)  # written to the app's store while it was down
+        app.start()
+        self.assertEqual(app.port, port)
+        top = app.add(2)
+        pool.wait(all_have(top), 20, "updates up to %d after the restart" % top)
+
+        with app.cond:
+            second = [cursor for inst, cursor in app.polls if inst == 2]
+        self.assertTrue(second, app.polls)
+        self.assertEqual(second[0], before_cursor,
+                         "the first poll after the restart should carry the kept cursor "
+                         "(polls: %r)" % app.polls)
+        with pool.cond:
+            for c in subs:
+                got = feed_seqs(c)
+                self.assertContiguous(got, "subscriber %d across the restart" % c.index)
+                self.assertEqual(got[-1], top, got)
+                self.assertLessEqual(got[0], 4, got)
+                texts = [json.loads(p)["text"] for _, p in c.messages]
+                self.assertEqual(texts, ["update %d" % s for s in got])
+        pool.close_all()
+
+
+class PollStopTest(BridgeTestCase):
+    def test_poll_loop_stops_after_the_last_subscriber_leaves(self):
+        app = self.start_app(symbols="GOOG", tick=0.05)
+        gw = start_gateway(self, bridge_config(app.addr))  # grace: 1s
+        pool = self.pool(gw)
+        subs = pool.connect_ws("/ticker?symbols=GOOG", 2)
+        pool.wait(lambda: all(len(c.messages) >= 3 for c in subs), 15, "updates flowing")
+        harness.poll_until(lambda: app.stats()["in_flight"].get("GOOG") == 1, 10,
+                           what="a poll held by the app")
+
+        left_at = time.time()
+        pool.close_all()
+        stopped = bridge_util.wait_gateway_message(
+            gw, r"channel GOOG: no subscribers for 1000 ms, polling stopped after (\d+) polls",
+            timeout=15)
+        event, match = stopped[0]
+        harness.poll_until(lambda: app.stats()["in_flight"].get("GOOG", 0) == 0, 10,
+                           what="no poll in flight at the app")
+        # Not before the grace period (lower bound only: the machine may be slow).
+        ts = bridge_util.event_time(event)
+        self.assertGreaterEqual(ts - left_at, 0.9, "stopped %.2fs after the last subscriber "
+                                "left; grace is 1s (%r)" % (ts - left_at, event))
+        sent = int(match.group(1))
+        try:
+            stats = harness.poll_until(
+                lambda: (lambda st: st if st["polls"]["GOOG"] == sent else None)(app.stats()),
+                5, what="the app counting %d polls" % sent)
+        except TimeoutError:
+            self.fail("upgate says it polled %d times, the app counted %r" % (sent, app.stats()))
+
+        # It stays stopped while the app keeps producing (bounded watch, not a sync sleep).
+        seq = stats["seq"]
+        deadline = time.monotonic() + 1.5
+        for _ in range(1000):
+            st = app.stats()
+            self.assertEqual(st["polls"]["GOOG"], stats["polls"]["GOOG"],
+                             "polls continued after the loop stopped: %r" % st)
+            self.assertEqual(st["in_flight"].get("GOOG", 0), 0, st)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        self.assertGreater(app.stats()["seq"], seq, "the app should have kept ticking")
+
+        # A new subscriber starts a new loop.
+        again = pool.connect_ws("/ticker?symbols=GOOG", 1)[0]
+        pool.wait(lambda: len(again.messages) >= 2, 15, "updates for a new subscriber")
+        starts = bridge_util.gateway_messages(gw, r"channel GOOG: first subscriber, polling")
+        self.assertEqual(len(starts), 2, [e["msg"] for e, _ in starts])
+        pool.close_all()
+
+
+class TwoChannelsTest(BridgeTestCase):
+    def test_two_channels_get_independent_polls_and_messages(self):
+        app = self.start_app(symbols="GOOG,AAPL", tick=0.05, quiet=True)
+        gw = start_gateway(self, bridge_config(app.addr))
+        pool = self.pool(gw)
+        goog = pool.connect_ws("/ticker?symbols=GOOG", 3, sources=SOURCES)
+        aapl = pool.connect_ws("/ticker?symbols=AAPL", 3, sources=SOURCES)
+        both = pool.connect_ws("/ticker?symbols=GOOG,AAPL", 2, sources=SOURCES)
+        s0 = app.stats()["seq"]
+        harness.poll_until(lambda: app.stats()["seq"] >= s0 + 40, 30, what="40 updates")
+        end = app.stats()["seq"]
+        pool.wait(lambda: all(last_seq(c) >= end for c in both), 20,
+                  "the combined channel reaching %d" % end)
+
+        def updates(c):
+            return [json.loads(p) for _, p in c.messages]
+
+        with pool.cond:
+            combined = [(u["seq"], u["symbol"]) for u in updates(both[0])]
+        window = [(s, sym) for s, sym in combined if s0 < s <= end]
+        self.assertEqual([s for s, _ in window], list(range(s0 + 1, end + 1)),
+                         "the GOOG,AAPL channel should carry every update")
+        want = {sym: [s for s, x in window if x == sym] for sym in ("GOOG", "AAPL")}
+        self.assertTrue(want["GOOG"] and want["AAPL"], want)
+        pool.wait(lambda: all(last_seq(c) >= want["GOOG"][-1] for c in goog) and
+                  all(last_seq(c) >= want["AAPL"][-1] for c in aapl), 20, "per-symbol updates")
+        with pool.cond:
+            for sym, group in (("GOOG", goog), ("AAPL", aapl)):
+                for c in group:
+                    got = updates(c)
+                    self.assertEqual({u["symbol"] for u in got}, {sym},
+                                     "subscriber of %s got %r" % (sym, got[:5]))
+                    self.assertStrictlyIncreasing([u["seq"] for u in got], sym)
+                    self.assertEqual([u["seq"] for u in got if s0 < u["seq"] <= end], want[sym],
+                                     "subscriber %d of %s" % (c.index, sym))
+            # (Updates published before the second one subscribed may be missing there.)
+            self.assertEqual([u for u in updates(both[1]) if s0 < u["seq"] <= end],
+                             [u for u in updates(both[0]) if s0 < u["seq"] <= end])
+
+        stats = app.stats()
+        self.assertEqual(stats["max_in_flight"], {"GOOG": 1, "AAPL": 1, "GOOG,AAPL": 1}, stats)
+        harness.poll_until(
+            lambda: (lambda f: f.get("GOOG") == 1 and f.get("AAPL") == 1)(
+                app.stats()["in_flight"]), 10, what="both single-symbol polls held at once")
+        starts = bridge_util.gateway_messages(gw, r"channel (\S+): first subscriber, polling")
+        self.assertEqual(sorted(m.group(1) for _, m in starts), ["AAPL", "GOOG", "GOOG,AAPL"])
+
+        # Stopping one channel leaves the other polling and delivering.
+        for c in goog:
+            pool.send_close(c)
+        pool.wait(lambda: all(c.eof for c in goog), 10, "GOOG subscribers closed")
+        bridge_util.wait_gateway_message(gw, r"channel GOOG: no subscribers .* polling stopped",
+                                         timeout=15)
+        harness.poll_until(lambda: app.stats()["in_flight"].get("GOOG", 0) == 0, 10,
+                           what="no GOOG poll in flight")
+        self.assertEqual(bridge_util.gateway_messages(gw, r"channel AAPL: .*polling stopped"), [])
+        later = app.tick("AAPL")[0]["seq"]
+        pool.wait(lambda: all(last_seq(c) >= later for c in aapl), 10,
+                  "AAPL update %d after GOOG stopped" % later)
+        goog_polls = app.stats()["polls"]["GOOG"]
+        app.tick("GOOG")
+        harness.poll_until(lambda: app.stats()["in_flight"].get("AAPL") == 1, 10,
+                           what="AAPL still polling")
+        self.assertEqual(app.stats()["polls"]["GOOG"], goog_polls)
+        pool.close_all()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
