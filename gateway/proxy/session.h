@@ -108,6 +108,7 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner {
   Stream& clientStream() override;
   uint64_t sessionId() const override { return id_; }
   void subscriptionEnded(uint16_t code, const std::string& reason) override;
+  void subscriptionClosing() override;
   void countBytes(uint64_t in, uint64_t out) override;
 
   // http routes (HttpExchangeOwner); keep-alive returns to ReadingHead.
