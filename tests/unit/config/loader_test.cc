@@ -248,7 +248,7 @@ TEST_CASE("loader: unknown key names its path", "[config]") {
   SECTION("at the top level") {
     CHECK(oneError(kBase + "worker: 2\n") ==
           "t.yaml:7:1: worker: unknown key (expected one of: workers, drain_timeout, listeners, "
-          "upstreams, routes, limits, timeouts, log, admin)");
+          "upstreams, routes, limits, timeouts, log, admin, plugins)");
   }
   SECTION("in an upstream") {
     CHECK(oneError(kBase + "    timeout: 5s\n") ==

@@ -1,0 +1,124 @@
+#pragma once
+// Test doubles for the plugin layer: a PluginSession with an injected clock, and a harness that
+// runs one configured plugin instance over a request.
+
+#include <catch2/catch.hpp>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "http/request_head.h"
+#include "plugin/chain.h"
+#include "plugin/host.h"
+
+namespace upgate {
+namespace test {
+
+class FakeSession final : public PluginSession {
+ public:
+  uint64_t sessionId() const override { return 7; }
+  uint32_t workerIndex() const override { return worker; }
+  uint64_t nowMs() const override { return now; }
+  const std::string& clientIp() const override { return ip; }
+  uint16_t clientPort() const override { return port; }
+  const PluginTlsIdentity* tlsClient() const override { return tls ? &*tls : nullptr; }
+  void setPluginWakeup(uint64_t deadline_ms) override { wakeup = deadline_ms; }
+  void onPluginsResumed() override { ++resumed; }
+  void onPluginClose(uint16_t code, const std::string& reason) override {
+    closes.emplace_back(code, reason);
+  }
+
+  // Moves the clock and fires the chain's wakeups that fall due, as a loop timer would.
+  void advance(uint64_t ms) {
+    uint64_t target = now + ms;
+    while (chain != nullptr && wakeup != 0 && wakeup <= target) {
+      now = wakeup;
+      uint64_t before = wakeup;
+      chain->onWakeup();
+      if (wakeup == before) break;  // nothing rescheduled: avoid spinning
+    }
+    now = target;
+  }
+
+  uint64_t now = 1000;
+  uint64_t wakeup = 0;
+  int resumed = 0;
+  std::vector<std::pair<uint16_t, std::string>> closes;
+  std::string ip = "192.0.2.1";
+  uint16_t port = 40000;
+  uint32_t worker = 0;
+  std::optional<PluginTlsIdentity> tls;
+  PluginChain* chain = nullptr;
+};
+
+inline RequestHead makeHead(HeaderList headers, const std::string& target = "/chat") {
+  RequestHead h;
+  h.method = "GET";
+  h.target = target;
+  splitTarget(target, h.path, h.query);
+  h.headers = std::move(headers);
+  h.upgrade = true;
+  return h;
+}
+
+inline std::string fixture(const std::string& name) {
+  return std::string(UPGATE_TEST_FIXTURES) + "/plugin/" + name;
+}
+
+// One built-in plugin instance, created like the gateway does, run over single requests.
+class Harness {
+ public:
+  Harness(const std::string& plugin, const std::string& yaml, uint32_t workers = 1)
+      : host_(workers) {
+    PluginConfig pc;
+    pc.name = plugin;
+    pc.config_yaml = yaml;
+    pc.where = "test.yaml:1:1";
+    instance = host_.create(pc, std::string(UPGATE_TEST_FIXTURES) + "/plugin/");
+  }
+
+  // Runs on_request and on_route for a request; the chain stays alive until the next call.
+  ChainOutcome run(HeaderList headers, const std::string& target = "/chat") {
+    if (chain) chain->close(1000, "next");
+    chain.reset();
+    session.chain = nullptr;
+    head = makeHead(std::move(headers), target);
+    chain = std::make_unique<PluginChain>(session, PluginChain::Instances{instance});
+    session.chain = chain.get();
+    return chain->start(head, UPGATE_REQUEST_WEBSOCKET, "chat");
+  }
+  int status() const {
+    return chain->outcome() == ChainOutcome::Reject ? chain->reject().status : 0;
+  }
+  const std::string* rejectHeader(const std::string& name) const {
+    return findHeader(chain->reject().headers, name);
+  }
+
+  FakeSession session;
+  std::shared_ptr<const PluginInstance> instance;
+  RequestHead head;
+  std::unique_ptr<PluginChain> chain;
+
+ private:
+  PluginHost host_;
+};
+
+// Creating `plugin` with `yaml` fails; returns the error text.
+inline std::string createError(const std::string& plugin, const std::string& yaml) {
+  PluginHost host(1);
+  PluginConfig pc;
+  pc.name = plugin;
+  pc.config_yaml = yaml;
+  pc.where = "test.yaml:3:5";
+  try {
+    host.create(pc, std::string(UPGATE_TEST_FIXTURES) + "/plugin/");
+  } catch (const PluginLoadError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace test
+}  // namespace upgate
