@@ -322,13 +322,15 @@ size_t HttpExchange::start(const char* early, size_t len) {
     case RequestFraming::Body::Chunked:
       llhttp_init(&req_parser_, HTTP_REQUEST, &requestSettings());
       req_parser_.data = this;
-      // Cannot fail: a constant, valid head. The callbacks ignore it (nothing counts yet).
+      // Cannot fail: a constant, valid head. Its header bytes are not trailer bytes.
       llhttp_execute(&req_parser_, kChunkedPrime.data(), kChunkedPrime.size());
       trailer_bytes_ = 0;
       break;
   }
   size_t used = 0;
   if (!req_done_ && len > 0 && !consumeBody(early, len, &used)) return 0;
+  // The body flows while we connect; consumeBody() stopped reads if too much is waiting.
+  if (!req_done_ && !client_paused_) owner_.clientStream().readStart();
   connectNext();  // may end the exchange (every endpoint failed at once): touch nothing after
   return used;
 }
@@ -403,6 +405,7 @@ void HttpExchange::pauseClient() {
   if (client_paused_) return;
   client_paused_ = true;
   owner_.clientStream().readStop();
+  armTimer();  // a re-check, when no onDrain is sure to come (see armTimer)
 }
 
 void HttpExchange::resumeClient() {
@@ -507,7 +510,8 @@ void HttpExchange::upstreamData(const char* data, size_t len) {
   if (err == HPE_PAUSED) {  // respMessageComplete: the final response ended here
     extra = static_cast<size_t>(data + len - llhttp_get_error_pos(&resp_parser_));
   } else if (err != HPE_OK) {
-    std::string why = err == HPE_USER ? resp_error_ : llhttp_get_error_reason(&resp_parser_);
+    const char* reason = llhttp_get_error_reason(&resp_parser_);
+    std::string why = err == HPE_USER ? resp_error_ : reason ? reason : llhttp_errno_name(err);
     out_.clear();  // a head parsed in this read but not sent yet is dropped with the rest
     failOrAbort(502, "malformed upstream response: " + why);
     return;
@@ -522,7 +526,7 @@ void HttpExchange::upstreamData(const char* data, size_t len) {
   if (!upstream_paused_ && owner_.clientStream().pendingBytes() > high_water_) {
     upstream_paused_ = true;
     conn_->stream().readStop();
-    conn_->stopTimer();  // a slow client is not a silent upstream
+    armTimer();  // without the response deadline: a slow client is not a silent upstream
   }
 }
 
@@ -578,18 +582,40 @@ void HttpExchange::upstreamFailed(const std::string& what) {
   failOrAbort(502, reason);
 }
 
+// One timer (the connection's) serves two purposes once the request is sent:
+//  - the response deadline, lazily: activity only moves last_activity_, and the timer re-arms
+//    for the remainder when it fires early (no timer restart per read);
+//  - while client reads are paused because the upstream is above high water: TcpStream promises
+//    onDrain only when its own queue passed the mark. Over TLS the excess may sit in TlsStream's
+//    pre-handshake buffer instead, which the kernel may then take whole: no onDrain would come,
+//    so the pause is re-checked every kPauseRecheckMs.
 void HttpExchange::armTimer() {
-  if (conn_ == nullptr || route_.response_timeout.count() <= 0) return;
-  const uint64_t timeout = static_cast<uint64_t>(route_.response_timeout.count());
-  const uint64_t idle = conn_->now() - last_activity_;
-  conn_->startTimer(idle >= timeout ? 0 : timeout - idle);
+  if (conn_ == nullptr || !connected_) return;
+  constexpr uint64_t kPauseRecheckMs = 20;
+  uint64_t due = UINT64_MAX;
+  if (route_.response_timeout.count() > 0 && !upstream_paused_) {
+    const uint64_t timeout = static_cast<uint64_t>(route_.response_timeout.count());
+    const uint64_t idle = conn_->now() - last_activity_;
+    due = idle >= timeout ? 0 : timeout - idle;
+  }
+  if (client_paused_ && conn_->socketPendingBytes() <= high_water_) {
+    due = std::min(due, kPauseRecheckMs);
+  }
+  if (due == UINT64_MAX) {
+    conn_->stopTimer();
+  } else {
+    conn_->startTimer(due);
+  }
 }
 
 void HttpExchange::upstreamTimer() {
-  if (finished_ || upstream_paused_) return;
+  if (finished_) return;
+  if (client_paused_ && !req_done_ && conn_->stream().pendingBytes() <= high_water_ / 2) {
+    resumeClient();
+  }
   const uint64_t timeout = static_cast<uint64_t>(route_.response_timeout.count());
-  if (conn_->now() - last_activity_ < timeout) {
-    armTimer();  // progress since the timer was set: wait for the rest
+  if (upstream_paused_ || timeout == 0 || conn_->now() - last_activity_ < timeout) {
+    armTimer();  // not due yet (or not running): wait for the rest
     return;
   }
   const std::string ms = std::to_string(timeout);

@@ -133,6 +133,9 @@ class HttpExchange final : private UpstreamUser {
 
   // Starts the exchange. `early` = bytes the client sent after the head (body, maybe a pipelined
   // next request). Returns how many belong to this request's body; the owner keeps the rest.
+  // While the body is incomplete the exchange owns the client's read state: it starts reads
+  // here and stops/restarts them for backpressure; the owner only stops them once
+  // requestComplete() (or when it holds pipelined bytes), and never restarts them meanwhile.
   size_t start(const char* early, size_t len);
   // Client bytes while the exchange runs (the owner keeps client reads going while the body is
   // incomplete). Returns the bytes consumed by this request's body; once the body is complete it

@@ -88,6 +88,9 @@ class UpstreamConn final : private StreamListener {
   const HostPort& endpoint() const { return target_.endpoint; }
   // True when the connection carried an earlier exchange (it came from the idle pool).
   bool reused() const { return leases_ > 1; }
+  // Bytes queued on the TCP socket itself (under TLS: without TlsStream's pre-handshake buffer).
+  // Only a queue above the high mark here is sure to end in an upstreamDrain().
+  size_t socketPendingBytes() const { return tcp_.pendingBytes(); }
   // OpenSSL's reason for the last TLS failure, or empty.
   std::string errorDetail() const;
 
