@@ -61,6 +61,17 @@ int main(int argc, char** argv) {
     std::cerr << config->source << ": " << e.what() << "\n";
     return 2;
   }
+  // Plugins are created (and their own configs checked) now, also with -t: a missing .so, a
+  // wrong ABI or a bad plugin config is a configuration error naming the file and line.
+  upgate::PluginHost plugin_host(upgate::workerCount(*config));
+  std::shared_ptr<const upgate::PluginSet> plugins;
+  try {
+    plugins = plugin_host.load(*config);
+  } catch (const upgate::PluginLoadError& e) {
+    for (const std::string& line : e.errors()) std::cerr << line << "\n";
+    if (test_only) std::cerr << "configuration has " << e.errors().size() << " error(s)\n";
+    return 2;
+  }
   if (test_only) {
     std::printf("configuration OK\n");
     return 0;
@@ -71,5 +82,5 @@ int main(int argc, char** argv) {
   upgate::log::init(config->log.level);
   upgate::ServerOptions options;
   options.ready_file = ready_file;
-  return upgate::runServer(config, tls, options);
+  return upgate::runServer(config, tls, plugins, options);
 }

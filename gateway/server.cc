@@ -107,11 +107,14 @@ bool writeReadyFile(const std::string& path, const std::string& text) {
 
 }  // namespace
 
+unsigned workerCount(const Config& config) {
+  return config.workers != 0 ? config.workers : std::max(1u, std::thread::hardware_concurrency());
+}
+
 int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
-              const ServerOptions& options) {
+              std::shared_ptr<const PluginSet> plugins, const ServerOptions& options) {
   logTls(*tls, *config);
-  unsigned workers = config->workers;
-  if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
+  const unsigned workers = workerCount(*config);
 
   // Signal handlers go in before anything listens: whoever reads the ready file may signal.
   MainLoop m;
@@ -187,7 +190,7 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
 
   std::vector<std::unique_ptr<Worker>> pool;
   for (unsigned w = 0; w < workers; ++w) {
-    pool.push_back(std::make_unique<Worker>(w, config, tls, hub, std::move(fds[w])));
+    pool.push_back(std::make_unique<Worker>(w, config, tls, plugins, hub, std::move(fds[w])));
   }
   std::vector<Worker*> raw;
   for (auto& w : pool) raw.push_back(w.get());

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "config/config.h"
+#include "plugin/host.h"
 #include "tls/tls_context.h"
 
 namespace upgate {
@@ -18,7 +19,11 @@ struct ServerOptions {
 // not be opened.
 // `tls` holds the contexts built from `config` (buildTlsBundle); SIGHUP rebuilds them from the
 // same files and swaps them in, keeping the old ones if the new files are broken.
+// `plugins` holds the plugin instances created from `config` (PluginHost::load).
 int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
-              const ServerOptions& options);
+              std::shared_ptr<const PluginSet> plugins, const ServerOptions& options);
+
+// config.workers, or one per CPU when it is 0.
+unsigned workerCount(const Config& config);
 
 }  // namespace upgate

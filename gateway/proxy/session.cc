@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "http/forwarding.h"
 #include "http/headers.h"
+#include "plugin/host.h"
 #include "http/request_parser.h"
 #include "http/response_parser.h"
 #include "http/response_writer.h"
@@ -89,6 +90,7 @@ void Session::start() {
   }
   uv_tcp_nodelay(client_tcp_.handle(), 1);
   hs_->forward.tls = client_tls_ != nullptr;
+  forward_ = hs_->forward;
   UPGATE_LOG(debug, id_, "accepted {} on listener {}", client_addr_, listener_.name);
 
   // The head deadline is total, from accept: a client trickling bytes cannot extend it.
@@ -206,6 +208,49 @@ void Session::routeRequest() {
     respondError(404, "no route for " + head.path);
     return;
   }
+  // Plugins decide before anything is connected: authentication, then routing.
+  const auto& instances = worker_.plugins().chainFor(route_);
+  if (!instances.empty()) {
+    chain_ = std::make_unique<PluginChain>(static_cast<PluginSession&>(*this), instances);
+    ChainOutcome outcome = chain_->start(
+        head, upgrade ? UPGATE_REQUEST_WEBSOCKET : UPGATE_REQUEST_HTTP, route_->name);
+    if (outcome == ChainOutcome::Paused) {
+      state_ = State::PluginPaused;  // client reads are already stopped
+      return;
+    }
+    if (!applyPluginOutcome()) return;
+  }
+  dispatchRoute(upgrade);
+}
+
+bool Session::applyPluginOutcome() {
+  if (chain_->outcome() == ChainOutcome::Reject) {
+    const PluginReject& r = chain_->reject();
+    respond(r.status, r.reason, errorResponse(r.status, r.body, r.headers));
+    return false;
+  }
+  RequestHead& head = hs_->request.head();
+  if (!chain_->upstream().empty()) {
+    if (worker_.config().upstreams.count(chain_->upstream()) == 0) {
+      respondError(500, "a plugin chose upstream \"" + chain_->upstream() +
+                            "\", which is not configured");
+      return false;
+    }
+    upstream_override_ = chain_->upstream();
+  }
+  chain_->applyUpstreamHeaders(head.headers);
+  return true;
+}
+
+void Session::onPluginsResumed() {
+  if (state_ != State::PluginPaused) return;
+  state_ = State::ReadingHead;  // (head complete, not yet dispatched)
+  if (!applyPluginOutcome()) return;
+  dispatchRoute(isUpgradeRequest(hs_->request.head()));
+}
+
+void Session::dispatchRoute(bool upgrade) {
+  RequestHead& head = hs_->request.head();
   if (route_->kind == RouteKind::Channel || route_->kind == RouteKind::LongPoll) {
     subscribe(upgrade);
     return;
@@ -219,12 +264,69 @@ void Session::routeRequest() {
     respondError(426, "route \"" + route_->name + "\" serves WebSocket upgrades only", &h);
     return;
   }
-  auto it = worker_.config().upstreams.find(route_->upstream);
-  assert(it != worker_.config().upstreams.end());  // validated at load
+  const std::string& name = upstream_override_.empty() ? route_->upstream : upstream_override_;
+  auto it = worker_.config().upstreams.find(name);
+  assert(it != worker_.config().upstreams.end());  // validated at load (or just above)
   upstream_cfg_ = &it->second;
   hs_->first_endpoint = worker_.nextEndpoint(*upstream_cfg_);
   addClientCertHeaders(head);
   connectNextEndpoint();
+}
+
+// ---- Plugins (PluginSession) ------------------------------------------------------------------
+
+uint32_t Session::workerIndex() const { return worker_.index(); }
+
+uint64_t Session::nowMs() const { return uv_now(worker_.loop()); }
+
+const PluginTlsIdentity* Session::tlsClient() const {
+  if (!client_tls_ || !client_tls_->handshakeDone()) return nullptr;
+  if (!tls_identity_) {
+    PeerIdentity id;
+    if (!peerIdentity(client_tls_->ssl(), id)) return nullptr;
+    tls_identity_ = std::make_unique<PluginTlsIdentity>();
+    tls_identity_->subject = id.subject;
+    tls_identity_->sha256 = id.fingerprint;
+    for (std::string_view rest = id.sans; !rest.empty();) {
+      size_t comma = rest.find(", ");
+      tls_identity_->sans.emplace_back(rest.substr(0, comma));
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 2);
+    }
+  }
+  return tls_identity_.get();
+}
+
+void Session::setPluginWakeup(uint64_t deadline_ms) {
+  if (!plugin_timer_ready_) {
+    if (deadline_ms == 0 || state_ == State::Closing) return;
+    uv_timer_init(worker_.loop(), &plugin_timer_);
+    plugin_timer_.data = this;
+    plugin_timer_ready_ = true;
+    ++open_handles_;
+  }
+  if (deadline_ms == 0) {
+    uv_timer_stop(&plugin_timer_);
+    return;
+  }
+  uint64_t now = uv_now(worker_.loop());
+  uv_timer_start(&plugin_timer_, onPluginTimer, deadline_ms > now ? deadline_ms - now : 0, 0);
+}
+
+void Session::onPluginTimer(uv_timer_t* t) noexcept {
+  auto* self = ownerOf<Session>(t);
+  if (self->chain_ && self->state_ != State::Closing) self->chain_->onWakeup();
+}
+
+void Session::onPluginClose(uint16_t code, const std::string& reason) {
+  std::string why = "closed by a plugin (" + std::to_string(code) + " " + reason + ")";
+  if (state_ == State::Subscribed && subscription_) {
+    subscription_->close(code, reason);
+    return;
+  }
+  // A passthrough tunnel does not track frame boundaries, so no close frame can be injected
+  // safely: the connection is closed (the client sees 1006).
+  UPGATE_LOG(info, id_, "{}", why);
+  finish(why);
 }
 
 // ---- Channel subscribers ---------------------------------------------------------------------
@@ -275,6 +377,7 @@ void Session::subscribe(bool upgrade) {
             "Sec-WebSocket-Accept: " +
                 computeAccept(*findHeader(head.headers, "sec-websocket-key")) + "\r\n\r\n";
   std::string leftover = std::move(hs_->client_leftover);
+  if (chain_) chain_->handshakeDone();
   hs_.reset();
   status_ = mode == Subscription::Mode::Sse ? 200 : 101;
   upstream_addr_.clear();
@@ -346,10 +449,11 @@ void Session::drain() {
 // ---- http routes -----------------------------------------------------------------------------
 
 void Session::startExchange() {
-  const UpstreamConfig& up = worker_.config().upstreams.at(route_->upstream);
+  const UpstreamConfig& up = worker_.config().upstreams.at(
+      upstream_override_.empty() ? route_->upstream : upstream_override_);
   state_ = State::Exchanging;
   uv_timer_stop(&timer_);
-  forward_ = hs_->forward;
+  if (chain_) chain_->handshakeDone();
   std::string early = std::move(hs_->client_leftover);
   RequestHead head = std::move(hs_->request.head());
   hs_.reset();
@@ -362,12 +466,9 @@ void Session::startExchange() {
     return;
   }
   next_request_.assign(early.data() + used, early.size() - used);
-  // Read the body while it flows; hold anything after it until this exchange is done.
-  if (exchange_->requestComplete() || !next_request_.empty()) {
-    client_->readStop();
-  } else if (client_->readStart() != 0) {
-    finish("client read failed");
-  }
+  // The exchange reads the body itself (pausing for backpressure); hold anything after it until
+  // this exchange is done.
+  if (exchange_->requestComplete() || !next_request_.empty()) client_->readStop();
 }
 
 void Session::onExchangeClientData(const char* data, size_t len) {
@@ -394,6 +495,9 @@ void Session::exchangeDone(bool keep_alive, int status, uint64_t bytes_in, uint6
   logged_ = false;
   status_ = 0;
   bytes_up_ = bytes_down_ = 0;
+  if (chain_) chain_->close(0, "response complete");
+  chain_.reset();  // plugins decide again for the next request
+  upstream_override_.clear();
   route_ = nullptr;
   upstream_addr_.clear();
   started_ms_ = uv_now(worker_.loop());
@@ -614,6 +718,7 @@ void Session::onUpstreamHeadEof() {
 }
 
 void Session::switchProtocols() {
+  if (chain_) chain_->handshakeDone();
   std::string leftover = std::move(hs_->client_leftover);
   hs_.reset();  // the handshake is over: free parsers and the request copy
   state_ = State::Tunnel;
@@ -811,7 +916,8 @@ void Session::handleTimer() {
     case State::Tunnel:
       break;
     case State::Exchanging:
-      return;  // the exchange runs its own timers
+    case State::PluginPaused:
+      return;  // the exchange, or the plugin chain, runs its own timers
     case State::Lingering:
       finish(close_reason_);
       return;
@@ -878,11 +984,15 @@ void Session::finish(const std::string& reason) {
   if (state_ != State::Lingering) close_reason_ = reason;
   state_ = State::Closing;
   UPGATE_LOG(debug, id_, "closing: {}", close_reason_);
+  if (chain_) chain_->close(status_ == 101 ? 1006 : 0, close_reason_);
   writeAccessLog();
   closeHandles();
 }
 
 void Session::closeHandles() {
+  if (plugin_timer_ready_ && !uv_is_closing(asHandle(&plugin_timer_))) {
+    uv_close(asHandle(&plugin_timer_), onTimerClosed);
+  }
   if (exchange_) exchange_->abort();
   uv_timer_stop(&timer_);
   if (!uv_is_closing(asHandle(&timer_))) uv_close(asHandle(&timer_), onTimerClosed);

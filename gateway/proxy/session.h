@@ -16,6 +16,7 @@
 #include "http/forwarding.h"
 #include "http/request_head.h"
 #include "net/tcp_stream.h"
+#include "plugin/chain.h"
 #include "proxy/http_exchange.h"
 #include "tls/tls_stream.h"
 
@@ -24,7 +25,9 @@ namespace upgate {
 class Worker;
 struct HandshakeState;
 
-class Session final : private SubscriptionOwner, private HttpExchangeOwner {
+class Session final : private SubscriptionOwner,
+                      private HttpExchangeOwner,
+                      private PluginSession {
  public:
   // `tls` is the listener's TLS context, or null for a plain listener.
   Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
@@ -57,6 +60,7 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner {
     Tunnel,          // websocket route: bytes both ways
     Subscribed,      // channel/longpoll route: upgate is the WebSocket (or SSE) server
     Exchanging,      // http route: one request/response in flight (keep-alive loops back)
+    PluginPaused,    // a plugin answered PAUSE (async auth); waiting for its resume
     Lingering,       // an answer or close frame is being flushed; waiting for the client's FIN
     Closing,         // handles are closing; deleted in the last close callback
   };
@@ -88,6 +92,8 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner {
   void connectTo(const sockaddr* addr);
   void onConnected(int status);
   void onConnectFailed(int status, bool timed_out);
+  bool applyPluginOutcome();
+  void dispatchRoute(bool upgrade);
   void onUpstreamHead(const char* data, size_t len);
   void onUpstreamHeadEof();
   void switchProtocols();
@@ -118,6 +124,17 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner {
   void exchangeFailed(int status, const std::string& reason) override;
   void exchangeAborted(const std::string& reason) override;
   void resumeNextRequest();
+
+  // Plugins (PluginSession).
+  uint32_t workerIndex() const override;
+  uint64_t nowMs() const override;
+  const std::string& clientIp() const override { return forward_.client_ip; }
+  uint16_t clientPort() const override { return forward_.client_port; }
+  const PluginTlsIdentity* tlsClient() const override;
+  void setPluginWakeup(uint64_t deadline_ms) override;
+  void onPluginsResumed() override;
+  void onPluginClose(uint16_t code, const std::string& reason) override;
+  static void onPluginTimer(uv_timer_t* t) noexcept;
 
   // Exits.
   void lingerClose(const std::string& reason);
@@ -152,6 +169,11 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner {
   std::unique_ptr<HandshakeState> hs_;
   std::unique_ptr<Subscription> subscription_;  // channel and longpoll routes only
   std::unique_ptr<HttpExchange> exchange_;       // http routes: the current (or last) exchange
+  std::unique_ptr<PluginChain> chain_;           // only when the route has plugins
+  mutable std::unique_ptr<PluginTlsIdentity> tls_identity_;  // built on first plugin request
+  std::string upstream_override_;                // an on_route hook's choice
+  uv_timer_t plugin_timer_{};                    // plugin timers and PAUSE deadlines (lazy)
+  bool plugin_timer_ready_ = false;
   std::string next_request_;  // bytes of the client's next (pipelined) request, held meanwhile
   ForwardInfo forward_;       // the client's address, kept across keep-alive requests
   bool keepalive_wait_ = false;  // between keep-alive requests: idle timeout, no 408

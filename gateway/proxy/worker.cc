@@ -7,17 +7,20 @@
 #include "core/handle.h"
 #include "core/log.h"
 #include "proxy/http_client.h"
+#include "plugin/host.h"
 #include "proxy/session.h"
 #include "proxy/upstream_pool.h"
 
 namespace upgate {
 
 Worker::Worker(unsigned index, std::shared_ptr<const Config> config,
-               std::shared_ptr<const TlsBundle> tls, Hub& hub, ListenFds fds)
+               std::shared_ptr<const TlsBundle> tls, std::shared_ptr<const PluginSet> plugins,
+               Hub& hub, ListenFds fds)
     : index_(index),
       config_(std::move(config)),
       routes_(*config_),
       tls_(std::move(tls)),
+      plugins_(std::move(plugins)),
       hub_(hub),
       fds_(std::move(fds)) {}
 

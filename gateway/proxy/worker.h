@@ -28,6 +28,7 @@ class Session;
 class HttpClient;
 class Poller;
 class UpstreamPool;
+class PluginSet;
 
 // One listening fd per configured listener, in config order, made by the main thread.
 struct ListenFds {
@@ -37,7 +38,7 @@ struct ListenFds {
 class Worker {
  public:
   Worker(unsigned index, std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
-         Hub& hub, ListenFds fds);
+         std::shared_ptr<const PluginSet> plugins, Hub& hub, ListenFds fds);
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker();
@@ -63,6 +64,7 @@ class Worker {
   unsigned index() const { return index_; }
   bool draining() const { return draining_; }
   Hub& hub() { return hub_; }
+  const PluginSet& plugins() const { return *plugins_; }
   HttpClient& httpClient() { return *http_client_; }
   UpstreamPool& upstreamPool() { return *upstream_pool_; }
 
@@ -90,6 +92,7 @@ class Worker {
   std::shared_ptr<const Config> config_;
   RouteTable routes_;
   std::shared_ptr<const TlsBundle> tls_;
+  std::shared_ptr<const PluginSet> plugins_;
   Hub& hub_;
   std::unique_ptr<HttpClient> http_client_;
   std::unique_ptr<UpstreamPool> upstream_pool_;  // keep-alive connections of http routes
