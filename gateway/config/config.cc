@@ -57,6 +57,8 @@ const char* tunnelModeName(TunnelMode mode) {
   switch (mode) {
     case TunnelMode::Passthrough:
       return "passthrough";
+    case TunnelMode::Frames:
+      return "frames";
   }
   return "?";
 }

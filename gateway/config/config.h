@@ -123,7 +123,10 @@ struct LongPollConfig {
 };
 
 enum class OverflowPolicy { Close, Drop };
-enum class TunnelMode { Passthrough };
+enum class TunnelMode {
+  Passthrough,  // bytes, unparsed
+  Frames,       // every frame parsed and checked on both legs (RFC 6455 enforced by upgate)
+};
 
 // One plugin instance: built in (by name) or loaded from a shared object (path).
 struct PluginConfig {

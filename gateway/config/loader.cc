@@ -651,11 +651,10 @@ class Loader {
                if (s == "passthrough") {
                  r.mode = TunnelMode::Passthrough;
                } else if (s == "frames") {
-                 error(f.mark, f.path,
-                       "tunnel mode " + quoted(s) + " is not supported by this version");
+                 r.mode = TunnelMode::Frames;
                } else {
                  error(f.mark, f.path,
-                       "unknown tunnel mode " + quoted(s) + " (expected passthrough)");
+                       "unknown tunnel mode " + quoted(s) + " (expected passthrough or frames)");
                }
              } else if (key == "response_timeout") {
                readDuration(f, r.response_timeout);

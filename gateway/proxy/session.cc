@@ -19,6 +19,8 @@
 #include "http/template.h"
 #include "net/listener.h"
 #include "proxy/access_log.h"
+#include "websocket/close_code.h"
+#include "websocket/frame_writer.h"
 #include "proxy/worker.h"
 #include "websocket/handshake.h"
 
@@ -150,6 +152,15 @@ void Session::Leg::onData(const char* data, size_t len) {
       }
       return;
     case State::Tunnel:
+      if (FrameInspector* in = is_client_ ? s.inspect_up_.get() : s.inspect_down_.get()) {
+        // Frames mode: checked in place (the loop's read buffer is writable), then forwarded
+        // whole and unchanged, or not at all.
+        ParseError e = in->inspect(const_cast<char*>(data), len);
+        if (e) {
+          s.failFrames(is_client_, e);
+          return;
+        }
+      }
       if (is_client_) {
         s.bytes_up_ += len;
         s.pump(*s.client_, *s.upstream_, data, len);
@@ -416,17 +427,47 @@ void Session::subscriptionEnded(uint16_t code, const std::string& reason) {
   lingerClose(why);
 }
 
+// ---- Frames mode -------------------------------------------------------------------------------
+
+void Session::sendCloseFrames(uint16_t to_client, uint16_t to_upstream, const std::string& why) {
+  // Only between frames: a close frame inside another frame's payload would corrupt the stream.
+  std::string reason = why.substr(0, 100);
+  if (to_client && inspect_down_->atFrameBoundary()) {
+    std::string f = closeFrame(to_client, reason, false);
+    client_->write(f.data(), f.size());
+  }
+  if (to_upstream && inspect_up_->atFrameBoundary()) {
+    std::string f = closeFrame(to_upstream, reason, true);  // we are the client on this leg
+    upstream_->write(f.data(), f.size());
+  }
+}
+
+void Session::failFrames(bool from_client, ParseError e) {
+  std::string reason = std::string(from_client ? "client" : "upstream") + " violated RFC 6455: " +
+                       e.reason + " (" + std::to_string(e.code) + ")";
+  UPGATE_LOG(info, id_, "{}", reason);
+  // The offender gets the protocol code; the other side a clean close: 1001 towards the
+  // upstream when the client failed, 1011 towards the client when the upstream did.
+  sendCloseFrames(from_client ? e.code : close_code::kInternalError,
+                  from_client ? close_code::kGoingAway : e.code, e.reason);
+  lingerClose(reason, /*flush_upstream=*/true);
+}
+
 void Session::subscriptionClosing() {
   if (state_ == State::Subscribed) uv_timer_start(&timer_, onTimer, kLingerMs, 0);
 }
 
-void Session::lingerClose(const std::string& reason) {
+void Session::lingerClose(const std::string& reason, bool flush_upstream) {
   if (state_ == State::Closing || state_ == State::Lingering) return;
   // Let what is queued (a close frame) reach the client, then wait for its FIN.
   close_reason_ = reason;
   state_ = State::Lingering;
   client_->shutdown();
-  if (upstream_->isOpen()) upstream_->close();
+  if (flush_upstream) {
+    upstream_->shutdown();  // its queued close frame goes out first; closed at finish()
+  } else if (upstream_->isOpen()) {
+    upstream_->close();
+  }
   if (client_->readStart() != 0) {
     finish(reason);
     return;
@@ -435,6 +476,12 @@ void Session::lingerClose(const std::string& reason) {
 }
 
 void Session::drain() {
+  if (state_ == State::Tunnel && inspect_up_) {
+    // Frames mode knows where frames end: both legs get a real 1001 close frame now; the
+    // close handshakes then end the session (or the drain deadline does).
+    sendCloseFrames(close_code::kGoingAway, close_code::kGoingAway, "server going away");
+    return;
+  }
   // (Subscribers: Subscription::close -> subscriptionClosing() bounds the wait for the reply.)
   if (state_ == State::ReadingHead && keepalive_wait_ && next_request_.empty()) {
     logged_ = true;  // an idle keep-alive connection: nothing to log
@@ -698,11 +745,22 @@ void Session::onUpstreamHead(const char* data, size_t len) {
   UPGATE_LOG(debug, id_, "101 from upstream {}: tunnel open (route {})", upstream_addr_,
              route_->name);
   std::string response = switchingResponse(head);
+  status_ = 101;
+  // Frames mode on a compressed connection: RSV1 marks compressed messages (RFC 7692).
+  const std::string* extensions = findHeader(head.headers, "sec-websocket-extensions");
+  bool deflate = extensions && extensions->find("permessage-deflate") != std::string::npos;
+  switchProtocols(deflate);
+  if (state_ != State::Tunnel) return;
+  if (inspect_down_ && !upstream_leftover.empty()) {
+    ParseError e = inspect_down_->inspect(upstream_leftover.data(), upstream_leftover.size());
+    if (e) {
+      pump(*upstream_, *client_, response.data(), response.size());
+      if (state_ == State::Tunnel) failFrames(false, e);
+      return;
+    }
+  }
   response += upstream_leftover;
   bytes_down_ += upstream_leftover.size();
-  status_ = 101;
-  switchProtocols();
-  if (state_ != State::Tunnel) return;
   pump(*upstream_, *client_, response.data(), response.size());
 }
 
@@ -717,8 +775,13 @@ void Session::onUpstreamHeadEof() {
   respondError(502, "upstream closed the connection before answering the upgrade");
 }
 
-void Session::switchProtocols() {
+void Session::switchProtocols(bool deflate) {
   if (chain_) chain_->handshakeDone();
+  if (route_->mode == TunnelMode::Frames) {
+    const uint64_t max = worker_.config().limits.max_message_size;
+    inspect_up_ = std::make_unique<FrameInspector>(Role::Client, max, deflate);
+    inspect_down_ = std::make_unique<FrameInspector>(Role::Server, max, deflate);
+  }
   std::string leftover = std::move(hs_->client_leftover);
   hs_.reset();  // the handshake is over: free parsers and the request copy
   state_ = State::Tunnel;
@@ -729,6 +792,13 @@ void Session::switchProtocols() {
   last_activity_ms_ = uv_now(worker_.loop());
   armTunnelTimer();
   if (!leftover.empty()) {
+    if (inspect_up_) {
+      ParseError e = inspect_up_->inspect(leftover.data(), leftover.size());
+      if (e) {
+        failFrames(true, e);
+        return;
+      }
+    }
     bytes_up_ += leftover.size();
     pump(*client_, *upstream_, leftover.data(), leftover.size());
     if (state_ != State::Tunnel) return;

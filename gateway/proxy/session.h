@@ -17,6 +17,7 @@
 #include "http/request_head.h"
 #include "net/tcp_stream.h"
 #include "plugin/chain.h"
+#include "proxy/frame_inspector.h"
 #include "proxy/http_exchange.h"
 #include "tls/tls_stream.h"
 
@@ -96,7 +97,7 @@ class Session final : private SubscriptionOwner,
   void dispatchRoute(bool upgrade);
   void onUpstreamHead(const char* data, size_t len);
   void onUpstreamHeadEof();
-  void switchProtocols();
+  void switchProtocols(bool deflate);
 
   // Tunnel phase.
   void pump(Stream& from, Stream& to, const char* data, size_t len);
@@ -137,7 +138,10 @@ class Session final : private SubscriptionOwner,
   static void onPluginTimer(uv_timer_t* t) noexcept;
 
   // Exits.
-  void lingerClose(const std::string& reason);
+  // Frames mode.
+  void failFrames(bool from_client, ParseError e);
+  void sendCloseFrames(uint16_t to_client, uint16_t to_upstream, const std::string& why);
+  void lingerClose(const std::string& reason, bool flush_upstream = false);
   void respond(int status, const std::string& reason, const std::string& response);
   void respondError(int status, const std::string& reason, const void* extra_headers = nullptr);
   void finish(const std::string& reason);
@@ -170,6 +174,8 @@ class Session final : private SubscriptionOwner,
   std::unique_ptr<Subscription> subscription_;  // channel and longpoll routes only
   std::unique_ptr<HttpExchange> exchange_;       // http routes: the current (or last) exchange
   std::unique_ptr<PluginChain> chain_;           // only when the route has plugins
+  std::unique_ptr<FrameInspector> inspect_up_;   // frames mode: client -> upstream
+  std::unique_ptr<FrameInspector> inspect_down_; // frames mode: upstream -> client
   mutable std::unique_ptr<PluginTlsIdentity> tls_identity_;  // built on first plugin request
   std::string upstream_override_;                // an on_route hook's choice
   uv_timer_t plugin_timer_{};                    // plugin timers and PAUSE deadlines (lazy)

@@ -456,10 +456,13 @@ TEST_CASE("loader: route kind and mode this build does not support", "[config]")
   CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    kind: ws\n") ==
         "t.yaml:10:11: routes[0].kind: unknown route kind \"ws\" (expected one of: websocket, "
         "http, longpoll, channel)");
-  CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    mode: frames\n") ==
-        "t.yaml:10:11: routes[0].mode: tunnel mode \"frames\" is not supported by this version");
+  CHECK(loadConfigString(kBase + "routes:\n  - name: r\n    upstream: chat\n    mode: frames\n",
+                         "t.yaml")
+            ->routes.at(0)
+            .mode == TunnelMode::Frames);
   CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    mode: raw\n") ==
-        "t.yaml:10:11: routes[0].mode: unknown tunnel mode \"raw\" (expected passthrough)");
+        "t.yaml:10:11: routes[0].mode: unknown tunnel mode \"raw\" (expected passthrough or "
+        "frames)");
 }
 
 TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
