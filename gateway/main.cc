@@ -82,5 +82,5 @@ int main(int argc, char** argv) {
   upgate::log::init(config->log.level);
   upgate::ServerOptions options;
   options.ready_file = ready_file;
-  return upgate::runServer(config, tls, plugins, options);
+  return upgate::runServer(config, tls, plugin_host, plugins, options);
 }

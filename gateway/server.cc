@@ -24,6 +24,7 @@ struct MainLoop {
   std::vector<std::unique_ptr<Worker>>* workers = nullptr;
   AdminServer* admin = nullptr;
   const Config* config = nullptr;
+  PluginHost* plugin_host = nullptr;
   std::thread reaper;  // joins the workers during a drain, then wakes the main loop
   bool draining = false;
 };
@@ -60,7 +61,7 @@ void logTls(const TlsBundle& tls, const Config& config) {
 
 // SIGHUP: certificates and keys are read again. Established sessions keep the contexts they
 // started with; a broken file changes nothing and says why.
-void reloadTls(MainLoop& m) {
+void reload(MainLoop& m) {
   try {
     std::shared_ptr<const TlsBundle> tls = buildTlsBundle(*m.config);
     for (auto& w : *m.workers) w->swapTls(tls);
@@ -69,12 +70,22 @@ void reloadTls(MainLoop& m) {
   } catch (const TlsSetupError& e) {
     UPGATE_LOG(err, 0, "SIGHUP: TLS reload failed, keeping the current certificates: {}", e.what());
   }
+  // Plugins are created again (a JWKS or key file may have been rotated); sessions keep the
+  // instances they started with. Broken files keep the running plugins.
+  try {
+    std::shared_ptr<const PluginSet> plugins = m.plugin_host->load(*m.config);
+    for (auto& w : *m.workers) w->swapPlugins(plugins);
+    UPGATE_LOG(info, 0, "SIGHUP: plugins reloaded");
+  } catch (const PluginLoadError& e) {
+    for (const std::string& line : e.errors())
+      UPGATE_LOG(err, 0, "SIGHUP: plugin reload failed, keeping the running plugins: {}", line);
+  }
 }
 
 void onSignal(uv_signal_t* h, int signum) noexcept {
   auto* m = static_cast<MainLoop*>(h->data);
   if (signum == SIGHUP) {
-    reloadTls(*m);
+    reload(*m);
     return;
   }
   if (m->draining) {
@@ -112,13 +123,15 @@ unsigned workerCount(const Config& config) {
 }
 
 int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
-              std::shared_ptr<const PluginSet> plugins, const ServerOptions& options) {
+              PluginHost& host, std::shared_ptr<const PluginSet> plugins,
+              const ServerOptions& options) {
   logTls(*tls, *config);
   const unsigned workers = workerCount(*config);
 
   // Signal handlers go in before anything listens: whoever reads the ready file may signal.
   MainLoop m;
   m.config = config.get();
+  m.plugin_host = &host;
   LoopContext main_ctx;
   uv_loop_init(&m.loop);
   m.loop.data = &main_ctx;

@@ -20,8 +20,10 @@ struct ServerOptions {
 // `tls` holds the contexts built from `config` (buildTlsBundle); SIGHUP rebuilds them from the
 // same files and swaps them in, keeping the old ones if the new files are broken.
 // `plugins` holds the plugin instances created from `config` (PluginHost::load).
+// SIGHUP re-creates the plugin instances with `host` (JWKS and key files are read again).
 int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
-              std::shared_ptr<const PluginSet> plugins, const ServerOptions& options);
+              PluginHost& host, std::shared_ptr<const PluginSet> plugins,
+              const ServerOptions& options);
 
 // config.workers, or one per CPU when it is 0.
 unsigned workerCount(const Config& config);

@@ -112,10 +112,17 @@ std::string_view reasonPhrase(int status) {
 }
 
 std::string errorResponse(int status, std::string_view message, const HeaderList& extra) {
+  std::string body(message);
+  body.push_back('\n');
+  return plainResponse(status, body, extra);
+}
+
+std::string plainResponse(int status, std::string_view body, const HeaderList& extra) {
   if (status < 100 || status > 999) {
     status = 500;
   }
-  const size_t body_len = message.size() + 1;
+  const std::string_view message = body;
+  const size_t body_len = message.size();
   std::string out;
   out.reserve(160 + body_len);
   appendStatusLine(out, status, reasonPhrase(status));
@@ -133,7 +140,6 @@ std::string errorResponse(int status, std::string_view message, const HeaderList
   }
   out.append("\r\n");
   out.append(message);
-  out.push_back('\n');
   return out;
 }
 

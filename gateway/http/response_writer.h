@@ -29,6 +29,8 @@ std::string_view reasonPhrase(int status);
 // and so is one named Content-Type, Content-Length, Connection or Transfer-Encoding (this function
 // owns the framing).
 std::string errorResponse(int status, std::string_view message, const HeaderList& extra = {});
+// The same with `body` sent exactly as given (a plugin's reject body).
+std::string plainResponse(int status, std::string_view body, const HeaderList& extra = {});
 
 // The 101 sent to the client after the upstream's 101 passed checkUpstreamSwitch:
 //   HTTP/1.1 101 Switching Protocols\r\n

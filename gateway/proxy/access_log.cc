@@ -55,6 +55,7 @@ std::string formatAccessRecord(const AccessRecord& r) {
   appendNumber(out, "bytes_out", r.bytes_out);
   appendNumber(out, "duration_ms", r.duration_ms);
   appendString(out, "close", r.close, false);
+  appendString(out, "user", r.user, true);
   out += "}\n";
   return out;
 }

@@ -219,6 +219,14 @@ void Session::routeRequest() {
     respondError(404, "no route for " + head.path);
     return;
   }
+  // Only plugins vouch for an identity: a client's own copies of these headers are dropped.
+  auto& h = head.headers;
+  h.erase(std::remove_if(h.begin(), h.end(),
+                         [](const Header& x) {
+                           return iequals(x.name, "X-Upgate-User") ||
+                                  iequals(x.name, "X-Upgate-Claims");
+                         }),
+          h.end());
   // Plugins decide before anything is connected: authentication, then routing.
   const auto& instances = worker_.plugins().chainFor(route_);
   if (!instances.empty()) {
@@ -237,10 +245,16 @@ void Session::routeRequest() {
 bool Session::applyPluginOutcome() {
   if (chain_->outcome() == ChainOutcome::Reject) {
     const PluginReject& r = chain_->reject();
-    respond(r.status, r.reason, errorResponse(r.status, r.body, r.headers));
+    respond(r.status, r.reason, plainResponse(r.status, r.body, r.headers));
     return false;
   }
   RequestHead& head = hs_->request.head();
+  // The identity plugins attached goes upstream (and into the access log).
+  user_ = chain_->identityUser();
+  if (!user_.empty()) head.headers.push_back({"X-Upgate-User", user_});
+  if (!user_.empty() && !chain_->identityClaims().empty()) {
+    head.headers.push_back({"X-Upgate-Claims", chain_->identityClaims()});
+  }
   if (!chain_->upstream().empty()) {
     if (worker_.config().upstreams.count(chain_->upstream()) == 0) {
       respondError(500, "a plugin chose upstream \"" + chain_->upstream() +
@@ -342,6 +356,19 @@ void Session::onPluginClose(uint16_t code, const std::string& reason) {
 
 // ---- Channel subscribers ---------------------------------------------------------------------
 
+// upgate is the WebSocket server on channel routes: a client that offers subprotocols (browsers
+// use the first as a marker, e.g. to carry a token in the second) gets the first one back;
+// without a selection a browser fails the connection.
+std::string Session::selectedProtocol(const RequestHead& head) {
+  std::string offered;
+  for (const Header& h : head.headers) {
+    if (iequals(h.name, "sec-websocket-protocol")) offered += (offered.empty() ? "" : ",") + h.value;
+  }
+  std::vector<std::string_view> tokens = splitTokens(offered);
+  if (tokens.empty()) return "";
+  return "Sec-WebSocket-Protocol: " + std::string(tokens.front()) + "\r\n";
+}
+
 void Session::subscribe(bool upgrade) {
   RequestHead& head = hs_->request.head();
   Subscription::Mode mode = Subscription::Mode::WebSocket;
@@ -375,7 +402,7 @@ void Session::subscribe(bool upgrade) {
       send_target =
           expandTemplate(route_->longpoll.send, head, TemplateUse::UrlTarget).value_or("");
     // The client's credentials go along with its messages: the app authorizes them as before.
-    for (const char* name : {"cookie", "authorization"}) {
+    for (const char* name : {"cookie", "authorization", "x-upgate-user", "x-upgate-claims"}) {
       if (const std::string* v = findHeader(head.headers, name)) forward.push_back({name, *v});
     }
     forward.push_back({"X-Forwarded-For", hs_->forward.client_ip});
@@ -386,7 +413,8 @@ void Session::subscribe(bool upgrade) {
             "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
           : "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Accept: " +
-                computeAccept(*findHeader(head.headers, "sec-websocket-key")) + "\r\n\r\n";
+                computeAccept(*findHeader(head.headers, "sec-websocket-key")) + "\r\n" +
+                selectedProtocol(head) + "\r\n";
   std::string leftover = std::move(hs_->client_leftover);
   if (chain_) chain_->handshakeDone();
   hs_.reset();
@@ -1097,6 +1125,7 @@ void Session::writeAccessLog() {
   r.bytes_out = bytes_down_;
   r.duration_ms = uv_now(worker_.loop()) - started_ms_;
   r.close = close_reason_;
+  r.user = user_;
   writeAccessRecord(r);
 }
 

@@ -112,6 +112,7 @@ class Session final : private SubscriptionOwner,
 
   // Channel subscribers (SubscriptionOwner).
   void subscribe(bool upgrade);
+  static std::string selectedProtocol(const RequestHead& head);
   Stream& clientStream() override;
   uint64_t sessionId() const override { return id_; }
   void subscriptionEnded(uint16_t code, const std::string& reason) override;
@@ -178,6 +179,7 @@ class Session final : private SubscriptionOwner,
   std::unique_ptr<FrameInspector> inspect_down_; // frames mode: upstream -> client
   mutable std::unique_ptr<PluginTlsIdentity> tls_identity_;  // built on first plugin request
   std::string upstream_override_;                // an on_route hook's choice
+  std::string user_;                             // identity a plugin attached (access log)
   uv_timer_t plugin_timer_{};                    // plugin timers and PAUSE deadlines (lazy)
   bool plugin_timer_ready_ = false;
   std::string next_request_;  // bytes of the client's next (pipelined) request, held meanwhile

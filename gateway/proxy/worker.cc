@@ -127,6 +127,10 @@ void Worker::swapTls(std::shared_ptr<const TlsBundle> tls) {
   post([this, tls = std::move(tls)]() mutable { tls_ = std::move(tls); });
 }
 
+void Worker::swapPlugins(std::shared_ptr<const PluginSet> plugins) {
+  post([this, p = std::move(plugins)]() mutable { plugins_ = std::move(p); });
+}
+
 std::shared_ptr<const TlsContext> Worker::upstreamTls(const std::string& upstream) const {
   auto it = tls_->upstreams.find(upstream);
   return it == tls_->upstreams.end() ? nullptr : it->second;

@@ -50,6 +50,7 @@ class Worker {
   void requestDrain();
   // Thread-safe: new connections use these contexts; established sessions keep theirs.
   void swapTls(std::shared_ptr<const TlsBundle> tls);
+  void swapPlugins(std::shared_ptr<const PluginSet> plugins);
   // Thread-safe: runs `task` on this worker's loop, in post order.
   void post(std::function<void()> task);
 

@@ -434,8 +434,13 @@ class JwtPlugin : public PluginBase {
  private:
   static void onExpired(upgate_session_t* s, void* self) {
     auto* p = static_cast<JwtPlugin*>(self);
+    // close() is refused (-1) until the 101 is sent; a slow upstream handshake must not let
+    // the expired token through, so try again shortly until the session is established.
+    if (p->host()->close(s, 1008, "token expired") != 0) {
+      p->host()->timer_start(s, 100, &JwtPlugin::onExpired, self);
+      return;
+    }
     p->log(s, UPGATE_LOG_INFO, "token expired; closing the session");
-    p->host()->close(s, 1008, "token expired");
   }
 
   Source parseSource(const std::string& text, size_t i) {

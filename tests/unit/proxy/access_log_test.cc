@@ -22,7 +22,13 @@ TEST_CASE("access_log: one JSON line with every field", "[proxy]") {
   CHECK(line.find("\"id\":4097,\"client\":\"127.0.0.1:5555\",\"listener\":\"public\","
                   "\"route\":\"chat\",\"upstream\":\"127.0.0.1:9001\",\"status\":101,"
                   "\"bytes_in\":10,\"bytes_out\":20,\"duration_ms\":30,"
-                  "\"close\":\"client closed\"}") != std::string::npos);
+                  "\"close\":\"client closed\",\"user\":null}") != std::string::npos);
+}
+
+TEST_CASE("access_log: a plugin identity is logged", "[proxy]") {
+  AccessRecord r;
+  r.user = "alice";
+  CHECK(formatAccessRecord(r).find("\"user\":\"alice\"}") != std::string::npos);
 }
 
 TEST_CASE("access_log: missing route is null and strings are escaped", "[proxy]") {
