@@ -152,22 +152,7 @@ void Session::Leg::onData(const char* data, size_t len) {
       }
       return;
     case State::Tunnel:
-      if (FrameInspector* in = is_client_ ? s.inspect_up_.get() : s.inspect_down_.get()) {
-        // Frames mode: checked in place (the loop's read buffer is writable), then forwarded
-        // whole and unchanged, or not at all.
-        ParseError e = in->inspect(const_cast<char*>(data), len);
-        if (e) {
-          s.failFrames(is_client_, e);
-          return;
-        }
-      }
-      if (is_client_) {
-        s.bytes_up_ += len;
-        s.pump(*s.client_, *s.upstream_, data, len);
-      } else {
-        s.bytes_down_ += len;
-        s.pump(*s.upstream_, *s.client_, data, len);
-      }
+      s.tunnelData(is_client_, data, len);
       return;
     default:
       return;  // lingering or closing: discard
@@ -777,19 +762,51 @@ void Session::onUpstreamHead(const char* data, size_t len) {
   // Frames mode on a compressed connection: RSV1 marks compressed messages (RFC 7692).
   const std::string* extensions = findHeader(head.headers, "sec-websocket-extensions");
   bool deflate = extensions && extensions->find("permessage-deflate") != std::string::npos;
-  switchProtocols(deflate);
-  if (state_ != State::Tunnel) return;
-  if (inspect_down_ && !upstream_leftover.empty()) {
-    ParseError e = inspect_down_->inspect(upstream_leftover.data(), upstream_leftover.size());
-    if (e) {
-      pump(*upstream_, *client_, response.data(), response.size());
-      if (state_ == State::Tunnel) failFrames(false, e);
-      return;
-    }
-  }
-  response += upstream_leftover;
-  bytes_down_ += upstream_leftover.size();
+  std::string client_early = switchProtocols(deflate);
+  // The 101 goes first; then whatever either side sent right behind its handshake.
   pump(*upstream_, *client_, response.data(), response.size());
+  if (state_ != State::Tunnel) return;
+  if (!upstream_leftover.empty()) {
+    tunnelData(false, upstream_leftover.data(), upstream_leftover.size());
+    if (state_ != State::Tunnel) return;
+  }
+  if (!client_early.empty()) {
+    tunnelData(true, client_early.data(), client_early.size());
+    if (state_ != State::Tunnel) return;
+  }
+  if (!client_paused_) {
+    int rc = client_->readStart();
+    if (rc != 0) finish(uvReason("client read", rc));
+  }
+}
+
+void Session::tunnelData(bool from_client, const char* data, size_t len) {
+  Stream& from = from_client ? *client_ : *upstream_;
+  Stream& to = from_client ? *upstream_ : *client_;
+  FrameInspector* in = from_client ? inspect_up_.get() : inspect_down_.get();
+  if (in == nullptr) {  // passthrough
+    (from_client ? bytes_up_ : bytes_down_) += len;
+    pump(from, to, data, len);
+    return;
+  }
+  // Frames mode: checked in place (the loop's read buffer is writable), then forwarded as it
+  // came, up to the offending frame or the end of a close frame.
+  size_t forward = 0;
+  ParseError e = in->inspect(const_cast<char*>(data), len, forward);
+  if (forward > 0) {
+    (from_client ? bytes_up_ : bytes_down_) += forward;
+    pump(from, to, data, forward);
+    if (state_ != State::Tunnel) return;
+  }
+  if (e) {
+    failFrames(from_client, e);
+    return;
+  }
+  if (inspect_up_->closeSeen() && inspect_down_->closeSeen()) {
+    // Both close frames went through: the handshake is complete and TCP closes now (RFC 6455
+    // §5.5.1), not when a slow peer gets round to it.
+    lingerClose("close handshake complete", /*flush_upstream=*/true);
+  }
 }
 
 void Session::onUpstreamHeadEof() {
@@ -803,7 +820,7 @@ void Session::onUpstreamHeadEof() {
   respondError(502, "upstream closed the connection before answering the upgrade");
 }
 
-void Session::switchProtocols(bool deflate) {
+std::string Session::switchProtocols(bool deflate) {
   if (chain_) chain_->handshakeDone();
   if (route_->mode == TunnelMode::Frames) {
     const uint64_t max = worker_.config().limits.max_message_size;
@@ -819,22 +836,7 @@ void Session::switchProtocols(bool deflate) {
   upstream_->setHighWater(cfg.limits.high_water);
   last_activity_ms_ = uv_now(worker_.loop());
   armTunnelTimer();
-  if (!leftover.empty()) {
-    if (inspect_up_) {
-      ParseError e = inspect_up_->inspect(leftover.data(), leftover.size());
-      if (e) {
-        failFrames(true, e);
-        return;
-      }
-    }
-    bytes_up_ += leftover.size();
-    pump(*client_, *upstream_, leftover.data(), leftover.size());
-    if (state_ != State::Tunnel) return;
-  }
-  if (!client_paused_) {
-    int rc = client_->readStart();
-    if (rc != 0) finish(uvReason("client read", rc));
-  }
+  return leftover;  // the client's bytes after its head: forwarded once the 101 is out
 }
 
 // ---- Tunnel ------------------------------------------------------------------------------------

@@ -97,9 +97,10 @@ class Session final : private SubscriptionOwner,
   void dispatchRoute(bool upgrade);
   void onUpstreamHead(const char* data, size_t len);
   void onUpstreamHeadEof();
-  void switchProtocols(bool deflate);
+  std::string switchProtocols(bool deflate);
 
   // Tunnel phase.
+  void tunnelData(bool from_client, const char* data, size_t len);
   void pump(Stream& from, Stream& to, const char* data, size_t len);
   void addClientCertHeaders(RequestHead& head);
   std::string legError(bool is_client, int uv_err) const;
