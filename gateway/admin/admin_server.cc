@@ -228,8 +228,9 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
     // A text frame must be UTF-8 (RFC 6455 §5.6), or every subscriber's client fails the
     // connection: refuse it here, where the publisher can be told.
     if (!binary && !isValidUtf8(body)) {
-      return errorResponse(400, "a text message must be valid UTF-8; publish binary data with "
-                                "Content-Type: application/octet-stream or ?binary=1");
+      return errorResponse(400,
+                           "a text message must be valid UTF-8; publish binary data with "
+                           "Content-Type: application/octet-stream or ?binary=1");
     }
     size_t workers = 0;
     uint64_t seq = hub_.publish(channel, std::move(body), binary, &workers);

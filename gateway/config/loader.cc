@@ -637,7 +637,8 @@ class Loader {
                } else if (s == "channel") {
                  r.kind = RouteKind::Channel;
                } else if (s == "tcp") {
-                 error(f.mark, f.path, "route kind " + quoted(s) + " is not supported by this version");
+                 error(f.mark, f.path,
+                       "route kind " + quoted(s) + " is not supported by this version");
                } else {
                  error(f.mark, f.path,
                        "unknown route kind " + quoted(s) +
@@ -672,7 +673,8 @@ class Loader {
                } else if (s == "drop") {
                  r.overflow = OverflowPolicy::Drop;
                } else {
-                 error(f.mark, f.path, "unknown overflow policy " + quoted(s) + " (expected close or drop)");
+                 error(f.mark, f.path,
+                       "unknown overflow policy " + quoted(s) + " (expected close or drop)");
                }
              } else if (key == "sse") {
                readBool(f, r.sse);
@@ -731,15 +733,16 @@ class Loader {
              } else if (key == "timeout") {
                readDuration(f, lp.timeout);
              } else if (key == "cursor") {
-               fields(f, {"header", "json", "initial"}, {}, [&](const std::string& k, const Field& v) {
-                 if (k == "header") {
-                   readNonEmptyString(v, lp.cursor_header);
-                 } else if (k == "json") {
-                   readNonEmptyString(v, lp.cursor_json);
-                 } else if (k == "initial") {
-                   readString(v, lp.cursor_initial);
-                 }
-               });
+               fields(f, {"header", "json", "initial"}, {},
+                      [&](const std::string& k, const Field& v) {
+                        if (k == "header") {
+                          readNonEmptyString(v, lp.cursor_header);
+                        } else if (k == "json") {
+                          readNonEmptyString(v, lp.cursor_json);
+                        } else if (k == "initial") {
+                          readString(v, lp.cursor_initial);
+                        }
+                      });
              } else if (key == "split") {
                std::string s;
                if (!readString(f, s)) return;
@@ -748,7 +751,8 @@ class Loader {
                } else if (s == "body") {
                  lp.split_json_array = false;
                } else {
-                 error(f.mark, f.path, "unknown split " + quoted(s) + " (expected body or json_array)");
+                 error(f.mark, f.path,
+                       "unknown split " + quoted(s) + " (expected body or json_array)");
                }
              } else if (key == "send") {
                readNonEmptyString(f, lp.send);
@@ -838,16 +842,16 @@ class Loader {
     TimeoutsConfig& t = cfg_->timeouts;
     fields(map, {"head", "idle", "half_close", "keepalive"}, {},
            [&](const std::string& key, const Field& f) {
-      if (key == "head") {
-        readDuration(f, t.head);
-      } else if (key == "idle") {
-        readDuration(f, t.idle);
-      } else if (key == "half_close") {
-        readDuration(f, t.half_close);
-      } else if (key == "keepalive") {
-        readDuration(f, t.keepalive);
-      }
-    });
+             if (key == "head") {
+               readDuration(f, t.head);
+             } else if (key == "idle") {
+               readDuration(f, t.idle);
+             } else if (key == "half_close") {
+               readDuration(f, t.half_close);
+             } else if (key == "keepalive") {
+               readDuration(f, t.keepalive);
+             }
+           });
   }
 
   void loadLog(const Field& map) {

@@ -17,7 +17,7 @@ struct AccessRecord {
   uint64_t bytes_out = 0;  // upstream -> client after the 101
   uint64_t duration_ms = 0;
   std::string close;  // why the session ended
-  std::string user;  // identity attached by a plugin; empty = none
+  std::string user;   // identity attached by a plugin; empty = none
 };
 
 std::string formatAccessRecord(const AccessRecord& r);

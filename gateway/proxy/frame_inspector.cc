@@ -46,8 +46,7 @@ bool FrameInspector::onFrameHeader(const FrameHeader& h, const char* raw, size_t
   return !error_;
 }
 
-bool FrameInspector::onFramePayload(const FrameHeader& h, char* data, size_t len,
-                                    uint64_t offset) {
+bool FrameInspector::onFramePayload(const FrameHeader& h, char* data, size_t len, uint64_t offset) {
   advance(data + len);
   error_ = validator_.onFramePayload(h, data, len);
   // The bytes go on as they came: mask them again (masking is its own inverse).

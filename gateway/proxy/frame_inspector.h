@@ -45,9 +45,9 @@ class FrameInspector final : private FrameSink {
   ParseError error_;
   const char* base_ = nullptr;  // the read being inspected
   size_t len_ = 0;
-  size_t pos_ = 0;              // furthest byte of this read the parser has reported
-  size_t last_end_ = 0;         // end of the last complete frame in this read
-  bool ended_frame_ = false;    // some frame ended in this read
+  size_t pos_ = 0;            // furthest byte of this read the parser has reported
+  size_t last_end_ = 0;       // end of the last complete frame in this read
+  bool ended_frame_ = false;  // some frame ended in this read
   bool boundary_ = true;
   bool close_seen_ = false;
 };

@@ -12,16 +12,16 @@
 #include "core/log.h"
 #include "http/forwarding.h"
 #include "http/headers.h"
-#include "plugin/host.h"
 #include "http/request_parser.h"
 #include "http/response_parser.h"
 #include "http/response_writer.h"
 #include "http/template.h"
 #include "net/listener.h"
+#include "plugin/host.h"
 #include "proxy/access_log.h"
+#include "proxy/worker.h"
 #include "websocket/close_code.h"
 #include "websocket/frame_writer.h"
-#include "proxy/worker.h"
 #include "websocket/handshake.h"
 
 namespace upgate {
@@ -216,8 +216,8 @@ void Session::routeRequest() {
   const auto& instances = worker_.plugins().chainFor(route_);
   if (!instances.empty()) {
     chain_ = std::make_unique<PluginChain>(static_cast<PluginSession&>(*this), instances);
-    ChainOutcome outcome = chain_->start(
-        head, upgrade ? UPGATE_REQUEST_WEBSOCKET : UPGATE_REQUEST_HTTP, route_->name);
+    ChainOutcome outcome =
+        chain_->start(head, upgrade ? UPGATE_REQUEST_WEBSOCKET : UPGATE_REQUEST_HTTP, route_->name);
     if (outcome == ChainOutcome::Paused) {
       state_ = State::PluginPaused;  // client reads are already stopped
       return;
@@ -242,8 +242,8 @@ bool Session::applyPluginOutcome() {
   }
   if (!chain_->upstream().empty()) {
     if (worker_.config().upstreams.count(chain_->upstream()) == 0) {
-      respondError(500, "a plugin chose upstream \"" + chain_->upstream() +
-                            "\", which is not configured");
+      respondError(
+          500, "a plugin chose upstream \"" + chain_->upstream() + "\", which is not configured");
       return false;
     }
     upstream_override_ = chain_->upstream();
@@ -285,9 +285,13 @@ void Session::dispatchRoute(bool upgrade) {
 
 // ---- Plugins (PluginSession) ------------------------------------------------------------------
 
-uint32_t Session::workerIndex() const { return worker_.index(); }
+uint32_t Session::workerIndex() const {
+  return worker_.index();
+}
 
-uint64_t Session::nowMs() const { return uv_now(worker_.loop()); }
+uint64_t Session::nowMs() const {
+  return uv_now(worker_.loop());
+}
 
 const PluginTlsIdentity* Session::tlsClient() const {
   if (!client_tls_ || !client_tls_->handshakeDone()) return nullptr;
@@ -347,7 +351,8 @@ void Session::onPluginClose(uint16_t code, const std::string& reason) {
 std::string Session::selectedProtocol(const RequestHead& head) {
   std::string offered;
   for (const Header& h : head.headers) {
-    if (iequals(h.name, "sec-websocket-protocol")) offered += (offered.empty() ? "" : ",") + h.value;
+    if (iequals(h.name, "sec-websocket-protocol"))
+      offered += (offered.empty() ? "" : ",") + h.value;
   }
   std::vector<std::string_view> tokens = splitTokens(offered);
   if (tokens.empty()) return "";
@@ -456,8 +461,8 @@ void Session::sendCloseFrames(uint16_t to_client, uint16_t to_upstream, const st
 }
 
 void Session::failFrames(bool from_client, ParseError e) {
-  std::string reason = std::string(from_client ? "client" : "upstream") + " violated RFC 6455: " +
-                       e.reason + " (" + std::to_string(e.code) + ")";
+  std::string reason = std::string(from_client ? "client" : "upstream") +
+                       " violated RFC 6455: " + e.reason + " (" + std::to_string(e.code) + ")";
   UPGATE_LOG(info, id_, "{}", reason);
   // The offender gets the protocol code; the other side a clean close: 1001 towards the
   // upstream when the client failed, 1011 towards the client when the upstream did.
@@ -592,7 +597,9 @@ void Session::exchangeFailed(int status, const std::string& reason) {
   respondError(status, reason);
 }
 
-void Session::exchangeAborted(const std::string& reason) { finish(reason); }
+void Session::exchangeAborted(const std::string& reason) {
+  finish(reason);
+}
 
 // ---- Upstream connect --------------------------------------------------------------------------
 

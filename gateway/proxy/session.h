@@ -26,9 +26,7 @@ namespace upgate {
 class Worker;
 struct HandshakeState;
 
-class Session final : private SubscriptionOwner,
-                      private HttpExchangeOwner,
-                      private PluginSession {
+class Session final : private SubscriptionOwner, private HttpExchangeOwner, private PluginSession {
  public:
   // `tls` is the listener's TLS context, or null for a plain listener.
   Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
@@ -173,18 +171,18 @@ class Session final : private SubscriptionOwner,
   // Everything needed only until the 101: freed when the tunnel starts, so an established
   // session carries no parser, no request copy and no leftover buffers.
   std::unique_ptr<HandshakeState> hs_;
-  std::unique_ptr<Subscription> subscription_;  // channel and longpoll routes only
-  std::unique_ptr<HttpExchange> exchange_;       // http routes: the current (or last) exchange
-  std::unique_ptr<PluginChain> chain_;           // only when the route has plugins
-  std::unique_ptr<FrameInspector> inspect_up_;   // frames mode: client -> upstream
-  std::unique_ptr<FrameInspector> inspect_down_; // frames mode: upstream -> client
+  std::unique_ptr<Subscription> subscription_;    // channel and longpoll routes only
+  std::unique_ptr<HttpExchange> exchange_;        // http routes: the current (or last) exchange
+  std::unique_ptr<PluginChain> chain_;            // only when the route has plugins
+  std::unique_ptr<FrameInspector> inspect_up_;    // frames mode: client -> upstream
+  std::unique_ptr<FrameInspector> inspect_down_;  // frames mode: upstream -> client
   mutable std::unique_ptr<PluginTlsIdentity> tls_identity_;  // built on first plugin request
-  std::string upstream_override_;                // an on_route hook's choice
-  std::string user_;                             // identity a plugin attached (access log)
-  uv_timer_t plugin_timer_{};                    // plugin timers and PAUSE deadlines (lazy)
+  std::string upstream_override_;                            // an on_route hook's choice
+  std::string user_;           // identity a plugin attached (access log)
+  uv_timer_t plugin_timer_{};  // plugin timers and PAUSE deadlines (lazy)
   bool plugin_timer_ready_ = false;
-  std::string next_request_;  // bytes of the client's next (pipelined) request, held meanwhile
-  ForwardInfo forward_;       // the client's address, kept across keep-alive requests
+  std::string next_request_;     // bytes of the client's next (pipelined) request, held meanwhile
+  ForwardInfo forward_;          // the client's address, kept across keep-alive requests
   bool keepalive_wait_ = false;  // between keep-alive requests: idle timeout, no 408
 
   const RouteConfig* route_ = nullptr;

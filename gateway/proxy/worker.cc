@@ -6,8 +6,8 @@
 #include "bridge/subscription.h"
 #include "core/handle.h"
 #include "core/log.h"
-#include "proxy/http_client.h"
 #include "plugin/host.h"
+#include "proxy/http_client.h"
 #include "proxy/session.h"
 #include "proxy/upstream_pool.h"
 
