@@ -1,0 +1,1108 @@
+// loadgen: the benchmark's WebSocket load generator (tests/bench/).
+//
+// One thread, one libuv loop, a WebSocket client written for this benchmark: client handshake
+// with a random Sec-WebSocket-Key and a checked Sec-WebSocket-Accept, masked frames with 7, 16
+// and 64-bit lengths, a streaming parser for the server's unmasked frames (any split of reads).
+// Connections are spread over several loopback source addresses (127.0.0.1, .2, ...), each bound
+// with IP_BIND_ADDRESS_NO_PORT so the kernel picks the port at connect time per 4-tuple.
+//
+// Modes
+//   echo     C connections, each keeping D messages of S bytes in flight; after a warmup, counts
+//            echoed messages for T seconds: msgs/s, MB/s (payload received, 10^6 bytes) and
+//            round-trip latency p50/p99/p99.9 from a send timestamp carried in the payload.
+//   connect  C concurrent slots, each looping: fresh TCP connection, upgrade, check the 101,
+//            send a close frame, wait for the server's close and FIN, next. Handshakes/s counts
+//            checked 101s in the measured window; latency is connect start to checked 101.
+//   idle     opens N sessions (at most --open-concurrency at a time), by default echoes one small
+//            message on each (so every leg has carried data), prints a "ready" JSON line, then
+//            holds them until SIGTERM/SIGINT/SIGUSR1 or --duration seconds, then closes them.
+//
+// Output: one JSON line per run on stdout, one human-readable line on stderr.
+// --watch PID[,PID...] adds the utime+stime those processes spent in the measured window, and
+// that CPU time per echoed message (or per handshake); --watch-echo does the same for the
+// upstream echo server, reported separately.
+//
+// Exit status: 0 when the run completed with traffic and without errors, 1 otherwise, 2 usage.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+template <typename T, typename U>
+T* as(U* p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// ---- Options ----------------------------------------------------------------------------------
+
+enum class Mode { Echo, Connect, Idle };
+
+struct Options {
+  Mode mode = Mode::Echo;
+  std::string host = "127.0.0.1";
+  int port = 0;
+  std::string path = "/";
+  int conns = 100;
+  int depth = 1;
+  size_t size = 64;
+  double duration = 10;
+  double warmup = 2;
+  int sources = 8;
+  std::string source_base = "127.0.0.1";
+  std::string label = "target";
+  std::vector<int> watch, watch_echo;
+  bool verify = false;
+  int sessions = 1000;       // idle
+  bool touch = true;         // idle: echo one message per session
+  int open_concurrency = 256;
+  double conn_timeout = 10;  // connect + handshake (+ close) deadline per connection
+};
+
+Options opt;
+
+[[noreturn]] void usage(const char* why) {
+  if (why) std::fprintf(stderr, "loadgen: %s\n", why);
+  std::fprintf(stderr,
+      "usage: loadgen echo|connect|idle --url ws://IPV4:PORT/PATH [options]\n"
+      "  -c, --connections C    echo/connect: connections (slots)            [100]\n"
+      "  -d, --depth D          echo: messages in flight per connection       [1]\n"
+      "  -s, --size S           echo: payload bytes per message (>= 8)        [64]\n"
+      "  -t, --duration T       measured seconds (idle: hold time)            [10]\n"
+      "  -w, --warmup W         seconds before measuring                      [2]\n"
+      "  -n, --sessions N       idle: sessions to open                        [1000]\n"
+      "      --no-touch         idle: do not echo a message on each session\n"
+      "      --open-concurrency K  connections being opened at once           [256]\n"
+      "      --sources K        loopback source addresses to spread over      [8]\n"
+      "      --source-base IP   first source address                          [127.0.0.1]\n"
+      "      --label NAME       name of the target in the output              [target]\n"
+      "      --watch PIDS       comma-separated PIDs whose CPU time to report (the proxy)\n"
+      "      --watch-echo PIDS  same, reported separately (the upstream)\n"
+      "      --verify           check every echoed byte and message length\n"
+      "      --conn-timeout S   per-connection open/close deadline            [10]\n");
+  std::exit(2);
+}
+
+std::vector<int> parsePids(const std::string& s) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(std::atoi(item.c_str()));
+  }
+  return out;
+}
+
+void parseArgs(int argc, char** argv) {
+  if (argc < 2) usage(nullptr);
+  std::string m = argv[1];
+  if (m == "echo") opt.mode = Mode::Echo;
+  else if (m == "connect") opt.mode = Mode::Connect;
+  else if (m == "idle") opt.mode = Mode::Idle;
+  else usage("unknown mode");
+  bool have_url = false;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) usage(("missing value for " + a).c_str());
+      return argv[++i];
+    };
+    if (a == "--url") {
+      std::string u = next();
+      if (u.compare(0, 5, "ws://") != 0) usage("only ws:// URLs");
+      std::string rest = u.substr(5);
+      size_t slash = rest.find('/');
+      std::string hostport = rest.substr(0, slash);
+      opt.path = slash == std::string::npos ? "/" : rest.substr(slash);
+      size_t colon = hostport.rfind(':');
+      if (colon == std::string::npos) usage("URL needs host:port");
+      opt.host = hostport.substr(0, colon);
+      opt.port = std::atoi(hostport.c_str() + colon + 1);
+      have_url = true;
+    } else if (a == "-c" || a == "--connections") opt.conns = std::atoi(next().c_str());
+    else if (a == "-d" || a == "--depth") opt.depth = std::atoi(next().c_str());
+    else if (a == "-s" || a == "--size") opt.size = static_cast<size_t>(std::atoll(next().c_str()));
+    else if (a == "-t" || a == "--duration") opt.duration = std::atof(next().c_str());
+    else if (a == "-w" || a == "--warmup") opt.warmup = std::atof(next().c_str());
+    else if (a == "-n" || a == "--sessions") opt.sessions = std::atoi(next().c_str());
+    else if (a == "--no-touch") opt.touch = false;
+    else if (a == "--open-concurrency") opt.open_concurrency = std::atoi(next().c_str());
+    else if (a == "--sources") opt.sources = std::atoi(next().c_str());
+    else if (a == "--source-base") opt.source_base = next();
+    else if (a == "--label") opt.label = next();
+    else if (a == "--watch") opt.watch = parsePids(next());
+    else if (a == "--watch-echo") opt.watch_echo = parsePids(next());
+    else if (a == "--verify") opt.verify = true;
+    else if (a == "--conn-timeout") opt.conn_timeout = std::atof(next().c_str());
+    else usage(("unknown option " + a).c_str());
+  }
+  if (!have_url) usage("--url is required");
+  if (opt.conns < 1 || opt.depth < 1 || opt.size < 8 || opt.size > (1u << 30) || opt.duration <= 0 ||
+      opt.warmup < 0 || opt.sources < 1 || opt.sessions < 1 || opt.open_concurrency < 1) {
+    usage("bad option value");
+  }
+}
+
+// ---- Small tools ------------------------------------------------------------------------------
+
+uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+uint32_t rnd32() {  // xorshift64*: mask keys only, seeded from the OS
+  g_rng ^= g_rng >> 12;
+  g_rng ^= g_rng << 25;
+  g_rng ^= g_rng >> 27;
+  return static_cast<uint32_t>((g_rng * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+// dst[i] = src[i] ^ key[(pos + i) & 3]
+void maskCopy(char* dst, const char* src, size_t n, const uint8_t key[4], size_t pos) {
+  uint8_t rot[8];
+  for (size_t i = 0; i < 8; ++i) rot[i] = key[(pos + i) & 3];
+  uint64_t k;
+  std::memcpy(&k, rot, 8);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v;
+    std::memcpy(&v, src + i, 8);
+    v ^= k;
+    std::memcpy(dst + i, &v, 8);
+  }
+  for (; i < n; ++i) dst[i] = static_cast<char>(static_cast<uint8_t>(src[i]) ^ rot[i & 7]);
+}
+
+std::string base64(const unsigned char* p, size_t n) {
+  std::vector<unsigned char> out(4 * ((n + 2) / 3) + 1);
+  int len = EVP_EncodeBlock(out.data(), p, static_cast<int>(n));
+  return std::string(reinterpret_cast<char*>(out.data()), static_cast<size_t>(len));
+}
+
+std::string expectedAccept(const std::string& key) {
+  std::string in = key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  EVP_Digest(in.data(), in.size(), md, &md_len, EVP_sha1(), nullptr);
+  return base64(md, md_len);
+}
+
+std::string lower(std::string s) {
+  for (char& ch : s) {
+    if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
+  }
+  return s;
+}
+
+std::string trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t");
+  size_t e = s.find_last_not_of(" \t");
+  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+// utime + stime, in seconds, summed over pids (the whole thread group of each).
+double cpuSeconds(const std::vector<int>& pids) {
+  static const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  double total = 0;
+  for (int pid : pids) {
+    std::string path = "/proc/" + std::to_string(pid) + "/stat";
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (f == nullptr) continue;
+    char buf[1024];
+    size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    const char* rp = std::strrchr(buf, ')');
+    if (rp == nullptr) continue;
+    // Fields after the command: 3 = state ... 14 = utime, 15 = stime (clock ticks).
+    unsigned long long ut = 0, st = 0;
+    const char* p = rp + 1;
+    for (int i = 3; i <= 15 && *p; ++i) {
+      while (*p == ' ') ++p;
+      if (i == 14) ut = std::strtoull(p, nullptr, 10);
+      if (i == 15) st = std::strtoull(p, nullptr, 10);
+      while (*p && *p != ' ') ++p;
+    }
+    total += static_cast<double>(ut + st) / tick;
+  }
+  return total;
+}
+
+// Per-CPU busy and total jiffies from /proc/stat (busy = all but idle and iowait). Shows whether
+// a core saturated, including softirq time that per-process counters may not carry.
+struct CoreTimes {
+  std::vector<unsigned long long> busy, total;
+};
+
+CoreTimes readCores() {
+  CoreTimes t;
+  FILE* f = std::fopen("/proc/stat", "r");
+  if (f == nullptr) return t;
+  char line[512];
+  while (std::fgets(line, sizeof(line), f)) {
+    if (std::strncmp(line, "cpu", 3) != 0 || line[3] < '0' || line[3] > '9') continue;
+    const char* p = line + 3;
+    while (*p && *p != ' ') ++p;
+    unsigned long long v[10] = {};
+    char* end = nullptr;
+    for (int i = 0; i < 10; ++i) {
+      v[i] = std::strtoull(p, &end, 10);
+      if (end == p) break;
+      p = end;
+    }
+    unsigned long long total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+    t.total.push_back(total);
+    t.busy.push_back(total - v[3] - v[4]);
+  }
+  std::fclose(f);
+  return t;
+}
+
+double selfCpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+// Log-linear latency histogram in nanoseconds: exact below 128, then 64 sub-buckets per power of
+// two (under 1.6 % error), up to 2^40 ns.
+class Histogram {
+ public:
+  Histogram() : counts_(kBuckets, 0) {}
+  void add(uint64_t ns) {
+    ++counts_[index(ns)];
+    ++total_;
+    if (ns > max_) max_ = ns;
+  }
+  void reset() {
+    std::fill(counts_.begin(), counts_.end(), 0);
+    total_ = 0;
+    max_ = 0;
+  }
+  uint64_t total() const { return total_; }
+  uint64_t max() const { return max_; }
+  // Value (ns) at quantile q, as the upper edge of its bucket.
+  double quantile(double q) const {
+    if (total_ == 0) return 0;
+    uint64_t rank = static_cast<uint64_t>(std::ceil(q * static_cast<double>(total_)));
+    if (rank == 0) rank = 1;
+    uint64_t seen = 0;
+    for (size_t i = 0; i < kBuckets; ++i) {
+      seen += counts_[i];
+      if (seen >= rank) return static_cast<double>(std::min(upper(i), max_));
+    }
+    return static_cast<double>(max_);
+  }
+
+ private:
+  static constexpr size_t kBuckets = 128 + 34 * 64;
+  static size_t index(uint64_t v) {
+    if (v < 128) return static_cast<size_t>(v);
+    int e = 63 - __builtin_clzll(v);  // >= 7
+    if (e > 40) return kBuckets - 1;
+    size_t sub = static_cast<size_t>((v >> (e - 6)) & 63);
+    return 128 + static_cast<size_t>(e - 7) * 64 + sub;
+  }
+  static uint64_t upper(size_t i) {
+    if (i < 128) return i;
+    size_t e = (i - 128) / 64 + 7;
+    uint64_t sub = (i - 128) % 64;
+    return ((64 + sub + 1) << (e - 6)) - 1;
+  }
+  std::vector<uint64_t> counts_;
+  uint64_t total_ = 0;
+  uint64_t max_ = 0;
+};
+
+// ---- Run state --------------------------------------------------------------------------------
+
+enum class Phase { Connecting, Warmup, Measure, Done };
+
+struct Stats {
+  uint64_t msgs = 0, bytes = 0, handshakes = 0;
+};
+
+uv_loop_t* g_loop;
+Phase g_phase = Phase::Connecting;
+Stats g_stats;            // counted in the measured window only
+uint64_t g_errors = 0;    // whole run
+uint64_t g_established = 0;
+uint64_t g_failed = 0;
+Histogram g_hist;
+std::vector<char> g_pattern;  // the payload's unmasked bytes (first 8 replaced by a timestamp)
+std::vector<sockaddr_in> g_sources;
+sockaddr_in g_target{};
+std::string g_request_prefix;  // the upgrade request up to the key header
+char g_read_buffer[256 * 1024];
+uint64_t g_t0 = 0, g_t1 = 0;
+double g_cpu0 = 0, g_cpu1 = 0, g_echo_cpu0 = 0, g_echo_cpu1 = 0, g_self_cpu0 = 0, g_self_cpu1 = 0;
+double g_ours0 = 0, g_ours1 = 0;  // CPU of every process of the run (watched, echo, self), no duplicates
+int g_error_lines = 0;
+uv_timer_t g_phase_timer, g_sweep_timer, g_hard_timer;
+uv_signal_t g_sig[3];
+bool g_idle_ready_printed = false;
+int g_exit_code = 0;
+
+enum class ConnState { Connecting, Handshake, Open, Closing, Closed };
+
+struct WriteReq {
+  uv_write_t req;
+  size_t len;
+  char data[1];
+};
+
+struct Conn {
+  uv_tcp_t tcp{};
+  uv_connect_t connect_req{};
+  ConnState st = ConnState::Connecting;
+  size_t slot = 0;
+  uint64_t started_ns = 0;
+  uint64_t deadline_ns = 0;
+  std::string accept;  // expected Sec-WebSocket-Accept
+  std::string head;    // response head being read
+  // Receive parser.
+  uint8_t hdr[10];
+  size_t hdr_have = 0;
+  uint64_t left = 0;
+  bool in_payload = false;
+  bool ctrl = false;    // the frame being read is a control frame
+  uint8_t opcode = 0;   // ... and this is its opcode
+  bool fin = false;
+  uint64_t msg_off = 0;
+  uint8_t ts[8];
+  std::string control;
+  bool got_close = false;
+  bool touched = false;
+  // Send side.
+  std::vector<char> out;
+  size_t queued = 0;
+  int in_flight = 0;
+};
+
+std::vector<Conn*> g_conns;  // echo/idle: every connection; connect: one per slot (or null)
+size_t g_next_source = 0;
+int g_opening = 0;           // idle: connections not yet established
+size_t g_next_to_open = 0;   // idle: next index to open
+
+void logError(const char* what, const std::string& detail) {
+  ++g_errors;
+  if (g_error_lines < 10) {
+    ++g_error_lines;
+    std::fprintf(stderr, "loadgen: %s: %s\n", what, detail.c_str());
+  }
+}
+
+void finishRun();
+void startConnection(size_t slot);
+void openMoreIdle();
+void checkAllEstablished();
+
+void onClosed(uv_handle_t* h) {
+  auto* c = static_cast<Conn*>(h->data);
+  size_t slot = c->slot;
+  bool replace = opt.mode == Mode::Connect && g_phase != Phase::Done;
+  if (g_conns[slot] == c) g_conns[slot] = nullptr;
+  delete c;
+  if (replace) startConnection(slot);
+}
+
+void closeConn(Conn* c) {
+  if (c->st == ConnState::Closed) return;
+  c->st = ConnState::Closed;
+  uv_close(as<uv_handle_t>(&c->tcp), onClosed);
+}
+
+// A connection failed: count it; echo and idle modes do not replace it.
+void failConn(Conn* c, const char* what, const std::string& detail) {
+  if (c->st == ConnState::Closed) return;
+  bool was_opening = c->st == ConnState::Connecting || c->st == ConnState::Handshake ||
+                     (opt.mode == Mode::Idle && c->st == ConnState::Open && !c->touched);
+  if (opt.mode != Mode::Connect || g_phase != Phase::Done) logError(what, detail);
+  closeConn(c);
+  if (opt.mode == Mode::Idle && was_opening) {
+    ++g_failed;
+    --g_opening;
+    openMoreIdle();
+    checkAllEstablished();
+  } else if (opt.mode == Mode::Echo && g_phase == Phase::Connecting) {
+    ++g_failed;
+    checkAllEstablished();
+  }
+}
+
+void onWrite(uv_write_t* req, int status) {
+  auto* w = reinterpret_cast<WriteReq*>(req);
+  auto* c = static_cast<Conn*>(req->data);
+  c->queued -= w->len;
+  std::free(w);
+  if (status < 0 && status != UV_ECANCELED) failConn(c, "write", uv_strerror(status));
+}
+
+// Writes c->out: to the socket at once when nothing is queued, the rest through uv_write.
+void flush(Conn* c) {
+  if (c->out.empty() || c->st == ConnState::Closed) return;
+  size_t len = c->out.size(), done = 0;
+  if (c->queued == 0) {
+    uv_buf_t b = uv_buf_init(c->out.data(), static_cast<unsigned>(len));
+    int n = uv_try_write(as<uv_stream_t>(&c->tcp), &b, 1);
+    if (n >= 0) {
+      done = static_cast<size_t>(n);
+    } else if (n != UV_EAGAIN) {
+      c->out.clear();
+      failConn(c, "write", uv_strerror(n));
+      return;
+    }
+  }
+  if (done < len) {
+    size_t rest = len - done;
+    auto* w = static_cast<WriteReq*>(std::malloc(offsetof(WriteReq, data) + rest));
+    if (w == nullptr) std::abort();
+    w->len = rest;
+    std::memcpy(w->data, c->out.data() + done, rest);
+    w->req.data = c;
+    uv_buf_t b = uv_buf_init(w->data, static_cast<unsigned>(rest));
+    int rc = uv_write(&w->req, as<uv_stream_t>(&c->tcp), &b, 1, onWrite);
+    if (rc != 0) {
+      std::free(w);
+      c->out.clear();
+      failConn(c, "write", uv_strerror(rc));
+      return;
+    }
+    c->queued += rest;
+  }
+  c->out.clear();
+}
+
+// Appends one masked frame. With `stamp`, the payload's first 8 bytes are the send time.
+void appendFrame(Conn* c, uint8_t byte0, const char* payload, size_t n, bool stamp) {
+  uint8_t hdr[14];
+  size_t h = 0;
+  hdr[h++] = byte0;
+  if (n < 126) {
+    hdr[h++] = static_cast<uint8_t>(0x80 | n);
+  } else if (n < 65536) {
+    hdr[h++] = 0x80 | 126;
+    hdr[h++] = static_cast<uint8_t>(n >> 8);
+    hdr[h++] = static_cast<uint8_t>(n);
+  } else {
+    hdr[h++] = 0x80 | 127;
+    for (int i = 7; i >= 0; --i) hdr[h++] = static_cast<uint8_t>(static_cast<uint64_t>(n) >> (8 * i));
+  }
+  uint32_t k = rnd32();
+  uint8_t key[4];
+  std::memcpy(key, &k, 4);
+  std::memcpy(hdr + h, key, 4);
+  h += 4;
+  size_t at = c->out.size();
+  c->out.resize(at + h + n);
+  char* dst = c->out.data() + at;
+  std::memcpy(dst, hdr, h);
+  maskCopy(dst + h, payload, n, key, 0);
+  if (stamp) {
+    uint64_t now = uv_hrtime();
+    char ts[8];
+    std::memcpy(ts, &now, 8);
+    maskCopy(dst + h, ts, 8, key, 0);
+  }
+}
+
+void sendMessage(Conn* c) {
+  appendFrame(c, 0x82, g_pattern.data(), opt.size, true);
+  ++c->in_flight;
+}
+
+void sendClose(Conn* c) {
+  const char payload[2] = {static_cast<char>(0x03), static_cast<char>(0xE8)};  // 1000
+  appendFrame(c, 0x88, payload, 2, false);
+}
+
+// ---- Receive ----------------------------------------------------------------------------------
+
+// Payload size of the messages this run sends (idle mode's touch message is 16 bytes).
+size_t sentSize() { return opt.mode == Mode::Idle ? 16 : opt.size; }
+
+void onMessage(Conn* c) {
+  if (opt.verify && c->msg_off != sentSize()) {
+    logError("verify", "echoed message of " + std::to_string(c->msg_off) + " bytes, sent " +
+                           std::to_string(sentSize()));
+  }
+  uint64_t sent;
+  std::memcpy(&sent, c->ts, 8);
+  uint64_t now = uv_hrtime();
+  --c->in_flight;
+  if (opt.mode == Mode::Idle) {
+    if (!c->touched) {
+      c->touched = true;
+      ++g_established;
+      --g_opening;
+      openMoreIdle();
+      checkAllEstablished();
+    }
+    return;
+  }
+  if (opt.mode != Mode::Echo) return;
+  if (g_phase == Phase::Measure) {
+    ++g_stats.msgs;
+    g_stats.bytes += c->msg_off;
+    g_hist.add(now - sent);
+  }
+  if (g_phase == Phase::Warmup || g_phase == Phase::Measure) sendMessage(c);
+}
+
+// Returns false when the connection was closed.
+bool onControl(Conn* c) {
+  if (c->opcode == 0x9) {  // ping
+    appendFrame(c, 0x8A, c->control.data(), c->control.size(), false);
+    return true;
+  }
+  if (c->opcode == 0x8) {
+    c->got_close = true;
+    if (c->st == ConnState::Closing) return true;  // our close answered: wait for the FIN
+    if (opt.mode == Mode::Connect && g_phase == Phase::Done) {
+      closeConn(c);
+      return false;
+    }
+    failConn(c, "server closed", "close frame received on an open session");
+    return false;
+  }
+  return true;
+}
+
+bool onFrames(Conn* c, const char* data, size_t len) {
+  while (len > 0) {
+    if (!c->in_payload) {
+      size_t need = 2;
+      if (c->hdr_have >= 2) {
+        uint8_t l7 = c->hdr[1] & 0x7f;
+        need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0);
+      }
+      while (c->hdr_have < need && len > 0) {
+        c->hdr[c->hdr_have++] = static_cast<uint8_t>(*data++);
+        --len;
+        if (c->hdr_have == 2) {
+          if (c->hdr[1] & 0x80) {
+            failConn(c, "protocol", "masked frame from the server");
+            return false;
+          }
+          uint8_t l7 = c->hdr[1] & 0x7f;
+          need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0);
+        }
+      }
+      if (c->hdr_have < need) return true;
+      uint8_t l7 = c->hdr[1] & 0x7f;
+      uint64_t plen = l7;
+      if (l7 == 126) {
+        plen = (uint64_t{c->hdr[2]} << 8) | c->hdr[3];
+      } else if (l7 == 127) {
+        plen = 0;
+        for (int i = 0; i < 8; ++i) plen = (plen << 8) | c->hdr[2 + i];
+      }
+      c->hdr_have = 0;
+      c->fin = (c->hdr[0] & 0x80) != 0;
+      uint8_t op = c->hdr[0] & 0x0f;
+      if (op >= 0x8) {
+        if (plen > 125 || !c->fin) {
+          failConn(c, "protocol", "bad control frame");
+          return false;
+        }
+        c->control.clear();
+      } else if (op != 0) {
+        c->msg_off = 0;  // a new message (0 would continue the current one)
+      }
+      c->ctrl = op >= 0x8;
+      if (c->ctrl) c->opcode = op;
+      c->left = plen;
+      c->in_payload = true;
+    }
+    size_t take = c->left < len ? static_cast<size_t>(c->left) : len;
+    if (c->ctrl) {
+      c->control.append(data, take);
+    } else if (take > 0) {
+      if (c->msg_off < 8) {
+        size_t n = std::min<size_t>(8 - c->msg_off, take);
+        std::memcpy(c->ts + c->msg_off, data, n);
+      }
+      if (opt.verify) {
+        uint64_t from = std::max<uint64_t>(c->msg_off, 8);
+        uint64_t to = c->msg_off + take;
+        if (to > sentSize()) {
+          logError("verify", "echoed message longer than sent");
+        } else if (to > from &&
+                   std::memcmp(data + (from - c->msg_off), g_pattern.data() + from, to - from) != 0) {
+          logError("verify", "echoed payload differs from what was sent");
+        }
+      }
+      c->msg_off += take;
+    }
+    data += take;
+    len -= take;
+    c->left -= take;
+    if (c->left == 0) {
+      c->in_payload = false;
+      if (c->ctrl) {
+        if (!onControl(c)) return false;
+      } else if (c->fin) {
+        onMessage(c);
+        if (c->st == ConnState::Closed) return false;
+      }
+    }
+  }
+  return true;
+}
+
+void afterHandshake(Conn* c) {
+  c->st = ConnState::Open;
+  uint64_t now = uv_hrtime();
+  switch (opt.mode) {
+    case Mode::Echo:
+      ++g_established;
+      if (g_phase == Phase::Warmup || g_phase == Phase::Measure) {
+        for (int i = 0; i < opt.depth; ++i) sendMessage(c);
+      }
+      checkAllEstablished();
+      break;
+    case Mode::Connect:
+      if (g_phase == Phase::Measure) {
+        ++g_stats.handshakes;
+        g_hist.add(now - c->started_ns);
+      }
+      sendClose(c);
+      c->st = ConnState::Closing;
+      c->deadline_ns = now + static_cast<uint64_t>(opt.conn_timeout * 1e9);
+      break;
+    case Mode::Idle:
+      if (opt.touch) {
+        appendFrame(c, 0x82, g_pattern.data(), 16, true);
+        ++c->in_flight;
+        c->msg_off = 0;
+      } else {
+        c->touched = true;
+        ++g_established;
+        --g_opening;
+        openMoreIdle();
+        checkAllEstablished();
+      }
+      break;
+  }
+}
+
+// Returns the number of bytes of data that belong to frames (after the head), or -1.
+long onHandshakeData(Conn* c, const char* data, size_t len) {
+  size_t old = c->head.size();
+  c->head.append(data, len);
+  size_t end = c->head.find("\r\n\r\n");
+  if (end == std::string::npos) {
+    if (c->head.size() > 16384) failConn(c, "handshake", "response head too large");
+    return -1;
+  }
+  std::string head = c->head.substr(0, end);
+  size_t used = end + 4 - old;
+  std::string().swap(c->head);
+  if (head.compare(0, 13, "HTTP/1.1 101 ") != 0 && head != "HTTP/1.1 101") {
+    failConn(c, "handshake", "expected 101, got: " + head.substr(0, head.find("\r\n")));
+    return -1;
+  }
+  std::string upgrade, connection, accept;
+  size_t pos = head.find("\r\n");
+  while (pos != std::string::npos && pos < head.size()) {
+    pos += 2;
+    size_t eol = head.find("\r\n", pos);
+    std::string line = head.substr(pos, eol == std::string::npos ? std::string::npos : eol - pos);
+    pos = eol;
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = lower(trim(line.substr(0, colon)));
+    std::string value = trim(line.substr(colon + 1));
+    if (name == "upgrade") upgrade = lower(value);
+    else if (name == "connection") connection = lower(value);
+    else if (name == "sec-websocket-accept") accept = value;
+  }
+  if (upgrade != "websocket" || connection.find("upgrade") == std::string::npos) {
+    failConn(c, "handshake", "101 without Upgrade: websocket / Connection: upgrade");
+    return -1;
+  }
+  if (accept != c->accept) {
+    failConn(c, "handshake", "Sec-WebSocket-Accept mismatch: got '" + accept + "'");
+    return -1;
+  }
+  std::string().swap(c->accept);
+  afterHandshake(c);
+  return static_cast<long>(used);
+}
+
+void onAlloc(uv_handle_t*, size_t, uv_buf_t* buf) {
+  *buf = uv_buf_init(g_read_buffer, sizeof(g_read_buffer));
+}
+
+void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+  auto* c = static_cast<Conn*>(s->data);
+  if (nread == 0 || c->st == ConnState::Closed) return;
+  if (nread < 0) {
+    if (c->st == ConnState::Closing && nread == UV_EOF) {
+      closeConn(c);  // the server finished first: clean end of a connect-mode cycle
+    } else if (g_phase == Phase::Done) {
+      closeConn(c);
+    } else {
+      failConn(c, "read", nread == UV_EOF ? "connection closed by the server" : uv_strerror(static_cast<int>(nread)));
+    }
+    return;
+  }
+  const char* data = g_read_buffer;
+  size_t len = static_cast<size_t>(nread);
+  if (c->st == ConnState::Handshake) {
+    long used = onHandshakeData(c, data, len);
+    if (used < 0) return;
+    data += used;
+    len -= static_cast<size_t>(used);
+    if (c->st == ConnState::Closed) return;
+  }
+  if (len > 0 && !onFrames(c, data, len)) return;
+  flush(c);
+}
+
+void onConnect(uv_connect_t* req, int status) {
+  auto* c = static_cast<Conn*>(req->data);
+  if (c->st == ConnState::Closed) return;
+  if (status < 0) {
+    failConn(c, "connect", uv_strerror(status));
+    return;
+  }
+  unsigned char raw[16];
+  if (RAND_bytes(raw, sizeof(raw)) != 1) std::abort();
+  std::string key = base64(raw, sizeof(raw));
+  c->accept = expectedAccept(key);
+  std::string req_text = g_request_prefix + key + "\r\n\r\n";
+  c->out.assign(req_text.begin(), req_text.end());
+  c->st = ConnState::Handshake;
+  int rc = uv_read_start(as<uv_stream_t>(&c->tcp), onAlloc, onRead);
+  if (rc != 0) {
+    failConn(c, "read", uv_strerror(rc));
+    return;
+  }
+  flush(c);
+}
+
+// Opens a connection into g_conns[slot].
+void startConnection(size_t slot) {
+  auto* c = new Conn();
+  c->slot = slot;
+  g_conns[slot] = c;
+  c->started_ns = uv_hrtime();
+  c->deadline_ns = c->started_ns + static_cast<uint64_t>(opt.conn_timeout * 1e9);
+  c->tcp.data = c;
+  c->connect_req.data = c;
+  const sockaddr_in& src = g_sources[g_next_source++ % g_sources.size()];
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int one = 1;
+  int rc = 0;
+  if (fd < 0) rc = -errno;
+  if (rc == 0 && ::setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) != 0) rc = -errno;
+  if (rc == 0 && ::bind(fd, as<const sockaddr>(&src), sizeof(src)) != 0) rc = -errno;
+  uv_tcp_init(g_loop, &c->tcp);
+  if (rc == 0) {
+    rc = uv_tcp_open(&c->tcp, fd);
+    if (rc == 0) fd = -1;
+  }
+  if (fd >= 0) ::close(fd);
+  if (rc == 0) uv_tcp_nodelay(&c->tcp, 1);
+  if (rc == 0) rc = uv_tcp_connect(&c->connect_req, &c->tcp, as<const sockaddr>(&g_target), onConnect);
+  if (rc != 0) {
+    if (opt.mode == Mode::Idle) ++g_opening;  // failConn balances it
+    failConn(c, "connect", uv_strerror(rc));
+    return;
+  }
+  if (opt.mode == Mode::Idle) ++g_opening;
+}
+
+// ---- Phases -----------------------------------------------------------------------------------
+
+CoreTimes g_cores0, g_cores1;
+
+void readCpu(double& watched, double& echo, double& self) {
+  (g_phase == Phase::Done ? g_cores1 : g_cores0) = readCores();
+  watched = cpuSeconds(opt.watch);
+  echo = cpuSeconds(opt.watch_echo);
+  self = selfCpuSeconds();
+  std::vector<int> all = opt.watch;
+  for (int pid : opt.watch_echo) {
+    if (std::find(all.begin(), all.end(), pid) == all.end()) all.push_back(pid);
+  }
+  (g_phase == Phase::Done ? g_ours1 : g_ours0) = cpuSeconds(all) + self;
+}
+
+void onMeasureEnd(uv_timer_t*) { finishRun(); }
+
+void beginMeasure() {
+  g_phase = Phase::Measure;
+  g_stats = Stats{};
+  g_hist.reset();
+  g_t0 = uv_hrtime();
+  readCpu(g_cpu0, g_echo_cpu0, g_self_cpu0);
+  uv_timer_start(&g_phase_timer, onMeasureEnd, static_cast<uint64_t>(opt.duration * 1000), 0);
+}
+
+void onWarmupEnd(uv_timer_t*) { beginMeasure(); }
+
+void beginWarmup() {
+  g_phase = Phase::Warmup;
+  if (opt.mode == Mode::Echo) {
+    for (Conn* c : g_conns) {
+      if (c && c->st == ConnState::Open) {
+        for (int i = 0; i < opt.depth; ++i) sendMessage(c);
+        flush(c);
+      }
+    }
+  }
+  if (opt.warmup > 0) {
+    uv_timer_start(&g_phase_timer, onWarmupEnd, static_cast<uint64_t>(opt.warmup * 1000), 0);
+  } else {
+    beginMeasure();
+  }
+}
+
+void printIdleLine(const char* event) {
+  std::printf("{\"mode\":\"idle\",\"event\":\"%s\",\"label\":\"%s\",\"sessions\":%d,\"established\":%llu,"
+              "\"failed\":%llu,\"errors\":%llu,\"touch\":%s}\n",
+              event, opt.label.c_str(), opt.sessions, static_cast<unsigned long long>(g_established),
+              static_cast<unsigned long long>(g_failed), static_cast<unsigned long long>(g_errors),
+              opt.touch ? "true" : "false");
+  std::fflush(stdout);
+}
+
+void onHoldEnd(uv_timer_t*) { finishRun(); }
+
+// Echo: all connections are up (or failed): start. Idle: all sessions are up: say so, hold.
+void checkAllEstablished() {
+  if (g_phase != Phase::Connecting) return;
+  if (opt.mode == Mode::Echo) {
+    if (g_established + g_failed < static_cast<uint64_t>(opt.conns)) return;
+    if (g_established == 0) {
+      finishRun();
+      return;
+    }
+    beginWarmup();
+  } else if (opt.mode == Mode::Idle) {
+    if (g_established + g_failed < static_cast<uint64_t>(opt.sessions)) return;
+    g_phase = Phase::Measure;
+    g_idle_ready_printed = true;
+    printIdleLine("ready");
+    std::fprintf(stderr, "[%s] idle: %llu sessions open (%llu failed); holding up to %.0f s\n",
+                 opt.label.c_str(), static_cast<unsigned long long>(g_established),
+                 static_cast<unsigned long long>(g_failed), opt.duration);
+    uv_timer_start(&g_phase_timer, onHoldEnd, static_cast<uint64_t>(opt.duration * 1000), 0);
+  }
+}
+
+void openMoreIdle() {
+  if (opt.mode != Mode::Idle || g_phase != Phase::Connecting) return;
+  while (g_opening < opt.open_concurrency && g_next_to_open < static_cast<size_t>(opt.sessions)) {
+    startConnection(g_next_to_open++);
+  }
+}
+
+void onSweep(uv_timer_t*) {
+  uint64_t now = uv_hrtime();
+  for (Conn* c : g_conns) {
+    if (c == nullptr || c->st == ConnState::Closed) continue;
+    bool opening = c->st == ConnState::Connecting || c->st == ConnState::Handshake ||
+                   c->st == ConnState::Closing || (opt.mode == Mode::Idle && !c->touched);
+    if (opening && now > c->deadline_ns) failConn(c, "timeout", "connection not opened/closed in time");
+  }
+}
+
+void onClosedCountdown(uv_handle_t*) {}
+
+// Share of the machine's CPU time (all cores) spent over the measured window by processes that
+// are not part of this run: other jobs on a shared machine. 0.05 = 5 % of all cores.
+double foreignShare(double secs) {
+  static const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  size_t n = std::min(g_cores0.busy.size(), g_cores1.busy.size());
+  if (n == 0 || secs <= 0) return 0;
+  double busy = 0;
+  for (size_t i = 0; i < n; ++i) busy += static_cast<double>(g_cores1.busy[i] - g_cores0.busy[i]) / tick;
+  double foreign = busy - (g_ours1 - g_ours0);
+  return foreign > 0 ? foreign / (secs * static_cast<double>(n)) : 0;
+}
+
+// "[0.98,0.45]": busy share of each CPU over the measured window.
+std::string coreBusy(bool flat = false) {
+  std::string out = flat ? "" : "[";
+  size_t n = std::min(g_cores0.total.size(), g_cores1.total.size());
+  for (size_t i = 0; i < n; ++i) {
+    double total = static_cast<double>(g_cores1.total[i] - g_cores0.total[i]);
+    double busy = static_cast<double>(g_cores1.busy[i] - g_cores0.busy[i]);
+    char buf[400];
+    double share = total > 0 ? busy / total : 0.0;
+    if (flat) {
+      std::snprintf(buf, sizeof(buf), ",\"cpu%zu_busy\":%.3f", i, share);
+    } else {
+      std::snprintf(buf, sizeof(buf), "%s%.2f", i ? "," : "", share);
+    }
+    out += buf;
+  }
+  return flat ? out : out + "]";
+}
+
+void printResult() {
+  double secs = static_cast<double>(g_t1 - g_t0) / 1e9;
+  if (secs <= 0) secs = 1e-9;
+  double cpu = g_cpu1 - g_cpu0, echo_cpu = g_echo_cpu1 - g_echo_cpu0, self_cpu = g_self_cpu1 - g_self_cpu0;
+  if (opt.mode == Mode::Idle) {
+    printIdleLine("done");
+    return;
+  }
+  bool echo = opt.mode == Mode::Echo;
+  uint64_t units = echo ? g_stats.msgs : g_stats.handshakes;
+  double rate = static_cast<double>(units) / secs;
+  double mbs = static_cast<double>(g_stats.bytes) / secs / 1e6;
+  double per = units ? cpu * 1e6 / static_cast<double>(units) : 0;
+  double echo_per = units ? echo_cpu * 1e6 / static_cast<double>(units) : 0;
+  double p50 = g_hist.quantile(0.50) / 1e3, p99 = g_hist.quantile(0.99) / 1e3,
+         p999 = g_hist.quantile(0.999) / 1e3, pmax = static_cast<double>(g_hist.max()) / 1e3;
+  std::printf("{\"mode\":\"%s\",\"label\":\"%s\",\"conns\":%d,\"depth\":%d,\"size\":%zu,\"duration_s\":%.3f,"
+              "\"%s\":%llu,\"%s\":%.1f,\"mb_per_s\":%.2f,\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,"
+              "\"lat_p999_us\":%.1f,\"lat_max_us\":%.1f,\"errors\":%llu,\"established\":%llu,"
+              "\"watched_cpu_s\":%.3f,\"cpu_us_per_%s\":%.3f,\"echo_cpu_s\":%.3f,\"echo_cpu_us_per_%s\":%.3f,"
+              "\"client_cpu_s\":%.3f,\"foreign_share\":%.3f%s}\n",
+              echo ? "echo" : "connect", opt.label.c_str(), opt.conns, echo ? opt.depth : 0,
+              echo ? opt.size : size_t{0}, secs, echo ? "msgs" : "handshakes",
+              static_cast<unsigned long long>(units), echo ? "msgs_per_s" : "handshakes_per_s", rate, mbs, p50,
+              p99, p999, pmax, static_cast<unsigned long long>(g_errors),
+              static_cast<unsigned long long>(g_established), cpu, echo ? "msg" : "handshake", per, echo_cpu,
+              echo ? "msg" : "handshake", echo_per, self_cpu, foreignShare(secs), coreBusy(true).c_str());
+  std::fflush(stdout);
+  if (echo) {
+    std::fprintf(stderr,
+                 "[%s] echo C=%d D=%d S=%zu: %.0f msgs/s, %.1f MB/s, latency p50 %.0f us p99 %.0f us "
+                 "p99.9 %.0f us; proxy CPU %.2f us/msg; cores busy %s; errors %llu\n",
+                 opt.label.c_str(), opt.conns, opt.depth, opt.size, rate, mbs, p50, p99, p999, per,
+                 coreBusy().c_str(), static_cast<unsigned long long>(g_errors));
+  } else {
+    std::fprintf(stderr,
+                 "[%s] connect C=%d: %.0f handshakes/s, latency p50 %.0f us p99 %.0f us; proxy CPU %.1f "
+                 "us/handshake; cores busy %s; errors %llu\n",
+                 opt.label.c_str(), opt.conns, rate, p50, p99, per, coreBusy().c_str(),
+                 static_cast<unsigned long long>(g_errors));
+  }
+  if (units == 0 || g_errors != 0) g_exit_code = 1;
+}
+
+void finishRun() {
+  if (g_phase == Phase::Done) return;
+  Phase was = g_phase;
+  g_phase = Phase::Done;
+  g_t1 = uv_hrtime();
+  readCpu(g_cpu1, g_echo_cpu1, g_self_cpu1);
+  if (was != Phase::Measure && opt.mode != Mode::Idle) {
+    // Stopped early (signal, or no connection came up): measure what there was.
+    if (g_t0 == 0) {
+      g_t0 = g_t1;
+      g_cpu0 = g_cpu1;
+      g_echo_cpu0 = g_echo_cpu1;
+      g_self_cpu0 = g_self_cpu1;
+      g_ours0 = g_ours1;
+      g_cores0 = g_cores1;
+    }
+  }
+  if (opt.mode == Mode::Idle && !g_idle_ready_printed) g_exit_code = 1;
+  if (opt.mode == Mode::Idle && (g_failed != 0 || g_errors != 0)) g_exit_code = 1;
+  printResult();
+  uv_timer_stop(&g_phase_timer);
+  uv_timer_stop(&g_sweep_timer);
+  for (Conn* c : g_conns) {
+    if (c) closeConn(c);
+  }
+  uv_close(as<uv_handle_t>(&g_phase_timer), onClosedCountdown);
+  uv_close(as<uv_handle_t>(&g_sweep_timer), onClosedCountdown);
+  for (auto& s : g_sig) uv_close(as<uv_handle_t>(&s), onClosedCountdown);
+  // g_hard_timer stays: it ends the process if closing hangs.
+}
+
+void onSignal(uv_signal_t*, int) { finishRun(); }
+
+void onHardTimeout(uv_timer_t*) {
+  std::fprintf(stderr, "loadgen: hard deadline reached, exiting\n");
+  if (g_phase != Phase::Done) finishRun();
+  std::fflush(stdout);
+  std::_Exit(g_exit_code ? g_exit_code : 1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  parseArgs(argc, argv);
+  // A peer that resets while we write must cost an EPIPE, not the process (libuv leaves
+  // SIGPIPE to the application).
+  std::signal(SIGPIPE, SIG_IGN);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  {
+    uint64_t seed;
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(&seed), sizeof(seed)) != 1) std::abort();
+    g_rng ^= seed | 1;
+  }
+  g_loop = uv_default_loop();
+  if (uv_ip4_addr(opt.host.c_str(), opt.port, &g_target) != 0) usage("target must be an IPv4 address");
+  in_addr base{};
+  if (inet_pton(AF_INET, opt.source_base.c_str(), &base) != 1) usage("bad --source-base");
+  for (int i = 0; i < opt.sources; ++i) {
+    sockaddr_in s{};
+    s.sin_family = AF_INET;
+    s.sin_port = 0;
+    s.sin_addr.s_addr = htonl(ntohl(base.s_addr) + static_cast<uint32_t>(i));
+    g_sources.push_back(s);
+  }
+  g_pattern.resize(std::max<size_t>(opt.size, 16));
+  for (size_t i = 0; i < g_pattern.size(); ++i) g_pattern[i] = static_cast<char>((i * 31 + 7) & 0xff);
+  g_request_prefix = "GET " + opt.path + " HTTP/1.1\r\nHost: " + opt.host + ":" + std::to_string(opt.port) +
+                     "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     "Sec-WebSocket-Key: ";
+
+  uv_timer_init(g_loop, &g_phase_timer);
+  uv_timer_init(g_loop, &g_sweep_timer);
+  uv_timer_init(g_loop, &g_hard_timer);
+  uv_timer_start(&g_sweep_timer, onSweep, 250, 250);
+  // Everything is bounded: connecting/opening, warmup, the run, and closing.
+  double hard = opt.conn_timeout * 2 + opt.warmup + opt.duration + 15;
+  if (opt.mode == Mode::Idle) hard += opt.sessions / 200.0;
+  uv_timer_start(&g_hard_timer, onHardTimeout, static_cast<uint64_t>(hard * 1000), 0);
+  uv_unref(as<uv_handle_t>(&g_hard_timer));
+  const int sigs[3] = {SIGINT, SIGTERM, SIGUSR1};
+  for (int i = 0; i < 3; ++i) {
+    uv_signal_init(g_loop, &g_sig[i]);
+    uv_signal_start(&g_sig[i], onSignal, sigs[i]);
+  }
+
+  switch (opt.mode) {
+    case Mode::Echo:
+      g_conns.assign(static_cast<size_t>(opt.conns), nullptr);
+      for (size_t i = 0; i < g_conns.size(); ++i) startConnection(i);
+      break;
+    case Mode::Connect:
+      g_conns.assign(static_cast<size_t>(opt.conns), nullptr);
+      g_phase = Phase::Warmup;
+      for (size_t i = 0; i < g_conns.size(); ++i) startConnection(i);
+      beginWarmup();
+      break;
+    case Mode::Idle:
+      g_conns.assign(static_cast<size_t>(opt.sessions), nullptr);
+      openMoreIdle();
+      break;
+  }
+  uv_run(g_loop, UV_RUN_DEFAULT);
+  return g_exit_code;
+}

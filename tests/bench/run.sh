@@ -1,0 +1,546 @@
+#!/usr/bin/env bash
+# upgate benchmark (issue 7; targets in /work/shared/performance.md). ONE run measures, with
+# interleaved repetitions and medians:
+#   direct   the load generator straight to the echo upstream (the ceiling)
+#   upgate   workers: 1, passthrough
+#   nginx    Debian's nginx, 1 worker, WebSocket proxy (Upgrade/Connection headers)
+#   haproxy  Debian's HAProxy, nbthread 1, mode http (WebSocket tunnel after the 101)
+# all on loopback; load generator and echo server pinned to CPU 0, the proxy to CPU 1 (taskset).
+#
+# Scenarios: 64 B echo (C=100, D=1): msgs/s, latency, proxy CPU per round trip
+#            16 KiB echo (C=100, D=1): MB/s of payload echoed, proxy CPU per message
+#            connect (C=50): full upgrade handshakes per second over fresh TCP connections
+#            idle: user-space memory per idle session (PSS delta from smaps_rollup / N)
+#
+# Usage: tests/bench/run.sh [--quick] [--reps N] [--duration S] [--warmup S] [--sessions N]
+#                           [--targets "direct upgate nginx haproxy"] [--upgate PATH]
+#                           [--bench-dir DIR] [--out FILE] [--raw FILE] [--no-install]
+#   --quick      1.5 s runs, 0.5 s warmup, 2000 idle sessions, 3 reps (about 2.5 minutes)
+#   default      10 s runs, 2 s warmup, 5000 idle sessions, 3 reps (about 10 minutes)
+#                (noisy runs measured again add time: see --retry-noisy)
+#   --upgate     the gateway binary (default: build/gateway/upgate, the lead's build)
+#   --bench-dir  where loadgen and echo_server are (default build-bench/tests/bench; built
+#                there with cmake if missing)
+#   --out FILE   also write the markdown report to FILE; --raw FILE keeps every JSON line
+#   --wait-quiet S  before each rep, wait up to S seconds for other jobs to leave both cores
+#                mostly idle (< 25 % busy over 1 s); the background load is logged either way
+#   --retry-noisy N  rerun a measurement up to N times when other jobs used more than 10 % of
+#                the machine's CPU during it (loadgen's foreign_share; default 2, 0 = never)
+#   --nice N     run the load generator, echo server and proxies at nice N (e.g. -10 on a
+#                machine where other jobs compete for the two cores; same for every target)
+# Environment: CPU_CLIENT (default 0) and CPU_PROXY (default 1) choose the cores.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+REPS=3 DURATION=10 WARMUP=2 SESSIONS=5000
+TARGETS="direct upgate nginx haproxy"
+UPGATE=${UPGATE:-$ROOT/build/gateway/upgate}
+BENCH_DIR=$ROOT/build-bench/tests/bench
+OUT="" RAW="" INSTALL=1 NICE=0 WAIT_QUIET=0 RETRY_NOISY=2 NOISE_MAX=0.10
+CPU_CLIENT=${CPU_CLIENT:-0} CPU_PROXY=${CPU_PROXY:-1}
+C_SMALL=100 C_LARGE=100 C_CONNECT=50 D=1
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) DURATION=1.5 WARMUP=0.5 SESSIONS=2000 ;;
+    --reps) REPS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    --warmup) WARMUP=$2; shift ;;
+    --sessions) SESSIONS=$2; shift ;;
+    --targets) TARGETS=$2; shift ;;
+    --upgate) UPGATE=$2; shift ;;
+    --bench-dir) BENCH_DIR=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    --raw) RAW=$2; shift ;;
+    --no-install) INSTALL=0 ;;
+    --nice) NICE=$2; shift ;;
+    --wait-quiet) WAIT_QUIET=$2; shift ;;
+    --retry-noisy) RETRY_NOISY=$2; shift ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { echo "[bench] $*" >&2; }
+die() { echo "[bench] ERROR: $*" >&2; exit 1; }
+
+# ---- Limits ---------------------------------------------------------------------------------
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+# A proxy holds 2 fds per session (client leg + upstream leg), plus a few of its own.
+MAX_SESSIONS=$(( (NOFILE - 200) / 2 ))
+[ "$MAX_SESSIONS" -gt 9800 ] && MAX_SESSIONS=9800
+FD_NOTE="open-file limit here: $NOFILE (hard $(ulimit -Hn)); a proxy holds 2 fds per session, so idle runs are capped at $MAX_SESSIONS sessions per process"
+if [ "$SESSIONS" -gt "$MAX_SESSIONS" ]; then
+  log "idle sessions lowered from $SESSIONS to $MAX_SESSIONS ($FD_NOTE)"
+  SESSIONS=$MAX_SESSIONS
+fi
+
+# ---- Tools ----------------------------------------------------------------------------------
+command -v taskset >/dev/null || die "taskset (util-linux) is required"
+[ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (client core and proxy core)"
+LOADGEN=$BENCH_DIR/loadgen
+ECHO=$BENCH_DIR/echo_server
+if [ ! -x "$LOADGEN" ] || [ ! -x "$ECHO" ]; then
+  log "building loadgen and echo_server in $ROOT/build-bench"
+  cmake -S "$ROOT" -B "$ROOT/build-bench" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$ROOT/build-bench" -j2 --target loadgen echo_server >/dev/null
+  LOADGEN=$ROOT/build-bench/tests/bench/loadgen ECHO=$ROOT/build-bench/tests/bench/echo_server
+fi
+for t in $TARGETS; do
+  case $t in
+    upgate) [ -x "$UPGATE" ] || die "no upgate binary at $UPGATE (build it or pass --upgate)" ;;
+    nginx|haproxy)
+      if ! command -v "$t" >/dev/null && [ ! -x "/usr/sbin/$t" ]; then
+        [ "$INSTALL" = 1 ] || die "$t is not installed (drop --no-install or the target)"
+        log "installing Debian's $t"
+        apt-get install -y "$t" >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1; apt-get install -y "$t" >/dev/null; }
+      fi ;;
+    direct) ;;
+    *) die "unknown target $t" ;;
+  esac
+done
+export PATH=$PATH:/usr/sbin
+
+PIN_CLIENT="nice -n $NICE taskset -c $CPU_CLIENT"
+PIN_PROXY="nice -n $NICE taskset -c $CPU_PROXY"
+
+TMP=$(mktemp -d /tmp/upgate-bench.XXXXXX)
+RESULTS=$TMP/results.txt   # lines: rep scenario target JSON
+: >"$RESULTS"
+declare -A PID        # target -> main PID we started
+declare -A PORT       # target -> port
+ALL_PIDS=()
+
+stop_pid() {  # stop_pid PID: TERM, up to 5 s, then KILL
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local pid
+  for pid in "${ALL_PIDS[@]+"${ALL_PIDS[@]}"}"; do stop_pid "$pid"; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_file() {  # wait_file FILE SECONDS
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do [ -s "$1" ] && return 0; sleep 0.1; done
+  return 1
+}
+port_listening() {  # port_listening PORT: a LISTEN socket on it (from /proc/net/tcp)
+  local hex
+  hex=$(printf '%04X' "$1")
+  awk -v h=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == h { f = 1 } END { exit !f }' /proc/net/tcp
+}
+wait_port() {  # wait_port PORT SECONDS
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do port_listening "$1" && return 0; sleep 0.1; done
+  return 1
+}
+free_port() {  # a port below the ephemeral range that nobody listens on
+  local p i
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 10000))
+    port_listening "$p" || { echo "$p"; return 0; }
+  done
+  die "no free port found"
+}
+pids_of() {  # pids_of PID: PID and its children (nginx master + worker), comma-separated
+  local list=$1 f line rest fields
+  for f in /proc/[0-9]*/stat; do
+    { read -r line <"$f"; } 2>/dev/null || continue
+    rest=${line##*) }                # after the command name: state ppid ...
+    read -r -a fields <<<"$rest"
+    if [ "${fields[1]}" = "$1" ]; then f=${f#/proc/}; list="$list,${f%/stat}"; fi
+  done
+  echo "$list"
+}
+pss_kib() {  # pss_kib PID,PID...: summed Pss (KiB) from smaps_rollup
+  local total=0 p v
+  for p in ${1//,/ }; do
+    v=$(awk '/^Pss:/ { print $2; exit }' /proc/"$p"/smaps_rollup 2>/dev/null || echo 0)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+json_num() {  # json_num LINE KEY
+  sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"
+}
+
+# ---- Servers --------------------------------------------------------------------------------
+start_echo() {  # start_echo [PORT]
+  rm -f "$TMP/echo.ready"
+  $PIN_CLIENT "$ECHO" --port "${1:-0}" --ready-file "$TMP/echo.ready" >>"$TMP/echo.log" 2>&1 &
+  ECHO_PID=$!
+  ALL_PIDS+=("$ECHO_PID")
+  wait_file "$TMP/echo.ready" 10 || die "echo_server did not start: $(cat "$TMP/echo.log")"
+  ECHO_ADDR=$(awk '{print $2}' "$TMP/echo.ready")
+  ECHO_PORT=${ECHO_ADDR##*:}
+}
+
+start_upgate() {
+  local dir=$TMP/upgate
+  mkdir -p "$dir"
+  rm -f "$dir/ready"
+  cat >"$dir/upgate.yaml" <<EOF
+workers: 1
+drain_timeout: 0
+listeners:
+  - name: bench
+    address: 127.0.0.1:0
+    backlog: 4096
+upstreams:
+  echo:
+    endpoints: [$ECHO_ADDR]
+routes:
+  - name: echo
+    kind: websocket
+    upstream: echo
+    mode: passthrough
+log: { level: warn, access_log: false }
+EOF
+  $PIN_PROXY "$UPGATE" -c "$dir/upgate.yaml" --ready-file "$dir/ready" >>"$dir/out.log" 2>>"$dir/err.log" &
+  PID[upgate]=$!
+  ALL_PIDS+=("${PID[upgate]}")
+  wait_file "$dir/ready" 10 || die "upgate did not start: $(tail -5 "$dir/err.log")"
+  local addr
+  addr=$(awk 'NR == 1 {print $2}' "$dir/ready")
+  PORT[upgate]=${addr##*:}
+}
+
+start_nginx() {
+  local dir=$TMP/nginx port
+  mkdir -p "$dir/tmp"
+  chmod 777 "$dir/tmp"
+  port=$(free_port)
+  cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $((NOFILE - 100)); }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  upstream echo { server $ECHO_ADDR; }
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Host \$host;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+    }
+  }
+}
+EOF
+  $PIN_PROXY nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
+  PID[nginx]=$!
+  ALL_PIDS+=("${PID[nginx]}")
+  wait_port "$port" 10 || die "nginx did not start: $(tail -5 "$dir/error.log" "$dir/out.log")"
+  PORT[nginx]=$port
+}
+
+start_haproxy() {
+  local dir=$TMP/haproxy port
+  mkdir -p "$dir"
+  port=$(free_port)
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn $MAX_SESSIONS
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+  timeout client-fin 5s
+  timeout http-request 10s
+frontend fe
+  bind 127.0.0.1:$port
+  default_backend be
+backend be
+  server echo $ECHO_ADDR
+EOF
+  $PIN_PROXY haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
+  PID[haproxy]=$!
+  ALL_PIDS+=("${PID[haproxy]}")
+  wait_port "$port" 10 || die "haproxy did not start: $(tail -5 "$dir/out.log")"
+  PORT[haproxy]=$port
+}
+
+start_target() {
+  case $1 in
+    direct) PID[direct]=$ECHO_PID; PORT[direct]=$ECHO_PORT ;;
+    upgate) start_upgate ;;
+    nginx) start_nginx ;;
+    haproxy) start_haproxy ;;
+  esac
+}
+untrack() {  # untrack PID: forget a PID we stopped, so cleanup never signals a reused one
+  local keep=() p
+  for p in "${ALL_PIDS[@]}"; do [ "$p" != "$1" ] && keep+=("$p"); done
+  ALL_PIDS=("${keep[@]}")
+}
+stop_target() {
+  [ "$1" = direct ] && return 0
+  stop_pid "${PID[$1]}"
+  untrack "${PID[$1]}"
+}
+
+# ---- Runs -----------------------------------------------------------------------------------
+# A server that died is reported and restarted (same port for the echo server), so one crash
+# shows up as errors in one run rather than spoiling the rest.
+ensure_alive() {  # ensure_alive TARGET
+  local st
+  if ! kill -0 "$ECHO_PID" 2>/dev/null; then
+    wait "$ECHO_PID" 2>/dev/null && st=0 || st=$?
+    log "ERROR: echo_server died (status $st); restarting it on port $ECHO_PORT"
+    untrack "$ECHO_PID"
+    start_echo "$ECHO_PORT"
+    PID[direct]=$ECHO_PID
+  fi
+  if [ "$1" != direct ] && ! kill -0 "${PID[$1]}" 2>/dev/null; then
+    wait "${PID[$1]}" 2>/dev/null && st=0 || st=$?
+    log "ERROR: $1 died (status $st); restarting it"
+    untrack "${PID[$1]}"
+    start_target "$1"
+  fi
+}
+
+# run_load REP SCENARIO TARGET ARGS...: one loadgen run against TARGET, its JSON line kept.
+run_load() {
+  local rep=$1 scenario=$2 target=$3
+  shift 3
+  local watch line limit attempt foreign
+  limit=$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%d", d + w + 60 }')
+  for ((attempt = 0; attempt <= RETRY_NOISY; attempt++)); do
+    ensure_alive "$target"
+    watch=$(pids_of "${PID[$target]}")
+    line=$(timeout "$limit" $PIN_CLIENT "$LOADGEN" "$@" --url "ws://127.0.0.1:${PORT[$target]}/" \
+             -t "$DURATION" -w "$WARMUP" --label "$target" --watch "$watch" --watch-echo "$ECHO_PID" \
+             2> >(sed 's/^/[bench]   /' >&2)) || log "loadgen reported errors ($scenario, $target)"
+    sleep 0.5  # let closes settle before the next run
+    foreign=$(json_num "$line" foreign_share)
+    if [ -n "$foreign" ] && [ "$attempt" -lt "$RETRY_NOISY" ] &&
+       awk -v f="$foreign" -v m="$NOISE_MAX" 'BEGIN { exit !(f > m) }'; then
+      log "  other jobs took $(awk -v f="$foreign" 'BEGIN { printf "%.0f", 100 * f }')% of the machine during that run: measuring again in 5 s"
+      RETRIES=$((RETRIES + 1))
+      sleep 5
+      continue
+    fi
+    break
+  done
+  if [ -n "$line" ]; then
+    echo "$rep $scenario $target $line" >>"$RESULTS"
+  fi
+}
+
+# run_idle REP TARGET: fresh proxy, warm it with a few sessions, PSS baseline, open N idle
+# sessions, PSS again; KiB per session = delta / N.
+run_idle() {
+  local rep=$1 target=$2 pids base after lg i line kib
+  ensure_alive "$target"
+  pids=$(pids_of "${PID[$target]}")
+  timeout 60 $PIN_CLIENT "$LOADGEN" idle --url "ws://127.0.0.1:${PORT[$target]}/" -n 50 -t 0.2 \
+    --label "$target-warm" >/dev/null 2>&1 || true
+  sleep 0.5
+  base=$(pss_kib "$pids")
+  rm -f "$TMP/idle.out"
+  $PIN_CLIENT "$LOADGEN" idle --url "ws://127.0.0.1:${PORT[$target]}/" -n "$SESSIONS" -t 60 \
+    --label "$target" >"$TMP/idle.out" 2>"$TMP/idle.err" &
+  lg=$!
+  ALL_PIDS+=("$lg")
+  for ((i = 0; i < 600; i++)); do
+    grep -q '"event":"ready"' "$TMP/idle.out" 2>/dev/null && break
+    kill -0 "$lg" 2>/dev/null || break
+    sleep 0.1
+  done
+  line=$(grep '"event":"ready"' "$TMP/idle.out" || true)
+  if [ -n "$line" ]; then
+    sleep 1
+    pids=$(pids_of "${PID[$target]}")
+    after=$(pss_kib "$pids")
+    kib=$(awk -v a="$after" -v b="$base" -v n="$(json_num "$line" established)" \
+            'BEGIN { printf "%.2f", (n > 0 ? (a - b) / n : 0) }')
+    echo "$rep idle $target {\"kib_per_session\":$kib,\"pss_before_kib\":$base,\"pss_after_kib\":$after,\"established\":$(json_num "$line" established),\"failed\":$(json_num "$line" failed)}" >>"$RESULTS"
+    log "  [$target] idle: $(json_num "$line" established) sessions, PSS $base -> $after KiB: $kib KiB/session"
+  else
+    log "  [$target] idle: sessions did not come up: $(tail -3 "$TMP/idle.err")"
+  fi
+  kill -USR1 "$lg" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do kill -0 "$lg" 2>/dev/null || break; sleep 0.1; done
+  stop_pid "$lg"
+  untrack "$lg"
+  sleep 0.5
+}
+
+# background_busy: busy share (%) of each CPU over 1 s, e.g. "12 80" (nothing of ours is running)
+background_busy() {
+  local a b
+  a=$(awk '/^cpu[0-9]/ { print $1, $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu[0-9]/ { print $1, $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+  paste -d' ' <(echo "$a") <(echo "$b") |
+    awk '{ t = $6 - $3; printf "%s%d", (NR > 1 ? " " : ""), (t > 0 ? 100 * ($5 - $2) / t : 0) } END { print "" }'
+}
+wait_quiet() {
+  local busy waited=0 max
+  busy=$(background_busy)
+  while [ "$waited" -lt "$WAIT_QUIET" ]; do
+    max=$(tr ' ' '\n' <<<"$busy" | sort -n | tail -1)
+    [ "$max" -lt 25 ] && break
+    sleep 4
+    waited=$((waited + 5))
+    busy=$(background_busy)
+  done
+  log "background load before this rep (busy % per CPU over 1 s): $busy (waited ${waited}s)"
+  NOISE+=("$busy")
+}
+
+rotate() {  # rotate N WORDS...: the words rotated left by N
+  local n=$1
+  shift
+  local a=("$@") out=() i
+  for ((i = 0; i < ${#a[@]}; i++)); do out+=("${a[(i + n) % ${#a[@]}]}"); done
+  echo "${out[@]}"
+}
+
+# ---- Main -----------------------------------------------------------------------------------
+MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+MHZ=$(awk -F': ' '/^cpu MHz/ { printf "%.0f", $2; exit }' /proc/cpuinfo)
+MACHINE="$(nproc) CPUs ($MODEL, ${MHZ} MHz), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+VERSIONS="upgate $("$UPGATE" -v 2>&1 | head -1 || true) ($UPGATE); $(nginx -v 2>&1 | head -1 || true); $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3 || true); libuv $(pkg-config --modversion libuv 2>/dev/null || echo '?')"
+log "machine: $MACHINE"
+log "versions: $VERSIONS"
+log "reps $REPS, ${DURATION}s runs after ${WARMUP}s warmup, $SESSIONS idle sessions; client+echo on CPU $CPU_CLIENT, proxy on CPU $CPU_PROXY, nice $NICE"
+log "$FD_NOTE"
+
+start_echo
+NOISE=()
+RETRIES=0
+read -r -a TLIST <<<"$TARGETS"
+STARTED=$(date +%s)
+for ((rep = 1; rep <= REPS; rep++)); do
+  read -r -a order <<<"$(rotate $((rep - 1)) "${TLIST[@]}")"
+  log "rep $rep/$REPS, order: ${order[*]}"
+  wait_quiet
+  for t in "${order[@]}"; do start_target "$t"; done
+  for t in "${order[@]}"; do
+    [ "$t" = direct ] || run_idle "$rep" "$t"
+  done
+  for t in "${order[@]}"; do run_load "$rep" echo64 "$t" echo -c $C_SMALL -d $D -s 64; done
+  for t in "${order[@]}"; do run_load "$rep" echo16k "$t" echo -c $C_LARGE -d $D -s 16384; done
+  for t in "${order[@]}"; do run_load "$rep" connect "$t" connect -c $C_CONNECT; done
+  for t in "${order[@]}"; do stop_target "$t"; done
+done
+ELAPSED=$(( $(date +%s) - STARTED ))
+[ -n "$RAW" ] && cp "$RESULTS" "$RAW"
+
+# ---- Report ---------------------------------------------------------------------------------
+# med SCENARIO TARGET KEY: median over reps of KEY ("-" when missing)
+med() {
+  local v
+  v=$(awk -v s="$1" -v t="$2" '$2 == s && $3 == t { $1 = $2 = $3 = ""; print }' "$RESULTS" |
+      while read -r line; do json_num "$line" "$3"; done | sort -g |
+      awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
+  echo "$v"
+}
+fmt() {  # fmt VALUE [DECIMALS]: thousands separated
+  awk -v v="$1" -v p="${2:-0}" 'BEGIN {
+    if (v == "-" || v == "—") { print v; exit }
+    s = sprintf("%." p "f", v); i = index(s, "."); ip = i ? substr(s, 1, i - 1) : s; fp = i ? substr(s, i) : ""
+    while (length(ip) > 3 && match(ip, /[0-9][0-9][0-9][0-9]/)) { n = length(ip); out = "," substr(ip, n - 2) out; ip = substr(ip, 1, n - 3) }
+    print ip out fp }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
+# busy SCENARIO TARGET CPU: median busy share of that core over the measured window (/proc/stat)
+busy() {
+  local b
+  b=$(med "$1" "$2" "cpu$3_busy")
+  awk -v b="$b" 'BEGIN { if (b == "-") print "-"; else printf "%.0f%%", 100 * b }'
+}
+
+share() {  # share SCENARIO TARGET: median foreign_share as a percentage
+  local f
+  f=$(med "$1" "$2" foreign_share)
+  awk -v f="$f" 'BEGIN { if (f == "-") print "-"; else printf "%.0f%%", 100 * f }'
+}
+
+REPORT=$TMP/report.md
+{
+  echo "Machine: $MACHINE"
+  echo "Versions: $VERSIONS"
+  echo "Run: $REPS interleaved reps (medians shown), ${DURATION} s measured after ${WARMUP} s warmup per run; loadgen + echo server on CPU $CPU_CLIENT, proxy on CPU $CPU_PROXY (taskset), nice $NICE; ${ELAPSED} s in all."
+  echo "Idle: $SESSIONS sessions per proxy; $FD_NOTE."
+  printf 'Background load before each rep (busy %% of each CPU over 1 s, from other jobs):'
+  for n in "${NOISE[@]}"; do printf ' [%s]' "${n// /%, }%"; done
+  echo
+
+  echo
+  echo "| target | 64 B msgs/s (ratio) | 64 B p50 / p99 µs | proxy CPU µs per 64 B round trip | 16 KiB MB/s (ratio) | proxy CPU µs per 16 KiB msg | handshakes/s (ratio) | proxy CPU µs per handshake | KiB per idle session |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  d64=$(med echo64 direct msgs_per_s) d16=$(med echo16k direct mb_per_s) dhs=$(med connect direct handshakes_per_s)
+  for t in "${TLIST[@]}"; do
+    m=$(med echo64 "$t" msgs_per_s) mb=$(med echo16k "$t" mb_per_s) hs=$(med connect "$t" handshakes_per_s)
+    idle=$(med idle "$t" kib_per_session)
+    [ "$t" = direct ] && idle="—"
+    echo "| $t$([ "$t" = direct ] && echo ' (echo server own cost)') | $(fmt "$m") ($(ratio "$m" "$d64")) | $(fmt "$(med echo64 "$t" lat_p50_us)") / $(fmt "$(med echo64 "$t" lat_p99_us)") | $(fmt "$(med echo64 "$t" cpu_us_per_msg)" 2) | $(fmt "$mb") ($(ratio "$mb" "$d16")) | $(fmt "$(med echo16k "$t" cpu_us_per_msg)" 2) | $(fmt "$hs") ($(ratio "$hs" "$dhs")) | $(fmt "$(med connect "$t" cpu_us_per_handshake)" 1) | $(fmt "$idle" 1) |"
+  done
+  echo
+  echo "Cores busy during the measured windows (/proc/stat, medians; client core / proxy core):"
+  for t in "${TLIST[@]}"; do
+    echo "- $t: 64 B $(busy echo64 "$t" "$CPU_CLIENT") / $(busy echo64 "$t" "$CPU_PROXY"), 16 KiB $(busy echo16k "$t" "$CPU_CLIENT") / $(busy echo16k "$t" "$CPU_PROXY"), connect $(busy connect "$t" "$CPU_CLIENT") / $(busy connect "$t" "$CPU_PROXY")"
+  done
+  echo "(The proxy core is busy in direct runs only with other jobs' work: a noisy machine shows here.)"
+  errs=$(awk '{ $1 = $2 = $3 = ""; print }' "$RESULTS" | while read -r line; do json_num "$line" errors; done | awk '{ s += $1 } END { print s + 0 }')
+  echo "Load generator errors over all runs: $errs. Runs measured again because other jobs took > $(awk -v m="$NOISE_MAX" 'BEGIN { printf "%.0f", 100 * m }') % of the machine: $RETRIES (at most $RETRY_NOISY per measurement)."
+  printf 'Other jobs'"'"' share of the machine during the kept runs (median, 64 B / 16 KiB / connect):'
+  for t in "${TLIST[@]}"; do
+    printf ' %s %s / %s / %s;' "$t" "$(share echo64 "$t")" "$(share echo16k "$t")" "$(share connect "$t")"
+  done
+  echo
+  if [[ " ${TLIST[*]} " == *" upgate "* ]]; then
+    echo
+    echo "Targets (performance.md) for upgate, in this run:"
+    awk -v um="$(med echo64 upgate msgs_per_s)" -v nm="$(med echo64 nginx msgs_per_s)" -v hm="$(med echo64 haproxy msgs_per_s)" \
+        -v uc="$(med echo64 upgate cpu_us_per_msg)" -v nc="$(med echo64 nginx cpu_us_per_msg)" -v hc="$(med echo64 haproxy cpu_us_per_msg)" \
+        -v ub="$(med echo16k upgate mb_per_s)" -v db="$d16" \
+        -v uh="$(med connect upgate handshakes_per_s)" -v nh="$(med connect nginx handshakes_per_s)" -v hh="$(med connect haproxy handshakes_per_s)" \
+        -v ui="$(med idle upgate kib_per_session)" '
+      function ok(c) { return c ? "met" : "MISSED" }
+      function best(a, b) { if (a == "-") return b; if (b == "-") return a; return a > b ? a : b }
+      function least(a, b) { if (a == "-") return b; if (b == "-") return a; return a < b ? a : b }
+      BEGIN {
+        bm = best(nm, hm); bc = least(nc, hc); bh = best(nh, hh)
+        if (um != "-" && bm != "-") printf "- 64 B msgs/s >= best anchor (%.0f): %.0f, %s\n", bm, um, ok(um >= bm)
+        if (uc != "-" && bc != "-") printf "- CPU per 64 B round trip <= 0.75 x %.2f = %.2f us: %.2f us, %s\n", bc, 0.75 * bc, uc, ok(uc <= 0.75 * bc)
+        if (ub != "-" && db != "-") printf "- 16 KiB >= 0.80 x direct (%.0f MB/s): %.0f MB/s = %.2f x direct, %s\n", 0.8 * db, ub, ub / db, ok(ub >= 0.8 * db)
+        if (uh != "-" && bh != "-") printf "- handshakes/s >= best anchor (%.0f): %.0f, %s\n", bh, uh, ok(uh >= bh)
+        if (ui != "-") printf "- idle plain session <= 2 KiB: %.2f KiB, %s\n", ui, ok(ui <= 2)
+      }'
+  fi
+} >"$REPORT"
+echo
+cat "$REPORT"
+[ -n "$OUT" ] && cp "$REPORT" "$OUT"
+exit 0

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# bench.smoke (ctest, label bench): a correctness smoke for the benchmark tools, not a timing.
+# Runs the load generator for a couple of seconds directly against the echo server and then
+# through upgate (workers: 1, passthrough), with --verify (every echoed byte checked), plus a
+# short connect-mode run through upgate; passes when messages and handshakes flowed without
+# errors.
+#
+#   smoke.sh LOADGEN ECHO_SERVER UPGATE
+set -euo pipefail
+
+LOADGEN=${1:?loadgen path}
+ECHO=${2:?echo_server path}
+UPGATE=${3:?upgate path}
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+TMP=$(mktemp -d /tmp/upgate-bench-smoke.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "bench.smoke: FAIL: $*" >&2
+  for f in "$TMP"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -20 "$f" >&2; }; done
+  exit 1
+}
+
+# wait_file FILE SECONDS: until FILE exists (bounded).
+wait_file() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    [ -s "$1" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# json_num LINE KEY: the number stored under "KEY" in a flat JSON line.
+json_num() {
+  sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"
+}
+
+"$ECHO" --ready-file "$TMP/echo.ready" >"$TMP/echo.log" 2>&1 &
+PIDS+=($!)
+wait_file "$TMP/echo.ready" 10 || fail "echo_server did not start"
+ECHO_ADDR=$(awk '{print $2}' "$TMP/echo.ready")
+
+cat >"$TMP/upgate.yaml" <<EOF
+workers: 1
+drain_timeout: 0
+listeners:
+  - name: bench
+    address: 127.0.0.1:0
+upstreams:
+  echo:
+    endpoints: [$ECHO_ADDR]
+routes:
+  - name: echo
+    kind: websocket
+    upstream: echo
+    mode: passthrough
+log: { level: warn, access_log: false }
+EOF
+"$UPGATE" -c "$TMP/upgate.yaml" --ready-file "$TMP/upgate.ready" >"$TMP/upgate.log" 2>&1 &
+PIDS+=($!)
+wait_file "$TMP/upgate.ready" 10 || fail "upgate did not start"
+UPGATE_ADDR=$(awk 'NR==1 {print $2}' "$TMP/upgate.ready")
+
+run() {  # run LABEL ARGS...: one loadgen run, its JSON line in $LINE
+  local label=$1
+  shift
+  LINE=$("$LOADGEN" "$@" --label "$label" 2>>"$TMP/loadgen.log") || fail "$label: loadgen exited non-zero: $LINE"
+  echo "$LINE"
+}
+
+for size in 64 20000 70000; do  # 7-, 16- and 64-bit frame lengths
+  run "direct-$size" echo --url "ws://$ECHO_ADDR/" -c 8 -d 2 -s $size -t 1 -w 0.2 --verify
+  [ "$(json_num "$LINE" msgs)" -gt 0 ] || fail "no messages echoed directly (size $size)"
+  run "upgate-$size" echo --url "ws://$UPGATE_ADDR/" -c 8 -d 2 -s $size -t 1 -w 0.2 --verify
+  [ "$(json_num "$LINE" msgs)" -gt 0 ] || fail "no messages echoed through upgate (size $size)"
+  [ "$(json_num "$LINE" errors)" -eq 0 ] || fail "errors through upgate (size $size)"
+done
+run upgate-connect connect --url "ws://$UPGATE_ADDR/" -c 4 -t 1 -w 0.2
+[ "$(json_num "$LINE" handshakes)" -gt 0 ] || fail "no handshakes through upgate"
+echo "bench.smoke: OK"
