@@ -1,8 +1,8 @@
 #pragma once
-// One proxied HTTP/1.1 request/response on an `http` route (issue 6, "http routes:
-// pass-through"): the client's request goes to the legacy app over a pooled upstream connection
-// and the answer streams back as it arrives. Long-polls pass through untouched: the app may hold
-// a request for up to route.response_timeout (default 120 s).
+// One proxied HTTP/1.1 request/response on an `http` route (plain HTTP pass-through): the client's
+// request goes to the legacy app over a pooled upstream connection and the answer streams back as
+// it arrives. Long-polls pass through untouched: the app may hold a request for up to
+// route.response_timeout (default 120 s).
 //
 // Request (RFC 9112): the head is checked for smuggling shapes (checkRequest() below) and sent
 // with hop-by-hop headers removed and X-Forwarded-* / Forwarded added (upstreamHttpRequest());
@@ -117,7 +117,7 @@ std::string upstreamHttpRequest(const RequestHead& head, const ForwardInfo& forw
 
 class HttpExchange final : private UpstreamUser {
  public:
-  // The production constructor. The lead's Worker owns one UpstreamPool (constructed on its loop
+  // The production constructor. The Worker owns one UpstreamPool (constructed on its loop
   // thread, closed with close(done) at shutdown) and passes it here.
   HttpExchange(Worker& worker, UpstreamPool& pool, HttpExchangeOwner& owner,
                const RouteConfig& route, const UpstreamConfig& upstream, RequestHead head,

@@ -83,7 +83,9 @@ struct Conn {
   uv_shutdown_t shutdown_req;
 };
 
-void onClose(uv_handle_t* h) { delete static_cast<Conn*>(h->data); }
+void onClose(uv_handle_t* h) {
+  delete static_cast<Conn*>(h->data);
+}
 
 void closeConn(Conn* c) {
   if (c->closing) return;
@@ -181,7 +183,8 @@ std::string acceptFor(const std::string& key) {
 
 void reject(Conn* c, const char* status) {
   ++g_bad;
-  std::string r = std::string("HTTP/1.1 ") + status + "\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+  std::string r =
+      std::string("HTTP/1.1 ") + status + "\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
   send(c, r.data(), r.size());
   closeConn(c);
 }
@@ -212,18 +215,24 @@ size_t handshake(Conn* c) {
     if (colon == std::string::npos) continue;
     std::string name = lower(trim(line.substr(0, colon)));
     std::string value = trim(line.substr(colon + 1));
-    if (name == "sec-websocket-key") key = value;
-    else if (name == "upgrade") upgrade = lower(value);
-    else if (name == "connection") connection = lower(value);
-    else if (name == "sec-websocket-version") version = value;
+    if (name == "sec-websocket-key")
+      key = value;
+    else if (name == "upgrade")
+      upgrade = lower(value);
+    else if (name == "connection")
+      connection = lower(value);
+    else if (name == "sec-websocket-version")
+      version = value;
   }
-  if (key.size() != 24 || upgrade != "websocket" || connection.find("upgrade") == std::string::npos ||
-      version != "13") {
+  if (key.size() != 24 || upgrade != "websocket" ||
+      connection.find("upgrade") == std::string::npos || version != "13") {
     reject(c, "400 Bad Request");
     return SIZE_MAX;
   }
-  std::string resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Accept: " + acceptFor(key) + "\r\n\r\n";
+  std::string resp =
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Accept: " +
+      acceptFor(key) + "\r\n\r\n";
   if (!send(c, resp.data(), resp.size())) {
     closeConn(c);
     return SIZE_MAX;
@@ -384,11 +393,12 @@ void onConnection(uv_stream_t* server, int status) {
 }
 
 void onSignal(uv_signal_t*, int) {
-  std::printf("{\"echo_server\":\"stopped\",\"connections\":%llu,\"handshakes\":%llu,\"frames\":%llu,"
-              "\"payload_bytes\":%llu,\"rejected\":%llu}\n",
-              static_cast<unsigned long long>(g_connections), static_cast<unsigned long long>(g_handshakes),
-              static_cast<unsigned long long>(g_frames), static_cast<unsigned long long>(g_bytes),
-              static_cast<unsigned long long>(g_bad));
+  std::printf(
+      "{\"echo_server\":\"stopped\",\"connections\":%llu,\"handshakes\":%llu,\"frames\":%llu,"
+      "\"payload_bytes\":%llu,\"rejected\":%llu}\n",
+      static_cast<unsigned long long>(g_connections), static_cast<unsigned long long>(g_handshakes),
+      static_cast<unsigned long long>(g_frames), static_cast<unsigned long long>(g_bytes),
+      static_cast<unsigned long long>(g_bad));
   std::fflush(stdout);
   std::_Exit(0);
 }
@@ -406,10 +416,14 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (i + 1 >= argc) usage();
-    if (a == "--host") host = argv[++i];
-    else if (a == "--port") port = std::atoi(argv[++i]);
-    else if (a == "--ready-file") ready_file = argv[++i];
-    else usage();
+    if (a == "--host")
+      host = argv[++i];
+    else if (a == "--port")
+      port = std::atoi(argv[++i]);
+    else if (a == "--ready-file")
+      ready_file = argv[++i];
+    else
+      usage();
   }
   g_out.reserve(kReadBufferSize * 2);
   // A peer that resets while we write must cost an EPIPE, not the process (libuv leaves
@@ -423,7 +437,8 @@ int main(int argc, char** argv) {
   int rc = uv_tcp_bind(&server, as<const sockaddr>(&addr), 0);
   if (rc == 0) rc = uv_listen(as<uv_stream_t>(&server), 4096, onConnection);
   if (rc != 0) {
-    std::fprintf(stderr, "echo_server: cannot listen on %s:%d: %s\n", host.c_str(), port, uv_strerror(rc));
+    std::fprintf(stderr, "echo_server: cannot listen on %s:%d: %s\n", host.c_str(), port,
+                 uv_strerror(rc));
     return 1;
   }
   sockaddr_in bound{};

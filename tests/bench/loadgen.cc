@@ -71,8 +71,8 @@ struct Options {
   std::string label = "target";
   std::vector<int> watch, watch_echo;
   bool verify = false;
-  int sessions = 1000;       // idle
-  bool touch = true;         // idle: echo one message per session
+  int sessions = 1000;  // idle
+  bool touch = true;    // idle: echo one message per session
   int open_concurrency = 256;
   double conn_timeout = 10;  // connect + handshake (+ close) deadline per connection
 };
@@ -81,7 +81,8 @@ Options opt;
 
 [[noreturn]] void usage(const char* why) {
   if (why) std::fprintf(stderr, "loadgen: %s\n", why);
-  std::fprintf(stderr,
+  std::fprintf(
+      stderr,
       "usage: loadgen echo|connect|idle --url ws://IPV4:PORT/PATH [options]\n"
       "  -c, --connections C    echo/connect: connections (slots)            [100]\n"
       "  -d, --depth D          echo: messages in flight per connection       [1]\n"
@@ -114,10 +115,14 @@ std::vector<int> parsePids(const std::string& s) {
 void parseArgs(int argc, char** argv) {
   if (argc < 2) usage(nullptr);
   std::string m = argv[1];
-  if (m == "echo") opt.mode = Mode::Echo;
-  else if (m == "connect") opt.mode = Mode::Connect;
-  else if (m == "idle") opt.mode = Mode::Idle;
-  else usage("unknown mode");
+  if (m == "echo")
+    opt.mode = Mode::Echo;
+  else if (m == "connect")
+    opt.mode = Mode::Connect;
+  else if (m == "idle")
+    opt.mode = Mode::Idle;
+  else
+    usage("unknown mode");
   bool have_url = false;
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
@@ -137,26 +142,43 @@ void parseArgs(int argc, char** argv) {
       opt.host = hostport.substr(0, colon);
       opt.port = std::atoi(hostport.c_str() + colon + 1);
       have_url = true;
-    } else if (a == "-c" || a == "--connections") opt.conns = std::atoi(next().c_str());
-    else if (a == "-d" || a == "--depth") opt.depth = std::atoi(next().c_str());
-    else if (a == "-s" || a == "--size") opt.size = static_cast<size_t>(std::atoll(next().c_str()));
-    else if (a == "-t" || a == "--duration") opt.duration = std::atof(next().c_str());
-    else if (a == "-w" || a == "--warmup") opt.warmup = std::atof(next().c_str());
-    else if (a == "-n" || a == "--sessions") opt.sessions = std::atoi(next().c_str());
-    else if (a == "--no-touch") opt.touch = false;
-    else if (a == "--open-concurrency") opt.open_concurrency = std::atoi(next().c_str());
-    else if (a == "--sources") opt.sources = std::atoi(next().c_str());
-    else if (a == "--source-base") opt.source_base = next();
-    else if (a == "--label") opt.label = next();
-    else if (a == "--watch") opt.watch = parsePids(next());
-    else if (a == "--watch-echo") opt.watch_echo = parsePids(next());
-    else if (a == "--verify") opt.verify = true;
-    else if (a == "--conn-timeout") opt.conn_timeout = std::atof(next().c_str());
-    else usage(("unknown option " + a).c_str());
+    } else if (a == "-c" || a == "--connections")
+      opt.conns = std::atoi(next().c_str());
+    else if (a == "-d" || a == "--depth")
+      opt.depth = std::atoi(next().c_str());
+    else if (a == "-s" || a == "--size")
+      opt.size = static_cast<size_t>(std::atoll(next().c_str()));
+    else if (a == "-t" || a == "--duration")
+      opt.duration = std::atof(next().c_str());
+    else if (a == "-w" || a == "--warmup")
+      opt.warmup = std::atof(next().c_str());
+    else if (a == "-n" || a == "--sessions")
+      opt.sessions = std::atoi(next().c_str());
+    else if (a == "--no-touch")
+      opt.touch = false;
+    else if (a == "--open-concurrency")
+      opt.open_concurrency = std::atoi(next().c_str());
+    else if (a == "--sources")
+      opt.sources = std::atoi(next().c_str());
+    else if (a == "--source-base")
+      opt.source_base = next();
+    else if (a == "--label")
+      opt.label = next();
+    else if (a == "--watch")
+      opt.watch = parsePids(next());
+    else if (a == "--watch-echo")
+      opt.watch_echo = parsePids(next());
+    else if (a == "--verify")
+      opt.verify = true;
+    else if (a == "--conn-timeout")
+      opt.conn_timeout = std::atof(next().c_str());
+    else
+      usage(("unknown option " + a).c_str());
   }
   if (!have_url) usage("--url is required");
-  if (opt.conns < 1 || opt.depth < 1 || opt.size < 8 || opt.size > (1u << 30) || opt.duration <= 0 ||
-      opt.warmup < 0 || opt.sources < 1 || opt.sessions < 1 || opt.open_concurrency < 1) {
+  if (opt.conns < 1 || opt.depth < 1 || opt.size < 8 || opt.size > (1u << 30) ||
+      opt.duration <= 0 || opt.warmup < 0 || opt.sources < 1 || opt.sessions < 1 ||
+      opt.open_concurrency < 1) {
     usage("bad option value");
   }
 }
@@ -339,8 +361,8 @@ struct Stats {
 
 uv_loop_t* g_loop;
 Phase g_phase = Phase::Connecting;
-Stats g_stats;            // counted in the measured window only
-uint64_t g_errors = 0;    // whole run
+Stats g_stats;          // counted in the measured window only
+uint64_t g_errors = 0;  // whole run
 uint64_t g_established = 0;
 uint64_t g_failed = 0;
 Histogram g_hist;
@@ -351,7 +373,8 @@ std::string g_request_prefix;  // the upgrade request up to the key header
 char g_read_buffer[256 * 1024];
 uint64_t g_t0 = 0, g_t1 = 0;
 double g_cpu0 = 0, g_cpu1 = 0, g_echo_cpu0 = 0, g_echo_cpu1 = 0, g_self_cpu0 = 0, g_self_cpu1 = 0;
-double g_ours0 = 0, g_ours1 = 0;  // CPU of every process of the run (watched, echo, self), no duplicates
+double g_ours0 = 0,
+       g_ours1 = 0;  // CPU of every process of the run (watched, echo, self), no duplicates
 int g_error_lines = 0;
 uv_timer_t g_phase_timer, g_sweep_timer, g_hard_timer;
 uv_signal_t g_sig[3];
@@ -380,8 +403,8 @@ struct Conn {
   size_t hdr_have = 0;
   uint64_t left = 0;
   bool in_payload = false;
-  bool ctrl = false;    // the frame being read is a control frame
-  uint8_t opcode = 0;   // ... and this is its opcode
+  bool ctrl = false;   // the frame being read is a control frame
+  uint8_t opcode = 0;  // ... and this is its opcode
   bool fin = false;
   uint64_t msg_off = 0;
   uint8_t ts[8];
@@ -396,8 +419,8 @@ struct Conn {
 
 std::vector<Conn*> g_conns;  // echo/idle: every connection; connect: one per slot (or null)
 size_t g_next_source = 0;
-int g_opening = 0;           // idle: connections not yet established
-size_t g_next_to_open = 0;   // idle: next index to open
+int g_opening = 0;          // idle: connections not yet established
+size_t g_next_to_open = 0;  // idle: next index to open
 
 void logError(const char* what, const std::string& detail) {
   ++g_errors;
@@ -501,7 +524,8 @@ void appendFrame(Conn* c, uint8_t byte0, const char* payload, size_t n, bool sta
     hdr[h++] = static_cast<uint8_t>(n);
   } else {
     hdr[h++] = 0x80 | 127;
-    for (int i = 7; i >= 0; --i) hdr[h++] = static_cast<uint8_t>(static_cast<uint64_t>(n) >> (8 * i));
+    for (int i = 7; i >= 0; --i)
+      hdr[h++] = static_cast<uint8_t>(static_cast<uint64_t>(n) >> (8 * i));
   }
   uint32_t k = rnd32();
   uint8_t key[4];
@@ -534,7 +558,9 @@ void sendClose(Conn* c) {
 // ---- Receive ----------------------------------------------------------------------------------
 
 // Payload size of the messages this run sends (idle mode's touch message is 16 bytes).
-size_t sentSize() { return opt.mode == Mode::Idle ? 16 : opt.size; }
+size_t sentSize() {
+  return opt.mode == Mode::Idle ? 16 : opt.size;
+}
 
 void onMessage(Conn* c) {
   if (opt.verify && c->msg_off != sentSize()) {
@@ -642,8 +668,8 @@ bool onFrames(Conn* c, const char* data, size_t len) {
         uint64_t to = c->msg_off + take;
         if (to > sentSize()) {
           logError("verify", "echoed message longer than sent");
-        } else if (to > from &&
-                   std::memcmp(data + (from - c->msg_off), g_pattern.data() + from, to - from) != 0) {
+        } else if (to > from && std::memcmp(data + (from - c->msg_off), g_pattern.data() + from,
+                                            to - from) != 0) {
           logError("verify", "echoed payload differs from what was sent");
         }
       }
@@ -728,9 +754,12 @@ long onHandshakeData(Conn* c, const char* data, size_t len) {
     if (colon == std::string::npos) continue;
     std::string name = lower(trim(line.substr(0, colon)));
     std::string value = trim(line.substr(colon + 1));
-    if (name == "upgrade") upgrade = lower(value);
-    else if (name == "connection") connection = lower(value);
-    else if (name == "sec-websocket-accept") accept = value;
+    if (name == "upgrade")
+      upgrade = lower(value);
+    else if (name == "connection")
+      connection = lower(value);
+    else if (name == "sec-websocket-accept")
+      accept = value;
   }
   if (upgrade != "websocket" || connection.find("upgrade") == std::string::npos) {
     failConn(c, "handshake", "101 without Upgrade: websocket / Connection: upgrade");
@@ -758,7 +787,9 @@ void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
     } else if (g_phase == Phase::Done) {
       closeConn(c);
     } else {
-      failConn(c, "read", nread == UV_EOF ? "connection closed by the server" : uv_strerror(static_cast<int>(nread)));
+      failConn(c, "read",
+               nread == UV_EOF ? "connection closed by the server"
+                               : uv_strerror(static_cast<int>(nread)));
     }
     return;
   }
@@ -811,7 +842,8 @@ void startConnection(size_t slot) {
   int one = 1;
   int rc = 0;
   if (fd < 0) rc = -errno;
-  if (rc == 0 && ::setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) != 0) rc = -errno;
+  if (rc == 0 && ::setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) != 0)
+    rc = -errno;
   if (rc == 0 && ::bind(fd, as<const sockaddr>(&src), sizeof(src)) != 0) rc = -errno;
   uv_tcp_init(g_loop, &c->tcp);
   if (rc == 0) {
@@ -820,7 +852,8 @@ void startConnection(size_t slot) {
   }
   if (fd >= 0) ::close(fd);
   if (rc == 0) uv_tcp_nodelay(&c->tcp, 1);
-  if (rc == 0) rc = uv_tcp_connect(&c->connect_req, &c->tcp, as<const sockaddr>(&g_target), onConnect);
+  if (rc == 0)
+    rc = uv_tcp_connect(&c->connect_req, &c->tcp, as<const sockaddr>(&g_target), onConnect);
   if (rc != 0) {
     if (opt.mode == Mode::Idle) ++g_opening;  // failConn balances it
     failConn(c, "connect", uv_strerror(rc));
@@ -845,7 +878,9 @@ void readCpu(double& watched, double& echo, double& self) {
   (g_phase == Phase::Done ? g_ours1 : g_ours0) = cpuSeconds(all) + self;
 }
 
-void onMeasureEnd(uv_timer_t*) { finishRun(); }
+void onMeasureEnd(uv_timer_t*) {
+  finishRun();
+}
 
 void beginMeasure() {
   g_phase = Phase::Measure;
@@ -856,7 +891,9 @@ void beginMeasure() {
   uv_timer_start(&g_phase_timer, onMeasureEnd, static_cast<uint64_t>(opt.duration * 1000), 0);
 }
 
-void onWarmupEnd(uv_timer_t*) { beginMeasure(); }
+void onWarmupEnd(uv_timer_t*) {
+  beginMeasure();
+}
 
 void beginWarmup() {
   g_phase = Phase::Warmup;
@@ -876,15 +913,18 @@ void beginWarmup() {
 }
 
 void printIdleLine(const char* event) {
-  std::printf("{\"mode\":\"idle\",\"event\":\"%s\",\"label\":\"%s\",\"sessions\":%d,\"established\":%llu,"
-              "\"failed\":%llu,\"errors\":%llu,\"touch\":%s}\n",
-              event, opt.label.c_str(), opt.sessions, static_cast<unsigned long long>(g_established),
-              static_cast<unsigned long long>(g_failed), static_cast<unsigned long long>(g_errors),
-              opt.touch ? "true" : "false");
+  std::printf(
+      "{\"mode\":\"idle\",\"event\":\"%s\",\"label\":\"%s\",\"sessions\":%d,\"established\":%llu,"
+      "\"failed\":%llu,\"errors\":%llu,\"touch\":%s}\n",
+      event, opt.label.c_str(), opt.sessions, static_cast<unsigned long long>(g_established),
+      static_cast<unsigned long long>(g_failed), static_cast<unsigned long long>(g_errors),
+      opt.touch ? "true" : "false");
   std::fflush(stdout);
 }
 
-void onHoldEnd(uv_timer_t*) { finishRun(); }
+void onHoldEnd(uv_timer_t*) {
+  finishRun();
+}
 
 // Echo: all connections are up (or failed): start. Idle: all sessions are up: say so, hold.
 void checkAllEstablished() {
@@ -921,7 +961,8 @@ void onSweep(uv_timer_t*) {
     if (c == nullptr || c->st == ConnState::Closed) continue;
     bool opening = c->st == ConnState::Connecting || c->st == ConnState::Handshake ||
                    c->st == ConnState::Closing || (opt.mode == Mode::Idle && !c->touched);
-    if (opening && now > c->deadline_ns) failConn(c, "timeout", "connection not opened/closed in time");
+    if (opening && now > c->deadline_ns)
+      failConn(c, "timeout", "connection not opened/closed in time");
   }
 }
 
@@ -934,7 +975,8 @@ double foreignShare(double secs) {
   size_t n = std::min(g_cores0.busy.size(), g_cores1.busy.size());
   if (n == 0 || secs <= 0) return 0;
   double busy = 0;
-  for (size_t i = 0; i < n; ++i) busy += static_cast<double>(g_cores1.busy[i] - g_cores0.busy[i]) / tick;
+  for (size_t i = 0; i < n; ++i)
+    busy += static_cast<double>(g_cores1.busy[i] - g_cores0.busy[i]) / tick;
   double foreign = busy - (g_ours1 - g_ours0);
   return foreign > 0 ? foreign / (secs * static_cast<double>(n)) : 0;
 }
@@ -961,7 +1003,8 @@ std::string coreBusy(bool flat = false) {
 void printResult() {
   double secs = static_cast<double>(g_t1 - g_t0) / 1e9;
   if (secs <= 0) secs = 1e-9;
-  double cpu = g_cpu1 - g_cpu0, echo_cpu = g_echo_cpu1 - g_echo_cpu0, self_cpu = g_self_cpu1 - g_self_cpu0;
+  double cpu = g_cpu1 - g_cpu0, echo_cpu = g_echo_cpu1 - g_echo_cpu0,
+         self_cpu = g_self_cpu1 - g_self_cpu0;
   if (opt.mode == Mode::Idle) {
     printIdleLine("done");
     return;
@@ -974,30 +1017,36 @@ void printResult() {
   double echo_per = units ? echo_cpu * 1e6 / static_cast<double>(units) : 0;
   double p50 = g_hist.quantile(0.50) / 1e3, p99 = g_hist.quantile(0.99) / 1e3,
          p999 = g_hist.quantile(0.999) / 1e3, pmax = static_cast<double>(g_hist.max()) / 1e3;
-  std::printf("{\"mode\":\"%s\",\"label\":\"%s\",\"conns\":%d,\"depth\":%d,\"size\":%zu,\"duration_s\":%.3f,"
-              "\"%s\":%llu,\"%s\":%.1f,\"mb_per_s\":%.2f,\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,"
-              "\"lat_p999_us\":%.1f,\"lat_max_us\":%.1f,\"errors\":%llu,\"established\":%llu,"
-              "\"watched_cpu_s\":%.3f,\"cpu_us_per_%s\":%.3f,\"echo_cpu_s\":%.3f,\"echo_cpu_us_per_%s\":%.3f,"
-              "\"client_cpu_s\":%.3f,\"foreign_share\":%.3f%s}\n",
-              echo ? "echo" : "connect", opt.label.c_str(), opt.conns, echo ? opt.depth : 0,
-              echo ? opt.size : size_t{0}, secs, echo ? "msgs" : "handshakes",
-              static_cast<unsigned long long>(units), echo ? "msgs_per_s" : "handshakes_per_s", rate, mbs, p50,
-              p99, p999, pmax, static_cast<unsigned long long>(g_errors),
-              static_cast<unsigned long long>(g_established), cpu, echo ? "msg" : "handshake", per, echo_cpu,
-              echo ? "msg" : "handshake", echo_per, self_cpu, foreignShare(secs), coreBusy(true).c_str());
+  std::printf(
+      "{\"mode\":\"%s\",\"label\":\"%s\",\"conns\":%d,\"depth\":%d,\"size\":%zu,\"duration_s\":%."
+      "3f,"
+      "\"%s\":%llu,\"%s\":%.1f,\"mb_per_s\":%.2f,\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,"
+      "\"lat_p999_us\":%.1f,\"lat_max_us\":%.1f,\"errors\":%llu,\"established\":%llu,"
+      "\"watched_cpu_s\":%.3f,\"cpu_us_per_%s\":%.3f,\"echo_cpu_s\":%.3f,\"echo_cpu_us_per_%s\":%."
+      "3f,"
+      "\"client_cpu_s\":%.3f,\"foreign_share\":%.3f%s}\n",
+      echo ? "echo" : "connect", opt.label.c_str(), opt.conns, echo ? opt.depth : 0,
+      echo ? opt.size : size_t{0}, secs, echo ? "msgs" : "handshakes",
+      static_cast<unsigned long long>(units), echo ? "msgs_per_s" : "handshakes_per_s", rate, mbs,
+      p50, p99, p999, pmax, static_cast<unsigned long long>(g_errors),
+      static_cast<unsigned long long>(g_established), cpu, echo ? "msg" : "handshake", per,
+      echo_cpu, echo ? "msg" : "handshake", echo_per, self_cpu, foreignShare(secs),
+      coreBusy(true).c_str());
   std::fflush(stdout);
   if (echo) {
-    std::fprintf(stderr,
-                 "[%s] echo C=%d D=%d S=%zu: %.0f msgs/s, %.1f MB/s, latency p50 %.0f us p99 %.0f us "
-                 "p99.9 %.0f us; proxy CPU %.2f us/msg; cores busy %s; errors %llu\n",
-                 opt.label.c_str(), opt.conns, opt.depth, opt.size, rate, mbs, p50, p99, p999, per,
-                 coreBusy().c_str(), static_cast<unsigned long long>(g_errors));
+    std::fprintf(
+        stderr,
+        "[%s] echo C=%d D=%d S=%zu: %.0f msgs/s, %.1f MB/s, latency p50 %.0f us p99 %.0f us "
+        "p99.9 %.0f us; proxy CPU %.2f us/msg; cores busy %s; errors %llu\n",
+        opt.label.c_str(), opt.conns, opt.depth, opt.size, rate, mbs, p50, p99, p999, per,
+        coreBusy().c_str(), static_cast<unsigned long long>(g_errors));
   } else {
-    std::fprintf(stderr,
-                 "[%s] connect C=%d: %.0f handshakes/s, latency p50 %.0f us p99 %.0f us; proxy CPU %.1f "
-                 "us/handshake; cores busy %s; errors %llu\n",
-                 opt.label.c_str(), opt.conns, rate, p50, p99, per, coreBusy().c_str(),
-                 static_cast<unsigned long long>(g_errors));
+    std::fprintf(
+        stderr,
+        "[%s] connect C=%d: %.0f handshakes/s, latency p50 %.0f us p99 %.0f us; proxy CPU %.1f "
+        "us/handshake; cores busy %s; errors %llu\n",
+        opt.label.c_str(), opt.conns, rate, p50, p99, per, coreBusy().c_str(),
+        static_cast<unsigned long long>(g_errors));
   }
   if (units == 0 || g_errors != 0) g_exit_code = 1;
 }
@@ -1033,7 +1082,9 @@ void finishRun() {
   // g_hard_timer stays: it ends the process if closing hangs.
 }
 
-void onSignal(uv_signal_t*, int) { finishRun(); }
+void onSignal(uv_signal_t*, int) {
+  finishRun();
+}
 
 void onHardTimeout(uv_timer_t*) {
   std::fprintf(stderr, "loadgen: hard deadline reached, exiting\n");
@@ -1056,7 +1107,8 @@ int main(int argc, char** argv) {
     g_rng ^= seed | 1;
   }
   g_loop = uv_default_loop();
-  if (uv_ip4_addr(opt.host.c_str(), opt.port, &g_target) != 0) usage("target must be an IPv4 address");
+  if (uv_ip4_addr(opt.host.c_str(), opt.port, &g_target) != 0)
+    usage("target must be an IPv4 address");
   in_addr base{};
   if (inet_pton(AF_INET, opt.source_base.c_str(), &base) != 1) usage("bad --source-base");
   for (int i = 0; i < opt.sources; ++i) {
@@ -1067,10 +1119,12 @@ int main(int argc, char** argv) {
     g_sources.push_back(s);
   }
   g_pattern.resize(std::max<size_t>(opt.size, 16));
-  for (size_t i = 0; i < g_pattern.size(); ++i) g_pattern[i] = static_cast<char>((i * 31 + 7) & 0xff);
-  g_request_prefix = "GET " + opt.path + " HTTP/1.1\r\nHost: " + opt.host + ":" + std::to_string(opt.port) +
-                     "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                     "Sec-WebSocket-Key: ";
+  for (size_t i = 0; i < g_pattern.size(); ++i)
+    g_pattern[i] = static_cast<char>((i * 31 + 7) & 0xff);
+  g_request_prefix =
+      "GET " + opt.path + " HTTP/1.1\r\nHost: " + opt.host + ":" + std::to_string(opt.port) +
+      "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+      "Sec-WebSocket-Key: ";
 
   uv_timer_init(g_loop, &g_phase_timer);
   uv_timer_init(g_loop, &g_sweep_timer);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# upgate benchmark (issue 7; targets in /work/shared/performance.md). ONE run measures, with
+# upgate benchmark (targets: README "Performance"). ONE run measures, with
 # interleaved repetitions and medians:
 #   direct   the load generator straight to the echo upstream (the ceiling)
 #   upgate   workers: 1, passthrough
@@ -18,7 +18,7 @@
 #   --quick      1.5 s runs, 0.5 s warmup, 2000 idle sessions, 3 reps (about 2.5 minutes)
 #   default      10 s runs, 2 s warmup, 5000 idle sessions, 3 reps (about 10 minutes)
 #                (noisy runs measured again add time: see --retry-noisy)
-#   --upgate     the gateway binary (default: build/gateway/upgate, the lead's build)
+#   --upgate     the gateway binary (default: build/gateway/upgate)
 #   --bench-dir  where loadgen and echo_server are (default build-bench/tests/bench; built
 #                there with cmake if missing)
 #   --out FILE   also write the markdown report to FILE; --raw FILE keeps every JSON line
@@ -108,6 +108,14 @@ PIN_PROXY="nice -n $NICE taskset -c $CPU_PROXY"
 
 TMP=$(mktemp -d /tmp/upgate-bench.XXXXXX)
 RESULTS=$TMP/results.txt   # lines: rep scenario target JSON
+# Every rep starts a fresh upgate: snapshot the binary so a rebuild during the run cannot mix
+# builds into one table.
+if [[ " $TARGETS " == *" upgate "* ]]; then
+  UPGATE_SRC=$UPGATE
+  UPGATE_ID="$(sha256sum "$UPGATE" | cut -c1-12), built $(date -r "$UPGATE" '+%F %T')"
+  cp "$UPGATE" "$TMP/upgate-under-test"
+  UPGATE=$TMP/upgate-under-test
+fi
 : >"$RESULTS"
 declare -A PID        # target -> main PID we started
 declare -A PORT       # target -> port
@@ -429,7 +437,7 @@ rotate() {  # rotate N WORDS...: the words rotated left by N
 MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 MHZ=$(awk -F': ' '/^cpu MHz/ { printf "%.0f", $2; exit }' /proc/cpuinfo)
 MACHINE="$(nproc) CPUs ($MODEL, ${MHZ} MHz), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
-VERSIONS="upgate $("$UPGATE" -v 2>&1 | head -1 || true) ($UPGATE); $(nginx -v 2>&1 | head -1 || true); $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3 || true); libuv $(pkg-config --modversion libuv 2>/dev/null || echo '?')"
+VERSIONS="$("$UPGATE" -v 2>&1 | head -1 || true) (${UPGATE_SRC:-$UPGATE}, sha256 ${UPGATE_ID:-?}); $(nginx -v 2>&1 | head -1 || true); $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3 || true); libuv $(pkg-config --modversion libuv 2>/dev/null || echo '?')"
 log "machine: $MACHINE"
 log "versions: $VERSIONS"
 log "reps $REPS, ${DURATION}s runs after ${WARMUP}s warmup, $SESSIONS idle sessions; client+echo on CPU $CPU_CLIENT, proxy on CPU $CPU_PROXY, nice $NICE"

@@ -1,5 +1,5 @@
 // libFuzzer target: websocket/frame_parser (FrameParser, applyMask) and
-// websocket/message_validator (MessageValidator), issue 4.
+// websocket/message_validator (MessageValidator).
 //
 // Input: [config byte][seed byte][wire bytes of one direction of a WebSocket connection...]
 //   config bit 0     allow_rsv1 (permessage-deflate negotiated)

@@ -1,4 +1,4 @@
-// libFuzzer target: http/request_parser (RequestParser over llhttp), issue 4.
+// libFuzzer target: http/request_parser (RequestParser over llhttp).
 //
 // Input: [split byte][request bytes...]. Small limits (kMaxHead, kMaxHeaders) so the 431 paths
 // are reachable. The bytes are fed whole to one parser and in two pieces, split where the first

@@ -1,4 +1,4 @@
-// libFuzzer target: http/response_parser (ResponseParser over llhttp), issue 4.
+// libFuzzer target: http/response_parser (ResponseParser over llhttp).
 //
 // Input: [split byte][upstream response bytes...]. Small limits (kMaxHead, kMaxBody). The bytes
 // are fed whole to one parser and in two pieces, split where the first byte says, to another;

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes the seed corpora in tests/fuzz/corpus/<target>/ (issue 4).
+"""Writes the seed corpora in tests/fuzz/corpus/<target>/.
 
 The seeds are checked in; rerun this only to change them:  /usr/bin/python3 tests/fuzz/make_corpus.py
 Each seed is a small valid input in the layout its target expects (see the comment at the top of

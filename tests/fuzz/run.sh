@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets of issue 4 with clang, ASan and UBSan (the CMake project in
+# Builds the libFuzzer targets with clang, ASan and UBSan (the CMake project in
 # tests/fuzz/standalone/, separate from the g++ build) and runs each for a bounded time on a
 # temporary copy of its seed corpus in tests/fuzz/corpus/<target>/ (the repository is never
 # written to). Registered with ctest as fuzz.parsers (label fuzz); also runs by hand:

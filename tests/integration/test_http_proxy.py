@@ -1,4 +1,4 @@
-"""`http` routes through the real binary: the gateway fronts a legacy polling app (issue 6).
+"""`http` routes through the real binary: the gateway fronts a legacy polling app.
 
 The app is Python's http.server (HTTP/1.1, keep-alive) in a background thread. Covered:
 a long-poll held 30 s by the app passes through untouched; chunked responses stream (the first
@@ -19,7 +19,7 @@ import urllib.parse
 import harness
 from harness import GatewayTestCase, RawClient, RefusedPort
 
-LONG_POLL_HOLD = 30.0   # seconds the app holds the long-poll (issue 6)
+LONG_POLL_HOLD = 30.0   # seconds the app holds the long-poll
 SLOW_MARGIN = 6.0       # shared noisy machines: never assert tighter than a few seconds
 
 

@@ -9,7 +9,7 @@ config checker's errors.
   alg-none, tampered, wrongly-keyed or algorithm-confused token, and the upstream never hears of
   those. Connection-lifetime auth: a channel subscriber gets a 1008 close frame at exp, a
   passthrough tunnel is cut at the TCP level, also when exp passed during the upstream handshake.
-  SIGHUP re-reads the JWKS file (issue 5). A browser offering the token as a subprotocol gets one
+  SIGHUP re-reads the JWKS file. A browser offering the token as a subprotocol gets one
   of its subprotocols selected.
 - api_key (hashed key file): header and query keys, 401 + WWW-Authenticate: ApiKey, the key is
   stripped before the upstream, the identity reaches the access log and the upstream.
@@ -596,7 +596,7 @@ class JwtTest(GatewayTestCase):
 
 
 class JwksReloadTest(GatewayTestCase):
-    """Issue 5: jwt keys come "from PEM files or a JWKS file (reloaded on SIGHUP)": key rotation
+    """jwt keys come "from PEM files or a JWKS file (reloaded on SIGHUP)": key rotation
     at the identity provider must not need a restart."""
 
     def test_sighup_rereads_the_jwks_file(self):
