@@ -26,6 +26,7 @@
 #                mostly idle (< 25 % busy over 1 s); the background load is logged either way
 #   --retry-noisy N  rerun a measurement up to N times when other jobs used more than 10 % of
 #                the machine's CPU during it (loadgen's foreign_share; default 2, 0 = never)
+#   --report RAW rebuild the report from a --raw file of an earlier run (measures nothing)
 #   --nice N     run the load generator, echo server and proxies at nice N (e.g. -10 on a
 #                machine where other jobs compete for the two cores; same for every target)
 # Environment: CPU_CLIENT (default 0) and CPU_PROXY (default 1) choose the cores.
@@ -36,7 +37,7 @@ REPS=3 DURATION=10 WARMUP=2 SESSIONS=5000
 TARGETS="direct upgate nginx haproxy"
 UPGATE=${UPGATE:-$ROOT/build/gateway/upgate}
 BENCH_DIR=$ROOT/build-bench/tests/bench
-OUT="" RAW="" INSTALL=1 NICE=0 WAIT_QUIET=0 RETRY_NOISY=2 NOISE_MAX=0.10
+OUT="" RAW="" INSTALL=1 NICE=0 WAIT_QUIET=0 RETRY_NOISY=2 NOISE_MAX=0.10 REPORT_FROM=""
 CPU_CLIENT=${CPU_CLIENT:-0} CPU_PROXY=${CPU_PROXY:-1}
 C_SMALL=100 C_LARGE=100 C_CONNECT=50 D=1
 
@@ -56,6 +57,7 @@ while [ $# -gt 0 ]; do
     --nice) NICE=$2; shift ;;
     --wait-quiet) WAIT_QUIET=$2; shift ;;
     --retry-noisy) RETRY_NOISY=$2; shift ;;
+    --report) REPORT_FROM=$2; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -443,11 +445,18 @@ log "versions: $VERSIONS"
 log "reps $REPS, ${DURATION}s runs after ${WARMUP}s warmup, $SESSIONS idle sessions; client+echo on CPU $CPU_CLIENT, proxy on CPU $CPU_PROXY, nice $NICE"
 log "$FD_NOTE"
 
-start_echo
 NOISE=()
 RETRIES=0
+ELAPSED="?"
 read -r -a TLIST <<<"$TARGETS"
 STARTED=$(date +%s)
+if [ -n "$REPORT_FROM" ]; then
+  cp "$REPORT_FROM" "$RESULTS"
+  RETRIES="?"
+  REPS=$(awk '{ print $1 }' "$RESULTS" | sort -n | tail -1)
+  log "report rebuilt from $REPORT_FROM (run parameters not stored in it: pass the same --duration/--warmup/--sessions)"
+else
+start_echo
 for ((rep = 1; rep <= REPS; rep++)); do
   read -r -a order <<<"$(rotate $((rep - 1)) "${TLIST[@]}")"
   log "rep $rep/$REPS, order: ${order[*]}"
@@ -463,6 +472,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
 done
 ELAPSED=$(( $(date +%s) - STARTED ))
 [ -n "$RAW" ] && cp "$RESULTS" "$RAW"
+fi
 
 # ---- Report ---------------------------------------------------------------------------------
 # med SCENARIO TARGET KEY: median over reps of KEY ("-" when missing)
@@ -501,7 +511,7 @@ REPORT=$TMP/report.md
   echo "Run: $REPS interleaved reps (medians shown), ${DURATION} s measured after ${WARMUP} s warmup per run; loadgen + echo server on CPU $CPU_CLIENT, proxy on CPU $CPU_PROXY (taskset), nice $NICE; ${ELAPSED} s in all."
   echo "Idle: $SESSIONS sessions per proxy; $FD_NOTE."
   printf 'Background load before each rep (busy %% of each CPU over 1 s, from other jobs):'
-  for n in "${NOISE[@]}"; do printf ' [%s]' "${n// /%, }%"; done
+  for n in "${NOISE[@]+"${NOISE[@]}"}"; do printf ' [%s]' "${n// /%, }%"; done
   echo
 
   echo
