@@ -232,8 +232,7 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
                            "a text message must be valid UTF-8; publish binary data with "
                            "Content-Type: application/octet-stream or ?binary=1");
     }
-    size_t workers = 0;
-    uint64_t seq = hub_.publish(channel, std::move(body), binary, &workers);
+    uint64_t seq = hub_.publish(channel, std::move(body), binary);
     return okResponse("{\"channel\":\"" + jsonEscaped(channel) +
                       "\",\"seq\":" + std::to_string(seq) +
                       ",\"subscribers\":" + std::to_string(hub_.subscribers(channel)) + "}");

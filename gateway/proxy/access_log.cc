@@ -62,8 +62,7 @@ std::string formatAccessRecord(const AccessRecord& r) {
 
 void writeAccessRecord(const AccessRecord& r) {
   std::string line = formatAccessRecord(r);
-  fwrite(line.data(), 1, line.size(), stdout);
-  fflush(stdout);
+  fwrite(line.data(), 1, line.size(), stdout);  // stdout is line-buffered (main): one write
 }
 
 }  // namespace upgate

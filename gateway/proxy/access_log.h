@@ -21,7 +21,8 @@ struct AccessRecord {
 };
 
 std::string formatAccessRecord(const AccessRecord& r);
-// Writes one line with a single fwrite (stdio locks per call, so lines never interleave).
+// Writes one line with a single fwrite (stdio locks per call, so lines never interleave); main
+// makes stdout line-buffered, so each line is one write(2) and no explicit flush is needed.
 void writeAccessRecord(const AccessRecord& r);
 
 }  // namespace upgate

@@ -1058,8 +1058,7 @@ void Session::armTunnelTimer() {
 
 // ---- Exits -------------------------------------------------------------------------------------
 
-void Session::respondError(int status, const std::string& reason, const void* extra_headers) {
-  const auto* extra = static_cast<const HeaderList*>(extra_headers);
+void Session::respondError(int status, const std::string& reason, const HeaderList* extra) {
   respond(status, reason, errorResponse(status, reason, extra ? *extra : HeaderList{}));
 }
 

@@ -143,7 +143,7 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner, priv
   void sendCloseFrames(uint16_t to_client, uint16_t to_upstream, const std::string& why);
   void lingerClose(const std::string& reason, bool flush_upstream = false);
   void respond(int status, const std::string& reason, const std::string& response);
-  void respondError(int status, const std::string& reason, const void* extra_headers = nullptr);
+  void respondError(int status, const std::string& reason, const HeaderList* extra = nullptr);
   void finish(const std::string& reason);
   void closeHandles();
   void writeAccessLog();
