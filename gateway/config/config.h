@@ -124,8 +124,36 @@ struct LongPollConfig {
 
 enum class OverflowPolicy { Close, Drop };
 enum class TunnelMode {
-  Passthrough,  // bytes, unparsed
+  Passthrough,  // bytes, unparsed (frame headers are tracked, to place pings and close frames)
   Frames,       // every frame parsed and checked on both legs (RFC 6455 enforced by upgate)
+};
+
+// What happens to pings a peer sends through a websocket route.
+enum class PeerPings {
+  Forward,  // relayed to the other peer, whose pong is relayed back (default; both modes)
+  Answer,   // upgate answers them itself and does not relay them (frames mode)
+};
+
+// Gateway keepalive on websocket routes, each leg on its own: a leg that sent nothing for
+// `interval` gets a ping; if nothing at all comes back within `timeout`, the leg is dead: it is
+// closed and the other side gets a 1001 close frame. interval 0 = off.
+struct KeepaliveConfig {
+  Millis interval{0};
+  Millis timeout{10000};
+  PeerPings peer_pings = PeerPings::Forward;
+};
+
+// permessage-deflate (RFC 7692) per leg, frames mode only. Absent (`enabled` false): the
+// extension negotiation passes between client and upstream untouched and upgate relays
+// compressed messages as they are. Present: upgate negotiates each leg itself and inflates and
+// deflates between them, so one leg may be compressed while the other is not.
+struct CompressionConfig {
+  bool enabled = false;                     // the `compression:` key is present
+  bool client = false;                      // offer/accept permessage-deflate towards clients
+  bool upstream = false;                    // offer it to the upstream
+  bool server_no_context_takeover = false;  // client leg: our compressor starts each message empty
+  uint8_t client_max_window_bits = 15;      // client leg: the window we make clients use (8..15)
+  size_t max_memory = 1024 * 1024;  // zlib state per session (both legs): no compression beyond
 };
 
 // One plugin instance: built in (by name) or loaded from a shared object (path).
@@ -142,6 +170,8 @@ struct RouteConfig {
   RouteKind kind = RouteKind::WebSocket;
   std::string upstream;  // name of an UpstreamConfig (validated to exist)
   TunnelMode mode = TunnelMode::Passthrough;
+  KeepaliveConfig keepalive;          // kind: websocket
+  CompressionConfig compression;      // kind: websocket, mode: frames
   std::vector<PluginConfig> plugins;  // run in order, after the global ones
   // kind: http
   Millis response_timeout{120000};  // upstream answer (long-polls pass through)
@@ -178,6 +208,7 @@ struct TimeoutsConfig {
   Millis idle{0};           // no bytes either way for this long -> close; 0 = never
   Millis half_close{5000};  // after one side ended, wait this long for the other, then close
   Millis keepalive{60000};  // http routes: an idle kept-alive client connection is closed
+  Millis close{5000};  // websocket: after upgate sent a close frame, wait this long for the reply
 };
 
 enum class LogLevel { Debug, Info, Warn, Error };

@@ -619,7 +619,7 @@ class Loader {
   void loadRoute(const Field& item, RouteConfig& r) {
     fields(item,
            {"name", "match", "kind", "upstream", "mode", "response_timeout", "longpoll", "channel",
-            "max_queue_bytes", "overflow", "sse", "plugins"},
+            "max_queue_bytes", "overflow", "sse", "plugins", "keepalive", "compression"},
            {"name"}, [&](const std::string& key, const Field& f) {
              if (key == "name") {
                readString(f, r.name);
@@ -680,6 +680,10 @@ class Loader {
                readBool(f, r.sse);
              } else if (key == "plugins") {
                loadPlugins(f, r.plugins);
+             } else if (key == "keepalive") {
+               loadKeepalive(f, r.keepalive);
+             } else if (key == "compression") {
+               loadCompression(f, r.compression);
              }
            });
     // Only channel routes (fed by the publish API) have no upstream.
@@ -687,6 +691,49 @@ class Loader {
     if (item.value.IsMap() && !has_upstream && r.kind != RouteKind::Channel) {
       error(item.mark, childPath(item.path, "upstream"), "required key is missing");
     }
+  }
+
+  void loadKeepalive(const Field& map, KeepaliveConfig& k) {
+    fields(map, {"interval", "timeout", "peer_pings"}, {},
+           [&](const std::string& key, const Field& f) {
+             if (key == "interval") {
+               readDuration(f, k.interval);
+             } else if (key == "timeout") {
+               readDuration(f, k.timeout);
+             } else if (key == "peer_pings") {
+               std::string s;
+               if (!readString(f, s)) return;
+               if (s == "forward") {
+                 k.peer_pings = PeerPings::Forward;
+               } else if (s == "answer") {
+                 k.peer_pings = PeerPings::Answer;
+               } else {
+                 error(f.mark, f.path,
+                       "unknown peer_pings " + quoted(s) + " (expected forward or answer)");
+               }
+             }
+           });
+  }
+
+  void loadCompression(const Field& map, CompressionConfig& c) {
+    c.enabled = true;
+    fields(map,
+           {"client", "upstream", "server_no_context_takeover", "client_max_window_bits",
+            "max_memory"},
+           {}, [&](const std::string& key, const Field& f) {
+             if (key == "client") {
+               readBool(f, c.client);
+             } else if (key == "upstream") {
+               readBool(f, c.upstream);
+             } else if (key == "server_no_context_takeover") {
+               readBool(f, c.server_no_context_takeover);
+             } else if (key == "client_max_window_bits") {
+               int64_t v = 0;
+               if (readInt(f, 8, 15, v)) c.client_max_window_bits = static_cast<uint8_t>(v);
+             } else if (key == "max_memory") {
+               readSize(f, c.max_memory);
+             }
+           });
   }
 
   // `plugins:` (global or per route), run in this order. Each entry names a built-in or, with
@@ -840,7 +887,7 @@ class Loader {
 
   void loadTimeouts(const Field& map) {
     TimeoutsConfig& t = cfg_->timeouts;
-    fields(map, {"head", "idle", "half_close", "keepalive"}, {},
+    fields(map, {"head", "idle", "half_close", "keepalive", "close"}, {},
            [&](const std::string& key, const Field& f) {
              if (key == "head") {
                readDuration(f, t.head);
@@ -850,6 +897,8 @@ class Loader {
                readDuration(f, t.half_close);
              } else if (key == "keepalive") {
                readDuration(f, t.keepalive);
+             } else if (key == "close") {
+               readDuration(f, t.close);
              }
            });
   }

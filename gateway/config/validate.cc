@@ -317,6 +317,33 @@ class Validator {
     }
   }
 
+  // keepalive and compression apply to websocket tunnels; answering pings and compressing need
+  // the frames mode (upgate must see every frame).
+  void checkTunnelOptions(const std::string& base, const RouteConfig& r) {
+    const KeepaliveConfig& k = r.keepalive;
+    if (k.interval.count() != 0 || k.peer_pings != PeerPings::Forward) {
+      if (r.kind != RouteKind::WebSocket) {
+        error(base + ".keepalive", "only websocket routes have a gateway keepalive");
+      } else if (k.interval.count() != 0 && k.timeout.count() == 0) {
+        error(base + ".keepalive.timeout", "must be above 0 when interval is set");
+      }
+      if (k.peer_pings == PeerPings::Answer && r.mode != TunnelMode::Frames) {
+        error(base + ".keepalive.peer_pings", "answer needs mode: frames");
+      }
+    }
+    const CompressionConfig& c = r.compression;
+    if (!c.enabled) return;
+    if (r.kind != RouteKind::WebSocket) {
+      error(base + ".compression", "only websocket routes relay compressed messages");
+    } else if (r.mode != TunnelMode::Frames) {
+      error(base + ".compression",
+            "per-leg compression needs mode: frames (passthrough relays the extension untouched)");
+    }
+    if (c.max_memory < 64 * 1024) {
+      error(base + ".compression.max_memory", "must be at least 64KiB");
+    }
+  }
+
   void checkRoutes() {
     std::map<std::string, std::string> names;
     for (size_t i = 0; i < c_.routes.size(); ++i) {
@@ -362,6 +389,7 @@ class Validator {
       } else if (c_.upstreams.count(r.upstream) == 0) {
         error(base + ".upstream", "unknown upstream " + quoted(r.upstream));
       }
+      checkTunnelOptions(base, r);
       std::string why;
       if (r.kind == RouteKind::Channel && !checkTemplate(r.channel, false, why)) {
         error(base + ".channel", why);

@@ -21,6 +21,7 @@
 #include "proxy/access_log.h"
 #include "proxy/worker.h"
 #include "websocket/close_code.h"
+#include "websocket/extensions.h"
 #include "websocket/frame_writer.h"
 #include "websocket/handshake.h"
 
@@ -34,7 +35,9 @@ struct HandshakeState {
 
   RequestParser request;
   ResponseParser response;
-  std::string client_leftover;  // bytes after the request head: sent upstream after the 101
+  std::string client_leftover;      // bytes after the request head: sent upstream after the 101
+  std::string client_extensions;    // the client's Sec-WebSocket-Extensions, when upgate answers it
+  bool extensions_offered = false;  // the upstream request's extensions are settled
   ForwardInfo forward;
   size_t first_endpoint = 0;
   size_t attempts = 0;
@@ -337,9 +340,13 @@ void Session::onPluginClose(uint16_t code, const std::string& reason) {
     subscription_->close(code, reason);
     return;
   }
-  // A passthrough tunnel does not track frame boundaries, so no close frame can be injected
-  // safely: the connection is closed (the client sees 1006).
   UPGATE_LOG(info, id_, "{}", why);
+  if (state_ == State::Tunnel && tunnel_) {
+    // Both legs get the plugin's code as a close frame; the replies end the session.
+    tunnel_->close(code, reason, uv_now(worker_.loop()));
+    if (state_ == State::Tunnel) armTunnelTimer();
+    return;
+  }
   finish(why);
 }
 
@@ -445,32 +452,6 @@ void Session::subscriptionEnded(uint16_t code, const std::string& reason) {
   lingerClose(why);
 }
 
-// ---- Frames mode -------------------------------------------------------------------------------
-
-void Session::sendCloseFrames(uint16_t to_client, uint16_t to_upstream, const std::string& why) {
-  // Only between frames: a close frame inside another frame's payload would corrupt the stream.
-  std::string reason = why.substr(0, 100);
-  if (to_client && inspect_down_->atFrameBoundary()) {
-    std::string f = closeFrame(to_client, reason, false);
-    client_->write(f.data(), f.size());
-  }
-  if (to_upstream && inspect_up_->atFrameBoundary()) {
-    std::string f = closeFrame(to_upstream, reason, true);  // we are the client on this leg
-    upstream_->write(f.data(), f.size());
-  }
-}
-
-void Session::failFrames(bool from_client, ParseError e) {
-  std::string reason = std::string(from_client ? "client" : "upstream") +
-                       " violated RFC 6455: " + e.reason + " (" + std::to_string(e.code) + ")";
-  UPGATE_LOG(info, id_, "{}", reason);
-  // The offender gets the protocol code; the other side a clean close: 1001 towards the
-  // upstream when the client failed, 1011 towards the client when the upstream did.
-  sendCloseFrames(from_client ? e.code : close_code::kInternalError,
-                  from_client ? close_code::kGoingAway : e.code, e.reason);
-  lingerClose(reason, /*flush_upstream=*/true);
-}
-
 void Session::subscriptionClosing() {
   if (state_ == State::Subscribed) uv_timer_start(&timer_, onTimer, kLingerMs, 0);
 }
@@ -494,10 +475,11 @@ void Session::lingerClose(const std::string& reason, bool flush_upstream) {
 }
 
 void Session::drain() {
-  if (state_ == State::Tunnel && inspect_up_) {
-    // Frames mode knows where frames end: both legs get a real 1001 close frame now; the
-    // close handshakes then end the session (or the drain deadline does).
-    sendCloseFrames(close_code::kGoingAway, close_code::kGoingAway, "server going away");
+  if (state_ == State::Tunnel && tunnel_) {
+    // Both legs get a real 1001 close frame at their next frame boundary (both modes); the
+    // replies end the session, or timeouts.close / the drain deadline does.
+    tunnel_->close(close_code::kGoingAway, "server going away", uv_now(worker_.loop()));
+    if (state_ == State::Tunnel) armTunnelTimer();
     return;
   }
   // (Subscribers: Subscription::close -> subscriptionClosing() bounds the wait for the reply.)
@@ -728,6 +710,7 @@ void Session::onConnected(int) {
         upstream_tls_->connect(tls && !tls->server_name.empty() ? tls->server_name : endpoint_host);
   }
   // Over TLS the request waits in the TlsStream until the handshake is done.
+  if (!hs_->extensions_offered) offerUpstreamExtensions(hs_->request.head());
   std::string request = upstreamUpgradeRequest(hs_->request.head(), hs_->forward);
   if (rc == 0) rc = upstream_->write(request.data(), request.size());
   if (rc == 0) rc = upstream_->readStart();
@@ -748,7 +731,7 @@ void Session::onUpstreamHead(const char* data, size_t len) {
     respondError(502, "malformed upstream response: " + hs_->response.errorReason());
     return;
   }
-  const ResponseHead& head = hs_->response.head();
+  ResponseHead& head = hs_->response.head();
   if (head.status != 101) {
     // A refusal from the application (401, 403, 404...) is the application's answer: relay it.
     respond(head.status, "upstream answered " + std::to_string(head.status),
@@ -762,14 +745,13 @@ void Session::onUpstreamHead(const char* data, size_t len) {
     respondError(v.status, v.reason);
     return;
   }
+  TunnelSetup setup;
+  if (!negotiateExtensions(head, setup)) return;
   UPGATE_LOG(debug, id_, "101 from upstream {}: tunnel open (route {})", upstream_addr_,
              route_->name);
   std::string response = switchingResponse(head);
   status_ = 101;
-  // Frames mode on a compressed connection: RSV1 marks compressed messages (RFC 7692).
-  const std::string* extensions = findHeader(head.headers, "sec-websocket-extensions");
-  bool deflate = extensions && extensions->find("permessage-deflate") != std::string::npos;
-  std::string client_early = switchProtocols(deflate);
+  std::string client_early = switchProtocols(setup);
   // The 101 goes first; then whatever either side sent right behind its handshake.
   pump(*upstream_, *client_, response.data(), response.size());
   if (state_ != State::Tunnel) return;
@@ -788,32 +770,100 @@ void Session::onUpstreamHead(const char* data, size_t len) {
 }
 
 void Session::tunnelData(bool from_client, const char* data, size_t len) {
-  Stream& from = from_client ? *client_ : *upstream_;
-  Stream& to = from_client ? *upstream_ : *client_;
-  FrameInspector* in = from_client ? inspect_up_.get() : inspect_down_.get();
-  if (in == nullptr) {  // passthrough
-    (from_client ? bytes_up_ : bytes_down_) += len;
-    pump(from, to, data, len);
-    return;
+  // Reads land in the loop's writable read buffer (or a leftover string the session owns):
+  // frames mode unmasks in place. Any read, pongs included, counts as activity.
+  last_activity_ms_ = uv_now(worker_.loop());
+  tunnel_->onData(from_client, const_cast<char*>(data), len, last_activity_ms_);
+  if (state_ == State::Tunnel && tunnel_->takeRearm()) armTunnelTimer();
+}
+
+bool Session::tunnelWrite(bool to_client, const char* data, size_t len) {
+  (to_client ? bytes_down_ : bytes_up_) += len;
+  pump(to_client ? *upstream_ : *client_, to_client ? *client_ : *upstream_, data, len);
+  return state_ == State::Tunnel;
+}
+
+void Session::tunnelEnd(const std::string& reason) {
+  // Close frames are queued on both legs: they go out before TCP closes.
+  lingerClose(reason, /*flush_upstream=*/true);
+}
+
+MessageVerdict Session::tunnelMessage(bool from_client, uint8_t opcode,
+                                      const std::string& payload) {
+  return chain_->onMessage(from_client ? UPGATE_CLIENT_TO_UPSTREAM : UPGATE_UPSTREAM_TO_CLIENT,
+                           opcode, reinterpret_cast<const uint8_t*>(payload.data()),
+                           payload.size());
+}
+
+// ---- Extensions
+// ----------------------------------------------------------------------------------
+
+// upgate answers Sec-WebSocket-Extensions itself, per leg, when the route compresses per leg or
+// plugins read messages (they need them inflated); otherwise the negotiation passes through.
+bool Session::terminatesExtensions() const {
+  return route_->mode == TunnelMode::Frames &&
+         (route_->compression.enabled || (chain_ && chain_->hasMessageHooks()));
+}
+
+void Session::offerUpstreamExtensions(RequestHead& head) {
+  hs_->extensions_offered = true;
+  if (!terminatesExtensions()) return;
+  auto& h = head.headers;
+  for (const Header& x : h) {
+    if (!iequals(x.name, "Sec-WebSocket-Extensions")) continue;
+    if (!hs_->client_extensions.empty()) hs_->client_extensions.append(", ");
+    hs_->client_extensions.append(x.value);
   }
-  // Frames mode: checked in place (the loop's read buffer is writable), then forwarded as it
-  // came, up to the offending frame or the end of a close frame.
-  size_t forward = 0;
-  ParseError e = in->inspect(const_cast<char*>(data), len, forward);
-  if (forward > 0) {
-    (from_client ? bytes_up_ : bytes_down_) += forward;
-    pump(from, to, data, forward);
-    if (state_ != State::Tunnel) return;
+  h.erase(
+      std::remove_if(h.begin(), h.end(),
+                     [](const Header& x) { return iequals(x.name, "Sec-WebSocket-Extensions"); }),
+      h.end());
+  if (route_->compression.upstream) {
+    h.push_back({"Sec-WebSocket-Extensions", buildDeflateOffer(DeflatePolicy{})});
   }
-  if (e) {
-    failFrames(from_client, e);
-    return;
+}
+
+bool Session::negotiateExtensions(ResponseHead& head, TunnelSetup& setup) {
+  auto& h = head.headers;
+  std::string answer;
+  for (const Header& x : h) {
+    if (!iequals(x.name, "Sec-WebSocket-Extensions")) continue;
+    if (!answer.empty()) answer.append(", ");
+    answer.append(x.value);
   }
-  if (inspect_up_->closeSeen() && inspect_down_->closeSeen()) {
-    // Both close frames went through: the handshake is complete and TCP closes now (RFC 6455
-    // §5.5.1), not when a slow peer gets round to it.
-    lingerClose("close handshake complete", /*flush_upstream=*/true);
+  if (!terminatesExtensions()) {
+    // Passed through: in frames mode RSV1 then marks messages the peers compressed (RFC 7692).
+    setup.end_to_end_deflate = answer.find("permessage-deflate") != std::string::npos;
+    return true;
   }
+  if (route_->compression.upstream) {
+    DeflateAgreement a;
+    std::string error;
+    NegotiationResult r = acceptDeflateResponse(answer, DeflatePolicy{}, &a, &error);
+    if (r == NegotiationResult::Malformed) {
+      respondError(502, "upstream's Sec-WebSocket-Extensions answer refused: " + error);
+      return false;
+    }
+    if (r == NegotiationResult::Accepted) setup.upstream_deflate = a;
+  }
+  h.erase(
+      std::remove_if(h.begin(), h.end(),
+                     [](const Header& x) { return iequals(x.name, "Sec-WebSocket-Extensions"); }),
+      h.end());
+  if (route_->compression.client && !hs_->client_extensions.empty()) {
+    DeflatePolicy policy;
+    policy.server_no_context_takeover = route_->compression.server_no_context_takeover;
+    policy.client_max_window_bits = route_->compression.client_max_window_bits;
+    DeflateAgreement a;
+    std::string response;
+    // A malformed offer is declined (the client gets no compression), not refused.
+    if (negotiateDeflateServer(hs_->client_extensions, policy, &a, &response) ==
+        NegotiationResult::Accepted) {
+      setup.client_deflate = a;
+      h.push_back({"Sec-WebSocket-Extensions", response});
+    }
+  }
+  return true;
 }
 
 void Session::onUpstreamHeadEof() {
@@ -827,13 +877,17 @@ void Session::onUpstreamHeadEof() {
   respondError(502, "upstream closed the connection before answering the upgrade");
 }
 
-std::string Session::switchProtocols(bool deflate) {
+std::string Session::switchProtocols(TunnelSetup& setup) {
   if (chain_) chain_->handshakeDone();
-  if (route_->mode == TunnelMode::Frames) {
-    const uint64_t max = worker_.config().limits.max_message_size;
-    inspect_up_ = std::make_unique<FrameInspector>(Role::Client, max, deflate);
-    inspect_down_ = std::make_unique<FrameInspector>(Role::Server, max, deflate);
-  }
+  const Config& config = worker_.config();
+  setup.mode = route_->mode;
+  setup.max_message_size = config.limits.max_message_size;
+  setup.message_hooks = route_->mode == TunnelMode::Frames && chain_ && chain_->hasMessageHooks();
+  setup.keepalive = route_->keepalive;
+  setup.close_timeout_ms = static_cast<uint64_t>(config.timeouts.close.count());
+  setup.session_id = id_;
+  tunnel_ =
+      std::make_unique<Tunnel>(static_cast<TunnelOwner&>(*this), setup, uv_now(worker_.loop()));
   std::string leftover = std::move(hs_->client_leftover);
   hs_.reset();  // the handshake is over: free parsers and the request copy
   state_ = State::Tunnel;
@@ -1021,6 +1075,8 @@ void Session::handleTimer() {
       }
       break;
     case State::Tunnel:
+      tunnel_->onTimer(uv_now(worker_.loop()));
+      if (state_ != State::Tunnel) return;
       break;
     case State::Exchanging:
     case State::PluginPaused:
@@ -1052,6 +1108,7 @@ void Session::armTunnelTimer() {
   uint64_t idle = static_cast<uint64_t>(worker_.config().timeouts.idle.count());
   if (idle != 0) due = last_activity_ms_ + idle;
   if (half_close_deadline_ms_ != 0 && half_close_deadline_ms_ < due) due = half_close_deadline_ms_;
+  if (tunnel_) due = std::min(due, tunnel_->nextDue());
   if (due == UINT64_MAX) return;
   uv_timer_start(&timer_, onTimer, due > now ? due - now : 0, 0);
 }

@@ -15,10 +15,11 @@
 #include "config/config.h"
 #include "http/forwarding.h"
 #include "http/request_head.h"
+#include "http/response_parser.h"
 #include "net/tcp_stream.h"
 #include "plugin/chain.h"
-#include "proxy/frame_inspector.h"
 #include "proxy/http_exchange.h"
+#include "proxy/tunnel.h"
 #include "tls/tls_stream.h"
 
 namespace upgate {
@@ -26,7 +27,10 @@ namespace upgate {
 class Worker;
 struct HandshakeState;
 
-class Session final : private SubscriptionOwner, private HttpExchangeOwner, private PluginSession {
+class Session final : private SubscriptionOwner,
+                      private HttpExchangeOwner,
+                      private PluginSession,
+                      private TunnelOwner {
  public:
   // `tls` is the listener's TLS context, or null for a plain listener.
   Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
@@ -95,7 +99,10 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner, priv
   void dispatchRoute(bool upgrade);
   void onUpstreamHead(const char* data, size_t len);
   void onUpstreamHeadEof();
-  std::string switchProtocols(bool deflate);
+  bool terminatesExtensions() const;
+  void offerUpstreamExtensions(RequestHead& head);
+  bool negotiateExtensions(ResponseHead& head, TunnelSetup& setup);
+  std::string switchProtocols(TunnelSetup& setup);
 
   // Tunnel phase.
   void tunnelData(bool from_client, const char* data, size_t len);
@@ -108,6 +115,11 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner, priv
   void onLegClosed(bool is_client);
   void handleTimer();
   void armTunnelTimer();
+  // TunnelOwner.
+  bool tunnelWrite(bool to_client, const char* data, size_t len) override;
+  void tunnelEnd(const std::string& reason) override;
+  MessageVerdict tunnelMessage(bool from_client, uint8_t opcode,
+                               const std::string& payload) override;
 
   // Channel subscribers (SubscriptionOwner).
   void subscribe(bool upgrade);
@@ -138,9 +150,6 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner, priv
   static void onPluginTimer(uv_timer_t* t) noexcept;
 
   // Exits.
-  // Frames mode.
-  void failFrames(bool from_client, ParseError e);
-  void sendCloseFrames(uint16_t to_client, uint16_t to_upstream, const std::string& why);
   void lingerClose(const std::string& reason, bool flush_upstream = false);
   void respond(int status, const std::string& reason, const std::string& response);
   void respondError(int status, const std::string& reason, const HeaderList* extra = nullptr);
@@ -171,11 +180,10 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner, priv
   // Everything needed only until the 101: freed when the tunnel starts, so an established
   // session carries no parser, no request copy and no leftover buffers.
   std::unique_ptr<HandshakeState> hs_;
-  std::unique_ptr<Subscription> subscription_;    // channel and longpoll routes only
-  std::unique_ptr<HttpExchange> exchange_;        // http routes: the current (or last) exchange
-  std::unique_ptr<PluginChain> chain_;            // only when the route has plugins
-  std::unique_ptr<FrameInspector> inspect_up_;    // frames mode: client -> upstream
-  std::unique_ptr<FrameInspector> inspect_down_;  // frames mode: upstream -> client
+  std::unique_ptr<Subscription> subscription_;  // channel and longpoll routes only
+  std::unique_ptr<HttpExchange> exchange_;      // http routes: the current (or last) exchange
+  std::unique_ptr<PluginChain> chain_;          // only when the route has plugins
+  std::unique_ptr<Tunnel> tunnel_;              // websocket routes, after the 101
   mutable std::unique_ptr<PluginTlsIdentity> tls_identity_;  // built on first plugin request
   std::string upstream_override_;                            // an on_route hook's choice
   std::string user_;           // identity a plugin attached (access log)

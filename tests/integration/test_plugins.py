@@ -321,6 +321,8 @@ class JwtTest(GatewayTestCase):
             upstreams={"chat": {"endpoints": [cls.echo.addr]},
                        "slow": {"endpoints": [cls.slow.addr]}},
             admin={"address": "127.0.0.1:0"},
+            # The slow upstream never answers a close frame: timeouts.close ends its sessions.
+            timeouts={"close": "1s"},
             routes=[
                 {"name": "slow", "match": {"path_prefix": "/slow/"}, "upstream": "slow",
                  "plugins": [{"name": "jwt", "config": jwt_config()}]},
@@ -535,8 +537,8 @@ class JwtTest(GatewayTestCase):
     # -- connection-lifetime auth --------------------------------------------------------------
 
     def test_session_closed_when_token_expires(self):
-        """A channel subscriber gets a 1008 close frame at exp; a passthrough tunnel (no frame
-        boundaries to inject a close at) is cut at the TCP level. Both, concurrently."""
+        """At exp a channel subscriber and a passthrough tunnel both get a 1008 close frame (the
+        tunnel's is placed between frames, on both legs); their replies end the sessions."""
         exp = int(time.time()) + 3
         token = make_jwt(claims(exp=exp))
         sub = RawClient(self.gw.addr())
@@ -562,9 +564,13 @@ class JwtTest(GatewayTestCase):
         _, how = sub.read_until_closed(5)
         self.assertIn(how, ("eof", "reset"))
 
-        data, how = tunnel.read_until_closed(max(0.5, exp + 3 - time.time()))
-        self.assertIn(how, ("eof", "reset"), "tunnel still open 3s after its token expired")
+        fin, opcode, payload = tunnel.recv_frame(timeout=max(0.5, exp + 3 - time.time()))
         self.assertGreaterEqual(time.time(), exp - 0.2)
+        self.assertEqual(opcode, harness.OP_CLOSE, (fin, opcode, payload))
+        self.assertEqual(struct.unpack("!H", payload[:2])[0], 1008, payload)
+        tunnel.send_frame(harness.OP_CLOSE, payload[:2])
+        data, how = tunnel.read_until_closed(3)
+        self.assertIn(how, ("eof", "reset"), "tunnel still open after the close handshake")
         # The upstream side of the tunnel is ended too.
         self.echo.wait_close_for(tunnel_path, timeout=5)
 
@@ -581,10 +587,14 @@ class JwtTest(GatewayTestCase):
                 return  # refusing once the token has expired is fine too
             self.assertGreater(time.time(), exp, "the 101 came before exp: the test needs a "
                                                  "slower upstream")
-            _, how = c.read_until_closed(timeout=max(1.0, exp + 3 - time.time()))
-            self.assertIn(how, ("eof", "reset"),
-                          "session admitted with a token that expired at %d is still open %.1fs "
-                          "after its expiry" % (exp, time.time() - exp))
+            fin, opcode, payload = c.recv_frame(timeout=max(1.0, exp + 3 - time.time()))
+            self.assertEqual(opcode, harness.OP_CLOSE,
+                             "session admitted with a token that expired at %d got %r instead of "
+                             "a close frame" % (exp, (fin, opcode, payload)))
+            self.assertEqual(struct.unpack("!H", payload[:2])[0], 1008, payload)
+            c.send_frame(harness.OP_CLOSE, payload[:2])
+            _, how = c.read_until_closed(timeout=3)
+            self.assertIn(how, ("eof", "reset"), "still open after the close handshake")
 
     def test_no_timer_beyond_a_long_lived_token(self):
         # A token valid for 10 minutes keeps its session (sanity check for the test above).

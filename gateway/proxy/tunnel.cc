@@ -1,0 +1,270 @@
+#include "proxy/tunnel.h"
+
+#include <algorithm>
+
+#include "core/log.h"
+#include "websocket/close_code.h"
+#include "websocket/frame_writer.h"
+
+namespace upgate {
+
+namespace {
+
+// Payload of upgate's keepalive pings: the pong that echoes it is recognised and swallowed.
+constexpr std::string_view kPingPayload = "upgate-keepalive";
+
+const char* legName(bool client) {
+  return client ? "client" : "upstream";
+}
+
+}  // namespace
+
+Tunnel::Tunnel(TunnelOwner& owner, const TunnelSetup& setup, uint64_t now_ms)
+    : owner_(owner), setup_(setup), now_ms_(now_ms) {
+  client_.last_rx_ms = upstream_.last_rx_ms = now_ms;
+  if (setup_.mode != TunnelMode::Frames) return;
+  // Channels of upgate's own agreements: on the client leg upgate is the server, on the
+  // upstream leg the client (RFC 7692 names parameters after the server and the client).
+  std::optional<DeflateChannel> from_client, to_client, from_upstream, to_upstream;
+  if (setup_.client_deflate) {
+    from_client = channelFor(*setup_.client_deflate, Role::Client);
+    to_client = channelFor(*setup_.client_deflate, Role::Server);
+  }
+  if (setup_.upstream_deflate) {
+    from_upstream = channelFor(*setup_.upstream_deflate, Role::Server);
+    to_upstream = channelFor(*setup_.upstream_deflate, Role::Client);
+  }
+  auto ptr = [](const std::optional<DeflateChannel>& c) { return c ? &*c : nullptr; };
+  FrameRelay::Options up;
+  up.from = Role::Client;
+  up.max_message_size = setup_.max_message_size;
+  up.end_to_end_deflate = setup_.end_to_end_deflate;
+  up.inflate = ptr(from_client);
+  up.deflate = ptr(to_upstream);
+  up.whole_messages = setup_.message_hooks;
+  FrameRelay::Options down = up;
+  down.from = Role::Server;
+  down.inflate = ptr(from_upstream);
+  down.deflate = ptr(to_client);
+  relay_up_ = std::make_unique<FrameRelay>(up, up_);
+  relay_down_ = std::make_unique<FrameRelay>(down, down_);
+}
+
+// ---- Relaying ----------------------------------------------------------------------------------
+
+void Tunnel::onData(bool from_client, char* data, size_t len, uint64_t now_ms) {
+  if (ended_) return;
+  now_ms_ = now_ms;
+  Leg& src = leg(from_client);
+  Leg& dst = leg(!from_client);
+  src.last_rx_ms = now_ms;
+  src.ping_sent_ms = 0;  // anything at all proves the leg is alive
+  src.want_ping = false;
+  if (src.close_received) return;  // nothing after a close frame is read (RFC 6455 §5.5.1)
+  if (relay_up_) {
+    ParseError e = (from_client ? relay_up_ : relay_down_)->feed(data, len);
+    if (ended_) return;
+    if (e) {
+      fail(from_client, e);
+      return;
+    }
+  } else {
+    FrameTracker& t = from_client ? track_up_ : track_down_;
+    t.feed(data, len);
+    if (!write(!from_client, data, len)) return;
+    if (t.closeSeen()) {
+      src.close_received = true;
+      closeSentTo(dst, now_ms);  // it went on with this read (or dst was closed already)
+    }
+  }
+  if (!flushInjections(now_ms)) return;
+  checkDone();
+}
+
+bool Tunnel::write(bool to_client, const char* data, size_t len) {
+  if (ended_) return false;
+  if (leg(to_client).close_sent) return true;  // after a close frame nothing more goes to a leg
+  if (!owner_.tunnelWrite(to_client, data, len)) {
+    ended_ = true;
+    return false;
+  }
+  return true;
+}
+
+bool Tunnel::Direction::relayBytes(const char* data, size_t len) {
+  return t_.write(!from_client_, data, len);
+}
+
+bool Tunnel::Direction::relayControl(uint8_t op, std::string_view payload, std::string_view frame) {
+  Tunnel& t = t_;
+  Leg& src = t.leg(from_client_);
+  Leg& dst = t.leg(!from_client_);
+  switch (op) {
+    case opcode::kPing:
+      if (t.setup_.keepalive.peer_pings == PeerPings::Answer) {
+        src.pong.assign(payload.data(), payload.size());  // the latest ping is answered (§5.5.3)
+        src.pong_due = true;
+        return true;
+      }
+      break;
+    case opcode::kPong:
+      if (payload == kPingPayload) return true;  // the answer to our own ping
+      break;
+    case opcode::kClose:
+      src.close_received = true;
+      if (dst.close_sent) return true;  // the reply to a close upgate sent: the other leg has one
+      if (!t.write(!from_client_, frame.data(), frame.size())) return false;
+      t.closeSentTo(dst, t.now_ms_);
+      return true;
+    default:
+      break;
+  }
+  return t.write(!from_client_, frame.data(), frame.size());
+}
+
+MessageVerdict Tunnel::Direction::relayMessage(uint8_t op, const std::string& payload) {
+  return t_.owner_.tunnelMessage(from_client_, op, payload);
+}
+
+// ---- Injected frames ---------------------------------------------------------------------------
+
+bool Tunnel::atBoundaryTowards(bool to_client) const {
+  // The direction that writes to the client is the one from the upstream, and back.
+  if (relay_up_) return (to_client ? relay_down_ : relay_up_)->atBoundary();
+  return (to_client ? track_down_ : track_up_).atBoundary();
+}
+
+bool Tunnel::inject(bool to_client, uint64_t now_ms) {
+  Leg& l = leg(to_client);
+  if (l.close_sent || !atBoundaryTowards(to_client)) return true;
+  // Towards the upstream upgate is the client: its frames are masked (§5.3).
+  const bool masked = !to_client;
+  if (l.pong_due) {
+    l.pong_due = false;
+    std::string f = pongFrame(l.pong, masked);
+    if (!write(to_client, f.data(), f.size())) return false;
+  }
+  if (l.want_ping) {
+    l.want_ping = false;
+    l.ping_sent_ms = now_ms;
+    rearm_ = true;
+    std::string f = pingFrame(kPingPayload, masked);
+    if (!write(to_client, f.data(), f.size())) return false;
+  }
+  if (l.close_code != 0) {
+    std::string f = closeFrame(l.close_code, close_reason_, masked);
+    if (!write(to_client, f.data(), f.size())) return false;
+    closeSentTo(l, now_ms);
+  }
+  return true;
+}
+
+bool Tunnel::flushInjections(uint64_t now_ms) {
+  return inject(true, now_ms) && inject(false, now_ms);
+}
+
+void Tunnel::closeSentTo(Leg& l, uint64_t now_ms) {
+  l.close_sent = true;
+  l.want_ping = l.pong_due = false;
+  l.ping_sent_ms = 0;
+  if (close_deadline_ms_ == 0) {
+    close_deadline_ms_ = now_ms + setup_.close_timeout_ms;
+    rearm_ = true;
+  }
+}
+
+void Tunnel::close(uint16_t code, const std::string& reason, uint64_t now_ms) {
+  if (ended_) return;
+  now_ms_ = now_ms;
+  close_reason_ = reason.substr(0, 100);
+  for (bool c : {true, false}) {
+    Leg& l = leg(c);
+    if (!l.close_sent && l.close_code == 0) l.close_code = code;
+  }
+  if (close_deadline_ms_ == 0) {
+    close_deadline_ms_ = now_ms + setup_.close_timeout_ms;
+    rearm_ = true;
+  }
+  if (!flushInjections(now_ms)) return;
+  checkDone();
+}
+
+void Tunnel::fail(bool from_client, ParseError e) {
+  std::string reason = std::string(legName(from_client)) + " violated RFC 6455: " + e.reason +
+                       " (" + std::to_string(e.code) + ")";
+  UPGATE_LOG(info, setup_.session_id, "{}", reason);
+  // The offender gets the code; the other side a clean close: 1001 towards the upstream when
+  // the client failed, 1011 towards the client when the upstream did. Frames that cannot be
+  // placed (a leg left inside a frame) are not sent: TCP closes anyway.
+  close_reason_ = e.reason;
+  leg(from_client).close_code = e.code;
+  leg(!from_client).close_code = from_client ? close_code::kGoingAway : close_code::kInternalError;
+  if (!flushInjections(now_ms_)) return;
+  end(reason);
+}
+
+// ---- Timers ------------------------------------------------------------------------------------
+
+void Tunnel::onTimer(uint64_t now_ms) {
+  if (ended_) return;
+  now_ms_ = now_ms;
+  if (close_deadline_ms_ != 0 && now_ms >= close_deadline_ms_) {
+    end("close handshake not completed within timeouts.close");
+    return;
+  }
+  const KeepaliveConfig& k = setup_.keepalive;
+  if (k.interval.count() > 0) {
+    const auto interval = static_cast<uint64_t>(k.interval.count());
+    const auto timeout = static_cast<uint64_t>(k.timeout.count());
+    for (bool c : {true, false}) {
+      Leg& l = leg(c);
+      if (l.close_sent || l.close_received) continue;
+      if (l.ping_sent_ms != 0 && now_ms >= l.ping_sent_ms + timeout) {
+        legDead(c, now_ms);
+        return;
+      }
+      if (l.ping_sent_ms == 0 && now_ms >= l.last_rx_ms + interval) l.want_ping = true;
+    }
+  }
+  if (!flushInjections(now_ms)) return;
+  checkDone();
+}
+
+uint64_t Tunnel::nextDue() const {
+  uint64_t due = close_deadline_ms_ != 0 ? close_deadline_ms_ : UINT64_MAX;
+  const KeepaliveConfig& k = setup_.keepalive;
+  if (k.interval.count() == 0 || ended_) return due;
+  for (const Leg* l : {&client_, &upstream_}) {
+    if (l->close_sent || l->close_received || l->want_ping) continue;
+    uint64_t at = l->ping_sent_ms != 0 ? l->ping_sent_ms + static_cast<uint64_t>(k.timeout.count())
+                                       : l->last_rx_ms + static_cast<uint64_t>(k.interval.count());
+    due = std::min(due, at);
+  }
+  return due;
+}
+
+void Tunnel::legDead(bool client, uint64_t now_ms) {
+  UPGATE_LOG(info, setup_.session_id, "{} did not answer a ping within {} ms: closing",
+             legName(client), setup_.keepalive.timeout.count());
+  // Nothing more is written to a dead leg, nor expected from it; the other one gets 1001.
+  Leg& dead = leg(client);
+  dead.close_sent = dead.close_received = true;
+  close_reason_for_end_ = std::string(legName(client)) + " did not answer a ping";
+  close(close_code::kGoingAway, close_reason_for_end_, now_ms);
+}
+
+void Tunnel::checkDone() {
+  if (ended_) return;
+  if (client_.close_sent && client_.close_received && upstream_.close_sent &&
+      upstream_.close_received) {
+    end(close_reason_for_end_.empty() ? "close handshake complete" : close_reason_for_end_);
+  }
+}
+
+void Tunnel::end(const std::string& reason) {
+  if (ended_) return;
+  ended_ = true;
+  owner_.tunnelEnd(reason);
+}
+
+}  // namespace upgate

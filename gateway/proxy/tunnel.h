@@ -1,0 +1,138 @@
+#pragma once
+// The WebSocket side of an established websocket-route session: what upgate knows and does
+// about frames between the 101 and the end, in both modes.
+//
+//   - Relaying: passthrough hands reads on unchanged and follows frame headers (FrameTracker);
+//     frames mode checks everything (FrameRelay) and, with per-leg compression or message hooks,
+//     rebuilds messages.
+//   - Close handshake, mediated per leg: a close frame from one leg goes to the other, whose
+//     reply comes back; once both legs have sent and received one, the session ends. When upgate
+//     itself closes (drain, a plugin, a dead peer, a violation) it injects its own close frame at
+//     the next frame boundary of that leg and swallows the reply. Nothing is written to a leg
+//     after its close frame. timeouts.close bounds the wait for replies.
+//   - Keepalive (route `keepalive:`): a leg that sent nothing for `interval` is pinged; if nothing
+//     at all arrives within `timeout`, the leg is dead and the other one gets 1001. Pongs that
+//     answer upgate's pings are swallowed in frames mode; in passthrough they go on to the other
+//     peer, which RFC 6455 §5.5.3 allows (an unsolicited pong needs no answer).
+//
+// The owning Session keeps the sockets, backpressure, half-close and the idle timeout; it calls
+// onData() for every read, onTimer() when nextDue() passes, and close() to end the session
+// cleanly. One per tunnel, on the session's loop thread.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "config/config.h"
+#include "plugin/chain.h"  // MessageVerdict
+#include "proxy/frame_relay.h"
+#include "websocket/extensions.h"
+
+namespace upgate {
+
+class TunnelOwner {
+ public:
+  virtual ~TunnelOwner() = default;
+  // Writes to one leg, with backpressure. Returns false if the session ended.
+  virtual bool tunnelWrite(bool to_client, const char* data, size_t len) = 0;
+  // The close handshake completed, or upgate failed the connection: close both legs once what
+  // is queued (close frames) is written.
+  virtual void tunnelEnd(const std::string& reason) = 0;
+  // A complete message for the plugins' on_message hooks (frames mode, hooks configured).
+  virtual MessageVerdict tunnelMessage(bool from_client, uint8_t opcode,
+                                       const std::string& payload) = 0;
+};
+
+struct TunnelSetup {
+  TunnelMode mode = TunnelMode::Passthrough;
+  uint64_t max_message_size = 16 * 1024 * 1024;
+  bool end_to_end_deflate = false;                   // the peers agreed permessage-deflate
+  std::optional<DeflateAgreement> client_deflate;    // upgate's agreement with the client
+  std::optional<DeflateAgreement> upstream_deflate;  // ...and with the upstream
+  bool message_hooks = false;
+  KeepaliveConfig keepalive;
+  uint64_t close_timeout_ms = 5000;
+  uint64_t session_id = 0;  // for log lines
+};
+
+class Tunnel {
+ public:
+  Tunnel(TunnelOwner& owner, const TunnelSetup& setup, uint64_t now_ms);
+  Tunnel(const Tunnel&) = delete;
+  Tunnel& operator=(const Tunnel&) = delete;
+
+  // Bytes read from a leg; writable (frames mode unmasks in place).
+  void onData(bool from_client, char* data, size_t len, uint64_t now_ms);
+  // Ends the session cleanly: `code` to both legs, then waits for their replies.
+  void close(uint16_t code, const std::string& reason, uint64_t now_ms);
+  // Keepalive and the close deadline. Call when nextDue() has passed.
+  void onTimer(uint64_t now_ms);
+  // When onTimer() next has work (UINT64_MAX: nothing scheduled).
+  uint64_t nextDue() const;
+  // The tunnel ended (tunnelEnd was called, or a write failed).
+  bool ended() const { return ended_; }
+  // Something was scheduled earlier than nextDue() said before (a close deadline, a ping sent
+  // while relaying): the owner re-arms its timer. Clears the flag.
+  bool takeRearm() {
+    bool r = rearm_;
+    rearm_ = false;
+    return r;
+  }
+
+ private:
+  // Relays one direction's output to the other leg.
+  class Direction final : public RelayOutput {
+   public:
+    Direction(Tunnel& t, bool from_client) : t_(t), from_client_(from_client) {}
+    bool relayBytes(const char* data, size_t len) override;
+    bool relayControl(uint8_t opcode, std::string_view payload, std::string_view frame) override;
+    MessageVerdict relayMessage(uint8_t opcode, const std::string& payload) override;
+
+   private:
+    Tunnel& t_;
+    bool from_client_;
+  };
+
+  struct Leg {
+    uint64_t last_rx_ms = 0;      // bytes last arrived from this leg
+    uint64_t ping_sent_ms = 0;    // our ping is unanswered since (0: none)
+    uint16_t close_code = 0;      // a close frame to inject at the next frame boundary
+    bool want_ping = false;       // quiet for the keepalive interval: ping at the next boundary
+    bool close_sent = false;      // a close frame went to this leg: nothing more is written to it
+    bool close_received = false;  // this leg sent its close frame: nothing more is read
+    std::string pong;             // peer_pings answer: payload of the ping to answer
+    bool pong_due = false;
+  };
+
+  Leg& leg(bool client) { return client ? client_ : upstream_; }
+  bool atBoundaryTowards(bool to_client) const;
+  bool write(bool to_client, const char* data, size_t len);
+  bool inject(bool to_client, uint64_t now_ms);
+  bool flushInjections(uint64_t now_ms);
+  void closeSentTo(Leg& l, uint64_t now_ms);
+  void fail(bool from_client, ParseError e);
+  void legDead(bool client, uint64_t now_ms);
+  void checkDone();
+  void end(const std::string& reason);
+
+  TunnelOwner& owner_;
+  const TunnelSetup setup_;
+  Direction up_{*this, true};     // client -> upstream
+  Direction down_{*this, false};  // upstream -> client
+  FrameTracker track_up_;         // passthrough
+  FrameTracker track_down_;
+  std::unique_ptr<FrameRelay> relay_up_;  // frames mode
+  std::unique_ptr<FrameRelay> relay_down_;
+  Leg client_;
+  Leg upstream_;
+  std::string close_reason_;          // reason sent with injected close frames
+  std::string close_reason_for_end_;  // why the session ends, when not a plain close handshake
+  uint64_t close_deadline_ms_ = 0;    // the close handshake must be over by then (0: not started)
+  uint64_t now_ms_ = 0;               // time of the current onData/onTimer call
+  bool ended_ = false;
+  bool rearm_ = false;
+};
+
+}  // namespace upgate
