@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "http/template.h"
+#include "websocket/deflate.h"
 
 namespace upgate {
 
@@ -339,8 +340,22 @@ class Validator {
       error(base + ".compression",
             "per-leg compression needs mode: frames (passthrough relays the extension untouched)");
     }
-    if (c.max_memory < 64 * 1024) {
-      error(base + ".compression.max_memory", "must be at least 64KiB");
+    // The most zlib state the legs can need: a compressor and a decompressor per compressed
+    // leg, at the largest windows the negotiation can end with.
+    size_t need = 0;
+    if (c.client) {
+      need += Deflater::estimateMemory(DeflateChannel{15, false}, Deflater::Options{}) +
+              Inflater::estimateMemory(DeflateChannel{c.client_max_window_bits, false});
+    }
+    if (c.upstream) {
+      need += Deflater::estimateMemory(DeflateChannel{15, false}, Deflater::Options{}) +
+              Inflater::estimateMemory(DeflateChannel{15, false});
+    }
+    if (c.max_memory < need) {
+      error(base + ".compression.max_memory",
+            "is " + std::to_string(c.max_memory / 1024) + "KiB, below the " +
+                std::to_string((need + 1023) / 1024) +
+                "KiB the compressed legs can need (lower client_max_window_bits or raise it)");
     }
   }
 

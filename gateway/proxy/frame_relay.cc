@@ -92,6 +92,7 @@ ParseError FrameRelay::feed(char* data, size_t len) {
   run_ = nullptr;
   run_len_ = 0;
   frame_start_ = nullptr;
+  frame_spilled_ = false;
   ParseError e = parser_.feed(data, len, *this);
   if (e) {
     // A header the parser refused: the frames before it are complete; relay them.
@@ -104,7 +105,12 @@ ParseError FrameRelay::feed(char* data, size_t len) {
 }
 
 bool FrameRelay::extendRun(const char* p, size_t n) {
-  if (run_ != nullptr && run_ + run_len_ == p) {
+  if (run_len_ == 0) {  // a spilled header (head_) may be pending: it goes first at flushRun
+    run_ = p;
+    run_len_ = n;
+    return true;
+  }
+  if (run_ + run_len_ == p) {
     run_len_ += n;
     return true;
   }
@@ -135,11 +141,15 @@ bool FrameRelay::stop() {
 }
 
 bool FrameRelay::fail(ParseError e) {
-  if (in_frame_ && frame_start_ != nullptr) {
+  if (in_frame_ && (frame_start_ != nullptr || frame_spilled_)) {
     // The offending data frame began in this read: none of it goes on, so the destination is
     // left between frames.
-    run_len_ = static_cast<size_t>(frame_start_ - run_);
-    head_len_ = 0;
+    if (frame_spilled_) {
+      head_len_ = 0;
+      run_len_ = 0;
+    } else {
+      run_len_ = static_cast<size_t>(frame_start_ - run_);
+    }
     in_frame_ = false;
   } else if (in_frame_) {
     run_len_ = 0;  // it began in an earlier read: the destination stays inside it
@@ -162,9 +172,7 @@ bool FrameRelay::onFrameHeader(const FrameHeader& h, const char* raw, size_t raw
   // this read, so nothing is pending before it.
   std::memcpy(head_, raw, raw_len);
   head_len_ = static_cast<uint8_t>(raw_len);
-  frame_start_ = base_;
-  run_ = base_;
-  run_len_ = 0;
+  frame_spilled_ = true;
   return true;
 }
 
@@ -200,6 +208,7 @@ bool FrameRelay::onFrameEnd(const FrameHeader& h) {
   if (!whole_messages_) {
     in_frame_ = false;
     frame_start_ = nullptr;
+    frame_spilled_ = false;
     return true;
   }
   return h.fin ? endMessage() : true;

@@ -125,6 +125,7 @@ class FrameRelay final : private FrameSink {
   char head_[kMaxFrameHeader] = {};  // a data frame header that began in the previous read
   uint8_t head_len_ = 0;
   const char* frame_start_ = nullptr;  // where the current data frame's relayed bytes start
+  bool frame_spilled_ = false;         // ...or it started with head_ (a spilled header)
   bool in_frame_ = false;              // a data frame's header was relayed, its end not yet
   bool close_seen_ = false;
   bool stopped_ = false;      // the output said stop, or an error: nothing more is read

@@ -623,3 +623,100 @@ TEST_CASE("loader: odd documents fail with ConfigErrors only", "[config]") {
 
 }  // namespace
 }  // namespace upgate
+
+namespace upgate {
+namespace {
+
+const std::string kTunnelBase =
+    "listeners:\n"
+    "  - name: public\n"
+    "    address: 127.0.0.1:8080\n"
+    "upstreams:\n"
+    "  chat:\n"
+    "    endpoints: [127.0.0.1:9001]\n"
+    "routes:\n"
+    "  - name: chat\n"
+    "    upstream: chat\n";
+
+std::vector<std::string> tunnelErrors(const std::string& route_tail) {
+  std::vector<std::string> out;
+  try {
+    loadConfigString(kTunnelBase + route_tail, "t.yaml");
+  } catch (const ConfigErrors& e) {
+    for (const ConfigError& x : e.errors) out.push_back(x.text());
+  }
+  return out;
+}
+
+TEST_CASE("loader: route keepalive and compression", "[config]") {
+  SECTION("defaults: off, negotiation passes through") {
+    const Config& c = *loadConfigString(kTunnelBase, "t.yaml");
+    const RouteConfig& r = c.routes[0];
+    CHECK(r.keepalive.interval.count() == 0);
+    CHECK(r.keepalive.timeout.count() == 10000);
+    CHECK(r.keepalive.peer_pings == PeerPings::Forward);
+    CHECK_FALSE(r.compression.enabled);
+    CHECK(c.timeouts.close.count() == 5000);
+  }
+  SECTION("every key") {
+    auto cfg = loadConfigString(kTunnelBase +
+                                    "    mode: frames\n"
+                                    "    keepalive: {interval: 30s, timeout: 5s, peer_pings: "
+                                    "answer}\n"
+                                    "    compression:\n"
+                                    "      client: on\n"
+                                    "      upstream: off\n"
+                                    "      server_no_context_takeover: true\n"
+                                    "      client_max_window_bits: 10\n"
+                                    "      max_memory: 2MiB\n"
+                                    "timeouts: {close: 2s}\n",
+                                "t.yaml");
+    const Config& c = *cfg;
+    const RouteConfig& r = c.routes[0];
+    CHECK(r.keepalive.interval.count() == 30000);
+    CHECK(r.keepalive.timeout.count() == 5000);
+    CHECK(r.keepalive.peer_pings == PeerPings::Answer);
+    CHECK(r.compression.enabled);
+    CHECK(r.compression.client);
+    CHECK_FALSE(r.compression.upstream);
+    CHECK(r.compression.server_no_context_takeover);
+    CHECK(r.compression.client_max_window_bits == 10);
+    CHECK(r.compression.max_memory == 2 * 1024 * 1024);
+    CHECK(c.timeouts.close.count() == 2000);
+  }
+  SECTION("keepalive works in passthrough mode") {
+    CHECK(tunnelErrors("    keepalive: {interval: 1s, timeout: 1s}\n").empty());
+  }
+  SECTION("errors name file, line, column and key") {
+    CHECK(tunnelErrors("    keepalive: {interval: 1s, peer_pings: answer}\n") ==
+          std::vector<std::string>{
+              "t.yaml:10:43: routes[0].keepalive.peer_pings: answer needs mode: frames"});
+    CHECK(tunnelErrors("    keepalive: {peer_pings: sometimes}\n") ==
+          std::vector<std::string>{"t.yaml:10:29: routes[0].keepalive.peer_pings: unknown "
+                                   "peer_pings \"sometimes\" (expected forward or answer)"});
+    CHECK(tunnelErrors("    keepalive: {interval: 1s, timeout: 0}\n") ==
+          std::vector<std::string>{
+              "t.yaml:10:40: routes[0].keepalive.timeout: must be above 0 when interval is set"});
+    CHECK(tunnelErrors("    compression: {client: on}\n") ==
+          std::vector<std::string>{
+              "t.yaml:10:18: routes[0].compression: per-leg compression needs mode: frames "
+              "(passthrough relays the extension untouched)"});
+    CHECK(tunnelErrors("    mode: frames\n    compression: {client_max_window_bits: 7}\n") ==
+          std::vector<std::string>{"t.yaml:11:43: routes[0].compression.client_max_window_bits: "
+                                   "must be between 8 and 15, got 7"});
+    auto mem = tunnelErrors(
+        "    mode: frames\n    compression: {client: on, upstream: on, max_memory: 64KiB}\n");
+    REQUIRE(mem.size() == 1);
+    CHECK(mem[0].rfind("t.yaml:11:", 0) == 0);
+    CHECK(mem[0].find("routes[0].compression.max_memory: is 64KiB, below the") !=
+          std::string::npos);
+    CHECK(tunnelErrors("    mode: frames\n    compression: {level: 9}\n") ==
+          std::vector<std::string>{
+              "t.yaml:11:19: routes[0].compression.level: unknown key (expected one of: client, "
+              "upstream, "
+              "server_no_context_takeover, client_max_window_bits, max_memory)"});
+  }
+}
+
+}  // namespace
+}  // namespace upgate
