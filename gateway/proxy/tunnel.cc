@@ -19,35 +19,49 @@ const char* legName(bool client) {
 
 }  // namespace
 
+namespace {
+
+uint32_t clampMs(Millis m) {
+  return static_cast<uint32_t>(std::min<int64_t>(m.count(), UINT32_MAX));
+}
+
+}  // namespace
+
 Tunnel::Tunnel(TunnelOwner& owner, const TunnelSetup& setup, uint64_t now_ms)
-    : owner_(owner), setup_(setup), now_ms_(now_ms) {
+    : owner_(owner),
+      session_id_(setup.session_id),
+      now_ms_(now_ms),
+      ping_interval_ms_(clampMs(setup.keepalive.interval)),
+      ping_timeout_ms_(clampMs(setup.keepalive.timeout)),
+      close_timeout_ms_(
+          static_cast<uint32_t>(std::min<uint64_t>(setup.close_timeout_ms, UINT32_MAX))),
+      answer_pings_(setup.keepalive.peer_pings == PeerPings::Answer) {
   client_.last_rx_ms = upstream_.last_rx_ms = now_ms;
-  if (setup_.mode != TunnelMode::Frames) return;
+  if (setup.mode != TunnelMode::Frames) return;
   // Channels of upgate's own agreements: on the client leg upgate is the server, on the
   // upstream leg the client (RFC 7692 names parameters after the server and the client).
   std::optional<DeflateChannel> from_client, to_client, from_upstream, to_upstream;
-  if (setup_.client_deflate) {
-    from_client = channelFor(*setup_.client_deflate, Role::Client);
-    to_client = channelFor(*setup_.client_deflate, Role::Server);
+  if (setup.client_deflate) {
+    from_client = channelFor(*setup.client_deflate, Role::Client);
+    to_client = channelFor(*setup.client_deflate, Role::Server);
   }
-  if (setup_.upstream_deflate) {
-    from_upstream = channelFor(*setup_.upstream_deflate, Role::Server);
-    to_upstream = channelFor(*setup_.upstream_deflate, Role::Client);
+  if (setup.upstream_deflate) {
+    from_upstream = channelFor(*setup.upstream_deflate, Role::Server);
+    to_upstream = channelFor(*setup.upstream_deflate, Role::Client);
   }
   auto ptr = [](const std::optional<DeflateChannel>& c) { return c ? &*c : nullptr; };
   FrameRelay::Options up;
   up.from = Role::Client;
-  up.max_message_size = setup_.max_message_size;
-  up.end_to_end_deflate = setup_.end_to_end_deflate;
+  up.max_message_size = setup.max_message_size;
+  up.end_to_end_deflate = setup.end_to_end_deflate;
   up.inflate = ptr(from_client);
   up.deflate = ptr(to_upstream);
-  up.whole_messages = setup_.message_hooks;
+  up.whole_messages = setup.message_hooks;
   FrameRelay::Options down = up;
   down.from = Role::Server;
   down.inflate = ptr(from_upstream);
   down.deflate = ptr(to_client);
-  relay_up_ = std::make_unique<FrameRelay>(up, up_);
-  relay_down_ = std::make_unique<FrameRelay>(down, down_);
+  frames_ = std::make_unique<Frames>(*this, up, down);
 }
 
 // ---- Relaying ----------------------------------------------------------------------------------
@@ -61,8 +75,8 @@ void Tunnel::onData(bool from_client, char* data, size_t len, uint64_t now_ms) {
   src.ping_sent_ms = 0;  // anything at all proves the leg is alive
   src.want_ping = false;
   if (src.close_received) return;  // nothing after a close frame is read (RFC 6455 §5.5.1)
-  if (relay_up_) {
-    ParseError e = (from_client ? relay_up_ : relay_down_)->feed(data, len);
+  if (frames_) {
+    ParseError e = (from_client ? frames_->up : frames_->down).feed(data, len);
     if (ended_) return;
     if (e) {
       fail(from_client, e);
@@ -101,8 +115,9 @@ bool Tunnel::Direction::relayControl(uint8_t op, std::string_view payload, std::
   Leg& dst = t.leg(!from_client_);
   switch (op) {
     case opcode::kPing:
-      if (t.setup_.keepalive.peer_pings == PeerPings::Answer) {
-        src.pong.assign(payload.data(), payload.size());  // the latest ping is answered (§5.5.3)
+      if (t.answer_pings_) {
+        // The latest ping is answered (§5.5.3).
+        t.frames_->pong[from_client_ ? 1 : 0].assign(payload.data(), payload.size());
         src.pong_due = true;
         return true;
       }
@@ -130,7 +145,7 @@ MessageVerdict Tunnel::Direction::relayMessage(uint8_t op, const std::string& pa
 
 bool Tunnel::atBoundaryTowards(bool to_client) const {
   // The direction that writes to the client is the one from the upstream, and back.
-  if (relay_up_) return (to_client ? relay_down_ : relay_up_)->atBoundary();
+  if (frames_) return (to_client ? frames_->down : frames_->up).atBoundary();
   return (to_client ? track_down_ : track_up_).atBoundary();
 }
 
@@ -141,7 +156,7 @@ bool Tunnel::inject(bool to_client, uint64_t now_ms) {
   const bool masked = !to_client;
   if (l.pong_due) {
     l.pong_due = false;
-    std::string f = pongFrame(l.pong, masked);
+    std::string f = pongFrame(frames_->pong[to_client ? 1 : 0], masked);
     if (!write(to_client, f.data(), f.size())) return false;
   }
   if (l.want_ping) {
@@ -168,7 +183,7 @@ void Tunnel::closeSentTo(Leg& l, uint64_t now_ms) {
   l.want_ping = l.pong_due = false;
   l.ping_sent_ms = 0;
   if (close_deadline_ms_ == 0) {
-    close_deadline_ms_ = now_ms + setup_.close_timeout_ms;
+    close_deadline_ms_ = now_ms + close_timeout_ms_;
     rearm_ = true;
   }
 }
@@ -182,7 +197,7 @@ void Tunnel::close(uint16_t code, const std::string& reason, uint64_t now_ms) {
     if (!l.close_sent && l.close_code == 0) l.close_code = code;
   }
   if (close_deadline_ms_ == 0) {
-    close_deadline_ms_ = now_ms + setup_.close_timeout_ms;
+    close_deadline_ms_ = now_ms + close_timeout_ms_;
     rearm_ = true;
   }
   if (!flushInjections(now_ms)) return;
@@ -192,7 +207,7 @@ void Tunnel::close(uint16_t code, const std::string& reason, uint64_t now_ms) {
 void Tunnel::fail(bool from_client, ParseError e) {
   std::string reason = std::string(legName(from_client)) + " violated RFC 6455: " + e.reason +
                        " (" + std::to_string(e.code) + ")";
-  UPGATE_LOG(info, setup_.session_id, "{}", reason);
+  UPGATE_LOG(info, session_id_, "{}", reason);
   // The offender gets the code; the other side a clean close: 1001 towards the upstream when
   // the client failed, 1011 towards the client when the upstream did. Frames that cannot be
   // placed (a leg left inside a frame) are not sent: TCP closes anyway.
@@ -212,10 +227,9 @@ void Tunnel::onTimer(uint64_t now_ms) {
     end("close handshake not completed within timeouts.close");
     return;
   }
-  const KeepaliveConfig& k = setup_.keepalive;
-  if (k.interval.count() > 0) {
-    const auto interval = static_cast<uint64_t>(k.interval.count());
-    const auto timeout = static_cast<uint64_t>(k.timeout.count());
+  if (ping_interval_ms_ > 0) {
+    const uint64_t interval = ping_interval_ms_;
+    const uint64_t timeout = ping_timeout_ms_;
     for (bool c : {true, false}) {
       Leg& l = leg(c);
       if (l.close_sent || l.close_received) continue;
@@ -232,32 +246,32 @@ void Tunnel::onTimer(uint64_t now_ms) {
 
 uint64_t Tunnel::nextDue() const {
   uint64_t due = close_deadline_ms_ != 0 ? close_deadline_ms_ : UINT64_MAX;
-  const KeepaliveConfig& k = setup_.keepalive;
-  if (k.interval.count() == 0 || ended_) return due;
+  if (ping_interval_ms_ == 0 || ended_) return due;
   for (const Leg* l : {&client_, &upstream_}) {
     if (l->close_sent || l->close_received || l->want_ping) continue;
-    uint64_t at = l->ping_sent_ms != 0 ? l->ping_sent_ms + static_cast<uint64_t>(k.timeout.count())
-                                       : l->last_rx_ms + static_cast<uint64_t>(k.interval.count());
+    uint64_t at = l->ping_sent_ms != 0 ? l->ping_sent_ms + ping_timeout_ms_
+                                       : l->last_rx_ms + ping_interval_ms_;
     due = std::min(due, at);
   }
   return due;
 }
 
 void Tunnel::legDead(bool client, uint64_t now_ms) {
-  UPGATE_LOG(info, setup_.session_id, "{} did not answer a ping within {} ms: closing",
-             legName(client), setup_.keepalive.timeout.count());
+  UPGATE_LOG(info, session_id_, "{} did not answer a ping within {} ms: closing", legName(client),
+             ping_timeout_ms_);
   // Nothing more is written to a dead leg, nor expected from it; the other one gets 1001.
   Leg& dead = leg(client);
   dead.close_sent = dead.close_received = true;
-  close_reason_for_end_ = std::string(legName(client)) + " did not answer a ping";
-  close(close_code::kGoingAway, close_reason_for_end_, now_ms);
+  dead_leg_ = client ? 1 : 0;
+  close(close_code::kGoingAway, std::string(legName(client)) + " did not answer a ping", now_ms);
 }
 
 void Tunnel::checkDone() {
   if (ended_) return;
   if (client_.close_sent && client_.close_received && upstream_.close_sent &&
       upstream_.close_received) {
-    end(close_reason_for_end_.empty() ? "close handshake complete" : close_reason_for_end_);
+    end(dead_leg_ < 0 ? std::string("close handshake complete")
+                      : std::string(legName(dead_leg_ == 1)) + " did not answer a ping");
   }
 }
 

@@ -95,6 +95,7 @@ class Tunnel {
     bool from_client_;
   };
 
+  // Per leg: 24 bytes.
   struct Leg {
     uint64_t last_rx_ms = 0;      // bytes last arrived from this leg
     uint64_t ping_sent_ms = 0;    // our ping is unanswered since (0: none)
@@ -102,8 +103,18 @@ class Tunnel {
     bool want_ping = false;       // quiet for the keepalive interval: ping at the next boundary
     bool close_sent = false;      // a close frame went to this leg: nothing more is written to it
     bool close_received = false;  // this leg sent its close frame: nothing more is read
-    std::string pong;             // peer_pings answer: payload of the ping to answer
-    bool pong_due = false;
+    bool pong_due = false;        // peer_pings answer: Frames::pong[leg] is to be sent
+  };
+
+  // Frames mode only, allocated with the tunnel: the relays and what they need.
+  struct Frames {
+    Frames(Tunnel& t, const FrameRelay::Options& o_up, const FrameRelay::Options& o_down)
+        : out_up(t, true), out_down(t, false), up(o_up, out_up), down(o_down, out_down) {}
+    Direction out_up;  // client -> upstream
+    Direction out_down;
+    FrameRelay up;
+    FrameRelay down;
+    std::string pong[2];  // peer_pings answer: [0] to the upstream, [1] to the client
   };
 
   Leg& leg(bool client) { return client ? client_ : upstream_; }
@@ -117,20 +128,22 @@ class Tunnel {
   void checkDone();
   void end(const std::string& reason);
 
+  // A passthrough tunnel is about 200 bytes: an established idle session must stay small.
   TunnelOwner& owner_;
-  const TunnelSetup setup_;
-  Direction up_{*this, true};     // client -> upstream
-  Direction down_{*this, false};  // upstream -> client
-  FrameTracker track_up_;         // passthrough
+  const uint64_t session_id_;
+  std::unique_ptr<Frames> frames_;  // frames mode
+  FrameTracker track_up_;           // passthrough: client -> upstream
   FrameTracker track_down_;
-  std::unique_ptr<FrameRelay> relay_up_;  // frames mode
-  std::unique_ptr<FrameRelay> relay_down_;
   Leg client_;
   Leg upstream_;
-  std::string close_reason_;          // reason sent with injected close frames
-  std::string close_reason_for_end_;  // why the session ends, when not a plain close handshake
-  uint64_t close_deadline_ms_ = 0;    // the close handshake must be over by then (0: not started)
-  uint64_t now_ms_ = 0;               // time of the current onData/onTimer call
+  std::string close_reason_;        // reason sent with injected close frames
+  uint64_t close_deadline_ms_ = 0;  // the close handshake must be over by then (0: not started)
+  uint64_t now_ms_ = 0;             // time of the current onData/onTimer call
+  uint32_t ping_interval_ms_;       // keepalive (0: off)
+  uint32_t ping_timeout_ms_;
+  uint32_t close_timeout_ms_;
+  const bool answer_pings_;
+  int8_t dead_leg_ = -1;  // 1: the client, 0: the upstream did not answer a ping
   bool ended_ = false;
   bool rearm_ = false;
 };
