@@ -840,7 +840,7 @@ class Loader {
 
   void loadTimeouts(const Field& map) {
     TimeoutsConfig& t = cfg_->timeouts;
-    fields(map, {"head", "idle", "half_close", "keepalive"}, {},
+    fields(map, {"head", "idle", "half_close", "keepalive", "plugin_pause"}, {},
            [&](const std::string& key, const Field& f) {
              if (key == "head") {
                readDuration(f, t.head);
@@ -850,6 +850,8 @@ class Loader {
                readDuration(f, t.half_close);
              } else if (key == "keepalive") {
                readDuration(f, t.keepalive);
+             } else if (key == "plugin_pause") {
+               readDuration(f, t.plugin_pause);
              }
            });
   }

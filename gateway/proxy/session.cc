@@ -215,7 +215,8 @@ void Session::routeRequest() {
   // Plugins decide before anything is connected: authentication, then routing.
   const auto& instances = worker_.plugins().chainFor(route_);
   if (!instances.empty()) {
-    chain_ = std::make_unique<PluginChain>(static_cast<PluginSession&>(*this), instances);
+    chain_ = std::make_unique<PluginChain>(static_cast<PluginSession&>(*this), instances,
+                                           worker_.config().timeouts.plugin_pause);
     ChainOutcome outcome =
         chain_->start(head, upgrade ? UPGATE_REQUEST_WEBSOCKET : UPGATE_REQUEST_HTTP, route_->name);
     if (outcome == ChainOutcome::Paused) {
