@@ -19,6 +19,7 @@
 #include "net/listener.h"
 #include "plugin/host.h"
 #include "proxy/access_log.h"
+#include "proxy/plugin_callout.h"
 #include "proxy/worker.h"
 #include "websocket/close_code.h"
 #include "websocket/frame_writer.h"
@@ -330,6 +331,13 @@ void Session::setPluginWakeup(uint64_t deadline_ms) {
 void Session::onPluginTimer(uv_timer_t* t) noexcept {
   auto* self = ownerOf<Session>(t);
   if (self->chain_ && self->state_ != State::Closing) self->chain_->onWakeup();
+}
+
+std::unique_ptr<PluginHttpCall> Session::startHttpCall(PluginHttpRequest request,
+                                                       PluginHttpDone done) {
+  if (state_ == State::Closing) return nullptr;
+  // The chain cancels its callouts when it closes, before the session goes away.
+  return startPluginCallout(worker_.httpClient(), std::move(request), std::move(done));
 }
 
 void Session::onPluginClose(uint16_t code, const std::string& reason) {
