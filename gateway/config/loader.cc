@@ -887,7 +887,7 @@ class Loader {
 
   void loadTimeouts(const Field& map) {
     TimeoutsConfig& t = cfg_->timeouts;
-    fields(map, {"head", "idle", "half_close", "keepalive", "close"}, {},
+    fields(map, {"head", "idle", "half_close", "keepalive", "close", "plugin_pause"}, {},
            [&](const std::string& key, const Field& f) {
              if (key == "head") {
                readDuration(f, t.head);
@@ -899,6 +899,8 @@ class Loader {
                readDuration(f, t.keepalive);
              } else if (key == "close") {
                readDuration(f, t.close);
+             } else if (key == "plugin_pause") {
+               readDuration(f, t.plugin_pause);
              }
            });
   }

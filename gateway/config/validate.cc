@@ -459,6 +459,7 @@ class Validator {
     checkPositive("timeouts.head", c_.timeouts.head);
     checkNonNegative("timeouts.idle", c_.timeouts.idle);
     checkNonNegative("timeouts.half_close", c_.timeouts.half_close);
+    checkPositive("timeouts.plugin_pause", c_.timeouts.plugin_pause);
   }
 
   const Config& c_;

@@ -1,6 +1,7 @@
 #include "plugin/chain.h"
 
 #include <algorithm>
+#include <cctype>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
@@ -30,6 +31,70 @@ bool reservedUpstreamHeader(std::string_view name) {
   if (isHopByHop(name)) return true;
   return std::any_of(std::begin(kReserved), std::end(kReserved),
                      [&](std::string_view r) { return iequals(r, name); });
+}
+
+bool isDigit(char c) {
+  return c >= '0' && c <= '9';
+}
+
+// "http://host[:port][/path][?query]" -> endpoint and origin-form target. No userinfo, no
+// fragment (dropped), no whitespace or control bytes; https is not offered to plugins.
+bool parseHttpUrl(std::string_view url, HostPort& endpoint, std::string& target) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.size() <= kScheme.size() || !iequals(url.substr(0, kScheme.size()), kScheme)) {
+    return false;
+  }
+  for (char c : url) {
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return false;
+  }
+  std::string_view rest = url.substr(kScheme.size());
+  size_t hash = rest.find('#');
+  if (hash != std::string_view::npos) rest = rest.substr(0, hash);
+  size_t end = rest.find_first_of("/?");
+  std::string_view authority = rest.substr(0, end);
+  std::string_view path = end == std::string_view::npos ? std::string_view() : rest.substr(end);
+  if (authority.empty() || authority.find('@') != std::string_view::npos) return false;
+  std::string_view host;
+  std::string_view port;
+  bool has_port = false;
+  if (authority.front() == '[') {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos || close == 1) return false;
+    host = authority.substr(1, close - 1);
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty() && after.front() != ':') return false;
+    has_port = !after.empty();
+    if (has_port) port = after.substr(1);
+    for (char c : host) {
+      if (!std::isxdigit(static_cast<unsigned char>(c)) && c != ':' && c != '.') return false;
+    }
+  } else {
+    size_t colon = authority.find(':');
+    host = authority.substr(0, colon);
+    has_port = colon != std::string_view::npos;
+    if (has_port) port = authority.substr(colon + 1);
+    if (host.empty()) return false;
+    for (char c : host) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_') {
+        return false;
+      }
+    }
+  }
+  uint32_t p = 80;
+  if (has_port) {
+    if (port.empty() || port.size() > 5) return false;
+    p = 0;
+    for (char c : port) {
+      if (!isDigit(c)) return false;
+      p = p * 10 + static_cast<uint32_t>(c - '0');
+    }
+    if (p == 0 || p > 65535) return false;
+  }
+  endpoint.host = std::string(host);
+  endpoint.port = static_cast<uint16_t>(p);
+  target = path.empty() ? std::string("/") : std::string(path);
+  if (target.front() == '?') target.insert(0, "/");
+  return true;
 }
 
 }  // namespace
@@ -339,6 +404,7 @@ void PluginChain::closeImpl(uint16_t ws_code, const std::string& reason, bool up
   closed_ = true;
   paused_ = false;
   timers_.clear();
+  cancelCallouts();
   pending_close_.reset();
   notify_resumed_ = false;
   if (wakeup_ != 0 && upcalls) session_.setPluginWakeup(0);
@@ -544,6 +610,104 @@ int PluginChain::apiClose(size_t i, uint16_t code, const char* reason) {
   if (!pending_close_) pending_close_.emplace(code, sent);
   leave();  // delivered at once only if called outside any chain frame
   return 0;
+}
+
+// ---- HTTP callouts ---------------------------------------------------------------------------
+
+uint64_t PluginChain::apiHttpRequest(size_t i, const char* method, const char* url,
+                                     const upgate_header_t* headers, size_t n_headers,
+                                     const char* body, size_t body_len, uint64_t timeout_ms,
+                                     upgate_http_cb cb, void* arg) {
+  auto refuse = [&](const char* why) {
+    UPGATE_LOG(warn, session_.sessionId(), "plugin {}: http_request refused: {}", nameOf(i), why);
+    return uint64_t{0};
+  };
+  if (closed_) return refuse("the session has ended");
+  if (cb == nullptr || method == nullptr || url == nullptr || timeout_ms == 0 ||
+      (headers == nullptr && n_headers != 0) || (body == nullptr && body_len != 0)) {
+    return refuse("invalid argument");
+  }
+  if (!isToken(method)) return refuse("the method is not a token");
+  size_t mine = static_cast<size_t>(std::count_if(callouts_.begin(), callouts_.end(),
+                                                  [&](const Callout& c) { return c.index == i; }));
+  if (mine >= kMaxCalloutsPerInstance) return refuse("too many callouts in flight");
+  PluginHttpRequest req;
+  req.method = method;
+  if (!parseHttpUrl(url, req.endpoint, req.target)) {
+    return refuse("the URL is not http://host[:port]/path");
+  }
+  for (size_t h = 0; h < n_headers; ++h) {
+    const upgate_header_t& f = headers[h];
+    if (f.name == nullptr || f.value == nullptr || !isToken(f.name) || !isFieldValue(f.value)) {
+      return refuse("an invalid header field");
+    }
+    req.headers.push_back(Header{f.name, f.value});
+  }
+  if (body_len != 0) req.body.assign(body, body_len);
+  // A day is longer than any pause or session the callout could serve.
+  req.timeout = Millis(static_cast<int64_t>(std::min<uint64_t>(timeout_ms, 86400000)));
+
+  const uint64_t id = next_callout_id_++;
+  std::weak_ptr<char> alive = alive_;
+  std::unique_ptr<PluginHttpCall> call =
+      session_.startHttpCall(std::move(req), [this, alive, id](PluginHttpResult& r) {
+        if (!alive.expired()) onHttpDone(id, r);
+      });
+  if (!call) return refuse("the gateway could not start it");
+  callouts_.push_back(Callout{id, i, cb, arg, std::move(call)});
+  return id;
+}
+
+void PluginChain::apiHttpCancel(size_t i, uint64_t id) {
+  auto it = std::find_if(callouts_.begin(), callouts_.end(),
+                         [&](const Callout& c) { return c.id == id && c.index == i; });
+  if (it == callouts_.end()) return;
+  std::unique_ptr<PluginHttpCall> call = std::move(it->call);
+  callouts_.erase(it);
+  call->cancel();
+}
+
+void PluginChain::cancelCallouts() {
+  std::vector<Callout> calls;
+  calls.swap(callouts_);
+  for (Callout& c : calls) c.call->cancel();
+}
+
+void PluginChain::onHttpDone(uint64_t id, PluginHttpResult& r) {
+  if (closed_) return;
+  auto it = std::find_if(callouts_.begin(), callouts_.end(),
+                         [&](const Callout& c) { return c.id == id; });
+  if (it == callouts_.end()) return;
+  const size_t index = it->index;
+  const upgate_http_cb cb = it->cb;
+  void* const arg = it->arg;
+  // The call is finished; dropping it now keeps the count right for callouts the callback starts.
+  callouts_.erase(it);
+
+  std::vector<upgate_header_t> fields;
+  fields.reserve(r.headers.size());
+  for (const Header& h : r.headers)
+    fields.push_back(upgate_header_t{h.name.c_str(), h.value.c_str()});
+  upgate_http_response_t resp{};
+  resp.struct_size = sizeof(resp);
+  resp.result = static_cast<uint32_t>(r.result);
+  const bool ok = r.result == UPGATE_HTTP_OK;
+  resp.status = ok ? static_cast<uint16_t>(r.status) : 0;
+  resp.headers = ok && !fields.empty() ? fields.data() : nullptr;
+  resp.header_count = ok ? fields.size() : 0;
+  resp.body = ok ? r.body.c_str() : "";
+  resp.body_len = ok ? r.body.size() : 0;
+  resp.error = ok ? "" : r.error.c_str();
+
+  ++depth_;
+  try {
+    cb(&handles_[index], arg, &resp);
+  } catch (...) {
+    UPGATE_LOG(err, session_.sessionId(), "plugin {}: an HTTP callback threw", nameOf(index));
+  }
+  updateWakeup();
+  --depth_;
+  leave();
 }
 
 }  // namespace upgate

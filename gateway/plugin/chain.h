@@ -1,7 +1,8 @@
 #pragma once
 // The plugin chain of one session: runs the hooks of the route's plugin instances in config order
 // (global ones first, then the route's), turns their results into decisions the session acts on,
-// and implements the per-session side of the host API (headers, identity, timers, resume, close).
+// and implements the per-session side of the host API (headers, identity, timers, resume, close,
+// HTTP callouts).
 //
 // The chain never touches sockets or the loop. It talks to its session through PluginSession,
 // which the proxy's Session implements. Everything here runs on the session's loop thread.
@@ -23,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,6 +57,35 @@ struct PluginTlsIdentity {
   std::string sha256;             // lower-case hex fingerprint of the DER certificate
 };
 
+// An HTTP callout a plugin asked for (host->http_request), checked and parsed by the chain.
+struct PluginHttpRequest {
+  std::string method;
+  HostPort endpoint;   // from the URL: host (IPv6 without brackets) and port
+  std::string target;  // origin-form: "/auth?x=1"
+  HeaderList headers;  // validated fields, in the plugin's order
+  std::string body;
+  Millis timeout{5000};
+};
+
+// How a callout ended: `result` is an upgate_http_result_t; status, headers and body only for
+// UPGATE_HTTP_OK; `error` is a short reason otherwise.
+struct PluginHttpResult {
+  upgate_http_result_t result = UPGATE_HTTP_ERROR;
+  int status = 0;
+  HeaderList headers;
+  std::string body;
+  std::string error;
+};
+using PluginHttpDone = std::function<void(PluginHttpResult& result)>;
+
+// A callout in flight, as the session started it. cancel() (and the destructor) guarantee that
+// its `done` does not run afterwards.
+class PluginHttpCall {
+ public:
+  virtual ~PluginHttpCall() = default;
+  virtual void cancel() = 0;
+};
+
 // What the chain needs from the session that owns it. Implemented by the proxy's Session; kept
 // small on purpose. All calls happen on the session's loop thread.
 class PluginSession {
@@ -82,6 +113,11 @@ class PluginSession {
   // A plugin closed the established session (host->close or a CLOSE message action that came
   // from a timer): send a close frame with `code` and end the session.
   virtual void onPluginClose(uint16_t code, const std::string& reason) = 0;
+  // Starts an HTTP request on the session's loop; `done` runs later on the loop thread (never
+  // inside this call), exactly once unless the returned call is cancelled or destroyed first.
+  // Null when the request cannot be started.
+  virtual std::unique_ptr<PluginHttpCall> startHttpCall(PluginHttpRequest request,
+                                                        PluginHttpDone done) = 0;
 };
 
 enum class ChainOutcome { Continue, Reject, Paused };
@@ -147,7 +183,8 @@ class PluginChain {
   // timeout.
   void onWakeup();
 
-  // The session ended (`ws_code` 0 before the 101): cancels timers, calls every on_close once.
+  // The session ended (`ws_code` 0 before the 101): cancels timers and HTTP callouts, calls
+  // every on_close once.
   void close(uint16_t ws_code, const std::string& reason);
 
   size_t size() const { return instances_.size(); }
@@ -171,6 +208,15 @@ class PluginChain {
   int apiResume(size_t i, upgate_decision_t decision, const upgate_reject_t* reject,
                 const upgate_route_t* route);
   int apiClose(size_t i, uint16_t code, const char* reason);
+  uint64_t apiHttpRequest(size_t i, const char* method, const char* url,
+                          const upgate_header_t* headers, size_t n_headers, const char* body,
+                          size_t body_len, uint64_t timeout_ms, upgate_http_cb cb, void* arg);
+  void apiHttpCancel(size_t i, uint64_t id);
+
+  // Callouts in flight (all instances).
+  size_t httpCallsInFlight() const { return callouts_.size(); }
+  // At most this many callouts in flight per instance and session.
+  static constexpr size_t kMaxCalloutsPerInstance = 16;
 
  private:
   enum class Phase { Idle, Request, Route, Done };
@@ -180,6 +226,13 @@ class PluginChain {
     size_t index;
     upgate_timer_cb cb;
     void* arg;
+  };
+  struct Callout {
+    uint64_t id;
+    size_t index;
+    upgate_http_cb cb;
+    void* arg;
+    std::unique_ptr<PluginHttpCall> call;
   };
   struct EarlyResume {
     upgate_decision_t decision;
@@ -200,6 +253,8 @@ class PluginChain {
   void advance();
   void updateWakeup();
   void leave();  // at the end of every outermost entry point: deliver upcalls
+  void onHttpDone(uint64_t id, PluginHttpResult& result);
+  void cancelCallouts();
   static bool validCloseCode(uint16_t code);
 
   PluginSession& session_;
@@ -234,6 +289,11 @@ class PluginChain {
   std::vector<Timer> timers_;
   uint64_t next_timer_id_ = 1;
   uint64_t wakeup_ = 0;  // deadline last given to the session
+
+  std::vector<Callout> callouts_;
+  uint64_t next_callout_id_ = 1;
+  // Expires with the chain: a callout's completion that outlives it finds it gone.
+  std::shared_ptr<char> alive_ = std::make_shared<char>();
 
   int depth_ = 0;                // chain entry points on the stack
   bool notify_resumed_ = false;  // deliver onPluginsResumed when depth_ returns to 0

@@ -144,6 +144,26 @@ void apiSetData(upgate_session_t* s, void* data) noexcept {
   if (s != nullptr) s->data = data;
 }
 
+uint64_t apiHttpRequest(upgate_session_t* s, const char* method, const char* url,
+                        const upgate_header_t* headers, size_t n_headers, const char* body,
+                        size_t body_len, uint64_t timeout_ms, upgate_http_cb cb,
+                        void* arg) noexcept {
+  try {
+    return s != nullptr ? s->chain->apiHttpRequest(s->index, method, url, headers, n_headers, body,
+                                                   body_len, timeout_ms, cb, arg)
+                        : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
+void apiHttpCancel(upgate_session_t* s, uint64_t id) noexcept {
+  try {
+    if (s != nullptr) s->chain->apiHttpCancel(s->index, id);
+  } catch (...) {
+  }
+}
+
 }  // namespace
 
 void fillHostApi(upgate_host_api_t& t) {
@@ -166,6 +186,8 @@ void fillHostApi(upgate_host_api_t& t) {
   t.close = apiClose;
   t.get_data = apiGetData;
   t.set_data = apiSetData;
+  t.http_request = apiHttpRequest;
+  t.http_cancel = apiHttpCancel;
 }
 
 }  // namespace upgate

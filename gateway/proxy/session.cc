@@ -19,6 +19,7 @@
 #include "net/listener.h"
 #include "plugin/host.h"
 #include "proxy/access_log.h"
+#include "proxy/plugin_callout.h"
 #include "proxy/worker.h"
 #include "websocket/close_code.h"
 #include "websocket/extensions.h"
@@ -218,7 +219,8 @@ void Session::routeRequest() {
   // Plugins decide before anything is connected: authentication, then routing.
   const auto& instances = worker_.plugins().chainFor(route_);
   if (!instances.empty()) {
-    chain_ = std::make_unique<PluginChain>(static_cast<PluginSession&>(*this), instances);
+    chain_ = std::make_unique<PluginChain>(static_cast<PluginSession&>(*this), instances,
+                                           worker_.config().timeouts.plugin_pause);
     ChainOutcome outcome =
         chain_->start(head, upgrade ? UPGATE_REQUEST_WEBSOCKET : UPGATE_REQUEST_HTTP, route_->name);
     if (outcome == ChainOutcome::Paused) {
@@ -332,6 +334,13 @@ void Session::setPluginWakeup(uint64_t deadline_ms) {
 void Session::onPluginTimer(uv_timer_t* t) noexcept {
   auto* self = ownerOf<Session>(t);
   if (self->chain_ && self->state_ != State::Closing) self->chain_->onWakeup();
+}
+
+std::unique_ptr<PluginHttpCall> Session::startHttpCall(PluginHttpRequest request,
+                                                       PluginHttpDone done) {
+  if (state_ == State::Closing) return nullptr;
+  // The chain cancels its callouts when it closes, before the session goes away.
+  return startPluginCallout(worker_.httpClient(), std::move(request), std::move(done));
 }
 
 void Session::onPluginClose(uint16_t code, const std::string& reason) {

@@ -147,6 +147,8 @@ class Session final : private SubscriptionOwner,
   void setPluginWakeup(uint64_t deadline_ms) override;
   void onPluginsResumed() override;
   void onPluginClose(uint16_t code, const std::string& reason) override;
+  std::unique_ptr<PluginHttpCall> startHttpCall(PluginHttpRequest request,
+                                                PluginHttpDone done) override;
   static void onPluginTimer(uv_timer_t* t) noexcept;
 
   // Exits.

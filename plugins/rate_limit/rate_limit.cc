@@ -1,4 +1,5 @@
-// rate_limit: token buckets for handshakes, per client IP, identity or header value -> 429.
+// rate_limit: token buckets for handshakes, per client IP, identity or header value -> 429, and
+// for WebSocket messages, per session -> close 1008.
 //
 // config:
 //   rate: 5            # handshakes per second per key, for the whole process (> 0)
@@ -6,17 +7,32 @@
 //   key: ip            # ip | identity (the identity an earlier plugin set; else the IP) |
 //                      # header:NAME (requests without it share one bucket)
 //   max_keys: 100000   # buckets kept per worker; full (idle) buckets are dropped first
+//   messages:          # optional: a message rate per session (routes in `mode: frames` only)
+//     rate: 50         #   messages per second (> 0)
+//     burst: 100       #   messages allowed at once (default: max(1, rate))
+//     direction: client  # client (messages from the client) | upstream | both (one bucket)
 //
-// Per-worker semantics. Each worker loop keeps its own buckets, with no locks and no shared
-// cache lines: it refills at rate/workers per second and holds at most max(1, burst/workers)
-// tokens. The kernel spreads a client's connections over the workers (SO_REUSEPORT hashes the
-// 4-tuple), so the process as a whole admits about `rate` per second per key, and never more
-// than max(burst, workers) + rate*t handshakes in any t seconds: the split can make the limit
-// stricter for an unlucky client, never looser. Buckets are not shared between gateway processes
-// or machines. The clock is the loop's monotonic clock (host->now_ms).
+// At least one of `rate` and `messages` is required; without `rate` handshakes are not limited.
+//
+// Handshake buckets: per-worker semantics. Each worker loop keeps its own buckets, with no locks
+// and no shared cache lines: it refills at rate/workers per second and holds at most
+// max(1, burst/workers) tokens. The kernel spreads a client's connections over the workers
+// (SO_REUSEPORT hashes the 4-tuple), so the process as a whole admits about `rate` per second
+// per key, and never more than max(burst, workers) + rate*t handshakes in any t seconds: the split
+// can make the limit stricter for an unlucky client, never looser. Buckets are not shared between
+// gateway processes or machines. The clock is the loop's monotonic clock (host->now_ms).
 //
 // A refusal answers 429 with Retry-After: the whole seconds until this worker's bucket holds a
 // token again.
+//
+// Message buckets: one per session, created full at the session's first counted message and
+// freed when it ends. A session lives on one worker, so its bucket is that worker's alone and
+// `messages.rate` and `messages.burst` apply to each session unchanged (no split by workers);
+// they limit one connection, not a client with several connections. Complete data messages count
+// (after reassembly; control frames do not). The message that finds the bucket empty closes the
+// session with 1008 ("message rate exceeded") and is not forwarded. Messages are seen only on
+// routes in `mode: frames`; on passthrough routes `messages:` has no effect, and without
+// `messages:` on_message returns at once.
 
 #include <algorithm>
 #include <cmath>
@@ -45,8 +61,18 @@ class RateLimitPlugin : public PluginBase {
  public:
   RateLimitPlugin(const upgate_host_api_t* host, const YAML::Node& cfg)
       : PluginBase(host), tables_(std::max<uint32_t>(1, host->worker_count)) {
-    checkKeys(cfg, "config", {"rate", "burst", "key", "max_keys"});
-    if (!cfg["rate"]) throw ConfigError("config.rate: required (handshakes per second)");
+    checkKeys(cfg, "config", {"rate", "burst", "key", "max_keys", "messages"});
+    if (YAML::Node m = cfg["messages"]; m && !m.IsNull()) loadMessages(m);
+    if (!cfg["rate"]) {
+      if (!limit_messages_) {
+        throw ConfigError("config.rate: required (handshakes per second), unless messages: is set");
+      }
+      if (cfg["burst"] || cfg["key"] || cfg["max_keys"]) {
+        throw ConfigError("config: burst, key and max_keys need a handshake rate (config.rate)");
+      }
+      return;
+    }
+    limit_handshakes_ = true;
     const double rate = getNumber(cfg, "rate", "config", 0, 1e-6, 1e9);
     const double burst = getNumber(cfg, "burst", "config", std::max(1.0, rate), 1, 1e9);
     max_keys_ = static_cast<size_t>(getNumber(cfg, "max_keys", "config", 100000, 1, 1e9));
@@ -67,6 +93,7 @@ class RateLimitPlugin : public PluginBase {
   }
 
   upgate_decision_t onRequest(upgate_session_t* s, const upgate_request_t*, upgate_reject_t* out) {
+    if (!limit_handshakes_) return UPGATE_CONTINUE;
     WorkerTable& t = tables_[host()->worker_index(s) % tables_.size()];
     const uint64_t now = host()->now_ms(s);
     const std::string k = keyOf(s);
@@ -94,8 +121,58 @@ class RateLimitPlugin : public PluginBase {
     return reject(out, {429, "rate limited", &header, 1});
   }
 
+  upgate_message_action_t onMessage(upgate_session_t* s, const upgate_message_t* m,
+                                    upgate_message_result_t* out) {
+    if (!limit_messages_) return UPGATE_MESSAGE_PASS;
+    const bool from_client = m->direction == UPGATE_CLIENT_TO_UPSTREAM;
+    if ((from_client && !count_client_) || (!from_client && !count_upstream_)) {
+      return UPGATE_MESSAGE_PASS;
+    }
+    const uint64_t now = host()->now_ms(s);
+    auto* b = static_cast<Bucket*>(host()->get_data(s));
+    if (b == nullptr) {
+      b = new Bucket{msg_capacity_, now};
+      host()->set_data(s, b);
+    }
+    refill(*b, now, msg_capacity_, msg_rate_per_ms_);
+    if (b->tokens >= 1) {
+      b->tokens -= 1;
+      return UPGATE_MESSAGE_PASS;
+    }
+    log(s, UPGATE_LOG_INFO, "message rate exceeded; closing with 1008");
+    out->close_code = 1008;
+    out->close_reason = "message rate exceeded";
+    return UPGATE_MESSAGE_CLOSE;
+  }
+
+  void onClose(upgate_session_t* s, uint16_t, const char*) {
+    delete static_cast<Bucket*>(host()->get_data(s));
+    host()->set_data(s, nullptr);
+  }
+
  private:
   enum class Key { Ip, Identity, Header };
+
+  void loadMessages(const YAML::Node& m) {
+    checkKeys(m, "config.messages", {"rate", "burst", "direction"});
+    if (!m["rate"]) throw ConfigError("config.messages.rate: required (messages per second)");
+    const double rate = getNumber(m, "rate", "config.messages", 0, 1e-6, 1e9);
+    msg_capacity_ = getNumber(m, "burst", "config.messages", std::max(1.0, rate), 1, 1e9);
+    msg_capacity_ = std::floor(msg_capacity_);
+    msg_rate_per_ms_ = rate / 1000.0;
+    const std::string dir = getString(m, "direction", "config.messages", "client");
+    if (dir == "client") {
+      count_client_ = true;
+    } else if (dir == "upstream") {
+      count_upstream_ = true;
+    } else if (dir == "both") {
+      count_client_ = count_upstream_ = true;
+    } else {
+      throw ConfigError("config.messages.direction: \"" + dir +
+                        "\" is not client, upstream or both");
+    }
+    limit_messages_ = true;
+  }
 
   std::string keyOf(upgate_session_t* s) const {
     if (key_ == Key::Identity) {
@@ -108,10 +185,10 @@ class RateLimitPlugin : public PluginBase {
     return std::string("ip:") + (ip != nullptr ? ip : "");
   }
 
-  void refill(Bucket& b, uint64_t now) const {
+  void refill(Bucket& b, uint64_t now) const { refill(b, now, capacity_, rate_per_ms_); }
+  static void refill(Bucket& b, uint64_t now, double capacity, double rate_per_ms) {
     if (now > b.last_ms) {
-      b.tokens =
-          std::min(capacity_, b.tokens + static_cast<double>(now - b.last_ms) * rate_per_ms_);
+      b.tokens = std::min(capacity, b.tokens + static_cast<double>(now - b.last_ms) * rate_per_ms);
     }
     b.last_ms = std::max(b.last_ms, now);
   }
@@ -129,6 +206,12 @@ class RateLimitPlugin : public PluginBase {
   size_t max_keys_ = 100000;
   Key key_ = Key::Ip;
   std::string header_;
+  bool limit_handshakes_ = false;
+  bool limit_messages_ = false;
+  bool count_client_ = false;
+  bool count_upstream_ = false;
+  double msg_rate_per_ms_ = 0;
+  double msg_capacity_ = 1;
 };
 
 }  // namespace

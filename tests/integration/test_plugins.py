@@ -1237,7 +1237,8 @@ class HostApiTest(GatewayTestCase):
         self.assertEqual(upstream_saw(self.echo, "/probe/pause-reject"), [])
 
     def test_pause_never_resumed_is_a_503(self):
-        # The host bounds every PAUSE (10 s, not configurable): 503, and nothing connected.
+        # The host bounds every PAUSE (timeouts.plugin_pause, 10 s by default): 503, nothing
+        # connected.
         started = time.monotonic()
         with RawClient(self.gw.addr()) as c:
             c.send(ws_request("/probe/pause-forever", extra=[("X-Probe", "pause-forever")]))

@@ -22,7 +22,8 @@
  *    different threads for different sessions: state kept on the instance must be immutable
  *    after `create`, or guarded, or split per worker (upgate_host_api_t.worker_index).
  *  - Hooks must not block: no disk or network I/O, no sleeping, no long locks. Asynchronous work
- *    returns UPGATE_PAUSE and later calls host->resume (on the loop thread, from a host timer).
+ *    returns UPGATE_PAUSE and later calls host->resume (on the loop thread, from a host timer or
+ *    the callback of an HTTP callout made with host->http_request).
  *  - `destroy` runs once, on any thread, after every hook of that instance has returned and
  *    every session that used it has ended.
  *
@@ -51,9 +52,15 @@ extern "C" {
 /* Bumped on any incompatible change. The host refuses a plugin built for another version. */
 #define UPGATE_PLUGIN_ABI_VERSION 1u
 
-/* True when a struct of dynamic size `struct_size` (as received) contains `field`. */
+/* True when a struct of dynamic size `struct_size` (as received) contains `field`. (C++ gets a
+   cast that -Wold-style-cast accepts.) */
+#ifdef __cplusplus
+#define UPGATE_FIELD_SIZE_(type, field) sizeof(static_cast<type*>(nullptr)->field)
+#else
+#define UPGATE_FIELD_SIZE_(type, field) sizeof(((type*)0)->field)
+#endif
 #define UPGATE_HAS_FIELD(ptr, type, field) \
-  ((ptr)->struct_size >= offsetof(type, field) + sizeof(((type*)0)->field))
+  ((ptr)->struct_size >= offsetof(type, field) + UPGATE_FIELD_SIZE_(type, field))
 
 /* ---- Opaque host objects ------------------------------------------------------------------ */
 
@@ -69,7 +76,8 @@ typedef struct upgate_session upgate_session_t;
 typedef enum upgate_decision {
   UPGATE_CONTINUE = 0, /* go on with the next plugin, then the gateway */
   UPGATE_REJECT = 1,   /* end the handshake with the response in `upgate_reject_t` */
-  UPGATE_PAUSE = 2     /* wait for host->resume (reads stay stopped); bounded by a timeout -> 503 */
+  UPGATE_PAUSE = 2     /* wait for host->resume (reads stay stopped); bounded by the gateway's
+                          timeouts.plugin_pause (default 10 s) -> 503 */
 } upgate_decision_t;
 
 /* One header field. Both strings are NUL-terminated. */
@@ -193,6 +201,41 @@ typedef enum upgate_log_level {
 /* A host timer callback: runs once, on the loop thread, with the `arg` given to timer_start. */
 typedef void (*upgate_timer_cb)(upgate_session_t* s, void* arg);
 
+/* How an HTTP callout (host->http_request) ended. */
+typedef enum upgate_http_result {
+  UPGATE_HTTP_OK = 0,      /* a complete response arrived; `status` says which (any status) */
+  UPGATE_HTTP_TIMEOUT = 1, /* no complete response within timeout_ms (resolve, connect, send and
+                              the whole response count against it) */
+  UPGATE_HTTP_CONNECT = 2, /* no connection: name not resolved, refused, unreachable */
+  UPGATE_HTTP_ERROR = 3    /* connected, but no usable response: reset, closed early, malformed,
+                              or a body larger than 1 MiB */
+} upgate_http_result_t;
+
+/*
+ * The outcome of an HTTP callout, passed to its callback. Everything it points to is owned by the
+ * host and borrowed for the duration of the callback only: copy what you keep.
+ */
+typedef struct upgate_http_response {
+  uint32_t struct_size;
+  uint32_t result;                /* an upgate_http_result_t */
+  uint16_t status;                /* the response's status code for UPGATE_HTTP_OK, else 0 */
+  const upgate_header_t* headers; /* response header fields in wire order (none on failure) */
+  size_t header_count;
+  const char* body; /* the decoded body (chunked framing removed); never NULL, may be "" */
+  size_t body_len;
+  const char* error; /* NUL-terminated reason for the log when result != OK ("connect:
+                        ECONNREFUSED", "timeout after 2000 ms"); "" for UPGATE_HTTP_OK */
+} upgate_http_response_t;
+
+/*
+ * An HTTP callout's callback: runs once, on the session's loop thread, with the `arg` given to
+ * http_request. It may call every host function a timer callback may (resume, set_upstream_header,
+ * set_identity, another http_request, ...). It never runs inside http_request itself, and never
+ * after the callout was cancelled: callouts still in flight when the session ends are cancelled
+ * before on_close, so a callback never runs after on_close (there is no "cancelled" call).
+ */
+typedef void (*upgate_http_cb)(upgate_session_t* s, void* arg, const upgate_http_response_t* r);
+
 /*
  * Functions the host offers to plugins. The table is owned by the host and valid from `create`
  * until `destroy` has returned. Every function taking an upgate_session_t* must be called on
@@ -268,8 +311,8 @@ typedef struct upgate_host_api {
 
   /* Ends a PAUSE: `decision` is CONTINUE or REJECT (with `reject`, copied at once); for a PAUSE
      from on_route, `route` (may be NULL) carries the choice. Call only on the loop thread, from a
-     timer callback or from within the hook that returns UPGATE_PAUSE. Returns -1 if this instance
-     is not paused (e.g. the pause timed out). */
+     timer callback, an HTTP callout's callback or from within the hook that returns UPGATE_PAUSE.
+     Returns -1 if this instance is not paused (e.g. the pause timed out). */
   int (*resume)(upgate_session_t* s, upgate_decision_t decision, const upgate_reject_t* reject,
                 const upgate_route_t* route);
 
@@ -283,6 +326,37 @@ typedef struct upgate_host_api {
      frees what it stores, at the latest in on_close. */
   void* (*get_data)(upgate_session_t* s);
   void (*set_data)(upgate_session_t* s, void* data);
+
+  /* ---- Appended within ABI version 1: check UPGATE_HAS_FIELD(host, upgate_host_api_t, field)
+     before use, as an older gateway's table ends before them. ---- */
+
+  /*
+   * Starts an asynchronous HTTP/1.1 request ("callout", e.g. to an authorization service) and
+   * returns at once: an id > 0, or 0 when refused (bad argument, session ended, too many callouts
+   * in flight for this session, an unsupported URL). Never blocks the loop: the host resolves the
+   * name off the loop, connects and reads on the session's loop, and reuses keep-alive
+   * connections to the same host and port across sessions of the same worker.
+   *  - `method`: an HTTP token ("GET", "POST"). `url`: "http://host[:port]/path?query" (an IPv6
+   *    host in brackets); only http:// is supported, https:// is refused.
+   *  - `headers` (`n_headers` fields, may be NULL when 0): names must be tokens, values must not
+   *    contain CR, LF or NUL, else the call is refused. Host is added when absent; Content-Length
+   *    is computed from the body and any Content-Length or Transfer-Encoding given is replaced.
+   *  - `body`/`body_len`: the request body (NULL when 0).
+   *  - `timeout_ms` (> 0): bound of the whole exchange -> UPGATE_HTTP_TIMEOUT.
+   *  - `cb(s, arg, response)` runs exactly once on the loop thread, unless the callout is
+   *    cancelled (http_cancel, or the session ending) first; then it never runs.
+   * Every argument is copied before http_request returns. Call it from a hook (on_request,
+   * on_route, on_message), a timer callback or another callout's callback of this instance; at
+   * most 16 callouts per session and instance are in flight at once. A PAUSE waiting for a
+   * callout is still bounded by the gateway's pause timeout (-> 503): keep timeout_ms below it.
+   */
+  uint64_t (*http_request)(upgate_session_t* s, const char* method, const char* url,
+                           const upgate_header_t* headers, size_t n_headers, const char* body,
+                           size_t body_len, uint64_t timeout_ms, upgate_http_cb cb, void* arg);
+
+  /* Cancels a callout in flight: its callback will not run. Unknown or finished ids are
+     ignored. */
+  void (*http_cancel)(upgate_session_t* s, uint64_t callout_id);
 } upgate_host_api_t;
 
 /* ---- The plugin ---------------------------------------------------------------------------- */

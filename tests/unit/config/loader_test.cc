@@ -160,8 +160,16 @@ TEST_CASE("loader: absent keys take the documented defaults", "[config]") {
   CHECK(c->timeouts.head == d.timeouts.head);
   CHECK(c->timeouts.idle == d.timeouts.idle);
   CHECK(c->timeouts.half_close == d.timeouts.half_close);
+  CHECK(c->timeouts.plugin_pause == Millis(10000));
   CHECK(c->log.level == LogLevel::Info);
   CHECK(c->log.access_log);
+}
+
+TEST_CASE("loader: timeouts.plugin_pause", "[config]") {
+  auto c = loadConfigString(
+      "listeners: [{name: a, address: \"127.0.0.1:1\"}]\ntimeouts: {plugin_pause: 1500ms}\n",
+      "mem");
+  CHECK(c->timeouts.plugin_pause == Millis(1500));
 }
 
 TEST_CASE("loader: shipped configs load", "[config]") {
@@ -538,6 +546,8 @@ TEST_CASE("loader: value ranges", "[config]") {
       {"limits: {max_error_body_bytes: 17MiB}\n",
        "t.yaml:7:32: limits.max_error_body_bytes: must be between 0 and 16MiB, got 17MiB"},
       {"timeouts: {head: 0}\n", "t.yaml:7:18: timeouts.head: must be greater than 0, got 0"},
+      {"timeouts: {plugin_pause: 0}\n",
+       "t.yaml:7:26: timeouts.plugin_pause: must be greater than 0, got 0"},
       {"log: {level: trace}\n",
        "t.yaml:7:14: log.level: unknown log level \"trace\" (expected one of: debug, info, warn, "
        "error)"},

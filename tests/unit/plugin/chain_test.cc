@@ -1,5 +1,6 @@
 #include "plugin/chain.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <functional>
 #include <memory>
@@ -473,6 +474,230 @@ TEST_CASE("plugin chain: host->close inside on_message becomes the verdict", "[p
   CHECK(v.action == UPGATE_MESSAGE_CLOSE);
   CHECK(v.close_code == 1008);
   CHECK(f.session.closes.empty());
+}
+
+// ---- HTTP callouts (host->http_request) ---------------------------------------------------------
+
+// What an HTTP callback saw, for the tests below.
+struct Seen {
+  std::vector<std::string>* log = nullptr;
+  const upgate_host_api_t* host = nullptr;
+  upgate_decision_t resume_with = UPGATE_CONTINUE;
+};
+
+void recordAnswer(upgate_session_t* s, void* arg, const upgate_http_response_t* r) {
+  auto* seen = static_cast<Seen*>(arg);
+  std::string line = "answer result=" + std::to_string(r->result) +
+                     " status=" + std::to_string(r->status) +
+                     " body=" + std::string(r->body, r->body_len) + " error=" + r->error;
+  for (size_t i = 0; i < r->header_count; ++i) {
+    line += std::string(" ") + r->headers[i].name + ":" + r->headers[i].value;
+  }
+  seen->log->push_back(line);
+  upgate_reject_t rej{};
+  rej.struct_size = sizeof(rej);
+  rej.status = 401;
+  seen->host->resume(s, seen->resume_with, &rej, nullptr);
+}
+
+uint64_t callout(Script& sc, upgate_session_t* s, const char* url, Seen* seen,
+                 const upgate_header_t* headers = nullptr, size_t n = 0) {
+  return sc.host->http_request(s, "GET", url, headers, n, nullptr, 0, 2000, recordAnswer, seen);
+}
+
+TEST_CASE("plugin chain: an HTTP callout resumes a PAUSE from its callback", "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  Seen seen{&f.calls, a.host};
+  static const upgate_header_t hdrs[] = {{"X-Forwarded-Uri", "/chat"}, {"Cookie", "s=1"}};
+  a.request = [&](upgate_session_t* s, upgate_reject_t*) {
+    return callout(a, s, "http://auth.example:8080/check?x=1", &seen, hdrs, 2) != 0
+               ? UPGATE_PAUSE
+               : UPGATE_CONTINUE;
+  };
+  CHECK(f.start() == ChainOutcome::Paused);
+  REQUIRE(f.session.http_calls.size() == 1);
+  const PluginHttpRequest& req = f.session.http_calls[0]->request;
+  CHECK(req.method == "GET");
+  CHECK(req.endpoint.host == "auth.example");
+  CHECK(req.endpoint.port == 8080);
+  CHECK(req.target == "/check?x=1");
+  CHECK(req.timeout == Millis(2000));
+  REQUIRE(req.headers.size() == 2);
+  CHECK(req.headers[1].name == "Cookie");
+  CHECK(f.chain->httpCallsInFlight() == 1);
+
+  CHECK(
+      f.session.completeHttp(0, test::FakeSession::httpAnswer(204, {{"X-User", "alice"}}, "fine")));
+  // The callback ran, its resume went on with the chain (on_route).
+  CHECK(f.calls ==
+        Calls{"a.request", "answer result=0 status=204 body=fine error= X-User:alice", "a.route"});
+  CHECK(f.chain->outcome() == ChainOutcome::Continue);
+  CHECK(f.session.resumed == 1);
+  CHECK(f.chain->httpCallsInFlight() == 0);
+}
+
+TEST_CASE("plugin chain: callout failures are told apart and carry no response", "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  Seen seen{&f.calls, a.host, UPGATE_REJECT};
+  a.request = [&](upgate_session_t* s, upgate_reject_t*) {
+    callout(a, s, "http://127.0.0.1/", &seen);
+    return UPGATE_PAUSE;
+  };
+  CHECK(f.start() == ChainOutcome::Paused);
+  CHECK(f.session.completeHttp(
+      0, test::FakeSession::httpFailure(UPGATE_HTTP_TIMEOUT, "timeout after 2000 ms")));
+  CHECK(f.calls.back() == "answer result=1 status=0 body= error=timeout after 2000 ms");
+  CHECK(f.chain->outcome() == ChainOutcome::Reject);
+  CHECK(f.chain->reject().status == 401);
+}
+
+TEST_CASE("plugin chain: the session ending cancels callouts before on_close", "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  Seen seen{&f.calls, a.host};
+  a.request = [&](upgate_session_t* s, upgate_reject_t*) {
+    callout(a, s, "http://127.0.0.1:9/", &seen);
+    callout(a, s, "http://127.0.0.1:9/", &seen);
+    return UPGATE_PAUSE;
+  };
+  CHECK(f.start() == ChainOutcome::Paused);
+  REQUIRE(f.session.http_calls.size() == 2);
+  f.chain->close(0, "client went away");
+  CHECK(a.closed == 1);
+  CHECK(f.session.http_calls[0]->cancelled);
+  CHECK(f.session.http_calls[1]->cancelled);
+  // A completion racing the close never reaches the plugin.
+  CHECK_FALSE(f.session.completeHttp(0, test::FakeSession::httpAnswer(200)));
+  CHECK(std::count_if(f.calls.begin(), f.calls.end(),
+                      [](const std::string& c) { return c.rfind("answer", 0) == 0; }) == 0);
+}
+
+TEST_CASE("plugin chain: a destroyed chain ignores a late completion", "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  Seen seen{&f.calls, a.host};
+  a.request = [&](upgate_session_t* s, upgate_reject_t*) {
+    callout(a, s, "http://127.0.0.1:9/", &seen);
+    return UPGATE_PAUSE;
+  };
+  CHECK(f.start() == ChainOutcome::Paused);
+  PluginHttpDone done = f.session.http_calls[0]->done;
+  f.chain.reset();
+  f.session.chain = nullptr;
+  PluginHttpResult r = test::FakeSession::httpAnswer(200);
+  done(r);  // the session's side let it through: the chain's liveness check must stop it
+  CHECK(f.calls == Calls{"a.request"});
+}
+
+TEST_CASE("plugin chain: http_cancel stops one callback", "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  Seen seen{&f.calls, a.host};
+  a.request = [&](upgate_session_t* s, upgate_reject_t*) {
+    uint64_t first = callout(a, s, "http://127.0.0.1:9/", &seen);
+    callout(a, s, "http://127.0.0.1:9/", &seen);
+    a.host->http_cancel(s, first);
+    a.host->http_cancel(s, 12345);  // unknown: ignored
+    return UPGATE_PAUSE;
+  };
+  CHECK(f.start() == ChainOutcome::Paused);
+  CHECK(f.session.http_calls[0]->cancelled);
+  CHECK_FALSE(f.session.completeHttp(0, test::FakeSession::httpAnswer(200)));
+  CHECK(f.session.completeHttp(1, test::FakeSession::httpAnswer(200)));
+  CHECK(f.chain->outcome() == ChainOutcome::Continue);
+}
+
+TEST_CASE("plugin chain: http_request refuses bad arguments", "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  Seen seen{&f.calls, a.host};
+  std::vector<uint64_t> ids;
+  a.request = [&](upgate_session_t* s, upgate_reject_t*) {
+    const upgate_host_api_t* h = a.host;
+    static const upgate_header_t crlf[] = {{"X-A", "a\r\nX-B: b"}};
+    static const upgate_header_t bad_name[] = {{"Bad Name", "x"}};
+    for (const char* url :
+         {"https://127.0.0.1/", "ftp://x/", "http://", "http:///path", "http://user@host/",
+          "http://host:0/", "http://host:65536/", "http://host:12a/", "http://[::1/",
+          "http://ho st/", "http://host/a b", "127.0.0.1/"}) {
+      ids.push_back(callout(a, s, url, &seen));
+    }
+    ids.push_back(callout(a, s, "http://127.0.0.1/", &seen, crlf, 1));
+    ids.push_back(callout(a, s, "http://127.0.0.1/", &seen, bad_name, 1));
+    ids.push_back(h->http_request(s, "GE T", "http://127.0.0.1/", nullptr, 0, nullptr, 0, 100,
+                                  recordAnswer, &seen));
+    ids.push_back(h->http_request(s, "GET", "http://127.0.0.1/", nullptr, 0, nullptr, 0, 0,
+                                  recordAnswer, &seen));
+    ids.push_back(h->http_request(s, "GET", "http://127.0.0.1/", nullptr, 0, nullptr, 0, 100,
+                                  nullptr, &seen));
+    ids.push_back(h->http_request(s, "GET", "http://127.0.0.1/", nullptr, 0, nullptr, 5, 100,
+                                  recordAnswer, &seen));
+    // A good request the session cannot start (e.g. its worker is shutting down).
+    f.session.refuse_http = true;
+    ids.push_back(callout(a, s, "http://127.0.0.1/", &seen));
+    return UPGATE_CONTINUE;
+  };
+  CHECK(f.start() == ChainOutcome::Continue);
+  CHECK(ids == std::vector<uint64_t>(ids.size(), 0));
+  CHECK(f.session.http_calls.empty());
+}
+
+TEST_CASE("plugin chain: http_request URL forms and the in-flight cap", "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  Seen seen{&f.calls, a.host};
+  std::vector<uint64_t> ids;
+  a.request = [&](upgate_session_t* s, upgate_reject_t*) {
+    ids.push_back(callout(a, s, "HTTP://[::1]:81?q=1#frag", &seen));
+    ids.push_back(callout(a, s, "http://auth.local", &seen));
+    for (size_t i = 2; i < PluginChain::kMaxCalloutsPerInstance + 1; ++i) {
+      ids.push_back(callout(a, s, "http://127.0.0.1/", &seen));
+    }
+    return UPGATE_PAUSE;
+  };
+  CHECK(f.start() == ChainOutcome::Paused);
+  REQUIRE(ids.size() == PluginChain::kMaxCalloutsPerInstance + 1);
+  CHECK(ids.back() == 0);  // one over the cap
+  CHECK(f.session.http_calls.size() == PluginChain::kMaxCalloutsPerInstance);
+  CHECK(f.session.http_calls[0]->request.endpoint.host == "::1");
+  CHECK(f.session.http_calls[0]->request.endpoint.port == 81);
+  CHECK(f.session.http_calls[0]->request.target == "/?q=1");
+  CHECK(f.session.http_calls[1]->request.endpoint.port == 80);
+  CHECK(f.session.http_calls[1]->request.target == "/");
+  f.chain->close(0, "done");
+  for (const auto& c : f.session.http_calls) CHECK(c->cancelled);
+}
+
+TEST_CASE("plugin chain: a callout after the handshake can close the session", "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  Seen seen{&f.calls, a.host};
+  CHECK(f.start() == ChainOutcome::Continue);
+  f.chain->handshakeDone();
+  // From on_message: check something asynchronously, then close from the callback.
+  a.message = [&](upgate_session_t* s, const upgate_message_t*, upgate_message_result_t*) {
+    a.host->http_request(
+        s, "POST", "http://127.0.0.1/audit", nullptr, 0, "m", 1, 500,
+        [](upgate_session_t* hs, void* arg, const upgate_http_response_t* r) {
+          auto* sn = static_cast<Seen*>(arg);
+          sn->log->push_back("audit " + std::to_string(r->status));
+          sn->host->close(hs, 1008, "audit said no");
+        },
+        &seen);
+    return UPGATE_MESSAGE_PASS;
+  };
+  const uint8_t data[] = {'m'};
+  CHECK(f.chain->onMessage(UPGATE_CLIENT_TO_UPSTREAM, UPGATE_OPCODE_TEXT, data, 1).action ==
+        UPGATE_MESSAGE_PASS);
+  REQUIRE(f.session.http_calls.size() == 1);
+  CHECK(f.session.http_calls[0]->request.method == "POST");
+  CHECK(f.session.http_calls[0]->request.body == "m");
+  CHECK(f.session.completeHttp(0, test::FakeSession::httpAnswer(403)));
+  CHECK(f.calls.back() == "audit 403");
+  REQUIRE(f.session.closes.size() == 1);
+  CHECK(f.session.closes[0].first == 1008);
 }
 
 }  // namespace

@@ -30,6 +30,57 @@ class FakeSession final : public PluginSession {
     closes.emplace_back(code, reason);
   }
 
+  // A fake HTTP service: calls are recorded and completed by the test with completeHttp().
+  struct HttpCall {
+    PluginHttpRequest request;
+    PluginHttpDone done;
+    bool cancelled = false;
+    bool finished = false;
+  };
+  class FakeCall final : public PluginHttpCall {
+   public:
+    explicit FakeCall(std::shared_ptr<HttpCall> c) : c_(std::move(c)) {}
+    ~FakeCall() override { cancel(); }
+    void cancel() override {
+      if (!c_->finished) c_->cancelled = true;
+    }
+
+   private:
+    std::shared_ptr<HttpCall> c_;
+  };
+  std::unique_ptr<PluginHttpCall> startHttpCall(PluginHttpRequest request,
+                                                PluginHttpDone done) override {
+    if (refuse_http) return nullptr;
+    auto c = std::make_shared<HttpCall>();
+    c->request = std::move(request);
+    c->done = std::move(done);
+    http_calls.push_back(c);
+    return std::make_unique<FakeCall>(c);
+  }
+  // Completes the i-th call as the loop would: false if it was cancelled (done not run).
+  bool completeHttp(size_t i, PluginHttpResult r) {
+    HttpCall& c = *http_calls.at(i);
+    if (c.cancelled || c.finished) return false;
+    c.finished = true;
+    PluginHttpDone done = c.done;  // the chain may drop the call (and its copy) meanwhile
+    done(r);
+    return true;
+  }
+  static PluginHttpResult httpAnswer(int status, HeaderList headers = {}, std::string body = "") {
+    PluginHttpResult r;
+    r.result = UPGATE_HTTP_OK;
+    r.status = status;
+    r.headers = std::move(headers);
+    r.body = std::move(body);
+    return r;
+  }
+  static PluginHttpResult httpFailure(upgate_http_result_t kind, std::string error) {
+    PluginHttpResult r;
+    r.result = kind;
+    r.error = std::move(error);
+    return r;
+  }
+
   // Moves the clock and fires the chain's wakeups that fall due, as a loop timer would.
   void advance(uint64_t ms) {
     uint64_t target = now + ms;
@@ -50,6 +101,8 @@ class FakeSession final : public PluginSession {
   uint16_t port = 40000;
   uint32_t worker = 0;
   std::optional<PluginTlsIdentity> tls;
+  std::vector<std::shared_ptr<HttpCall>> http_calls;
+  bool refuse_http = false;
   PluginChain* chain = nullptr;
 };
 

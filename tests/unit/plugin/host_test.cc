@@ -41,7 +41,7 @@ PluginConfig external(const std::string& name, const std::string& path) {
 
 TEST_CASE("plugin host: the registry lists every built-in, sorted", "[plugin]") {
   CHECK(PluginHost::builtinNames() ==
-        "api_key, ip_filter, jwt, origin, rate_limit, route_by_header");
+        "api_key, forward_auth, ip_filter, jwt, origin, rate_limit, route_by_header");
   for (size_t i = 0; i < kBuiltinPluginCount; ++i) {
     const upgate_plugin_v1_t* vt = kBuiltinPlugins[i].entry(UPGATE_PLUGIN_ABI_VERSION);
     REQUIRE(vt != nullptr);
@@ -70,7 +70,8 @@ TEST_CASE("plugin host: an unknown built-in name is an error naming the choices"
   pc.where = "gw.yaml:3:5";
   CHECK(loadError(pc) ==
         "gw.yaml:3:5: plugin \"nope\": no built-in plugin of that name (built-ins: api_key, "
-        "ip_filter, jwt, origin, rate_limit, route_by_header); an external plugin needs a path:");
+        "forward_auth, ip_filter, jwt, origin, rate_limit, route_by_header); an external plugin "
+        "needs a path:");
 }
 
 TEST_CASE("plugin host: a plugin's create error is prefixed with file:line:col", "[plugin]") {

@@ -78,12 +78,111 @@ TEST_CASE("rate_limit plugin: a full table drops idle buckets first", "[plugin]"
 
 TEST_CASE("rate_limit plugin: config errors", "[plugin]") {
   CHECK(test::createError("rate_limit", "burst: 3") ==
-        "test.yaml:3:5: plugin \"rate_limit\": config.rate: required (handshakes per second)");
+        "test.yaml:3:5: plugin \"rate_limit\": config.rate: required (handshakes per second), "
+        "unless messages: is set");
   CHECK(test::createError("rate_limit", "rate: 0") ==
         "test.yaml:3:5: plugin \"rate_limit\": config.rate: 0 is out of range [1e-06, 1e+09]");
   CHECK(test::createError("rate_limit", "rate: 1\nkey: cookie") ==
         "test.yaml:3:5: plugin \"rate_limit\": config.key: \"cookie\" is not ip, identity or "
         "header:NAME");
+}
+
+// Runs one message through the chain of `h` (which must have admitted the session).
+upgate_message_action_t message(test::Harness& h, upgate_direction_t dir,
+                                MessageVerdict* out = nullptr) {
+  const uint8_t payload[] = {'h', 'i'};
+  MessageVerdict v = h.chain->onMessage(dir, UPGATE_OPCODE_TEXT, payload, sizeof(payload));
+  if (out != nullptr) *out = v;
+  return v.action;
+}
+
+TEST_CASE("rate_limit plugin: messages per session, token bucket, close 1008", "[plugin]") {
+  test::Harness h("rate_limit", "messages: { rate: 2, burst: 3 }\n");
+  REQUIRE(h.run({}) == ChainOutcome::Continue);  // no handshake rate: admitted
+  h.chain->handshakeDone();
+  REQUIRE(h.chain->hasMessageHooks());
+  for (int i = 0; i < 3; ++i) CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
+  // The upstream's messages are not counted by default.
+  for (int i = 0; i < 10; ++i) CHECK(message(h, UPGATE_UPSTREAM_TO_CLIENT) == UPGATE_MESSAGE_PASS);
+  // 2 per second: one token every 500 ms.
+  h.session.now += 499;
+  MessageVerdict v;
+  CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM, &v) == UPGATE_MESSAGE_CLOSE);
+  CHECK(v.close_code == 1008);
+  CHECK(v.close_reason == "message rate exceeded");
+  h.session.now += 1;
+  CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
+  CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
+  // Refill stops at the burst.
+  h.session.now += 60000;
+  for (int i = 0; i < 3; ++i) CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
+  CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
+}
+
+TEST_CASE("rate_limit plugin: every session has its own message bucket", "[plugin]") {
+  test::Harness h("rate_limit", "messages: { rate: 1, burst: 1 }\n", 2);
+  REQUIRE(h.run({}) == ChainOutcome::Continue);
+  h.chain->handshakeDone();
+  CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
+  CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
+  // A new session of the same client, on any worker: a full bucket, not split by workers.
+  for (uint32_t w = 0; w < 2; ++w) {
+    h.session.worker = w;
+    REQUIRE(h.run({}) == ChainOutcome::Continue);
+    h.chain->handshakeDone();
+    CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
+    CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
+  }
+}
+
+TEST_CASE("rate_limit plugin: message direction upstream and both", "[plugin]") {
+  SECTION("upstream") {
+    test::Harness h("rate_limit", "messages: { rate: 1, direction: upstream }\n");
+    REQUIRE(h.run({}) == ChainOutcome::Continue);
+    h.chain->handshakeDone();
+    for (int i = 0; i < 5; ++i) CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
+    CHECK(message(h, UPGATE_UPSTREAM_TO_CLIENT) == UPGATE_MESSAGE_PASS);
+    CHECK(message(h, UPGATE_UPSTREAM_TO_CLIENT) == UPGATE_MESSAGE_CLOSE);
+  }
+  SECTION("both share one bucket") {
+    test::Harness h("rate_limit", "messages: { rate: 1, burst: 2, direction: both }\n");
+    REQUIRE(h.run({}) == ChainOutcome::Continue);
+    h.chain->handshakeDone();
+    CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
+    CHECK(message(h, UPGATE_UPSTREAM_TO_CLIENT) == UPGATE_MESSAGE_PASS);
+    CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
+  }
+}
+
+TEST_CASE("rate_limit plugin: handshake and message limits together", "[plugin]") {
+  test::Harness h("rate_limit", "rate: 1\nburst: 1\nmessages: { rate: 100 }\n");
+  CHECK(h.run({}) == ChainOutcome::Continue);
+  h.chain->handshakeDone();
+  for (int i = 0; i < 100; ++i) CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
+  CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
+  CHECK(h.run({}) == ChainOutcome::Reject);
+  CHECK(h.status() == 429);
+}
+
+TEST_CASE("rate_limit plugin: handshake-only config passes every message", "[plugin]") {
+  test::Harness h("rate_limit", "rate: 1\n");
+  CHECK(h.run({}) == ChainOutcome::Continue);
+  h.chain->handshakeDone();
+  for (int i = 0; i < 50; ++i) CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
+}
+
+TEST_CASE("rate_limit plugin: message config errors", "[plugin]") {
+  const std::string at = "test.yaml:3:5: plugin \"rate_limit\": ";
+  CHECK(test::createError("rate_limit", "messages: { burst: 3 }") ==
+        at + "config.messages.rate: required (messages per second)");
+  CHECK(test::createError("rate_limit", "messages: { rate: 0 }") ==
+        at + "config.messages.rate: 0 is out of range [1e-06, 1e+09]");
+  CHECK(test::createError("rate_limit", "messages: { rate: 1, direction: sideways }") ==
+        at + "config.messages.direction: \"sideways\" is not client, upstream or both");
+  CHECK(test::createError("rate_limit", "messages: { rate: 1, bytes: 5 }") ==
+        at + "config.messages: unknown key \"bytes\" (expected one of: rate, burst, direction)");
+  CHECK(test::createError("rate_limit", "messages: { rate: 1 }\nkey: identity") ==
+        at + "config: burst, key and max_keys need a handshake rate (config.rate)");
 }
 
 }  // namespace
