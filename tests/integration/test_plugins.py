@@ -689,6 +689,9 @@ class AccessTest(GatewayTestCase):
                                  "config": {"rate": cls.RATE, "burst": cls.BURST,
                                             "key": "identity"}}]),
                 route("open", []),
+                dict(route("msgrl", [{"name": "rate_limit",
+                                      "config": {"messages": {"rate": 0.5, "burst": 3}}}]),
+                     mode="frames"),
             ]))
 
     def setUp(self):
@@ -854,6 +857,26 @@ class AccessTest(GatewayTestCase):
         time.sleep(max(waits))
         self.assertEqual(self.status("rl").status, 101)
 
+
+    def test_rate_limit_messages_in_a_frames_tunnel(self):
+        """on_message hooks run in the frames tunnel: the message that finds the session's bucket
+        empty closes it with 1008 (the client) and 1001 (the upstream); it is not relayed, so the
+        next frame the client gets is the close, not an echo."""
+        path = self.path("msgrl")
+        with RawClient(self.gw.addr()) as c:
+            c.handshake(path)
+            for i in range(3):
+                c.send_frame(harness.OP_TEXT, b"m%d" % i)
+                self.assertEqual(c.recv_frame()[2], b"m%d" % i)
+            c.send_frame(harness.OP_TEXT, b"one too many")
+            fin, opcode, payload = c.recv_frame()
+            self.assertEqual(opcode, harness.OP_CLOSE, (fin, opcode, payload))
+            self.assertEqual(struct.unpack("!H", payload[:2])[0], 1008, payload)
+            c.send_frame(harness.OP_CLOSE, payload[:2])
+            _, how = c.read_until_closed(5)
+            self.assertIn(how, ("eof", "reset"))
+        _, code, _ = self.echo.wait_close_for(path)
+        self.assertEqual(code, 1001)
 
     def test_rate_limit_per_identity(self):
         # key: identity -> the user api_key attached, not the IP: alice running out of handshakes
