@@ -660,7 +660,8 @@ std::vector<std::string> tunnelErrors(const std::string& route_tail) {
 
 TEST_CASE("loader: route keepalive and compression", "[config]") {
   SECTION("defaults: off, negotiation passes through") {
-    const Config& c = *loadConfigString(kTunnelBase, "t.yaml");
+    auto cfg = loadConfigString(kTunnelBase, "t.yaml");
+    const Config& c = *cfg;
     const RouteConfig& r = c.routes[0];
     CHECK(r.keepalive.interval.count() == 0);
     CHECK(r.keepalive.timeout.count() == 10000);
