@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Interop test (ctest: interop.node_ws): node's `ws`, a WebSocket implementation independent of
+# python-websockets and of upgate, as client and as upstream of upgate in frames mode with
+# per-leg permessage-deflate (see ws_roundtrip.test.js for what is checked).
+#   1. installs what is missing: nodejs/npm and python3-websockets with apt when root, and `ws`
+#      with `npm ci` from tests/interop/package-lock.json into a cache folder outside the source
+#      tree (default /var/tmp/upgate-interop-node-<lock hash>; set UPGATE_INTEROP_NODE_DIR to
+#      choose), so the checkout stays clean;
+#   2. runs ws_roundtrip.test.js, which starts the upstreams and $UPGATE_BIN itself.
+# Exit 0 = pass, 1 = fail, 77 = skipped (something is missing and we are not root).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+py=/usr/bin/python3
+export UPGATE_BIN=${UPGATE_BIN:-$repo/build/gateway/upgate}
+export UPGATE_IT_PYTHON=$py
+
+log() { echo "[interop] $*"; }
+fail() { echo "[interop] FAIL: $*" >&2; exit 1; }
+
+# ---- 1. tools ----------------------------------------------------------------------------------
+[[ -x $UPGATE_BIN ]] || fail "no upgate binary at $UPGATE_BIN (set UPGATE_BIN)"
+missing=()
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+{ [[ -x $py ]] && "$py" -c 'import websockets' 2>/dev/null; } || missing+=(python3-websockets)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "[interop] SKIP: missing ${missing[*]} (run as root to install them with apt)"
+    exit 77
+  fi
+  log "installing with apt: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 300 apt-get update -qq || fail "apt-get update"
+  timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || fail "apt-get install ${missing[*]}"
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+((node_major >= 18)) || fail "node $(node --version) is too old (>= 18)"
+
+lock_hash=$(cat "$here/package.json" "$here/package-lock.json" | sha256sum | cut -c1-16)
+node_dir=${UPGATE_INTEROP_NODE_DIR:-/var/tmp/upgate-interop-node-$lock_hash}
+mkdir -p "$node_dir"
+(
+  flock -w 600 9 || exit 1   # two build trees running this test at once share the folder
+  if ! cmp -s "$here/package-lock.json" "$node_dir/package-lock.json" \
+     || [[ ! -f $node_dir/node_modules/ws/package.json ]]; then
+    cp "$here/package.json" "$here/package-lock.json" "$node_dir/"
+    cd "$node_dir"
+    log "npm ci in $node_dir"
+    timeout 600 npm ci --no-audit --no-fund --loglevel=error
+  fi
+) 9>"$node_dir/.lock" || fail "npm ci (ws) in $node_dir"
+export NODE_PATH=$node_dir/node_modules
+log "ws $(node -p 'require("ws/package.json").version'), node $(node --version)"
+
+# ---- 2. the test -------------------------------------------------------------------------------
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+exec node "$here/ws_roundtrip.test.js"
