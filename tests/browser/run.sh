@@ -115,20 +115,10 @@ fi
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 ((node_major >= 18)) || fail "node $(node --version) is too old for playwright-core (>= 18)"
 
-lock_hash=$(cat "$here/package.json" "$here/package-lock.json" | sha256sum | cut -c1-16)
-node_dir=${UPGATE_BROWSER_NODE_DIR:-/var/tmp/upgate-browser-node-$lock_hash}
-mkdir -p "$node_dir"
-(
-  flock -w 600 9 || exit 1   # two build trees running this test at once share the folder
-  if ! cmp -s "$here/package-lock.json" "$node_dir/package-lock.json" \
-     || [[ ! -f $node_dir/node_modules/playwright-core/package.json ]]; then
-    cp "$here/package.json" "$here/package-lock.json" "$node_dir/"
-    cd "$node_dir"
-    echo "[browser] npm ci in $node_dir"
-    timeout 600 npm ci --no-audit --no-fund --loglevel=error
-  fi
-) 9>"$node_dir/.lock" || fail "npm ci (playwright-core) in $node_dir"
-export NODE_PATH=$node_dir/node_modules
+# shellcheck source=../support/node_deps.sh
+source "$repo/tests/support/node_deps.sh"
+node_deps "$here" browser playwright-core "${UPGATE_BROWSER_NODE_DIR:-}" \
+  || fail "npm ci (playwright-core)"
 phase_done tools
 
 # ---- 2. the legacy app, alone --------------------------------------------------------------------

@@ -93,6 +93,10 @@ class Frame:
     def close_reason(self):
         return self.payload[2:]
 
+    @property
+    def rsv1(self):
+        return bool(self.rsv & RSV1)
+
     def __repr__(self):
         name = OP_NAMES.get(self.opcode, "op%X" % self.opcode)
         bits = "%s%s%s" % ("F" if self.fin else "-", "rsv%d" % self.rsv if self.rsv else "",

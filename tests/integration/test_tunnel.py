@@ -15,6 +15,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +25,9 @@ import zlib
 import websockets
 
 import harness
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conformance"))
+import wire  # noqa: E402
 from harness import (GatewayTestCase, EchoUpstream, EchoUpstreamProcess, RawClient, RawUpstream,
                      OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT)
 
@@ -46,84 +50,11 @@ def text_payload(n):
 
 
 # ---------------------------------------------------------------------------------------------
-# Frames with everything visible: RSV1 and the mask bit
-
-
-class WireFrame:
-    __slots__ = ("fin", "rsv1", "opcode", "masked", "payload")
-
-    def __init__(self, fin, rsv1, opcode, masked, payload):
-        self.fin, self.rsv1, self.opcode, self.masked, self.payload = (fin, rsv1, opcode, masked,
-                                                                       payload)
-
-    @property
-    def close_code(self):
-        if self.opcode != OP_CLOSE or len(self.payload) < 2:
-            return None
-        return struct.unpack("!H", self.payload[:2])[0]
-
-    def __repr__(self):
-        return "<op%X %s%s%s %d bytes %r>" % (self.opcode, "F" if self.fin else "-",
-                                              " rsv1" if self.rsv1 else "",
-                                              " masked" if self.masked else "",
-                                              len(self.payload), self.payload[:32])
-
-
-class WireReader:
-    def __init__(self):
-        self.buf = bytearray()
-
-    def feed(self, data):
-        self.buf += data
-        out = []
-        for _ in range(1 << 20):
-            f = self._one()
-            if f is None:
-                break
-            out.append(f)
-        return out
-
-    def _one(self):
-        b = self.buf
-        if len(b) < 2:
-            return None
-        masked, n, pos = bool(b[1] & 0x80), b[1] & 0x7F, 2
-        if n == 126:
-            if len(b) < 4:
-                return None
-            n, pos = struct.unpack_from("!H", b, 2)[0], 4
-        elif n == 127:
-            if len(b) < 10:
-                return None
-            n, pos = struct.unpack_from("!Q", b, 2)[0], 10
-        key = None
-        if masked:
-            if len(b) < pos + 4:
-                return None
-            key, pos = bytes(b[pos:pos + 4]), pos + 4
-        if len(b) < pos + n:
-            return None
-        payload = bytes(b[pos:pos + n])
-        if key:
-            payload = harness._apply_mask(payload, key)
-        f = WireFrame(bool(b[0] & 0x80), bool(b[0] & 0x40), b[0] & 0x0F, masked, payload)
-        del b[:pos + n]
-        return f
+# Frames with everything visible (RSV1 and the mask bit): the conformance suite's wire helpers
 
 
 def encode(opcode, payload, mask, fin=True, rsv1=False):
-    head = bytearray([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
-    n, mbit = len(payload), (0x80 if mask else 0)
-    if n < 126:
-        head.append(mbit | n)
-    elif n < 65536:
-        head += bytes([mbit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([mbit | 127]) + struct.pack("!Q", n)
-    if mask:
-        key = os.urandom(4)
-        return bytes(head) + key + harness._apply_mask(payload, key)
-    return bytes(head) + payload
+    return wire.frame(opcode, payload, fin=fin, rsv=wire.RSV1 if rsv1 else 0, mask=mask or None)
 
 
 class Deflate:
@@ -150,7 +81,7 @@ class WireClient:
     def __init__(self, test, addr):
         self.raw = RawClient(addr)
         test.addCleanup(self.raw.close)
-        self.reader = WireReader()
+        self.reader = wire.FrameStream()
         self.queue = []
         self.resp = None
 
@@ -271,14 +202,14 @@ def accept_upgrade(conn, up, deflate):
 
 
 def make_upstream(echo=True, answer_close=True, deflate=False):
-    """A RawUpstream handler: records ("frame", path, WireFrame) and ("message", path, opcode,
+    """A RawUpstream handler: records ("frame", path, wire.Frame) and ("message", path, opcode,
     payload, compressed) events, answers pings, echoes messages (compressed when deflate was
     agreed), answers a close frame unless told not to, and records ("eof", path)."""
 
     def handler(conn, up):
         uc, leftover = accept_upgrade(conn, up, deflate)
         up.event("conn", uc.path, uc)
-        reader = WireReader()
+        reader = wire.FrameStream()
         frames = reader.feed(leftover)
         message, message_op, compressed = b"", None, False
         got_close = False

@@ -39,20 +39,9 @@ fi
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 ((node_major >= 18)) || fail "node $(node --version) is too old (>= 18)"
 
-lock_hash=$(cat "$here/package.json" "$here/package-lock.json" | sha256sum | cut -c1-16)
-node_dir=${UPGATE_INTEROP_NODE_DIR:-/var/tmp/upgate-interop-node-$lock_hash}
-mkdir -p "$node_dir"
-(
-  flock -w 600 9 || exit 1   # two build trees running this test at once share the folder
-  if ! cmp -s "$here/package-lock.json" "$node_dir/package-lock.json" \
-     || [[ ! -f $node_dir/node_modules/ws/package.json ]]; then
-    cp "$here/package.json" "$here/package-lock.json" "$node_dir/"
-    cd "$node_dir"
-    log "npm ci in $node_dir"
-    timeout 600 npm ci --no-audit --no-fund --loglevel=error
-  fi
-) 9>"$node_dir/.lock" || fail "npm ci (ws) in $node_dir"
-export NODE_PATH=$node_dir/node_modules
+# shellcheck source=../support/node_deps.sh
+source "$repo/tests/support/node_deps.sh"
+node_deps "$here" interop ws "${UPGATE_INTEROP_NODE_DIR:-}" || fail "npm ci (ws)"
 log "ws $(node -p 'require("ws/package.json").version'), node $(node --version)"
 
 # ---- 2. the test -------------------------------------------------------------------------------
