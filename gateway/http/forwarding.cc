@@ -8,13 +8,6 @@ namespace upgate {
 
 namespace {
 
-void appendHeader(std::string& out, std::string_view name, std::string_view value) {
-  out.append(name);
-  out.append(": ");
-  out.append(value);
-  out.append("\r\n");
-}
-
 bool startsWithI(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
 }
@@ -22,26 +15,6 @@ bool startsWithI(std::string_view s, std::string_view prefix) {
 // "Connection: host" from a client must not strip what the upstream handshake needs.
 bool isProtected(std::string_view name) {
   return iequals(name, "Host") || startsWithI(name, "Sec-WebSocket-");
-}
-
-// Headers this function writes itself from the client's values plus ours.
-bool isRewritten(std::string_view name) {
-  return iequals(name, "X-Forwarded-For") || iequals(name, "X-Forwarded-Proto") ||
-         iequals(name, "Forwarded");
-}
-
-// All values of `name`, in order, joined by ", " (RFC 7230 §3.2.2 list combination).
-std::string joinValues(const HeaderList& headers, std::string_view name) {
-  std::string out;
-  for (const Header& h : headers) {
-    if (iequals(h.name, name) && !trimOws(h.value).empty()) {
-      if (!out.empty()) {
-        out.append(", ");
-      }
-      out.append(h.value);
-    }
-  }
-  return out;
 }
 
 // RFC 7239 §4: value = token / quoted-string.
@@ -76,21 +49,52 @@ void appendForwardedNode(std::string& out, std::string_view ip) {
 
 }  // namespace
 
-std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo& info) {
-  const HeaderList& in = request.headers;
+bool isProxyHeader(std::string_view name) {
+  return iequals(name, "X-Forwarded-For") || iequals(name, "X-Forwarded-Proto") ||
+         iequals(name, "Forwarded");
+}
+
+void appendProxyHeaders(std::string& out, const HeaderList& in, const ForwardInfo& info) {
   const std::string_view proto = info.tls ? "https" : "http";
   const std::string* host = findHeader(in, "Host");
   // RFC 7239 §6.3: an unknown sender is "unknown" (never an empty element).
   const std::string_view client_ip =
       info.client_ip.empty() ? std::string_view("unknown") : std::string_view(info.client_ip);
 
+  std::string xff = joinValues(in, "X-Forwarded-For");
+  if (!xff.empty()) xff.append(", ");
+  xff.append(client_ip);
+  appendHeader(out, "X-Forwarded-For", xff);
+  appendHeader(out, "X-Forwarded-Proto", proto);
+  if (host != nullptr && findHeader(in, "X-Forwarded-Host") == nullptr) {
+    appendHeader(out, "X-Forwarded-Host", *host);
+  }
+
+  std::string forwarded = joinValues(in, "Forwarded");
+  if (!forwarded.empty()) forwarded.append(", ");
+  forwarded.append("for=");
+  appendForwardedNode(forwarded, client_ip);
+  if (!info.listener_host.empty()) {
+    forwarded.append(";by=");
+    appendForwardedNode(forwarded, info.listener_host);
+  }
+  forwarded.append(";proto=").append(proto);
+  if (host != nullptr && !host->empty()) {
+    forwarded.append(";host=");
+    appendForwardedValue(forwarded, *host);
+  }
+  appendHeader(out, "Forwarded", forwarded);
+}
+
+std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo& info) {
+  const HeaderList& in = request.headers;
   std::string out;
   out.reserve(512);
   out.append("GET ");
   out.append(request.target);
   out.append(" HTTP/1.1\r\n");
   for (const Header& h : in) {
-    if (isHopByHop(h.name) || iequals(h.name, "Content-Length") || isRewritten(h.name)) {
+    if (isHopByHop(h.name) || iequals(h.name, "Content-Length") || isProxyHeader(h.name)) {
       continue;
     }
     if (!isProtected(h.name) && headerHasToken(in, "Connection", h.name)) {
@@ -100,35 +104,7 @@ std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo
   }
   appendHeader(out, "Connection", "Upgrade");
   appendHeader(out, "Upgrade", "websocket");
-
-  std::string xff = joinValues(in, "X-Forwarded-For");
-  if (!xff.empty()) {
-    xff.append(", ");
-  }
-  xff.append(client_ip);
-  appendHeader(out, "X-Forwarded-For", xff);
-  appendHeader(out, "X-Forwarded-Proto", proto);
-  if (host != nullptr && findHeader(in, "X-Forwarded-Host") == nullptr) {
-    appendHeader(out, "X-Forwarded-Host", *host);
-  }
-
-  std::string forwarded = joinValues(in, "Forwarded");
-  if (!forwarded.empty()) {
-    forwarded.append(", ");
-  }
-  forwarded.append("for=");
-  appendForwardedNode(forwarded, client_ip);
-  if (!info.listener_host.empty()) {
-    forwarded.append(";by=");
-    appendForwardedNode(forwarded, info.listener_host);
-  }
-  forwarded.append(";proto=");
-  forwarded.append(proto);
-  if (host != nullptr && !host->empty()) {
-    forwarded.append(";host=");
-    appendForwardedValue(forwarded, *host);
-  }
-  appendHeader(out, "Forwarded", forwarded);
+  appendProxyHeaders(out, in, info);
   out.append("\r\n");
   return out;
 }

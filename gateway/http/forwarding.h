@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "http/request_head.h"
 
@@ -37,5 +38,13 @@ struct ForwardInfo {
 // is not a token (e.g. "host:8080") is quoted; by= only when listener_host is set, host= only
 // when the client sent a Host. Sec-WebSocket-* headers pass through unchanged.
 std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo& info);
+
+// The proxy headers above (X-Forwarded-For, X-Forwarded-Proto, Forwarded): a request forwarded
+// upstream drops the client's copies of these and appends appendProxyHeaders() instead.
+bool isProxyHeader(std::string_view name);
+
+// Appends the X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and Forwarded lines shown
+// above for a client request with headers `in` (shared by the upgrade and plain HTTP requests).
+void appendProxyHeaders(std::string& out, const HeaderList& in, const ForwardInfo& info);
 
 }  // namespace upgate

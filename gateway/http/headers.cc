@@ -147,4 +147,18 @@ std::string_view trimOws(std::string_view s) {
   return s;
 }
 
+void appendHeader(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name).append(": ").append(value).append("\r\n");
+}
+
+std::string joinValues(const HeaderList& headers, std::string_view name) {
+  std::string out;
+  for (const Header& h : headers) {
+    if (!iequals(h.name, name) || trimOws(h.value).empty()) continue;
+    if (!out.empty()) out.append(", ");
+    out.append(h.value);
+  }
+  return out;
+}
+
 }  // namespace upgate

@@ -57,4 +57,10 @@ bool isFieldValue(std::string_view s);
 // `s` without leading and trailing SP/HTAB.
 std::string_view trimOws(std::string_view s);
 
+// Appends "name: value\r\n" (the caller has checked both).
+void appendHeader(std::string& out, std::string_view name, std::string_view value);
+
+// All non-empty values of `name`, in order, joined by ", " (RFC 9110 §5.3 list combination).
+std::string joinValues(const HeaderList& headers, std::string_view name);
+
 }  // namespace upgate

@@ -1,15 +1,10 @@
 #include "http/response_writer.h"
 
+#include "http/headers.h"
+
 namespace upgate {
 
 namespace {
-
-void appendHeader(std::string& out, std::string_view name, std::string_view value) {
-  out.append(name);
-  out.append(": ");
-  out.append(value);
-  out.append("\r\n");
-}
 
 void appendStatusLine(std::string& out, int status, std::string_view reason) {
   out.append("HTTP/1.1 ");

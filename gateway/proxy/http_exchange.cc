@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "core/log.h"
+#include "http/forwarding.h"
 #include "http/headers.h"
 #include "proxy/worker.h"
 
@@ -34,10 +35,6 @@ bool isIdempotent(std::string_view method) {
          method == "PUT" || method == "DELETE";
 }
 
-void appendHeader(std::string& out, std::string_view name, std::string_view value) {
-  out.append(name).append(": ").append(value).append("\r\n");
-}
-
 void appendChunk(std::string& out, const char* data, size_t len) {
   char size[24];
   int n = std::snprintf(size, sizeof(size), "%zx\r\n", len);
@@ -56,42 +53,6 @@ bool parseContentLength(std::string_view v, uint64_t& out) {
   }
   out = n;
   return true;
-}
-
-// All values of `name`, in order, joined by ", " (RFC 9110 §5.3).
-std::string joinValues(const HeaderList& headers, std::string_view name) {
-  std::string out;
-  for (const Header& h : headers) {
-    if (!iequals(h.name, name) || trimOws(h.value).empty()) continue;
-    if (!out.empty()) out.append(", ");
-    out.append(h.value);
-  }
-  return out;
-}
-
-// RFC 7239 §4: value = token / quoted-string.
-void appendForwardedValue(std::string& out, std::string_view value) {
-  if (isToken(value)) {
-    out.append(value);
-    return;
-  }
-  out.push_back('"');
-  for (char c : value) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  out.push_back('"');
-}
-
-// RFC 7239 §6: an IPv6 node is "[addr]", which is not a token, so it ends up quoted.
-void appendForwardedNode(std::string& out, std::string_view ip) {
-  if (ip.find(':') == std::string_view::npos) {
-    appendForwardedValue(out, ip);
-    return;
-  }
-  std::string bracketed = "[";
-  bracketed.append(ip).append("]");
-  appendForwardedValue(out, bracketed);
 }
 
 std::string uvName(int err) {
@@ -164,10 +125,7 @@ RequestFraming checkRequest(const RequestHead& head) {
 std::string upstreamHttpRequest(const RequestHead& head, const ForwardInfo& forward,
                                 const RequestFraming& framing, const std::string& default_host) {
   const HeaderList& in = head.headers;
-  const std::string_view proto = forward.tls ? "https" : "http";
   const std::string* host = findHeader(in, "Host");
-  const std::string_view client_ip =
-      forward.client_ip.empty() ? std::string_view("unknown") : std::string_view(forward.client_ip);
 
   std::string out;
   out.reserve(512);
@@ -185,9 +143,7 @@ std::string upstreamHttpRequest(const RequestHead& head, const ForwardInfo& forw
   }
   out.append(" HTTP/1.1\r\n");
   for (const Header& h : in) {
-    if (isHopByHop(h.name) || iequals(h.name, "Content-Length") ||
-        iequals(h.name, "X-Forwarded-For") || iequals(h.name, "X-Forwarded-Proto") ||
-        iequals(h.name, "Forwarded")) {
+    if (isHopByHop(h.name) || iequals(h.name, "Content-Length") || isProxyHeader(h.name)) {
       continue;
     }
     // An HTTP/1.0 client cannot receive the 100 an Expect asks for (RFC 9110 §10.1.1).
@@ -202,28 +158,7 @@ std::string upstreamHttpRequest(const RequestHead& head, const ForwardInfo& forw
     appendHeader(out, "Transfer-Encoding", "chunked");
   }
 
-  std::string xff = joinValues(in, "X-Forwarded-For");
-  if (!xff.empty()) xff.append(", ");
-  xff.append(client_ip);
-  appendHeader(out, "X-Forwarded-For", xff);
-  appendHeader(out, "X-Forwarded-Proto", proto);
-  if (host != nullptr && findHeader(in, "X-Forwarded-Host") == nullptr) {
-    appendHeader(out, "X-Forwarded-Host", *host);
-  }
-  std::string fwd = joinValues(in, "Forwarded");
-  if (!fwd.empty()) fwd.append(", ");
-  fwd.append("for=");
-  appendForwardedNode(fwd, client_ip);
-  if (!forward.listener_host.empty()) {
-    fwd.append(";by=");
-    appendForwardedNode(fwd, forward.listener_host);
-  }
-  fwd.append(";proto=").append(proto);
-  if (host != nullptr && !host->empty()) {
-    fwd.append(";host=");
-    appendForwardedValue(fwd, *host);
-  }
-  appendHeader(out, "Forwarded", fwd);
+  appendProxyHeaders(out, in, forward);
   out.append("\r\n");
   return out;
 }
