@@ -4,21 +4,11 @@
 #include <string>
 #include <utility>
 
+#include "http/llhttp_callbacks.h"
+
 namespace upgate {
 
 namespace {
-
-// llhttp is C: trampolines recover the owner from parser->data and call one member (Node's
-// Proxy<>::Raw). noexcept, so nothing unwinds through llhttp's frames.
-template <typename Owner, int (Owner::*Member)(const char*, size_t) noexcept>
-int dataTrampoline(llhttp_t* parser, const char* at, size_t len) noexcept {
-  return (static_cast<Owner*>(parser->data)->*Member)(at, len);
-}
-
-template <typename Owner, int (Owner::*Member)() noexcept>
-int eventTrampoline(llhttp_t* parser) noexcept {
-  return (static_cast<Owner*>(parser->data)->*Member)();
-}
 
 constexpr const char* kFoldReason =
     "obs-fold (header line starting with whitespace) is not allowed";

@@ -4,20 +4,11 @@
 #include <string>
 #include <utility>
 
+#include "http/llhttp_callbacks.h"
+
 namespace upgate {
 
 namespace {
-
-// Same trampolines as RequestParser's: owner from parser->data, one member call, noexcept.
-template <typename Owner, int (Owner::*Member)(const char*, size_t) noexcept>
-int dataTrampoline(llhttp_t* parser, const char* at, size_t len) noexcept {
-  return (static_cast<Owner*>(parser->data)->*Member)(at, len);
-}
-
-template <typename Owner, int (Owner::*Member)() noexcept>
-int eventTrampoline(llhttp_t* parser) noexcept {
-  return (static_cast<Owner*>(parser->data)->*Member)();
-}
 
 bool isInterim(int status) {
   return status >= 100 && status < 200 && status != 101;
