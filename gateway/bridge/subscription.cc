@@ -6,7 +6,6 @@
 #include "proxy/worker.h"
 #include "websocket/close_code.h"
 #include "websocket/frame_writer.h"
-#include "websocket/utf8.h"
 
 namespace upgate {
 namespace {
@@ -62,7 +61,8 @@ Subscription::Subscription(Worker& worker, SubscriptionOwner& owner, const Route
       route_(route),
       channel_(std::move(channel)),
       mode_(mode),
-      parser_(Role::Client, FrameParser::Limits{worker.config().limits.max_message_size}, false) {}
+      parser_(Role::Client, FrameParser::Limits{worker.config().limits.max_message_size}, false),
+      validator_(worker.config().limits.max_message_size) {}
 
 Subscription::~Subscription() {
   if (send_call_) HttpClient::cancel(send_call_);
@@ -148,70 +148,33 @@ void Subscription::onClientData(char* data, size_t len) {
 }
 
 bool Subscription::onFrameHeader(const FrameHeader& h, const char*, size_t) {
-  if (isControlOpcode(h.opcode)) {
-    control_.clear();
-    return true;
-  }
-  if (h.opcode == opcode::kContinuation) {
-    if (!in_message_) {
-      fail(close_code::kProtocolError, "continuation frame without a message");
-      return false;
-    }
-  } else {
-    if (in_message_) {
-      fail(close_code::kProtocolError, "new message inside a fragmented message");
-      return false;
-    }
-    in_message_ = true;
-    message_opcode_ = h.opcode;
-    message_.clear();
-  }
-  if (message_.size() + h.payload_len > worker_.config().limits.max_message_size) {
-    fail(close_code::kMessageTooBig, "message larger than limits.max_message_size");
-    return false;
-  }
+  if (ParseError e = validator_.onFrameHeader(h)) return failWith(e);
+  if (!isControlOpcode(h.opcode) && h.opcode != opcode::kContinuation) message_.clear();
   return true;
 }
 
 bool Subscription::onFramePayload(const FrameHeader& h, char* data, size_t len, uint64_t) {
-  if (isControlOpcode(h.opcode)) {
-    control_.append(data, len);
-  } else {
-    message_.append(data, len);
-  }
+  if (ParseError e = validator_.onFramePayload(h, data, len)) return failWith(e);
+  if (!isControlOpcode(h.opcode)) message_.append(data, len);  // the validator keeps controls
   return true;
 }
 
 bool Subscription::onFrameEnd(const FrameHeader& h) {
+  if (ParseError e = validator_.onFrameEnd(h)) return failWith(e);
   switch (h.opcode) {
-    case opcode::kPing:
+    case opcode::kPing: {
       if (close_sent_) return true;  // no pongs after our close frame
-      if (!writeFrame(opcode::kPong, control_.data(), control_.size())) {
+      std::string_view ping = validator_.controlPayload();
+      if (!writeFrame(opcode::kPong, ping.data(), ping.size())) {
         fail(close_code::kAbnormal, "client write failed");
         return false;
       }
       return true;
+    }
     case opcode::kPong:
       return true;
     case opcode::kClose: {
-      uint16_t code = close_code::kNoStatus;
-      if (control_.size() == 1) {
-        fail(close_code::kProtocolError, "close frame with a 1-byte payload");
-        return false;
-      }
-      if (control_.size() >= 2) {
-        code = static_cast<uint16_t>((static_cast<uint8_t>(control_[0]) << 8) |
-                                     static_cast<uint8_t>(control_[1]));
-        if (!isValidWireCloseCode(code)) {
-          fail(close_code::kProtocolError, "invalid close code");
-          return false;
-        }
-        Utf8Validator v;
-        if (!v.feed(control_.data() + 2, control_.size() - 2) || !v.complete()) {
-          fail(close_code::kInvalidPayload, "close reason is not UTF-8");
-          return false;
-        }
-      }
+      const uint16_t code = validator_.closeCode();
       if (!close_sent_) {
         // Echo the code (RFC 6455 §5.5.1); a close without a code is answered with 1000.
         close_sent_ = true;
@@ -227,17 +190,14 @@ bool Subscription::onFrameEnd(const FrameHeader& h) {
       break;
   }
   if (!h.fin) return true;
-  in_message_ = false;
-  if (message_opcode_ == opcode::kText) {
-    Utf8Validator v;
-    if (!v.feed(message_.data(), message_.size()) || !v.complete()) {
-      fail(close_code::kInvalidPayload, "text message is not valid UTF-8");
-      return false;
-    }
-  }
   owner_.countBytes(message_.size(), 0);
   onClientMessage();
   return !ended_;
+}
+
+bool Subscription::failWith(ParseError e) {
+  fail(e.code, e.reason);
+  return false;
 }
 
 // ---- Client messages to the legacy app (longpoll routes) -------------------------------------
@@ -269,7 +229,7 @@ void Subscription::sendNext() {
   req.target = send_target_;
   req.headers = forward_headers_;
   for (const auto& [name, value] : route_.longpoll.headers) req.headers.push_back({name, value});
-  req.headers.push_back({"Content-Type", message_opcode_ == opcode::kBinary
+  req.headers.push_back({"Content-Type", validator_.messageOpcode() == opcode::kBinary
                                              ? "application/octet-stream"
                                              : "text/plain; charset=utf-8"});
   req.body = std::move(outbox_.front());

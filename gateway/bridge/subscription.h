@@ -19,6 +19,7 @@
 #include "net/stream.h"
 #include "proxy/http_client.h"
 #include "websocket/frame_parser.h"
+#include "websocket/message_validator.h"
 
 namespace upgate {
 
@@ -72,6 +73,7 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   bool onFrameEnd(const FrameHeader& h) override;
 
   void fail(uint16_t code, const std::string& reason);
+  bool failWith(ParseError e);  // fail() with a parse error; returns false (stop the parser)
   bool writeFrame(uint8_t opcode, const char* data, size_t len);
   void onClientMessage();
   void sendNext();
@@ -85,10 +87,8 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   FrameParser parser_;
 
   // The message being received from the client (fragments reassembled, bounded).
+  MessageValidator validator_;  // fragmentation order, UTF-8, close payloads, message size
   std::string message_;
-  uint8_t message_opcode_ = 0;
-  std::string control_;  // payload of the control frame being received (<= 125 bytes)
-  bool in_message_ = false;
 
   // longpoll: client messages POSTed to the legacy app, one at a time, in order.
   std::string send_target_;
