@@ -559,5 +559,31 @@ class SigtermTest(GatewayTestCase):
         self.assertEqual(gw.proc.returncode, 0, gw.stderr_tail())
 
 
+class AdminLimitsTest(GatewayTestCase):
+    """admin.max_body_bytes: a larger publish is refused with 413 and reaches nobody."""
+
+    @classmethod
+    def setUpClass(cls):
+        config = harness.make_config(upstreams={}, routes=channel_routes(), workers=1,
+                                     admin={"address": "127.0.0.1:0", "token": TOKEN,
+                                            "max_body_bytes": "1KiB"})
+        cls.gw = start_class_gateway(cls, config)
+        cls.admin = Admin(cls.gw, TOKEN)
+
+    def test_publish_over_max_body_bytes_is_413(self):
+        pool = SubscriberPool(self.gw.addr())
+        self.addCleanup(pool.stop)
+        sub = pool.connect_ws("/news/big")[0]
+        warm_up(self.admin, "big", 1)
+        ok = self.admin.publish("big", "x" * 1024)
+        too_big = self.admin.publish("big", "y" * 1025, check=False)
+        self.assertEqual(too_big.status, 413, too_big)
+        after = self.admin.publish("big", "after")
+        self.assertEqual(after["seq"], ok["seq"] + 1, "the refused publish took a sequence number")
+        pool.wait(lambda: b"after" in payloads(sub), 10, "the publish after the refused one")
+        self.assertEqual(payloads(sub), [b"x" * 1024, b"after"])
+        self.assertGatewayAlive(self.gw)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -392,5 +392,37 @@ class HttpProxyTest(GatewayTestCase):
         self.assertClosedAfter(c, resp)
 
 
+class KeepAliveTimeoutTest(GatewayTestCase):
+    """timeouts.keepalive: a kept-alive client connection idle for that long is closed, silently
+    (no 408: no request was started); one that sends its next request in time is served."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.app = cls.start_class_peer(LegacyApp())
+        cls.gw = cls.start_class_gateway(harness.make_config(
+            {"app": {"endpoints": [cls.app.addr]}},
+            [{"name": "legacy", "match": {"path_prefix": "/"}, "kind": "http", "upstream": "app"}],
+            timeouts={"keepalive": "1s"}))
+
+    def test_idle_keep_alive_connection_is_closed(self):
+        with RawClient(self.gw.addr()) as c:
+            c.send(request("GET", "/hello?first"))
+            resp = read_response(c)
+            c.read_body(resp)
+            self.assertIn("keep-alive", resp.tokens("Connection"))
+            time.sleep(0.5)  # within the timeout: still served
+            c.send(request("GET", "/hello?second"))
+            resp = read_response(c)
+            c.read_body(resp)
+            self.assertEqual(resp.body, b"hello second")
+            started = time.monotonic()
+            extra, how = c.read_until_closed(5.0)
+            idle = time.monotonic() - started
+            self.assertIn(how, ("eof", "reset"))
+            self.assertEqual(extra, b"", "an idle keep-alive connection gets no answer")
+            self.assertGreater(idle, 0.8, "closed after %.2fs, before timeouts.keepalive" % idle)
+            self.assertLess(idle, 3.0, "still open %.2fs after timeouts.keepalive" % idle)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
