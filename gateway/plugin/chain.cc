@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "http/response_writer.h"
 #include "plugin/host.h"
+#include "websocket/utf8.h"
 
 namespace upgate {
 
@@ -15,6 +16,13 @@ namespace {
 
 constexpr size_t kMaxRejectBody = 64 * 1024;
 constexpr size_t kMaxCloseReason = 123;  // RFC 6455 §5.5: control payload <= 125 with the code
+
+// A plugin's close reason as it may go on the wire: valid UTF-8 (RFC 6455 §5.5.1), cut to 123
+// bytes on a character boundary. A reason that is not UTF-8 is dropped, not sent.
+std::string wireCloseReason(std::string_view reason) {
+  if (!isValidUtf8(reason)) return std::string();
+  return std::string(reason.substr(0, utf8TruncationPoint(reason, kMaxCloseReason)));
+}
 
 // Headers a plugin may not set on the upstream request: the gateway owns the framing and the
 // WebSocket handshake (its own Sec-WebSocket-Key, the client's negotiated extensions).
@@ -337,8 +345,7 @@ MessageVerdict PluginChain::onMessage(upgate_direction_t dir, uint8_t opcode, co
     v.action = UPGATE_MESSAGE_CLOSE;
     if (a == UPGATE_MESSAGE_CLOSE && validCloseCode(out.close_code)) {
       v.close_code = out.close_code;
-      if (out.close_reason != nullptr) v.close_reason = out.close_reason;
-      if (v.close_reason.size() > kMaxCloseReason) v.close_reason.resize(kMaxCloseReason);
+      if (out.close_reason != nullptr) v.close_reason = wireCloseReason(out.close_reason);
     } else {
       UPGATE_LOG(err, session_.sessionId(), "plugin {}: invalid on_message result {} (code {})",
                  nameOf(i), static_cast<int>(a), out.close_code);
@@ -605,8 +612,7 @@ int PluginChain::apiResume(size_t i, upgate_decision_t decision, const upgate_re
 int PluginChain::apiClose(size_t i, uint16_t code, const char* reason) {
   if (!handshake_done_ || closed_ || !validCloseCode(code)) return -1;
   UPGATE_LOG(info, session_.sessionId(), "plugin {}: closes the session with {}", nameOf(i), code);
-  std::string sent = reason != nullptr ? reason : "";
-  if (sent.size() > kMaxCloseReason) sent.resize(kMaxCloseReason);
+  std::string sent = wireCloseReason(reason != nullptr ? reason : "");
   if (!pending_close_) pending_close_.emplace(code, sent);
   leave();  // delivered at once only if called outside any chain frame
   return 0;

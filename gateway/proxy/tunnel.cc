@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "websocket/close_code.h"
 #include "websocket/frame_writer.h"
+#include "websocket/utf8.h"
 
 namespace upgate {
 
@@ -191,7 +192,8 @@ void Tunnel::closeSentTo(Leg& l, uint64_t now_ms) {
 void Tunnel::close(uint16_t code, const std::string& reason, uint64_t now_ms) {
   if (ended_) return;
   now_ms_ = now_ms;
-  close_reason_ = reason.substr(0, 100);
+  // Cut on a character boundary: a close reason must stay valid UTF-8 (RFC 6455 §5.5.1).
+  close_reason_ = reason.substr(0, utf8TruncationPoint(reason, 100));
   for (bool c : {true, false}) {
     Leg& l = leg(c);
     if (!l.close_sent && l.close_code == 0) l.close_code = code;

@@ -9,6 +9,7 @@
 
 #include "fake_session.h"
 #include "plugin/host.h"
+#include "websocket/utf8.h"
 
 namespace upgate {
 namespace {
@@ -426,6 +427,21 @@ TEST_CASE("plugin chain: messages pass, rewrite, drop and close", "[plugin]") {
       out->close_code = 1005;  // not sendable
       return UPGATE_MESSAGE_CLOSE;
     }
+    if (text == "long") {  // "ab" + 42 x U+20AC: byte 123 is inside a character
+      static const std::string euros = [] {
+        std::string e = "ab";
+        for (int i = 0; i < 42; ++i) e += "\xe2\x82\xac";
+        return e;
+      }();
+      out->close_code = 4002;
+      out->close_reason = euros.c_str();
+      return UPGATE_MESSAGE_CLOSE;
+    }
+    if (text == "latin1") {
+      out->close_code = 4003;
+      out->close_reason = "caf\xe9";  // not UTF-8: not sent
+      return UPGATE_MESSAGE_CLOSE;
+    }
     static const uint8_t upper[] = {'H', 'I'};
     out->opcode = UPGATE_OPCODE_BINARY;
     out->data = upper;
@@ -458,6 +474,13 @@ TEST_CASE("plugin chain: messages pass, rewrite, drop and close", "[plugin]") {
   v = msg("bad");
   CHECK(v.action == UPGATE_MESSAGE_CLOSE);
   CHECK(v.close_code == 1011);
+  v = msg("long");  // close reasons stay valid UTF-8 on the wire (RFC 6455 §5.5.1)
+  CHECK(v.close_code == 4002);
+  CHECK(v.close_reason.size() == 122);
+  CHECK(isValidUtf8(v.close_reason));
+  v = msg("latin1");
+  CHECK(v.close_code == 4003);
+  CHECK(v.close_reason.empty());
 }
 
 TEST_CASE("plugin chain: host->close inside on_message becomes the verdict", "[plugin]") {

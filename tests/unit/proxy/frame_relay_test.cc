@@ -8,6 +8,7 @@
 #include "proxy/tunnel.h"
 #include "websocket/close_code.h"
 #include "websocket/frame_writer.h"
+#include "websocket/utf8.h"
 
 namespace upgate {
 namespace {
@@ -556,6 +557,29 @@ TEST_CASE("Tunnel: a violation closes both legs with their codes", "[proxy][tunn
   CHECK(closeCodeOf(down[0]) == 1011);
   CHECK(closeCodeOf(up[0]) == 1007);
   CHECK(o.ended);
+}
+
+}  // namespace
+}  // namespace upgate
+
+namespace upgate {
+namespace {
+
+TEST_CASE("Tunnel: a long close reason is cut on a character boundary", "[proxy][tunnel]") {
+  Owner o;
+  TunnelSetup setup;
+  Tunnel t(o, setup, 0);
+  std::string euros;
+  for (int i = 0; i < 34; ++i) euros += "\xe2\x82\xac";  // 102 bytes: byte 100 is mid-character
+  t.close(close_code::kNormal, euros, 1);
+  for (bool to_client : {true, false}) {
+    auto frames =
+        decode(to_client ? o.to_client_ : o.to_upstream, to_client ? Role::Server : Role::Client);
+    REQUIRE(frames.size() == 1);
+    std::string reason = frames[0].payload.substr(2);
+    CHECK(reason.size() == 99);
+    CHECK(isValidUtf8(reason));
+  }
 }
 
 }  // namespace
