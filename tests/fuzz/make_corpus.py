@@ -3,11 +3,13 @@
 
 The seeds are checked in; rerun this only to change them:  /usr/bin/python3 tests/fuzz/make_corpus.py
 Each seed is a small valid input in the layout its target expects (see the comment at the top of
-each fuzz_*.cc): frames get a config byte and a seed byte first, HTTP heads a split byte.
+each fuzz_*.cc): frames get a config byte and a seed byte first, HTTP heads a split byte, the
+tunnel a setup and a script of operations.
 """
 
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MASK = bytes([0x37, 0xFA, 0x21, 0x3D])
@@ -99,6 +101,130 @@ RESPONSE_SEEDS = {
 }
 
 
+# fuzz_frame_relay: [5 setup bytes][script], hook verdicts from the end (see fuzz_frame_relay.cc).
+def deflate_raw(data, wbits=15):
+    """A permessage-deflate payload: raw deflate, sync flush, trailing 00 00 FF FF removed."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -wbits)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def setup(frames=False, deflate_legs=0, hooks=False, answer_pings=False, end_to_end=False,
+          interval=0, client_agreement=0xFC, upstream_agreement=0xFC, limit=7, ping_timeout=3,
+          close_timeout=3, fail_write=0):
+    """The 5 setup bytes. Agreements: bit 0 server_no_context_takeover, bit 1
+    client_no_context_takeover, bits 2-4 / 5-7 server_ / client_max_window_bits - 8 (0xFC: 15/15).
+    interval, limit, ping_timeout, close_timeout: indexes into the target's tables."""
+    b0 = ((1 if frames else 0) | (deflate_legs << 1) | (0x08 if hooks else 0)
+          | (0x10 if answer_pings else 0) | (0x20 if end_to_end else 0) | (interval << 6))
+    b3 = limit | (ping_timeout << 3) | (close_timeout << 5)
+    return bytes([b0, client_agreement, upstream_agreement, b3, fail_write])
+
+
+def agreement(server_nct=False, client_nct=False, server_bits=15, client_bits=15):
+    return ((1 if server_nct else 0) | (2 if client_nct else 0) | ((server_bits - 8) << 2)
+            | ((client_bits - 8) << 5))
+
+
+def raw(from_client, data, split=0):
+    """Script op: bytes from the client (masked frames) or the upstream, read in pieces of at
+    most [whole, 1, 2, 3, 7, 16, 100, 1500][split & 7] bytes."""
+    out = b""
+    for i in range(0, len(data), 255):
+        piece = data[i:i + 255]
+        out += bytes([0 if from_client else 1, len(piece), split]) + piece
+    return out
+
+
+def built(from_client, op, payload=b"", fin=True, compress=False, split=0):
+    """Script op: a frame the target builds (and masks, and compresses with its own Deflater)."""
+    flags = [CONT, TEXT, BINARY, CLOSE, PING, PONG].index(op)
+    flags |= (0 if fin else 0x08) | (0x20 if compress else 0)
+    assert len(payload) < 0xF0
+    return bytes([2 if from_client else 3, flags, len(payload), split]) + payload
+
+
+def advance(units, scale=2, extra_fire=False):
+    """Script op: time passes, units * [1, 10, 100, 1000][scale] ms."""
+    return bytes([4 | (scale << 3) | (0x20 if extra_fire else 0), units])
+
+
+def close_op(code_index, reason_len=0, chars=0):
+    """Script op: close(code, reason); code from [1000, 1001, 1008, 1011, 1012, 3000, 4000, 4999]."""
+    return bytes([5 | (chars << 3), code_index, reason_len])
+
+
+def client(op, payload=b"", **kw):
+    return frame(op, payload, **kw)
+
+
+def server(op, payload=b"", **kw):
+    return frame(op, payload, mask=None, **kw)
+
+
+CLOSE_1000 = struct.pack(">H", 1000)
+PING_REPLY = b"upgate-keepalive"
+LOREM = b"the quick brown fox jumps over the lazy dog; " * 4
+TEXT_UTF8 = "h\u00e9llo \u20ac \U0001d11e \u00e9t\u00e9".encode()
+
+RELAY_SEEDS = {
+    "passthrough_echo_close": setup() + raw(True, client(TEXT, b"Hello")) + raw(
+        False, server(TEXT, b"Hello")) + raw(True, client(CLOSE, CLOSE_1000), split=1) + raw(
+        False, server(CLOSE, CLOSE_1000)),
+    "passthrough_keepalive_drain": setup(interval=2, ping_timeout=2) + raw(
+        True, client(BINARY, bytes(range(200))), split=4) + advance(15)
+        + raw(True, client(PONG, PING_REPLY)) + raw(False, server(PONG, PING_REPLY))
+        + close_op(1, 20, 1) + raw(True, client(CLOSE, CLOSE_1000)),
+    "frames_fragments_ping_close": setup(frames=True) + raw(
+        True, client(TEXT, TEXT_UTF8[:5], fin=False) + client(PING, b"p")
+        + client(CONT, TEXT_UTF8[5:]), split=2) + raw(False, server(PONG, b"p")) + raw(
+        False, server(BINARY, LOREM), split=5) + raw(
+        True, client(CLOSE, CLOSE_1000 + b"bye")) + raw(False, server(CLOSE, CLOSE_1000)),
+    "frames_answer_pings_keepalive": setup(frames=True, answer_pings=True, interval=1,
+                                           ping_timeout=1) + raw(True, client(PING, b"hi"))
+        + raw(False, server(PING, b"yo")) + advance(6, scale=1)
+        + raw(False, server(PONG, PING_REPLY)) + advance(20, scale=1) + advance(10, scale=2),
+    "frames_deflate_client": setup(frames=True, deflate_legs=1) + raw(
+        True, client(TEXT, deflate_raw(LOREM), rsv1=True), split=3) + raw(
+        False, server(TEXT, LOREM)) + raw(
+        True, client(BINARY, deflate_raw(bytes(300)), rsv1=True)) + raw(
+        True, client(CLOSE, CLOSE_1000)) + raw(False, server(CLOSE, CLOSE_1000)),
+    "frames_deflate_upstream_fragmented": setup(frames=True, deflate_legs=2) + raw(
+        False, server(TEXT, deflate_raw(TEXT_UTF8 * 3)[:6], fin=False, rsv1=True)
+        + server(CONT, deflate_raw(TEXT_UTF8 * 3)[6:]), split=6) + raw(
+        True, client(TEXT, TEXT_UTF8)),
+    "frames_deflate_both_no_context_takeover": setup(
+        frames=True, deflate_legs=3,
+        client_agreement=agreement(server_nct=True, client_nct=True, server_bits=9,
+                                   client_bits=10),
+        upstream_agreement=agreement(server_nct=True, server_bits=12, client_bits=8)) + raw(
+        True, client(TEXT, deflate_raw(LOREM, 10), rsv1=True)) + raw(
+        True, client(TEXT, deflate_raw(LOREM, 10), rsv1=True)) + raw(
+        False, server(BINARY, deflate_raw(LOREM + LOREM, 12), rsv1=True), split=7) + raw(
+        False, server(TEXT, deflate_raw(b"", 12), rsv1=True)),
+    "frames_deflate_built": setup(frames=True, deflate_legs=3) + built(
+        True, TEXT, LOREM[:100], fin=False, compress=True) + built(
+        True, CONT, LOREM[:100], compress=True, split=4) + built(
+        False, BINARY, bytes(120), compress=True) + built(True, CLOSE, CLOSE_1000),
+    "frames_hooks_verdicts": setup(frames=True, hooks=True, deflate_legs=1) + raw(
+        True, client(TEXT, deflate_raw(b"pass me"), rsv1=True)) + raw(
+        False, server(TEXT, b"rewrite me")) + raw(True, client(BINARY, b"drop me")) + raw(
+        False, server(TEXT, b"close")) + bytes([0x23, 0x01, 0x0a, 0x00]),  # CLOSE, DROP, REWRITE, PASS
+    "frames_end_to_end_deflate": setup(frames=True, end_to_end=True, limit=2) + raw(
+        True, client(TEXT, deflate_raw(b"abc"), rsv1=True)) + raw(
+        False, server(BINARY, deflate_raw(bytes(50)), rsv1=True)) + close_op(0)
+        + raw(True, client(CLOSE, CLOSE_1000)) + raw(False, server(CLOSE)),
+    "frames_violation_then_timeout": setup(frames=True, close_timeout=1) + raw(
+        True, client(TEXT, b"ok")) + raw(True, server(TEXT, b"unmasked")) + advance(2),
+    # close() with a 102-byte reason of 3-byte characters: the close frames must carry whole
+    # characters of it (valid UTF-8, RFC 6455 §5.5.1) however it is shortened.
+    "close_reason_cut_in_character": setup() + close_op(0, 101, chars=2),
+    "frames_write_fails": setup(frames=True, fail_write=2) + raw(
+        True, client(TEXT, b"one") + client(TEXT, b"two") + client(TEXT, b"three"), split=4),
+}
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -113,3 +239,4 @@ if __name__ == "__main__":
     write("fuzz_frame_parser", FRAME_SEEDS)
     write("fuzz_request_parser", REQUEST_SEEDS)
     write("fuzz_response_parser", RESPONSE_SEEDS)
+    write("fuzz_frame_relay", RELAY_SEEDS)

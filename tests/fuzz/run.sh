@@ -6,20 +6,22 @@
 #
 #   bash tests/fuzz/run.sh [--build-dir DIR] [target...]
 #
-#   targets              fuzz_frame_parser fuzz_request_parser fuzz_response_parser (default: all)
+#   targets              fuzz_frame_parser fuzz_request_parser fuzz_response_parser
+#                        fuzz_frame_relay (default: all)
 #   --build-dir DIR      clang build, logs and artifacts (default: <repo>/build-fuzz)
 #   UPGATE_FUZZ_SECONDS  fuzzing time per target (default 60)
 #
-# Installs clang and its runtime libraries (Debian's clang and libclang-rt-dev) when they are
-# missing, as root or through sudo. Exit status: 0 when every target ran its time without a
-# finding; 1 on any crash, failed invariant (FUZZ_CHECK), leak, UBSan or ASan report, per-input
-# timeout or out-of-memory (the reproducer is kept under DIR/artifacts/<target>/ and dumped in
-# hex; rerun it with `DIR/<target> FILE`); 2 when the fuzzers could not be built or run.
+# Installs clang and its runtime libraries (Debian's clang and libclang-rt-dev), and the libraries
+# the tunnel target links (zlib1g-dev, libspdlog-dev), when they are missing, as root or through
+# sudo. Exit status: 0 when every target ran its time without a finding; 1 on any crash, failed
+# invariant (FUZZ_CHECK), leak, UBSan or ASan report, per-input timeout or out-of-memory (the
+# reproducer is kept under DIR/artifacts/<target>/ and dumped in hex; rerun it with
+# `DIR/<target> FILE`); 2 when the fuzzers could not be built or run.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-all_targets=(fuzz_frame_parser fuzz_request_parser fuzz_response_parser)
+all_targets=(fuzz_frame_parser fuzz_request_parser fuzz_response_parser fuzz_frame_relay)
 
 build="$root/build-fuzz"
 targets=()
@@ -27,7 +29,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --build-dir) build="$2"; shift 2 ;;
     --build-dir=*) build="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     fuzz_*) targets+=("$1"); shift ;;
     *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -78,6 +80,8 @@ missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v make >/dev/null || missing+=(make)
 [[ -f /usr/share/llhttp/llhttp.c ]] || missing+=(node-llhttp)
+[[ -f /usr/include/zlib.h ]] || missing+=(zlib1g-dev)
+[[ -f /usr/include/spdlog/spdlog.h ]] || missing+=(libspdlog-dev)
 if ! probe_clang 2>/dev/null; then
   missing+=(clang libclang-rt-dev)
 fi
