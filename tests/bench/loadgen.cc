@@ -13,6 +13,8 @@
 //   connect  C concurrent slots, each looping: fresh TCP connection, upgrade, check the 101,
 //            send a close frame, wait for the server's close and FIN, next. Handshakes/s counts
 //            checked 101s in the measured window; latency is connect start to checked 101.
+//            With --count N, exactly N sessions are opened and closed, then the run ends (for
+//            instruction and syscall counts per handshake, which need a fixed amount of work).
 //   idle     opens N sessions (at most --open-concurrency at a time), by default echoes one small
 //            message on each (so every leg has carried data), prints a "ready" JSON line, then
 //            holds them until SIGTERM/SIGINT/SIGUSR1 or --duration seconds, then closes them.
@@ -75,6 +77,7 @@ struct Options {
   bool touch = true;    // idle: echo one message per session
   int open_concurrency = 256;
   double conn_timeout = 10;  // connect + handshake (+ close) deadline per connection
+  long count = 0;            // connect: total sessions to run (0: as many as fit in T)
 };
 
 Options opt;
@@ -98,7 +101,8 @@ Options opt;
       "      --watch PIDS       comma-separated PIDs whose CPU time to report (the proxy)\n"
       "      --watch-echo PIDS  same, reported separately (the upstream)\n"
       "      --verify           check every echoed byte and message length\n"
-      "      --conn-timeout S   per-connection open/close deadline            [10]\n");
+      "      --conn-timeout S   per-connection open/close deadline            [10]\n"
+      "      --count N          connect: run exactly N sessions, then stop (T still bounds it)\n");
   std::exit(2);
 }
 
@@ -172,13 +176,15 @@ void parseArgs(int argc, char** argv) {
       opt.verify = true;
     else if (a == "--conn-timeout")
       opt.conn_timeout = std::atof(next().c_str());
+    else if (a == "--count")
+      opt.count = std::atol(next().c_str());
     else
       usage(("unknown option " + a).c_str());
   }
   if (!have_url) usage("--url is required");
   if (opt.conns < 1 || opt.depth < 1 || opt.size < 8 || opt.size > (1u << 30) ||
       opt.duration <= 0 || opt.warmup < 0 || opt.sources < 1 || opt.sessions < 1 ||
-      opt.open_concurrency < 1) {
+      opt.open_concurrency < 1 || opt.count < 0) {
     usage("bad option value");
   }
 }
@@ -421,6 +427,7 @@ std::vector<Conn*> g_conns;  // echo/idle: every connection; connect: one per sl
 size_t g_next_source = 0;
 int g_opening = 0;          // idle: connections not yet established
 size_t g_next_to_open = 0;  // idle: next index to open
+long g_started = 0;         // connect: connections started over the run
 
 void logError(const char* what, const std::string& detail) {
   ++g_errors;
@@ -439,9 +446,15 @@ void onClosed(uv_handle_t* h) {
   auto* c = static_cast<Conn*>(h->data);
   size_t slot = c->slot;
   bool replace = opt.mode == Mode::Connect && g_phase != Phase::Done;
+  if (opt.count > 0 && g_started >= opt.count) replace = false;
   if (g_conns[slot] == c) g_conns[slot] = nullptr;
   delete c;
-  if (replace) startConnection(slot);
+  if (replace) {
+    startConnection(slot);
+  } else if (opt.mode == Mode::Connect && opt.count > 0 && g_phase != Phase::Done &&
+             std::all_of(g_conns.begin(), g_conns.end(), [](Conn* x) { return x == nullptr; })) {
+    finishRun();  // the N sessions of --count are all done
+  }
 }
 
 void closeConn(Conn* c) {
@@ -831,6 +844,7 @@ void onConnect(uv_connect_t* req, int status) {
 // Opens a connection into g_conns[slot].
 void startConnection(size_t slot) {
   auto* c = new Conn();
+  ++g_started;
   c->slot = slot;
   g_conns[slot] = c;
   c->started_ns = uv_hrtime();
@@ -1149,7 +1163,10 @@ int main(int argc, char** argv) {
     case Mode::Connect:
       g_conns.assign(static_cast<size_t>(opt.conns), nullptr);
       g_phase = Phase::Warmup;
-      for (size_t i = 0; i < g_conns.size(); ++i) startConnection(i);
+      for (size_t i = 0; i < g_conns.size(); ++i) {
+        if (opt.count > 0 && g_started >= opt.count) break;
+        startConnection(i);
+      }
       beginWarmup();
       break;
     case Mode::Idle:
