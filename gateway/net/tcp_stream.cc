@@ -1,5 +1,7 @@
 #include "net/tcp_stream.h"
 
+#include <sys/socket.h>
+
 #include <cassert>
 #include <cstdlib>
 #include <cstring>
@@ -136,13 +138,26 @@ void TcpStream::handleWriteDone(size_t len, int status) {
 void TcpStream::shutdown() {
   if (closing_ || shutdown_sent_) return;
   shutdown_sent_ = true;
-  shutdown_req_.data = this;
-  // libuv waits for queued writes before sending FIN.
-  if (uv_shutdown(&shutdown_req_, asStream(&tcp_), onShutdown) != 0) shutdown_req_.data = nullptr;
+  if (pending_ == 0) {
+    // Nothing queued (no uv_write outstanding, so libuv's queue is empty too): send the FIN now.
+    // uv_shutdown would arm POLLOUT for one loop turn only to call shutdown(2) from there, two
+    // epoll_ctl calls per half-close. Errors are ignored as in onShutdown.
+    uv_os_fd_t fd;
+    if (uv_fileno(asHandle(&tcp_), &fd) == 0) {
+      ::shutdown(fd, SHUT_WR);
+      return;
+    }
+  }
+  // libuv waits for queued writes before sending FIN. The request is allocated only here, so an
+  // idle stream carries none; it is freed in onShutdown, which libuv calls for every outcome
+  // (UV_ECANCELED when the handle closes first) before the close callback.
+  auto* req = new uv_shutdown_t;
+  if (uv_shutdown(req, asStream(&tcp_), onShutdown) != 0) delete req;
 }
 
-void TcpStream::onShutdown(uv_shutdown_t*, int) noexcept {
-  // Nothing to do: a failed shutdown surfaces as a read or write error, or the peer's EOF.
+void TcpStream::onShutdown(uv_shutdown_t* req, int) noexcept {
+  // Nothing else to do: a failed shutdown surfaces as a read or write error, or the peer's EOF.
+  delete req;
 }
 
 void TcpStream::close() {

@@ -86,6 +86,7 @@ class Session final : private SubscriptionOwner, private HttpExchangeOwner, priv
 
   // Handshake phase.
   void onClientHead(const char* data, size_t len);
+  void holdEarlyClientData(const char* data, size_t len);
   void routeRequest();
   void connectNextEndpoint();
   void connectTo(const sockaddr* addr);
