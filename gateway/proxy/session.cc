@@ -325,19 +325,21 @@ const PluginTlsIdentity* Session::tlsClient() const {
 }
 
 void Session::setPluginWakeup(uint64_t deadline_ms) {
-  if (!plugin_timer_ready_) {
+  if (!plugin_timer_) {
     if (deadline_ms == 0 || state_ == State::Closing) return;
-    uv_timer_init(worker_.loop(), &plugin_timer_);
-    plugin_timer_.data = this;
-    plugin_timer_ready_ = true;
+    // Allocated on first use: most sessions never have a plugin asking for a wakeup. Freed with
+    // the session, which outlives the handle's close callback (open_handles_).
+    plugin_timer_ = std::make_unique<uv_timer_t>();
+    uv_timer_init(worker_.loop(), plugin_timer_.get());
+    plugin_timer_->data = this;
     ++open_handles_;
   }
   if (deadline_ms == 0) {
-    uv_timer_stop(&plugin_timer_);
+    uv_timer_stop(plugin_timer_.get());
     return;
   }
   uint64_t now = uv_now(worker_.loop());
-  uv_timer_start(&plugin_timer_, onPluginTimer, deadline_ms > now ? deadline_ms - now : 0, 0);
+  uv_timer_start(plugin_timer_.get(), onPluginTimer, deadline_ms > now ? deadline_ms - now : 0, 0);
 }
 
 void Session::onPluginTimer(uv_timer_t* t) noexcept {
@@ -1130,8 +1132,8 @@ void Session::finish(const std::string& reason) {
 }
 
 void Session::closeHandles() {
-  if (plugin_timer_ready_ && !uv_is_closing(asHandle(&plugin_timer_))) {
-    uv_close(asHandle(&plugin_timer_), onTimerClosed);
+  if (plugin_timer_ && !uv_is_closing(asHandle(plugin_timer_.get()))) {
+    uv_close(asHandle(plugin_timer_.get()), onTimerClosed);
   }
   if (exchange_) exchange_->abort();
   uv_timer_stop(&timer_);
