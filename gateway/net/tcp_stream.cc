@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <cassert>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -88,14 +89,19 @@ int TcpStream::write(const char* data, size_t len) {
   if (closing_ || shutdown_sent_) return UV_EPIPE;
   if (len == 0) return 0;
   size_t done = 0;
-  if (pending_ == 0) {
-    // Fast path: most writes are taken whole by the kernel and nothing is copied.
-    uv_buf_t buf = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(len));
-    int n = uv_try_write(asStream(&tcp_), &buf, 1);
+  uv_os_fd_t fd = -1;
+  if (pending_ == 0 && tcp_.connect_req == nullptr && uv_fileno(asHandle(&tcp_), &fd) == 0) {
+    // Fast path: most writes are taken whole by the kernel and nothing is copied. send(2)
+    // where uv_try_write would write(2): on a socket, write(2) also goes through the VFS
+    // (file-position lock, fsnotify), per call on every message and every fan-out delivery.
+    ssize_t n;
+    do {
+      n = ::send(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
     if (n >= 0) {
       done = static_cast<size_t>(n);
-    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
-      return n;
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      return -errno;  // libuv's error codes are negated errno values on Unix
     }
   }
   bytes_written_ += done;
