@@ -1,6 +1,7 @@
 #include "http/forwarding.h"
 
 #include <string_view>
+#include <vector>
 
 #include "http/headers.h"
 
@@ -15,6 +16,17 @@ bool startsWithI(std::string_view s, std::string_view prefix) {
 // "Connection: host" from a client must not strip what the upstream handshake needs.
 bool isProtected(std::string_view name) {
   return iequals(name, "Host") || startsWithI(name, "Sec-WebSocket-");
+}
+
+// Appends all values of `name`, in order, joined by ", " (RFC 9110 §5.3 list combination),
+// followed by ", " if there were any: the caller appends its own element next.
+void appendJoinedValues(std::string& out, const HeaderList& headers, std::string_view name) {
+  for (const Header& h : headers) {
+    if (iequals(h.name, name) && !trimOws(h.value).empty()) {
+      out.append(h.value);
+      out.append(", ");
+    }
+  }
 }
 
 // RFC 7239 §4: value = token / quoted-string.
@@ -56,38 +68,42 @@ bool isProxyHeader(std::string_view name) {
 
 void appendProxyHeaders(std::string& out, const HeaderList& in, const ForwardInfo& info) {
   const std::string_view proto = info.tls ? "https" : "http";
-  const std::string* host = findHeader(in, "Host");
   // RFC 7239 §6.3: an unknown sender is "unknown" (never an empty element).
   const std::string_view client_ip =
       info.client_ip.empty() ? std::string_view("unknown") : std::string_view(info.client_ip);
+  const std::string* host = findHeader(in, "Host");
 
-  std::string xff = joinValues(in, "X-Forwarded-For");
-  if (!xff.empty()) xff.append(", ");
-  xff.append(client_ip);
-  appendHeader(out, "X-Forwarded-For", xff);
+  // Built in place: no temporary strings per request.
+  out.append("X-Forwarded-For: ");
+  appendJoinedValues(out, in, "X-Forwarded-For");
+  out.append(client_ip);
+  out.append("\r\n");
   appendHeader(out, "X-Forwarded-Proto", proto);
   if (host != nullptr && findHeader(in, "X-Forwarded-Host") == nullptr) {
     appendHeader(out, "X-Forwarded-Host", *host);
   }
 
-  std::string forwarded = joinValues(in, "Forwarded");
-  if (!forwarded.empty()) forwarded.append(", ");
-  forwarded.append("for=");
-  appendForwardedNode(forwarded, client_ip);
+  out.append("Forwarded: ");
+  appendJoinedValues(out, in, "Forwarded");
+  out.append("for=");
+  appendForwardedNode(out, client_ip);
   if (!info.listener_host.empty()) {
-    forwarded.append(";by=");
-    appendForwardedNode(forwarded, info.listener_host);
+    out.append(";by=");
+    appendForwardedNode(out, info.listener_host);
   }
-  forwarded.append(";proto=").append(proto);
+  out.append(";proto=");
+  out.append(proto);
   if (host != nullptr && !host->empty()) {
-    forwarded.append(";host=");
-    appendForwardedValue(forwarded, *host);
+    out.append(";host=");
+    appendForwardedValue(out, *host);
   }
-  appendHeader(out, "Forwarded", forwarded);
+  out.append("\r\n");
 }
 
 std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo& info) {
   const HeaderList& in = request.headers;
+  // The Connection header's nominations, split once rather than once per forwarded header.
+  const std::vector<std::string_view> nominated = connectionTokens(in);
   std::string out;
   out.reserve(512);
   out.append("GET ");
@@ -97,7 +113,7 @@ std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo
     if (isHopByHop(h.name) || iequals(h.name, "Content-Length") || isProxyHeader(h.name)) {
       continue;
     }
-    if (!isProtected(h.name) && headerHasToken(in, "Connection", h.name)) {
+    if (!nominated.empty() && !isProtected(h.name) && hasToken(nominated, h.name)) {
       continue;
     }
     appendHeader(out, h.name, h.value);

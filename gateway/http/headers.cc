@@ -73,15 +73,35 @@ size_t countHeader(const HeaderList& headers, std::string_view name) {
   return n;
 }
 
+namespace {
+
+// Calls f(element) for each non-empty, OWS-trimmed element of a comma-separated list, without
+// building a vector; stops early when f returns true. Returns whether it did.
+template <typename F>
+bool anyToken(std::string_view list, F&& f) {
+  while (true) {
+    size_t comma = list.find(',');
+    std::string_view element = trimOws(list.substr(0, comma));
+    if (!element.empty() && f(element)) {
+      return true;
+    }
+    if (comma == std::string_view::npos) {
+      return false;
+    }
+    list.remove_prefix(comma + 1);
+  }
+}
+
+}  // namespace
+
+bool valueHasToken(std::string_view list, std::string_view token) {
+  return anyToken(list, [&](std::string_view t) { return iequals(t, token); });
+}
+
 bool headerHasToken(const HeaderList& headers, std::string_view name, std::string_view token) {
   for (const Header& h : headers) {
-    if (!iequals(h.name, name)) {
-      continue;
-    }
-    for (std::string_view t : splitTokens(h.value)) {
-      if (iequals(t, token)) {
-        return true;
-      }
+    if (iequals(h.name, name) && valueHasToken(h.value, token)) {
+      return true;
     }
   }
   return false;
@@ -104,11 +124,39 @@ std::vector<std::string_view> splitTokens(std::string_view list) {
 }
 
 bool isHopByHop(std::string_view name) {
-  static constexpr std::string_view kHopByHop[] = {"Connection", "Keep-Alive", "Proxy-Connection",
-                                                   "TE",         "Trailer",    "Transfer-Encoding",
-                                                   "Upgrade"};
-  for (std::string_view h : kHopByHop) {
-    if (iequals(name, h)) {
+  // By length first: most names are rejected without comparing a single byte.
+  switch (name.size()) {
+    case 2:
+      return iequals(name, "TE");
+    case 7:
+      return iequals(name, "Upgrade") || iequals(name, "Trailer");
+    case 10:
+      return iequals(name, "Connection") || iequals(name, "Keep-Alive");
+    case 16:
+      return iequals(name, "Proxy-Connection");
+    case 17:
+      return iequals(name, "Transfer-Encoding");
+    default:
+      return false;
+  }
+}
+
+std::vector<std::string_view> connectionTokens(const HeaderList& headers) {
+  std::vector<std::string_view> out;
+  for (const Header& h : headers) {
+    if (iequals(h.name, "Connection")) {
+      anyToken(h.value, [&](std::string_view t) {
+        out.push_back(t);
+        return false;
+      });
+    }
+  }
+  return out;
+}
+
+bool hasToken(const std::vector<std::string_view>& tokens, std::string_view token) {
+  for (std::string_view t : tokens) {
+    if (iequals(t, token)) {
       return true;
     }
   }

@@ -37,6 +37,9 @@ size_t countHeader(const HeaderList& headers, std::string_view name);
 // has token "upgrade".
 bool headerHasToken(const HeaderList& headers, std::string_view name, std::string_view token);
 
+// True if the comma-separated list `list` (one field value) holds `token`, as headerHasToken.
+bool valueHasToken(std::string_view list, std::string_view token);
+
 // Splits a comma-separated list, trims SP/HTAB around each element and drops empty elements
 // ("a, b ,,c" -> a, b, c; RFC 7230 §7). Quoted strings are not understood: use it for token
 // lists only. The views point into `list`.
@@ -46,6 +49,13 @@ std::vector<std::string_view> splitTokens(std::string_view list);
 // Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade (case-insensitive). Headers nominated
 // in a Connection header are hop-by-hop too; check those with headerHasToken(h, "Connection", n).
 bool isHopByHop(std::string_view name);
+
+// Every token of every Connection header, in order (views into `headers`): split once, for
+// filtering a whole header list against it without rescanning the list per name.
+std::vector<std::string_view> connectionTokens(const HeaderList& headers);
+
+// True if `tokens` holds `token` (case-insensitive).
+bool hasToken(const std::vector<std::string_view>& tokens, std::string_view token);
 
 // True if `s` is a non-empty RFC 7230 §3.2.6 token (tchar only), as a header name must be.
 bool isToken(std::string_view s);

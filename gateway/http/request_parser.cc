@@ -173,6 +173,8 @@ int RequestParser::onHeaderValue(const char* at, size_t len) noexcept {
 }
 
 int RequestParser::onHeaderValueComplete() noexcept {
+  // One allocation for a typical head instead of the vector doubling its way up to it.
+  if (head_.headers.empty()) head_.headers.reserve(16);
   head_.headers.push_back(Header{std::move(field_), std::string(trimOws(value_))});
   field_.clear();
   value_.clear();

@@ -143,6 +143,7 @@ int ResponseParser::onHeaderValue(const char* at, size_t len) noexcept {
 
 int ResponseParser::onHeaderValueComplete() noexcept {
   if (!final_head_) {
+    if (head_.headers.empty()) head_.headers.reserve(8);  // one allocation for a typical head
     // llhttp's loose mode leaves whitespace before the colon in the name; a proxy removes it.
     head_.headers.push_back(Header{std::string(trimOws(field_)), std::string(trimOws(value_))});
   }

@@ -16,9 +16,9 @@ void appendStatusLine(std::string& out, int status, std::string_view reason) {
 
 // End-to-end headers of a relayed message (RFC 7230 §6.1): neither hop-by-hop nor nominated by
 // the sender's Connection header; Content-Length is always recomputed or omitted by us.
-bool isRelayable(const HeaderList& all, const Header& h) {
-  return !isHopByHop(h.name) && !iequals(h.name, "Content-Length") &&
-         !headerHasToken(all, "Connection", h.name);
+// `nominated` is connectionTokens() of the message.
+bool isRelayable(const std::vector<std::string_view>& nominated, const Header& h) {
+  return !isHopByHop(h.name) && !iequals(h.name, "Content-Length") && !hasToken(nominated, h.name);
 }
 
 bool hasNoBody(int status) {
@@ -144,8 +144,9 @@ std::string switchingResponse(const ResponseHead& upstream101) {
   appendStatusLine(out, 101, "Switching Protocols");
   appendHeader(out, "Upgrade", "websocket");
   appendHeader(out, "Connection", "Upgrade");
+  const std::vector<std::string_view> nominated = connectionTokens(upstream101.headers);
   for (const Header& h : upstream101.headers) {
-    if (isRelayable(upstream101.headers, h)) {
+    if (isRelayable(nominated, h)) {
       appendHeader(out, h.name, h.value);
     }
   }
@@ -158,8 +159,9 @@ std::string relayedResponse(const ResponseHead& head, std::string_view body) {
   out.reserve(256 + body.size());
   // The reason came through llhttp, so it holds no CR/LF; an absent one gets the standard phrase.
   appendStatusLine(out, head.status, head.reason.empty() ? reasonPhrase(head.status) : head.reason);
+  const std::vector<std::string_view> nominated = connectionTokens(head.headers);
   for (const Header& h : head.headers) {
-    if (isRelayable(head.headers, h)) {
+    if (isRelayable(nominated, h)) {
       appendHeader(out, h.name, h.value);
     }
   }

@@ -14,23 +14,57 @@
 
 namespace upgate {
 
+namespace {
+
+// Dotted quad without inet_ntop, which formats each byte through sprintf: this runs for every
+// accepted connection.
+size_t formatIpv4(const in_addr& a, char* out) {
+  const auto* b = reinterpret_cast<const unsigned char*>(&a.s_addr);
+  char* p = out;
+  for (int i = 0; i < 4; ++i) {
+    unsigned v = b[i];
+    if (v >= 100) *p++ = static_cast<char>('0' + v / 100);
+    if (v >= 10) *p++ = static_cast<char>('0' + v / 10 % 10);
+    *p++ = static_cast<char>('0' + v % 10);
+    if (i < 3) *p++ = '.';
+  }
+  *p = '\0';
+  return static_cast<size_t>(p - out);
+}
+
+}  // namespace
+
 std::string formatSockaddr(const sockaddr* sa, std::string* ip_only, uint16_t* port) {
   char ip[INET6_ADDRSTRLEN] = "?";
+  size_t ip_len = 1;
   uint16_t p = 0;
   bool v6 = sa->sa_family == AF_INET6;
   if (v6) {
     const auto* s6 = reinterpret_cast<const sockaddr_in6*>(sa);
     inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+    ip_len = std::strlen(ip);
     p = ntohs(s6->sin6_port);
   } else if (sa->sa_family == AF_INET) {
     const auto* s4 = reinterpret_cast<const sockaddr_in*>(sa);
-    inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+    ip_len = formatIpv4(s4->sin_addr, ip);
     p = ntohs(s4->sin_port);
   }
-  if (ip_only) *ip_only = ip;
+  if (ip_only) ip_only->assign(ip, ip_len);
   if (port) *port = p;
-  return v6 ? "[" + std::string(ip) + "]:" + std::to_string(p)
-            : std::string(ip) + ":" + std::to_string(p);
+  char port_text[8];
+  size_t port_len = 0;
+  for (unsigned v = p;; v /= 10) {  // digits in reverse, then flipped
+    port_text[port_len++] = static_cast<char>('0' + v % 10);
+    if (v < 10) break;
+  }
+  std::string out;
+  out.reserve(ip_len + port_len + 3);
+  if (v6) out.push_back('[');
+  out.append(ip, ip_len);
+  if (v6) out.push_back(']');
+  out.push_back(':');
+  while (port_len > 0) out.push_back(port_text[--port_len]);
+  return out;
 }
 
 int openListenSocket(const HostPort& address, int backlog, std::string& bound, std::string& err) {

@@ -1,6 +1,9 @@
 #include "net/tcp_stream.h"
 
+#include <sys/socket.h>
+
 #include <cassert>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -86,14 +89,19 @@ int TcpStream::write(const char* data, size_t len) {
   if (closing_ || shutdown_sent_) return UV_EPIPE;
   if (len == 0) return 0;
   size_t done = 0;
-  if (pending_ == 0) {
-    // Fast path: most writes are taken whole by the kernel and nothing is copied.
-    uv_buf_t buf = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(len));
-    int n = uv_try_write(asStream(&tcp_), &buf, 1);
+  uv_os_fd_t fd = -1;
+  if (pending_ == 0 && tcp_.connect_req == nullptr && uv_fileno(asHandle(&tcp_), &fd) == 0) {
+    // Fast path: most writes are taken whole by the kernel and nothing is copied. send(2)
+    // where uv_try_write would write(2): on a socket, write(2) also goes through the VFS
+    // (file-position lock, fsnotify), per call on every message and every fan-out delivery.
+    ssize_t n;
+    do {
+      n = ::send(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
     if (n >= 0) {
       done = static_cast<size_t>(n);
-    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
-      return n;
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      return -errno;  // libuv's error codes are negated errno values on Unix
     }
   }
   bytes_written_ += done;
@@ -136,13 +144,26 @@ void TcpStream::handleWriteDone(size_t len, int status) {
 void TcpStream::shutdown() {
   if (closing_ || shutdown_sent_) return;
   shutdown_sent_ = true;
-  shutdown_req_.data = this;
-  // libuv waits for queued writes before sending FIN.
-  if (uv_shutdown(&shutdown_req_, asStream(&tcp_), onShutdown) != 0) shutdown_req_.data = nullptr;
+  if (pending_ == 0) {
+    // Nothing queued (no uv_write outstanding, so libuv's queue is empty too): send the FIN now.
+    // uv_shutdown would arm POLLOUT for one loop turn only to call shutdown(2) from there, two
+    // epoll_ctl calls per half-close. Errors are ignored as in onShutdown.
+    uv_os_fd_t fd;
+    if (uv_fileno(asHandle(&tcp_), &fd) == 0) {
+      ::shutdown(fd, SHUT_WR);
+      return;
+    }
+  }
+  // libuv waits for queued writes before sending FIN. The request is allocated only here, so an
+  // idle stream carries none; it is freed in onShutdown, which libuv calls for every outcome
+  // (UV_ECANCELED when the handle closes first) before the close callback.
+  auto* req = new uv_shutdown_t;
+  if (uv_shutdown(req, asStream(&tcp_), onShutdown) != 0) delete req;
 }
 
-void TcpStream::onShutdown(uv_shutdown_t*, int) noexcept {
-  // Nothing to do: a failed shutdown surfaces as a read or write error, or the peer's EOF.
+void TcpStream::onShutdown(uv_shutdown_t* req, int) noexcept {
+  // Nothing else to do: a failed shutdown surfaces as a read or write error, or the peer's EOF.
+  delete req;
 }
 
 void TcpStream::close() {

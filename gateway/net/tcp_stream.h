@@ -62,7 +62,6 @@ class TcpStream final : public Stream {
   void handleClosed();
 
   uv_tcp_t tcp_{};
-  uv_shutdown_t shutdown_req_{};
   StreamListener* listener_ = nullptr;
   size_t pending_ = 0;
   size_t high_water_ = SIZE_MAX;

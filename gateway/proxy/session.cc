@@ -39,6 +39,7 @@ struct HandshakeState {
   std::string client_leftover;      // bytes after the request head: sent upstream after the 101
   std::string client_extensions;    // the client's Sec-WebSocket-Extensions, when upgate answers it
   bool extensions_offered = false;  // the upstream request's extensions are settled
+  bool client_eof = false;          // the client's FIN came before the 101: half-close after it
   ForwardInfo forward;
   size_t first_endpoint = 0;
   size_t attempts = 0;
@@ -142,11 +143,15 @@ void Session::Leg::onData(const char* data, size_t len) {
       return;
     case State::AwaitingSwitch:
       if (is_client_) {
-        // Reads are stopped after the head; anything here is pipelined data, keep it bounded.
-        s.hs_->client_leftover.append(data, len);
+        s.holdEarlyClientData(data, len);
       } else {
         s.onUpstreamHead(data, len);
       }
+      return;
+    case State::PluginPaused:
+    case State::Resolving:
+    case State::Connecting:
+      if (is_client_) s.holdEarlyClientData(data, len);
       return;
     case State::Subscribed:
       if (is_client_) {
@@ -185,12 +190,20 @@ void Session::onClientHead(const char* data, size_t len) {
     respondError(hs_->request.errorStatus(), hs_->request.errorReason());
     return;
   }
-  // Read only the head; stop until routing and the upstream handshake are done.
+  // Client reads stay on through routing and the upstream handshake (design.md §3): bytes that
+  // arrive meanwhile are held, bounded, and sent upstream after the 101. Stopping and restarting
+  // the reads would cost two epoll_ctl calls per session for nothing in the common case.
   size_t used = hs_->request.consumed();
   if (used < len) hs_->client_leftover.assign(data + used, len - used);
-  client_->readStop();
   uv_timer_stop(&timer_);
   routeRequest();
+}
+
+void Session::holdEarlyClientData(const char* data, size_t len) {
+  hs_->client_leftover.append(data, len);
+  // A client that streams ahead of the 101 is held at high water like a tunnel source is
+  // (the 101 path resumes it), so what is held stays bounded.
+  if (hs_->client_leftover.size() >= worker_.config().limits.high_water) client_->readStop();
 }
 
 void Session::routeRequest() {
@@ -224,7 +237,7 @@ void Session::routeRequest() {
     ChainOutcome outcome =
         chain_->start(head, upgrade ? UPGATE_REQUEST_WEBSOCKET : UPGATE_REQUEST_HTTP, route_->name);
     if (outcome == ChainOutcome::Paused) {
-      state_ = State::PluginPaused;  // client reads are already stopped
+      state_ = State::PluginPaused;  // client bytes meanwhile are held (holdEarlyClientData)
       return;
     }
     if (!applyPluginOutcome()) return;
@@ -271,6 +284,7 @@ void Session::dispatchRoute(bool upgrade) {
     return;
   }
   if (route_->kind == RouteKind::Http && !upgrade) {
+    client_->readStop();  // the exchange reads the body itself, when it is ready for it
     startExchange();
     return;
   }
@@ -316,19 +330,21 @@ const PluginTlsIdentity* Session::tlsClient() const {
 }
 
 void Session::setPluginWakeup(uint64_t deadline_ms) {
-  if (!plugin_timer_ready_) {
+  if (!plugin_timer_) {
     if (deadline_ms == 0 || state_ == State::Closing) return;
-    uv_timer_init(worker_.loop(), &plugin_timer_);
-    plugin_timer_.data = this;
-    plugin_timer_ready_ = true;
+    // Allocated on first use: most sessions never have a plugin asking for a wakeup. Freed with
+    // the session, which outlives the handle's close callback (open_handles_).
+    plugin_timer_ = std::make_unique<uv_timer_t>();
+    uv_timer_init(worker_.loop(), plugin_timer_.get());
+    plugin_timer_->data = this;
     ++open_handles_;
   }
   if (deadline_ms == 0) {
-    uv_timer_stop(&plugin_timer_);
+    uv_timer_stop(plugin_timer_.get());
     return;
   }
   uint64_t now = uv_now(worker_.loop());
-  uv_timer_start(&plugin_timer_, onPluginTimer, deadline_ms > now ? deadline_ms - now : 0, 0);
+  uv_timer_start(plugin_timer_.get(), onPluginTimer, deadline_ms > now ? deadline_ms - now : 0, 0);
 }
 
 void Session::onPluginTimer(uv_timer_t* t) noexcept {
@@ -673,6 +689,10 @@ void Session::connectTo(const sockaddr* addr) {
   }
   hs_->connect_req.data = this;
   rc = uv_tcp_connect(&hs_->connect_req, upstream_tcp_.handle(), addr, onConnect);
+  // Reading from the start keeps POLLIN registered when libuv drops POLLOUT at the connect's
+  // completion, so the watcher is modified once instead of being dropped and re-added
+  // (EEXIST, then MOD). libuv reports nothing to the read side before the connect callback.
+  if (rc == 0) rc = upstream_->readStart();
   if (rc != 0) {
     onConnectFailed(rc, false);
     return;
@@ -760,6 +780,7 @@ void Session::onUpstreamHead(const char* data, size_t len) {
              route_->name);
   std::string response = switchingResponse(head);
   status_ = 101;
+  const bool client_eof = hs_->client_eof;
   std::string client_early = switchProtocols(setup);
   // The 101 goes first; then whatever either side sent right behind its handshake.
   pump(*upstream_, *client_, response.data(), response.size());
@@ -771,6 +792,10 @@ void Session::onUpstreamHead(const char* data, size_t len) {
   if (!client_early.empty()) {
     tunnelData(true, client_early.data(), client_early.size());
     if (state_ != State::Tunnel) return;
+  }
+  if (client_eof) {
+    onLegEof(true);  // the client's FIN follows its bytes, as a tunnel half-close
+    return;
   }
   if (!client_paused_) {
     int rc = client_->readStart();
@@ -952,10 +977,19 @@ void Session::onLegEof(bool is_client) {
       return;
     case State::AwaitingSwitch:
       if (is_client) {
-        finish("client closed during the upstream handshake");
+        // A half-close, not an abort: the client may still want the answer. Kept for after
+        // the 101 (the tunnel passes it on) or until an error answer ends the session.
+        hs_->client_eof = true;
       } else {
         onUpstreamHeadEof();
       }
+      return;
+    case State::PluginPaused:
+    case State::Resolving:
+    case State::Connecting:
+      // Channel and http routes read the client again after dispatch and see the EOF anew;
+      // the tunnel applies the flag after the 101.
+      if (is_client) hs_->client_eof = true;
       return;
     case State::Lingering:
       if (is_client) finish(close_reason_);
@@ -973,11 +1007,13 @@ void Session::onLegEof(bool is_client) {
   }
   // Half-close: pass the FIN on once the queue is written, keep the other direction going.
   (is_client ? client_eof_ : upstream_eof_) = true;
-  (is_client ? upstream_ : client_)->shutdown();
   if (client_eof_ && upstream_eof_) {
+    // Both FINs are in: closing sends ours to each side; a shutdown first would be a wasted
+    // system call (queued bytes are dropped by the close either way).
     finish("closed by both sides");
     return;
   }
+  (is_client ? upstream_ : client_)->shutdown();
   half_close_deadline_ms_ =
       uv_now(worker_.loop()) + static_cast<uint64_t>(worker_.config().timeouts.half_close.count());
   close_reason_ = is_client ? "client closed" : "upstream closed";
@@ -1162,8 +1198,8 @@ void Session::finish(const std::string& reason) {
 }
 
 void Session::closeHandles() {
-  if (plugin_timer_ready_ && !uv_is_closing(asHandle(&plugin_timer_))) {
-    uv_close(asHandle(&plugin_timer_), onTimerClosed);
+  if (plugin_timer_ && !uv_is_closing(asHandle(plugin_timer_.get()))) {
+    uv_close(asHandle(plugin_timer_.get()), onTimerClosed);
   }
   if (exchange_) exchange_->abort();
   uv_timer_stop(&timer_);

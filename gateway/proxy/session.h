@@ -90,6 +90,7 @@ class Session final : private SubscriptionOwner,
 
   // Handshake phase.
   void onClientHead(const char* data, size_t len);
+  void holdEarlyClientData(const char* data, size_t len);
   void routeRequest();
   void connectNextEndpoint();
   void connectTo(const sockaddr* addr);
@@ -188,9 +189,8 @@ class Session final : private SubscriptionOwner,
   std::unique_ptr<Tunnel> tunnel_;              // websocket routes, after the 101
   mutable std::unique_ptr<PluginTlsIdentity> tls_identity_;  // built on first plugin request
   std::string upstream_override_;                            // an on_route hook's choice
-  std::string user_;           // identity a plugin attached (access log)
-  uv_timer_t plugin_timer_{};  // plugin timers and PAUSE deadlines (lazy)
-  bool plugin_timer_ready_ = false;
+  std::string user_;                          // identity a plugin attached (access log)
+  std::unique_ptr<uv_timer_t> plugin_timer_;  // plugin timers and PAUSE deadlines (lazy)
   std::string next_request_;     // bytes of the client's next (pipelined) request, held meanwhile
   ForwardInfo forward_;          // the client's address, kept across keep-alive requests
   bool keepalive_wait_ = false;  // between keep-alive requests: idle timeout, no 408

@@ -28,17 +28,34 @@ HandshakeVerdict badGateway(std::string reason) {
   return verdict(502, std::move(reason));
 }
 
+// OpenSSL 3 looks the algorithm up in its provider tables on every EVP_sha1() init (an
+// implicit fetch, a lock and a hash lookup): fetch SHA-1 once for the process, and keep one
+// digest context per thread (the workers' loops), reset by each init instead of reallocated.
+const EVP_MD* sha1() {
+  static const EVP_MD* const md = EVP_MD_fetch(nullptr, "SHA1", nullptr);
+  return md;
+}
+
+EVP_MD_CTX* threadDigestContext() {
+  struct Holder {
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    ~Holder() { EVP_MD_CTX_free(ctx); }
+  };
+  thread_local Holder holder;
+  return holder.ctx;
+}
+
 }  // namespace
 
 std::string computeAccept(std::string_view key) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int digest_len = 0;
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  const bool ok = ctx != nullptr && EVP_DigestInit_ex(ctx, EVP_sha1(), nullptr) == 1 &&
+  const EVP_MD* md = sha1();
+  EVP_MD_CTX* ctx = threadDigestContext();
+  const bool ok = md != nullptr && ctx != nullptr && EVP_DigestInit_ex2(ctx, md, nullptr) == 1 &&
                   EVP_DigestUpdate(ctx, key.data(), key.size()) == 1 &&
                   EVP_DigestUpdate(ctx, kAcceptGuid.data(), kAcceptGuid.size()) == 1 &&
                   EVP_DigestFinal_ex(ctx, digest, &digest_len) == 1;
-  EVP_MD_CTX_free(ctx);
   if (!ok || digest_len != 20) {
     ERR_clear_error();  // leave no stale error for the next TLS call on this thread
     return std::string();
@@ -67,7 +84,6 @@ bool isUpgradeRequest(const RequestHead& request) {
 }
 
 HandshakeVerdict checkClientHandshake(const RequestHead& request) {
-  const HeaderList& h = request.headers;
   if (request.method != "GET") {
     return verdict(400, "WebSocket handshake must use GET, not " + request.method);
   }
@@ -77,42 +93,73 @@ HandshakeVerdict checkClientHandshake(const RequestHead& request) {
   if (request.http_minor < 1) {
     return verdict(400, "WebSocket handshake requires HTTP/1.1");
   }
-  const size_t hosts = countHeader(h, "Host");
+  // One pass over the headers; names are told apart by length before any byte is compared.
+  size_t hosts = 0, keys = 0, versions = 0, transfer_encodings = 0;
+  bool upgrade = false, connection = false;
+  const std::string* key = nullptr;
+  const std::string* version = nullptr;
+  const std::string* length = nullptr;
+  for (const Header& x : request.headers) {
+    switch (x.name.size()) {
+      case 4:
+        hosts += iequals(x.name, "Host");
+        break;
+      case 7:
+        upgrade = upgrade || (iequals(x.name, "Upgrade") && valueHasToken(x.value, "websocket"));
+        break;
+      case 10:
+        connection =
+            connection || (iequals(x.name, "Connection") && valueHasToken(x.value, "upgrade"));
+        break;
+      case 14:
+        if (length == nullptr && iequals(x.name, "Content-Length")) length = &x.value;
+        break;
+      case 17:
+        if (iequals(x.name, "Sec-WebSocket-Key")) {
+          if (keys++ == 0) key = &x.value;
+        } else {
+          transfer_encodings += iequals(x.name, "Transfer-Encoding");
+        }
+        break;
+      case 21:
+        if (iequals(x.name, "Sec-WebSocket-Version") && versions++ == 0) version = &x.value;
+        break;
+      default:
+        break;
+    }
+  }
   if (hosts == 0) {
     return verdict(400, "missing Host header");
   }
   if (hosts > 1) {
     return verdict(400, "more than one Host header");
   }
-  if (!isUpgradeRequest(request)) {
+  if (!upgrade) {
     return verdict(400, "Upgrade header must include \"websocket\"");
   }
-  if (!headerHasToken(h, "Connection", "upgrade")) {
+  if (!connection) {
     return verdict(400, "Connection header must include \"Upgrade\"");
   }
-  const std::string* key = findHeader(h, "Sec-WebSocket-Key");
   if (key == nullptr) {
     return verdict(400, "missing Sec-WebSocket-Key header");
   }
-  if (countHeader(h, "Sec-WebSocket-Key") > 1) {
+  if (keys > 1) {
     return verdict(400, "more than one Sec-WebSocket-Key header");
   }
   if (!isValidKey(*key)) {
     return verdict(400, "Sec-WebSocket-Key must be 16 bytes base64");
   }
-  const std::string* version = findHeader(h, "Sec-WebSocket-Version");
   if (version == nullptr) {
     return verdict(400, "missing Sec-WebSocket-Version header");
   }
-  if (countHeader(h, "Sec-WebSocket-Version") > 1) {
+  if (versions > 1) {
     return verdict(400, "more than one Sec-WebSocket-Version header");
   }
   if (*version != "13") {
     return verdict(426, "unsupported Sec-WebSocket-Version (only 13 is supported)",
                    HeaderList{Header{"Sec-WebSocket-Version", "13"}});
   }
-  const std::string* length = findHeader(h, "Content-Length");
-  if (countHeader(h, "Transfer-Encoding") > 0 || (length != nullptr && *length != "0")) {
+  if (transfer_encodings > 0 || (length != nullptr && *length != "0")) {
     return verdict(400, "WebSocket handshake request must not have a body");
   }
   return HandshakeVerdict();
@@ -120,31 +167,52 @@ HandshakeVerdict checkClientHandshake(const RequestHead& request) {
 
 HandshakeVerdict checkUpstreamSwitch(const ResponseHead& response,
                                      const RequestHead& clientRequest) {
-  const HeaderList& h = response.headers;
   if (response.status != 101) {
     return badGateway("upstream answered " + std::to_string(response.status) + " instead of 101");
   }
-  if (!headerHasToken(h, "Upgrade", "websocket")) {
+  size_t accepts = 0, protocols = 0;
+  bool upgrade = false, connection = false;
+  const std::string* accept = nullptr;
+  const std::string* chosen = nullptr;
+  for (const Header& x : response.headers) {
+    switch (x.name.size()) {
+      case 7:
+        upgrade = upgrade || (iequals(x.name, "Upgrade") && valueHasToken(x.value, "websocket"));
+        break;
+      case 10:
+        connection =
+            connection || (iequals(x.name, "Connection") && valueHasToken(x.value, "upgrade"));
+        break;
+      case 20:
+        if (iequals(x.name, "Sec-WebSocket-Accept") && accepts++ == 0) accept = &x.value;
+        break;
+      case 22:
+        if (iequals(x.name, "Sec-WebSocket-Protocol") && protocols++ == 0) chosen = &x.value;
+        break;
+      default:
+        break;
+    }
+  }
+  if (!upgrade) {
     return badGateway("upstream 101 lacks \"Upgrade: websocket\"");
   }
-  if (!headerHasToken(h, "Connection", "upgrade")) {
+  if (!connection) {
     return badGateway("upstream 101 lacks \"Connection: Upgrade\"");
   }
-  const std::string* accept = findHeader(h, "Sec-WebSocket-Accept");
   if (accept == nullptr) {
     return badGateway("upstream 101 lacks Sec-WebSocket-Accept");
   }
-  if (countHeader(h, "Sec-WebSocket-Accept") > 1) {
+  if (accepts > 1) {
     return badGateway("upstream 101 has more than one Sec-WebSocket-Accept");
   }
   const std::string* key = findHeader(clientRequest.headers, "Sec-WebSocket-Key");
   if (key == nullptr || *accept != computeAccept(*key)) {
     return badGateway("upstream Sec-WebSocket-Accept does not match Sec-WebSocket-Key");
   }
-  if (countHeader(h, "Sec-WebSocket-Protocol") > 1) {
+  if (protocols > 1) {
     return badGateway("upstream 101 has more than one Sec-WebSocket-Protocol");
   }
-  if (const std::string* chosen = findHeader(h, "Sec-WebSocket-Protocol"); chosen != nullptr) {
+  if (chosen != nullptr) {
     // §4.1: the server's value must be exactly one of the client's offers (names are
     // case-sensitive strings, so no iequals here).
     bool offered = false;

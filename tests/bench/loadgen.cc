@@ -13,9 +13,18 @@
 //   connect  C concurrent slots, each looping: fresh TCP connection, upgrade, check the 101,
 //            send a close frame, wait for the server's close and FIN, next. Handshakes/s counts
 //            checked 101s in the measured window; latency is connect start to checked 101.
+//            With --count N, exactly N sessions are opened and closed, then the run ends (for
+//            instruction and syscall counts per handshake, which need a fixed amount of work).
 //   idle     opens N sessions (at most --open-concurrency at a time), by default echoes one small
 //            message on each (so every leg has carried data), prints a "ready" JSON line, then
 //            holds them until SIGTERM/SIGINT/SIGUSR1 or --duration seconds, then closes them.
+//   fanout   opens N subscriber sessions on a channel URL (opened as in idle mode, no message),
+//            then publishes M messages at R per second, each by its own HTTP POST to
+//            --publish-url (upgate's admin /publish/CHANNEL?binary=1, or an Nchan publisher
+//            location), the payload carrying the send time and the message number. Reports
+//            delivery latency over every subscriber x message pair (send time to receipt), the
+//            deliveries lost (expected N x M minus received) and, with --watch, the gateway's
+//            CPU time per delivery. Waits up to 5 s after the last publish for stragglers.
 //
 // Output: one JSON line per run on stdout, one human-readable line on stderr.
 // --watch PID[,PID...] adds the utime+stime those processes spent in the measured window, and
@@ -54,7 +63,7 @@ T* as(U* p) {
 
 // ---- Options ----------------------------------------------------------------------------------
 
-enum class Mode { Echo, Connect, Idle };
+enum class Mode { Echo, Connect, Idle, Fanout };
 
 struct Options {
   Mode mode = Mode::Echo;
@@ -74,7 +83,13 @@ struct Options {
   int sessions = 1000;  // idle
   bool touch = true;    // idle: echo one message per session
   int open_concurrency = 256;
-  double conn_timeout = 10;  // connect + handshake (+ close) deadline per connection
+  double conn_timeout = 10;            // connect + handshake (+ close) deadline per connection
+  long count = 0;                      // connect: total sessions to run (0: as many as fit in T)
+  int messages = 50;                   // fanout: messages to publish
+  double rate = 10;                    // fanout: publishes per second
+  std::string pub_host = "127.0.0.1";  // fanout: where to POST (from --publish-url)
+  int pub_port = 0;
+  std::string pub_target;  // fanout: request target of the POST
 };
 
 Options opt;
@@ -83,7 +98,7 @@ Options opt;
   if (why) std::fprintf(stderr, "loadgen: %s\n", why);
   std::fprintf(
       stderr,
-      "usage: loadgen echo|connect|idle --url ws://IPV4:PORT/PATH [options]\n"
+      "usage: loadgen echo|connect|idle|fanout --url ws://IPV4:PORT/PATH [options]\n"
       "  -c, --connections C    echo/connect: connections (slots)            [100]\n"
       "  -d, --depth D          echo: messages in flight per connection       [1]\n"
       "  -s, --size S           echo: payload bytes per message (>= 8)        [64]\n"
@@ -98,7 +113,12 @@ Options opt;
       "      --watch PIDS       comma-separated PIDs whose CPU time to report (the proxy)\n"
       "      --watch-echo PIDS  same, reported separately (the upstream)\n"
       "      --verify           check every echoed byte and message length\n"
-      "      --conn-timeout S   per-connection open/close deadline            [10]\n");
+      "      --conn-timeout S   per-connection open/close deadline            [10]\n"
+      "      --count N          connect: run exactly N sessions, then stop (T still bounds it)\n"
+      "  -n N (fanout)          subscribers\n"
+      "      --publish-url URL  fanout: http://IPV4:PORT/TARGET to POST each message to\n"
+      "      --messages M       fanout: messages to publish                   [50]\n"
+      "      --rate R           fanout: publishes per second                  [10]\n");
   std::exit(2);
 }
 
@@ -121,6 +141,8 @@ void parseArgs(int argc, char** argv) {
     opt.mode = Mode::Connect;
   else if (m == "idle")
     opt.mode = Mode::Idle;
+  else if (m == "fanout")
+    opt.mode = Mode::Fanout;
   else
     usage("unknown mode");
   bool have_url = false;
@@ -172,15 +194,33 @@ void parseArgs(int argc, char** argv) {
       opt.verify = true;
     else if (a == "--conn-timeout")
       opt.conn_timeout = std::atof(next().c_str());
-    else
+    else if (a == "--count")
+      opt.count = std::atol(next().c_str());
+    else if (a == "--messages")
+      opt.messages = std::atoi(next().c_str());
+    else if (a == "--rate")
+      opt.rate = std::atof(next().c_str());
+    else if (a == "--publish-url") {
+      std::string u = next();
+      if (u.compare(0, 7, "http://") != 0) usage("only http:// publish URLs");
+      std::string rest = u.substr(7);
+      size_t slash = rest.find('/');
+      std::string hostport = rest.substr(0, slash);
+      opt.pub_target = slash == std::string::npos ? "/" : rest.substr(slash);
+      size_t colon = hostport.rfind(':');
+      if (colon == std::string::npos) usage("publish URL needs host:port");
+      opt.pub_host = hostport.substr(0, colon);
+      opt.pub_port = std::atoi(hostport.c_str() + colon + 1);
+    } else
       usage(("unknown option " + a).c_str());
   }
   if (!have_url) usage("--url is required");
   if (opt.conns < 1 || opt.depth < 1 || opt.size < 8 || opt.size > (1u << 30) ||
       opt.duration <= 0 || opt.warmup < 0 || opt.sources < 1 || opt.sessions < 1 ||
-      opt.open_concurrency < 1) {
+      opt.open_concurrency < 1 || opt.count < 0 || opt.messages < 1 || opt.rate <= 0) {
     usage("bad option value");
   }
+  if (opt.mode == Mode::Fanout && opt.pub_port == 0) usage("fanout needs --publish-url");
 }
 
 // ---- Small tools ------------------------------------------------------------------------------
@@ -381,6 +421,11 @@ uv_signal_t g_sig[3];
 bool g_idle_ready_printed = false;
 int g_exit_code = 0;
 
+// Idle and fanout sessions are opened the same way: N at most --open-concurrency at a time.
+bool opensLikeIdle() {
+  return opt.mode == Mode::Idle || opt.mode == Mode::Fanout;
+}
+
 enum class ConnState { Connecting, Handshake, Open, Closing, Closed };
 
 struct WriteReq {
@@ -411,6 +456,7 @@ struct Conn {
   std::string control;
   bool got_close = false;
   bool touched = false;
+  int received = 0;  // fanout: messages delivered to this subscriber
   // Send side.
   std::vector<char> out;
   size_t queued = 0;
@@ -421,6 +467,7 @@ std::vector<Conn*> g_conns;  // echo/idle: every connection; connect: one per sl
 size_t g_next_source = 0;
 int g_opening = 0;          // idle: connections not yet established
 size_t g_next_to_open = 0;  // idle: next index to open
+long g_started = 0;         // connect: connections started over the run
 
 void logError(const char* what, const std::string& detail) {
   ++g_errors;
@@ -431,6 +478,8 @@ void logError(const char* what, const std::string& detail) {
 }
 
 void finishRun();
+void fanoutDelivered(Conn* c, uint64_t latency_ns);
+void startFanout();
 void startConnection(size_t slot);
 void openMoreIdle();
 void checkAllEstablished();
@@ -439,9 +488,15 @@ void onClosed(uv_handle_t* h) {
   auto* c = static_cast<Conn*>(h->data);
   size_t slot = c->slot;
   bool replace = opt.mode == Mode::Connect && g_phase != Phase::Done;
+  if (opt.count > 0 && g_started >= opt.count) replace = false;
   if (g_conns[slot] == c) g_conns[slot] = nullptr;
   delete c;
-  if (replace) startConnection(slot);
+  if (replace) {
+    startConnection(slot);
+  } else if (opt.mode == Mode::Connect && opt.count > 0 && g_phase != Phase::Done &&
+             std::all_of(g_conns.begin(), g_conns.end(), [](Conn* x) { return x == nullptr; })) {
+    finishRun();  // the N sessions of --count are all done
+  }
 }
 
 void closeConn(Conn* c) {
@@ -454,10 +509,10 @@ void closeConn(Conn* c) {
 void failConn(Conn* c, const char* what, const std::string& detail) {
   if (c->st == ConnState::Closed) return;
   bool was_opening = c->st == ConnState::Connecting || c->st == ConnState::Handshake ||
-                     (opt.mode == Mode::Idle && c->st == ConnState::Open && !c->touched);
+                     (opensLikeIdle() && c->st == ConnState::Open && !c->touched);
   if (opt.mode != Mode::Connect || g_phase != Phase::Done) logError(what, detail);
   closeConn(c);
-  if (opt.mode == Mode::Idle && was_opening) {
+  if (opensLikeIdle() && was_opening) {
     ++g_failed;
     --g_opening;
     openMoreIdle();
@@ -579,6 +634,10 @@ void onMessage(Conn* c) {
       openMoreIdle();
       checkAllEstablished();
     }
+    return;
+  }
+  if (opt.mode == Mode::Fanout) {
+    if (sent != 0 && now > sent) fanoutDelivered(c, now - sent);
     return;
   }
   if (opt.mode != Mode::Echo) return;
@@ -711,6 +770,13 @@ void afterHandshake(Conn* c) {
       c->st = ConnState::Closing;
       c->deadline_ns = now + static_cast<uint64_t>(opt.conn_timeout * 1e9);
       break;
+    case Mode::Fanout:
+      c->touched = true;
+      ++g_established;
+      --g_opening;
+      openMoreIdle();
+      checkAllEstablished();
+      break;
     case Mode::Idle:
       if (opt.touch) {
         appendFrame(c, 0x82, g_pattern.data(), 16, true);
@@ -831,6 +897,7 @@ void onConnect(uv_connect_t* req, int status) {
 // Opens a connection into g_conns[slot].
 void startConnection(size_t slot) {
   auto* c = new Conn();
+  ++g_started;
   c->slot = slot;
   g_conns[slot] = c;
   c->started_ns = uv_hrtime();
@@ -855,11 +922,11 @@ void startConnection(size_t slot) {
   if (rc == 0)
     rc = uv_tcp_connect(&c->connect_req, &c->tcp, as<const sockaddr>(&g_target), onConnect);
   if (rc != 0) {
-    if (opt.mode == Mode::Idle) ++g_opening;  // failConn balances it
+    if (opensLikeIdle()) ++g_opening;  // failConn balances it
     failConn(c, "connect", uv_strerror(rc));
     return;
   }
-  if (opt.mode == Mode::Idle) ++g_opening;
+  if (opensLikeIdle()) ++g_opening;
 }
 
 // ---- Phases -----------------------------------------------------------------------------------
@@ -936,6 +1003,9 @@ void checkAllEstablished() {
       return;
     }
     beginWarmup();
+  } else if (opt.mode == Mode::Fanout) {
+    if (g_established + g_failed < static_cast<uint64_t>(opt.sessions)) return;
+    startFanout();
   } else if (opt.mode == Mode::Idle) {
     if (g_established + g_failed < static_cast<uint64_t>(opt.sessions)) return;
     g_phase = Phase::Measure;
@@ -949,7 +1019,7 @@ void checkAllEstablished() {
 }
 
 void openMoreIdle() {
-  if (opt.mode != Mode::Idle || g_phase != Phase::Connecting) return;
+  if (!opensLikeIdle() || g_phase != Phase::Connecting) return;
   while (g_opening < opt.open_concurrency && g_next_to_open < static_cast<size_t>(opt.sessions)) {
     startConnection(g_next_to_open++);
   }
@@ -960,7 +1030,7 @@ void onSweep(uv_timer_t*) {
   for (Conn* c : g_conns) {
     if (c == nullptr || c->st == ConnState::Closed) continue;
     bool opening = c->st == ConnState::Connecting || c->st == ConnState::Handshake ||
-                   c->st == ConnState::Closing || (opt.mode == Mode::Idle && !c->touched);
+                   c->st == ConnState::Closing || (opensLikeIdle() && !c->touched);
     if (opening && now > c->deadline_ns)
       failConn(c, "timeout", "connection not opened/closed in time");
   }
@@ -1000,6 +1070,176 @@ std::string coreBusy(bool flat = false) {
   return flat ? out : out + "]";
 }
 
+// ---- Fan-out: publishing ----------------------------------------------------------------------
+
+// One publish: a fresh HTTP/1.1 connection, one POST with Connection: close, the answer read to
+// EOF (upgate's admin API closes after each answer).
+struct Pub {
+  uv_tcp_t tcp{};
+  uv_connect_t connect_req{};
+  uv_write_t write_req{};
+  std::string out, in;
+  uint64_t seq = 0;
+};
+
+sockaddr_in g_pub_addr{};
+std::vector<Pub*> g_pubs;  // in flight
+int g_published = 0, g_pub_done = 0;
+uint64_t g_pub_errors = 0, g_fan_expected = 0;
+
+void maybeFinishFanout() {
+  if (g_phase != Phase::Measure || g_pub_done < opt.messages) return;
+  if (g_stats.msgs >= g_fan_expected) finishRun();
+}
+
+void fanoutDelivered(Conn* c, uint64_t latency_ns) {
+  if (g_phase != Phase::Measure) return;
+  ++c->received;
+  ++g_stats.msgs;
+  g_hist.add(latency_ns);
+  maybeFinishFanout();
+}
+
+void onPubClosed(uv_handle_t* h) {
+  auto* p = static_cast<Pub*>(h->data);
+  g_pubs.erase(std::find(g_pubs.begin(), g_pubs.end(), p));
+  delete p;
+  ++g_pub_done;
+  maybeFinishFanout();
+}
+
+void endPub(Pub* p, const char* error) {
+  if (uv_is_closing(as<uv_handle_t>(&p->tcp))) return;
+  if (error) {
+    ++g_pub_errors;
+    logError("publish", error);
+  }
+  uv_close(as<uv_handle_t>(&p->tcp), onPubClosed);
+}
+
+void onPubRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+  auto* p = static_cast<Pub*>(s->data);
+  if (nread > 0) {
+    if (p->in.size() < 4096) p->in.append(g_read_buffer, static_cast<size_t>(nread));
+    return;
+  }
+  if (nread == 0) return;
+  // Any 2xx (upgate 200; Nchan 201/202) is a published message.
+  bool ok = nread == UV_EOF && p->in.size() >= 12 && p->in.compare(0, 9, "HTTP/1.1 ") == 0 &&
+            p->in[9] == '2';
+  endPub(p, ok ? nullptr
+               : (nread == UV_EOF ? "answer: " + p->in.substr(0, p->in.find('\r'))
+                                  : std::string(uv_strerror(static_cast<int>(nread))))
+                     .c_str());
+}
+
+void onPubConnect(uv_connect_t* req, int status) {
+  auto* p = static_cast<Pub*>(req->data);
+  if (status < 0) {
+    endPub(p, uv_strerror(status));
+    return;
+  }
+  // The payload: send time (the clock the subscribers read too) and the message number.
+  char payload[16];
+  uint64_t now = uv_hrtime();
+  std::memcpy(payload, &now, 8);
+  std::memcpy(payload + 8, &p->seq, 8);
+  p->out = "POST " + opt.pub_target + " HTTP/1.1\r\nHost: " + opt.pub_host + ":" +
+           std::to_string(opt.pub_port) +
+           "\r\nContent-Type: application/octet-stream\r\nContent-Length: 16\r\n"
+           "Connection: close\r\n\r\n";
+  p->out.append(payload, sizeof(payload));
+  uv_buf_t b = uv_buf_init(p->out.data(), static_cast<unsigned>(p->out.size()));
+  int rc = uv_write(&p->write_req, as<uv_stream_t>(&p->tcp), &b, 1, [](uv_write_t* w, int st) {
+    if (st < 0 && st != UV_ECANCELED) endPub(static_cast<Pub*>(w->data), uv_strerror(st));
+  });
+  p->write_req.data = p;
+  if (rc == 0)
+    rc = uv_read_start(
+        as<uv_stream_t>(&p->tcp),
+        [](uv_handle_t*, size_t, uv_buf_t* buf) {
+          *buf = uv_buf_init(g_read_buffer, sizeof(g_read_buffer));
+        },
+        onPubRead);
+  if (rc != 0) endPub(p, uv_strerror(rc));
+}
+
+void publishOne() {
+  auto* p = new Pub();
+  p->seq = static_cast<uint64_t>(++g_published);
+  p->tcp.data = p;
+  p->connect_req.data = p;
+  g_pubs.push_back(p);
+  uv_tcp_init(g_loop, &p->tcp);
+  uv_tcp_nodelay(&p->tcp, 1);
+  int rc = uv_tcp_connect(&p->connect_req, &p->tcp, as<const sockaddr>(&g_pub_addr), onPubConnect);
+  if (rc != 0) endPub(p, uv_strerror(rc));
+}
+
+void onFanoutLinger(uv_timer_t*) {
+  finishRun();  // stragglers had their 5 s: what has not arrived is lost
+}
+
+void onPublishTick(uv_timer_t* t) {
+  publishOne();
+  if (g_published < opt.messages) return;
+  uv_timer_stop(t);
+  uv_timer_start(t, onFanoutLinger, 5000, 0);
+}
+
+// Every subscriber is up: measure from the first publish.
+void startFanout() {
+  g_fan_expected = g_established * static_cast<uint64_t>(opt.messages);
+  std::fprintf(stderr, "[%s] fanout: %llu subscribers up (%llu failed); publishing %d at %.1f/s\n",
+               opt.label.c_str(), static_cast<unsigned long long>(g_established),
+               static_cast<unsigned long long>(g_failed), opt.messages, opt.rate);
+  if (g_established == 0) {
+    finishRun();
+    return;
+  }
+  g_phase = Phase::Measure;
+  g_stats = Stats{};
+  g_hist.reset();
+  g_t0 = uv_hrtime();
+  readCpu(g_cpu0, g_echo_cpu0, g_self_cpu0);
+  uint64_t period = static_cast<uint64_t>(std::max(1.0, 1000.0 / opt.rate));
+  uv_timer_start(&g_phase_timer, onPublishTick, 0, period);
+}
+
+void printFanout(double secs) {
+  uint64_t lost = 0;
+  for (Conn* c : g_conns) {
+    if (c && c->touched && c->received < opt.messages)
+      lost += static_cast<uint64_t>(opt.messages - c->received);
+  }
+  // Subscribers that closed (failed) during the run lose everything they did not get.
+  if (g_stats.msgs + lost < g_fan_expected) lost = g_fan_expected - g_stats.msgs;
+  double cpu = g_cpu1 - g_cpu0;
+  double per = g_stats.msgs ? cpu * 1e6 / static_cast<double>(g_stats.msgs) : 0;
+  double p50 = g_hist.quantile(0.50) / 1e3, p99 = g_hist.quantile(0.99) / 1e3,
+         p999 = g_hist.quantile(0.999) / 1e3, pmax = static_cast<double>(g_hist.max()) / 1e3;
+  std::printf(
+      "{\"mode\":\"fanout\",\"label\":\"%s\",\"subscribers\":%llu,\"messages\":%d,\"rate\":%.1f,"
+      "\"duration_s\":%.3f,\"deliveries\":%llu,\"expected\":%llu,\"lost\":%llu,"
+      "\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,\"lat_p999_us\":%.1f,\"lat_max_us\":%.1f,"
+      "\"publish_errors\":%llu,\"errors\":%llu,\"watched_cpu_s\":%.3f,\"cpu_us_per_delivery\":%.3f,"
+      "\"foreign_share\":%.3f%s}\n",
+      opt.label.c_str(), static_cast<unsigned long long>(g_established), g_published, opt.rate,
+      secs, static_cast<unsigned long long>(g_stats.msgs),
+      static_cast<unsigned long long>(g_fan_expected), static_cast<unsigned long long>(lost), p50,
+      p99, p999, pmax, static_cast<unsigned long long>(g_pub_errors),
+      static_cast<unsigned long long>(g_errors), cpu, per, foreignShare(secs),
+      coreBusy(true).c_str());
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "[%s] fanout N=%llu M=%d: %llu deliveries, %llu lost, latency p50 %.0f us p99 %.0f "
+               "us max %.0f us; gateway CPU %.2f us/delivery; cores busy %s; errors %llu\n",
+               opt.label.c_str(), static_cast<unsigned long long>(g_established), g_published,
+               static_cast<unsigned long long>(g_stats.msgs), static_cast<unsigned long long>(lost),
+               p50, p99, pmax, per, coreBusy().c_str(), static_cast<unsigned long long>(g_errors));
+  if (g_stats.msgs == 0 || lost != 0 || g_errors != 0) g_exit_code = 1;
+}
+
 void printResult() {
   double secs = static_cast<double>(g_t1 - g_t0) / 1e9;
   if (secs <= 0) secs = 1e-9;
@@ -1007,6 +1247,10 @@ void printResult() {
          self_cpu = g_self_cpu1 - g_self_cpu0;
   if (opt.mode == Mode::Idle) {
     printIdleLine("done");
+    return;
+  }
+  if (opt.mode == Mode::Fanout) {
+    printFanout(secs);
     return;
   }
   bool echo = opt.mode == Mode::Echo;
@@ -1076,6 +1320,7 @@ void finishRun() {
   for (Conn* c : g_conns) {
     if (c) closeConn(c);
   }
+  for (Pub* p : std::vector<Pub*>(g_pubs)) endPub(p, nullptr);
   uv_close(as<uv_handle_t>(&g_phase_timer), onClosedCountdown);
   uv_close(as<uv_handle_t>(&g_sweep_timer), onClosedCountdown);
   for (auto& s : g_sig) uv_close(as<uv_handle_t>(&s), onClosedCountdown);
@@ -1109,6 +1354,8 @@ int main(int argc, char** argv) {
   g_loop = uv_default_loop();
   if (uv_ip4_addr(opt.host.c_str(), opt.port, &g_target) != 0)
     usage("target must be an IPv4 address");
+  if (opt.mode == Mode::Fanout && uv_ip4_addr(opt.pub_host.c_str(), opt.pub_port, &g_pub_addr) != 0)
+    usage("publish target must be an IPv4 address");
   in_addr base{};
   if (inet_pton(AF_INET, opt.source_base.c_str(), &base) != 1) usage("bad --source-base");
   for (int i = 0; i < opt.sources; ++i) {
@@ -1132,7 +1379,8 @@ int main(int argc, char** argv) {
   uv_timer_start(&g_sweep_timer, onSweep, 250, 250);
   // Everything is bounded: connecting/opening, warmup, the run, and closing.
   double hard = opt.conn_timeout * 2 + opt.warmup + opt.duration + 15;
-  if (opt.mode == Mode::Idle) hard += opt.sessions / 200.0;
+  if (opensLikeIdle()) hard += opt.sessions / 200.0;
+  if (opt.mode == Mode::Fanout) hard += opt.messages / opt.rate + 10;
   uv_timer_start(&g_hard_timer, onHardTimeout, static_cast<uint64_t>(hard * 1000), 0);
   uv_unref(as<uv_handle_t>(&g_hard_timer));
   const int sigs[3] = {SIGINT, SIGTERM, SIGUSR1};
@@ -1149,10 +1397,14 @@ int main(int argc, char** argv) {
     case Mode::Connect:
       g_conns.assign(static_cast<size_t>(opt.conns), nullptr);
       g_phase = Phase::Warmup;
-      for (size_t i = 0; i < g_conns.size(); ++i) startConnection(i);
+      for (size_t i = 0; i < g_conns.size(); ++i) {
+        if (opt.count > 0 && g_started >= opt.count) break;
+        startConnection(i);
+      }
       beginWarmup();
       break;
     case Mode::Idle:
+    case Mode::Fanout:
       g_conns.assign(static_cast<size_t>(opt.sessions), nullptr);
       openMoreIdle();
       break;

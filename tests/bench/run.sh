@@ -11,6 +11,10 @@
 #            16 KiB echo (C=100, D=1): MB/s of payload echoed, proxy CPU per message
 #            connect (C=50): full upgrade handshakes per second over fresh TCP connections
 #            idle: user-space memory per idle session (PSS delta from smaps_rollup / N)
+#            fanout (upgate, and nginx + Nchan when Debian's libnginx-mod-nchan is installed or
+#            installs): N WebSocket subscribers on one channel (1,000 and 5,000), 50 messages
+#            at 10/s published by HTTP POST; delivery latency over all subscriber x message
+#            pairs, lost deliveries, proxy CPU per delivery
 #
 # Usage: tests/bench/run.sh [--quick] [--reps N] [--duration S] [--warmup S] [--sessions N]
 #                           [--targets "direct upgate nginx haproxy"] [--upgate PATH]
@@ -29,6 +33,7 @@
 #   --report RAW rebuild the report from a --raw file of an earlier run (measures nothing)
 #   --nice N     run the load generator, echo server and proxies at nice N (e.g. -10 on a
 #                machine where other jobs compete for the two cores; same for every target)
+#   --fanout "N..."  subscriber counts of the fan-out runs (default "1000 5000"; "" = none)
 # Environment: CPU_CLIENT (default 0) and CPU_PROXY (default 1) choose the cores.
 set -euo pipefail
 
@@ -40,6 +45,7 @@ BENCH_DIR=$ROOT/build-bench/tests/bench
 OUT="" RAW="" INSTALL=1 NICE=0 WAIT_QUIET=0 RETRY_NOISY=2 NOISE_MAX=0.10 REPORT_FROM=""
 CPU_CLIENT=${CPU_CLIENT:-0} CPU_PROXY=${CPU_PROXY:-1}
 C_SMALL=100 C_LARGE=100 C_CONNECT=50 D=1
+FANOUT="1000 5000" FAN_MSGS=50 FAN_RATE=10
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -58,6 +64,7 @@ while [ $# -gt 0 ]; do
     --wait-quiet) WAIT_QUIET=$2; shift ;;
     --retry-noisy) RETRY_NOISY=$2; shift ;;
     --report) REPORT_FROM=$2; shift ;;
+    --fanout) FANOUT=$2; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -104,6 +111,11 @@ for t in $TARGETS; do
   esac
 done
 export PATH=$PATH:/usr/sbin
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+if [ -n "$FANOUT" ] && [[ " $TARGETS " == *" nginx "* ]] && [ ! -f "$NCHAN_MODULE" ] && [ "$INSTALL" = 1 ]; then
+  log "installing Debian's libnginx-mod-nchan (fan-out anchor)"
+  apt-get install -y libnginx-mod-nchan >/dev/null 2>&1 || log "libnginx-mod-nchan did not install: no Nchan fan-out runs"
+fi
 
 PIN_CLIENT="nice -n $NICE taskset -c $CPU_CLIENT"
 PIN_PROXY="nice -n $NICE taskset -c $CPU_PROXY"
@@ -212,10 +224,15 @@ upstreams:
   echo:
     endpoints: [$ECHO_ADDR]
 routes:
+  - name: fan
+    match: { path_prefix: /fan/ }
+    kind: channel
+    channel: "{path.2}"
   - name: echo
     kind: websocket
     upstream: echo
     mode: passthrough
+admin: { address: 127.0.0.1:0 }
 log: { level: warn, access_log: false }
 EOF
   $PIN_PROXY "$UPGATE" -c "$dir/upgate.yaml" --ready-file "$dir/ready" >>"$dir/out.log" 2>>"$dir/err.log" &
@@ -225,6 +242,43 @@ EOF
   local addr
   addr=$(awk 'NR == 1 {print $2}' "$dir/ready")
   PORT[upgate]=${addr##*:}
+  ADMIN_ADDR=$(awk '$1 == "admin" {print $2}' "$dir/ready")
+}
+
+# nginx + Nchan for the fan-out runs only (the echo runs use plain nginx as a proxy).
+start_nchan() {
+  local dir=$TMP/nchan port
+  mkdir -p "$dir/tmp"
+  chmod 777 "$dir/tmp"
+  port=$(free_port)
+  cat >"$dir/nginx.conf" <<EOF
+load_module $NCHAN_MODULE;
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $((NOFILE - 100)); }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location ~ ^/fan/(\w+)$ { nchan_subscriber websocket; nchan_channel_id \$1; }
+    location ~ ^/pub/(\w+)$ { nchan_publisher; nchan_channel_id \$1; }
+  }
+}
+EOF
+  $PIN_PROXY nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
+  NCHAN_PID=$!
+  ALL_PIDS+=("$NCHAN_PID")
+  wait_port "$port" 10 || die "nginx + Nchan did not start: $(tail -5 "$dir/error.log" "$dir/out.log")"
+  NCHAN_PORT=$port
 }
 
 start_nginx() {
@@ -404,6 +458,34 @@ run_idle() {
   sleep 0.5
 }
 
+# run_fanout REP TARGET N: N subscribers on one channel, FAN_MSGS publishes at FAN_RATE/s.
+run_fanout() {
+  local rep=$1 target=$2 n=$3 url pub watch line limit
+  case $target in
+    upgate)
+      ensure_alive upgate
+      url=ws://127.0.0.1:${PORT[upgate]}/fan/bench
+      pub="http://$ADMIN_ADDR/publish/bench?binary=1"
+      watch=$(pids_of "${PID[upgate]}") ;;
+    nginx)
+      start_nchan
+      url=ws://127.0.0.1:$NCHAN_PORT/fan/bench
+      pub=http://127.0.0.1:$NCHAN_PORT/pub/bench
+      watch=$(pids_of "$NCHAN_PID") ;;
+    *) return 0 ;;
+  esac
+  limit=$(awk -v n="$n" -v m="$FAN_MSGS" -v r="$FAN_RATE" 'BEGIN { printf "%d", n / 200 + m / r + 60 }')
+  line=$(timeout "$limit" $PIN_CLIENT "$LOADGEN" fanout --url "$url" -n "$n" --publish-url "$pub" \
+           --messages "$FAN_MSGS" --rate "$FAN_RATE" --label "$target" --watch "$watch" \
+           2> >(sed 's/^/[bench]   /' >&2)) || log "loadgen reported errors (fanout $n, $target)"
+  if [ "$target" = nginx ]; then
+    stop_pid "$NCHAN_PID"
+    untrack "$NCHAN_PID"
+  fi
+  [ -n "$line" ] && echo "$rep fanout$n $target $line" >>"$RESULTS"
+  sleep 1  # let the subscribers' closes settle
+}
+
 # background_busy: busy share (%) of each CPU over 1 s, e.g. "12 80" (nothing of ours is running)
 background_busy() {
   local a b
@@ -468,6 +550,12 @@ for ((rep = 1; rep <= REPS; rep++)); do
   for t in "${order[@]}"; do run_load "$rep" echo64 "$t" echo -c $C_SMALL -d $D -s 64; done
   for t in "${order[@]}"; do run_load "$rep" echo16k "$t" echo -c $C_LARGE -d $D -s 16384; done
   for t in "${order[@]}"; do run_load "$rep" connect "$t" connect -c $C_CONNECT; done
+  for n in $FANOUT; do
+    for t in "${order[@]}"; do
+      [ "$t" = nginx ] && [ ! -f "$NCHAN_MODULE" ] && continue
+      run_fanout "$rep" "$t" "$n"
+    done
+  done
   for t in "${order[@]}"; do stop_target "$t"; done
 done
 ELAPSED=$(( $(date +%s) - STARTED ))
@@ -524,6 +612,23 @@ REPORT=$TMP/report.md
     [ "$t" = direct ] && idle="—"
     echo "| $t$([ "$t" = direct ] && echo ' (echo server own cost)') | $(fmt "$m") ($(ratio "$m" "$d64")) | $(fmt "$(med echo64 "$t" lat_p50_us)") / $(fmt "$(med echo64 "$t" lat_p99_us)") | $(fmt "$(med echo64 "$t" cpu_us_per_msg)" 2) | $(fmt "$mb") ($(ratio "$mb" "$d16")) | $(fmt "$(med echo16k "$t" cpu_us_per_msg)" 2) | $(fmt "$hs") ($(ratio "$hs" "$dhs")) | $(fmt "$(med connect "$t" cpu_us_per_handshake)" 1) | $(fmt "$idle" 1) |"
   done
+  if [ -n "$FANOUT" ]; then
+    echo
+    echo "Fan-out: $FAN_MSGS messages at $FAN_RATE/s published by HTTP POST to one channel; latency from the publisher's send time to receipt, over all subscriber x message pairs (medians of the reps):"
+    echo
+    echo "| target | subscribers | p50 ms | p99 ms | max ms | lost (all reps) | proxy CPU µs per delivery |"
+    echo "|---|---|---|---|---|---|---|"
+    for n in $FANOUT; do
+      for t in upgate nginx; do
+        [ "$(med "fanout$n" "$t" deliveries)" = "-" ] && continue
+        name=$t; [ "$t" = nginx ] && name="nginx + Nchan"
+        lost=$(awk -v s="fanout$n" -v t="$t" '$2 == s && $3 == t { $1 = $2 = $3 = ""; print }' "$RESULTS" |
+               while read -r line; do json_num "$line" lost; done | awk '{ s += $1 } END { print s + 0 }')
+        ms() { awk -v v="$1" 'BEGIN { if (v == "-") print "-"; else printf "%.1f", v / 1000 }'; }
+        echo "| $name | $(fmt "$n") | $(ms "$(med "fanout$n" "$t" lat_p50_us)") | $(ms "$(med "fanout$n" "$t" lat_p99_us)") | $(ms "$(med "fanout$n" "$t" lat_max_us)") | $lost | $(fmt "$(med "fanout$n" "$t" cpu_us_per_delivery)" 2) |"
+      done
+    done
+  fi
   echo
   echo "Cores busy during the measured windows (/proc/stat, medians; client core / proxy core):"
   for t in "${TLIST[@]}"; do
@@ -544,7 +649,8 @@ REPORT=$TMP/report.md
         -v uc="$(med echo64 upgate cpu_us_per_msg)" -v nc="$(med echo64 nginx cpu_us_per_msg)" -v hc="$(med echo64 haproxy cpu_us_per_msg)" \
         -v ub="$(med echo16k upgate mb_per_s)" -v db="$d16" \
         -v uh="$(med connect upgate handshakes_per_s)" -v nh="$(med connect nginx handshakes_per_s)" -v hh="$(med connect haproxy handshakes_per_s)" \
-        -v ui="$(med idle upgate kib_per_session)" '
+        -v ui="$(med idle upgate kib_per_session)" \
+        -v fp="$(med fanout5000 upgate lat_p99_us)" -v fc="$(med fanout5000 upgate cpu_us_per_delivery)" '
       function ok(c) { return c ? "met" : "MISSED" }
       function best(a, b) { if (a == "-") return b; if (b == "-") return a; return a > b ? a : b }
       function least(a, b) { if (a == "-") return b; if (b == "-") return a; return a < b ? a : b }
@@ -555,6 +661,7 @@ REPORT=$TMP/report.md
         if (ub != "-" && db != "-") printf "- 16 KiB >= 0.80 x direct (%.0f MB/s): %.0f MB/s = %.2f x direct, %s\n", 0.8 * db, ub, ub / db, ok(ub >= 0.8 * db)
         if (uh != "-" && bh != "-") printf "- handshakes/s >= best anchor (%.0f): %.0f, %s\n", bh, uh, ok(uh >= bh)
         if (ui != "-") printf "- idle plain session <= 2 KiB: %.2f KiB, %s\n", ui, ok(ui <= 2)
+        if (fp != "-") printf "- fan-out, 5,000 subscribers: p99 <= 25 ms: %.1f ms, %s; CPU per delivery <= 5 us: %.2f us, %s\n", fp / 1000, ok(fp <= 25000), fc, ok(fc <= 5)
       }'
   fi
 } >"$REPORT"

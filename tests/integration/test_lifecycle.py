@@ -4,6 +4,7 @@ timeout, and SIGTERM with sessions open."""
 import asyncio
 import signal
 import socket
+import threading
 import time
 import unittest
 
@@ -72,19 +73,51 @@ def upstream_half_close_handler(conn, up):
         reader.feed(chunk)
 
 
+# Set by a test once its early bytes (and FIN) are on their way: the upstream holds its 101
+# until then, so they reach the gateway while it waits for the upstream's answer.
+RELEASE_101 = threading.Event()
+
+
+def late_switch_handler(conn, up):
+    """Answers the upgrade only when RELEASE_101 is set, then reads to EOF and reports."""
+    head, leftover = harness.read_head(conn)
+    up.event("head", head)
+    if not RELEASE_101.wait(10):
+        return
+    _, headers = harness.parse_head(head)
+    key = harness.header_values(headers, "Sec-WebSocket-Key")[0]
+    conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
+                  % harness.accept_key(key)).encode())
+    data = leftover
+    conn.settimeout(harness.IO_TIMEOUT)
+    for _ in range(10000):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    up.event("eof", data)
+    conn.sendall(harness.encode_frame(harness.OP_TEXT, b"got %d bytes" % len(data), mask=False))
+    conn.shutdown(socket.SHUT_WR)
+    harness.wait_peer_close(conn, 10, up.stopping)
+
+
 class TunnelEndTest(GatewayTestCase):
     @classmethod
     def setUpClass(cls):
         cls.echo = cls.start_class_peer(EchoUpstream())
         cls.chc = cls.start_class_peer(RawUpstream(client_half_close_handler, name="chc"))
         cls.uhc = cls.start_class_peer(RawUpstream(upstream_half_close_handler, name="uhc"))
+        cls.late = cls.start_class_peer(RawUpstream(late_switch_handler, name="late"))
         cls.gw = cls.start_class_gateway(harness.make_config(
             upstreams={"chat": {"endpoints": [cls.echo.addr]},
                        "chc": {"endpoints": [cls.chc.addr]},
-                       "uhc": {"endpoints": [cls.uhc.addr]}},
+                       "uhc": {"endpoints": [cls.uhc.addr]},
+                       "late": {"endpoints": [cls.late.addr]}},
             routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "chat"},
                     {"name": "chc", "match": {"path_prefix": "/chc"}, "upstream": "chc"},
-                    {"name": "uhc", "match": {"path_prefix": "/uhc"}, "upstream": "uhc"}],
+                    {"name": "uhc", "match": {"path_prefix": "/uhc"}, "upstream": "uhc"},
+                    {"name": "late", "match": {"path_prefix": "/late"}, "upstream": "late"}],
             timeouts={"head": "10s", "idle": 0, "half_close": "5s"}))
 
     def tearDown(self):
@@ -148,6 +181,43 @@ class TunnelEndTest(GatewayTestCase):
         self.assertEqual(c.recv_frame(), (True, harness.OP_TEXT, b"got %d bytes" % len(frame)))
         data, how = c.read_until_closed(5)
         self.assertEqual((data, how), (b"", "eof"))
+
+    def early_bytes_before_101(self, path, fin):
+        RELEASE_101.clear()
+        self.addCleanup(RELEASE_101.set)
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        key = harness.ws_key()
+        c.send(harness.ws_request(path, key=key))
+        self.late.wait_event(lambda e: e[0] == "head", what="upgrade request at the upstream")
+        early = harness.encode_frame(harness.OP_TEXT, b"sent before the 101")
+        c.send(early)
+        if fin:
+            c.sock.shutdown(socket.SHUT_WR)
+        RELEASE_101.set()
+        resp = c.read_response()
+        self.assertEqual(resp.status, 101, resp)
+        c.frames.feed(c.pending)
+        c.pending = b""
+        late = b""
+        if not fin:
+            late = harness.encode_frame(harness.OP_TEXT, b"sent after the 101")
+            c.send(late)
+            c.sock.shutdown(socket.SHUT_WR)
+        # (Events of earlier tests on this peer stay recorded: match this session's bytes.)
+        self.late.wait_event(lambda e: e[0] == "eof" and e[1] == early + late,
+                             what="the early bytes first, in order, then the client's EOF")
+        # The client's FIN was a half-close: the answer still comes back.
+        self.assertEqual(c.recv_frame(),
+                         (True, harness.OP_TEXT, b"got %d bytes" % len(early + late)))
+        data, how = c.read_until_closed(5)
+        self.assertEqual((data, how), (b"", "eof"))
+
+    def test_bytes_before_the_101_are_sent_after_it(self):
+        self.early_bytes_before_101("/late/bytes", fin=False)
+
+    def test_client_fin_before_the_101_is_a_half_close(self):
+        self.early_bytes_before_101("/late/fin", fin=True)
 
     def test_upstream_half_close(self):
         c = RawClient(self.gw.addr())
