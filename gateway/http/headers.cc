@@ -42,10 +42,7 @@ bool isTchar(char c) {
 
 }  // namespace
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
+bool iequalsSameLength(std::string_view a, std::string_view b) {
   for (size_t i = 0; i < a.size(); ++i) {
     if (asciiLower(a[i]) != asciiLower(b[i])) {
       return false;

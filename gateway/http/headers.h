@@ -22,8 +22,14 @@ struct Header {
 // Fields in wire order; repeated names stay separate entries (never merged).
 using HeaderList = std::vector<Header>;
 
+// ASCII case-insensitive comparison of two strings of the same length.
+bool iequalsSameLength(std::string_view a, std::string_view b);
+
 // ASCII case-insensitive equality; bytes >= 0x80 compare exactly (header names are ASCII tokens).
-bool iequals(std::string_view a, std::string_view b);
+// Inline so that the common case, names of different lengths, costs no call.
+inline bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && iequalsSameLength(a, b);
+}
 
 // Value of the first header called `name` (case-insensitive), or nullptr. The pointer is into
 // `headers` and lives as long as that element is not modified or removed.
