@@ -209,7 +209,7 @@ struct TimeoutsConfig {
   Millis half_close{5000};     // after one side ended, wait this long for the other, then close
   Millis keepalive{60000};     // http routes: an idle kept-alive client connection is closed
   Millis plugin_pause{10000};  // a plugin's PAUSE not resumed within this -> 503
-  Millis close{5000};          // websocket: after a close frame was sent, wait this long for the reply
+  Millis close{5000};  // websocket: after a close frame was sent, wait this long for the reply
 };
 
 enum class LogLevel { Debug, Info, Warn, Error };
