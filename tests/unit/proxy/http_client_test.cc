@@ -18,165 +18,24 @@
 
 #include "core/handle.h"
 #include "net/tcp_stream.h"
+#include "test_origin.h"
 #include "tls/tls_context.h"
 
 using namespace upgate;
+using namespace upgate::test_origin;
 
 namespace {
 
-// ---- A raw libuv HTTP/1.1 server on 127.0.0.1:0, on the test's loop ---------------------------
+// ---- The raw origin server of test_origin.h, under this file's names -------------------------
 
-struct TestServer;
-
-struct Peer {
-  uv_tcp_t tcp{};
-  TestServer* server = nullptr;
-  int id = 0;        // accept order, from 1
-  int requests = 0;  // requests received on this connection
-  std::string in;    // unparsed bytes
-  bool eof = false;  // the client closed its side
-  bool closing = false;
-  bool closed = false;
-};
-
-struct Request {
-  int conn = 0;  // Peer::id
-  int seq = 0;   // Peer::requests after this one
-  std::string head;
-  std::string body;
-};
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
-// Value of header `name` in a raw request head, or "" (test code: first match, no folding).
-std::string headerOf(const std::string& head, const std::string& name) {
-  std::string h = lower(head);
-  size_t at = h.find("\r\n" + lower(name) + ":");
-  if (at == std::string::npos) return {};
-  size_t start = head.find_first_not_of(' ', at + 3 + name.size());
-  size_t end = head.find("\r\n", start);
-  return head.substr(start, end - start);
-}
+using TestServer = Origin;
+using Peer = OriginConn;
+using Request = OriginRequest;
 
 std::string response(int status, const std::string& body, const std::string& extra = "") {
   return "HTTP/1.1 " + std::to_string(status) +
          " X\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" + extra + "\r\n" + body;
 }
-
-struct TestServer {
-  using Handler = std::function<void(TestServer&, Peer&, const Request&)>;
-
-  uv_tcp_t listener{};
-  uint16_t port = 0;
-  Handler handler;
-  std::vector<std::unique_ptr<Peer>> peers;
-  std::vector<Request> requests;
-  bool listener_closed = false;
-
-  TestServer(uv_loop_t* loop, Handler h) : handler(std::move(h)) {
-    REQUIRE(uv_tcp_init(loop, &listener) == 0);
-    listener.data = this;
-    sockaddr_in addr{};
-    uv_ip4_addr("127.0.0.1", 0, &addr);
-    REQUIRE(uv_tcp_bind(&listener, reinterpret_cast<sockaddr*>(&addr), 0) == 0);
-    REQUIRE(uv_listen(asStream(&listener), 64, onConnection) == 0);
-    sockaddr_storage bound{};
-    int len = sizeof(bound);
-    uv_tcp_getsockname(&listener, reinterpret_cast<sockaddr*>(&bound), &len);
-    port = ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  }
-
-  HostPort endpoint() const { return HostPort{"127.0.0.1", port}; }
-
-  static void onConnection(uv_stream_t* s, int status) {
-    auto* self = static_cast<TestServer*>(s->data);
-    if (status != 0) return;
-    auto peer = std::make_unique<Peer>();
-    peer->server = self;
-    peer->id = static_cast<int>(self->peers.size()) + 1;
-    uv_tcp_init(s->loop, &peer->tcp);
-    peer->tcp.data = peer.get();
-    if (uv_accept(s, asStream(&peer->tcp)) != 0) {
-      uv_close(asHandle(&peer->tcp), nullptr);
-      return;
-    }
-    uv_read_start(
-        asStream(&peer->tcp),
-        [](uv_handle_t*, size_t, uv_buf_t* buf) {
-          static char storage[64 * 1024];
-          *buf = uv_buf_init(storage, sizeof(storage));
-        },
-        onRead);
-    self->peers.push_back(std::move(peer));
-  }
-
-  static void onRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
-    auto* peer = static_cast<Peer*>(s->data);
-    if (n < 0) {
-      peer->eof = true;
-      peer->server->closePeer(*peer);
-      return;
-    }
-    peer->in.append(buf->base, static_cast<size_t>(n));
-    peer->server->parse(*peer);
-  }
-
-  void parse(Peer& peer) {
-    for (;;) {
-      size_t end = peer.in.find("\r\n\r\n");
-      if (end == std::string::npos) return;
-      std::string head = peer.in.substr(0, end + 4);
-      std::string cl = headerOf(head, "content-length");
-      size_t body_len = cl.empty() ? 0 : std::stoul(cl);
-      if (peer.in.size() < head.size() + body_len) return;
-      Request r{peer.id, ++peer.requests, head, peer.in.substr(head.size(), body_len)};
-      peer.in.erase(0, head.size() + body_len);
-      requests.push_back(r);
-      if (handler) handler(*this, peer, r);
-      if (peer.closing) return;
-    }
-  }
-
-  void write(Peer& peer, const std::string& bytes) {
-    if (peer.closing) return;
-    struct Write {
-      uv_write_t req;
-      std::string data;
-    };
-    auto* w = new Write{{}, bytes};
-    uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
-    if (uv_write(&w->req, asStream(&peer.tcp), &buf, 1,
-                 [](uv_write_t* req, int) { delete reinterpret_cast<Write*>(req); }) != 0) {
-      delete w;
-    }
-  }
-
-  void closePeer(Peer& peer) {
-    if (peer.closing) return;
-    peer.closing = true;
-    uv_close(asHandle(&peer.tcp),
-             [](uv_handle_t* h) { static_cast<Peer*>(h->data)->closed = true; });
-  }
-
-  void close() {
-    for (auto& p : peers) closePeer(*p);
-    if (!uv_is_closing(asHandle(&listener))) {
-      uv_close(asHandle(&listener),
-               [](uv_handle_t* h) { static_cast<TestServer*>(h->data)->listener_closed = true; });
-    }
-  }
-
-  bool allClosed() const {
-    if (!listener_closed) return false;
-    for (const auto& p : peers) {
-      if (!p->closed) return false;
-    }
-    return true;
-  }
-};
 
 // ---- A real peer: Python's http.server (threaded, HTTP/1.1 keep-alive), optionally over TLS ----
 
@@ -498,9 +357,9 @@ TEST_CASE("http_client: GET 200 with Content-Length", "[proxy]") {
   CHECK(*x == "yes");
   REQUIRE(s.requests.size() == 1);
   CHECK(startsWith(s.requests[0].head, "GET /poll?cursor=3 HTTP/1.1\r\n"));
-  CHECK(headerOf(s.requests[0].head, "host") == "127.0.0.1:" + std::to_string(s.port));
-  CHECK(headerOf(s.requests[0].head, "accept") == "text/plain");
-  CHECK(headerOf(s.requests[0].head, "content-length").empty());  // GET without a body
+  CHECK(headerIn(s.requests[0].head, "host") == "127.0.0.1:" + std::to_string(s.port));
+  CHECK(headerIn(s.requests[0].head, "accept") == "text/plain");
+  CHECK(headerIn(s.requests[0].head, "content-length").empty());  // GET without a body
   CHECK(h.client->activeCalls() == 0);
   CHECK(h.client->idleConnections() == 1);
   h.shutdown();
@@ -539,8 +398,8 @@ TEST_CASE("http_client: POST body arrives intact with Content-Length", "[proxy]"
   CHECK(r.response.status == 204);
   REQUIRE(s.requests.size() == 1);
   CHECK(startsWith(s.requests[0].head, "POST /messages HTTP/1.1\r\n"));
-  CHECK(headerOf(s.requests[0].head, "content-length") == std::to_string(body.size()));
-  CHECK(headerOf(s.requests[0].head, "transfer-encoding").empty());
+  CHECK(headerIn(s.requests[0].head, "content-length") == std::to_string(body.size()));
+  CHECK(headerIn(s.requests[0].head, "transfer-encoding").empty());
   CHECK(s.requests[0].body == body);
 
   SECTION("an empty POST still says Content-Length: 0") {
@@ -550,7 +409,7 @@ TEST_CASE("http_client: POST body arrives intact with Content-Length", "[proxy]"
     h.client->send(std::move(empty), record(r2));
     REQUIRE(h.runUntil([&] { return r2.calls == 1; }));
     REQUIRE(s.requests.size() == 2);
-    CHECK(headerOf(s.requests[1].head, "content-length") == "0");
+    CHECK(headerIn(s.requests[1].head, "content-length") == "0");
   }
 }
 
@@ -597,7 +456,7 @@ TEST_CASE("http_client: a host name is resolved off the loop", "[proxy]") {
   CHECK(r.error.empty());
   CHECK(r.response.body == "by name");
   REQUIRE(s.requests.size() == 1);
-  CHECK(headerOf(s.requests[0].head, "host") == "localhost:" + std::to_string(s.port));
+  CHECK(headerIn(s.requests[0].head, "host") == "localhost:" + std::to_string(s.port));
 
   SECTION("an unknown name is an error") {
     Result bad;
@@ -625,7 +484,7 @@ TEST_CASE("http_client: keep-alive reuses one connection", "[proxy]") {
   CHECK(second.response.body == "n2");
   REQUIRE(s.requests.size() == 2);
   CHECK(s.requests[0].conn == s.requests[1].conn);
-  CHECK(s.peers.size() == 1);
+  CHECK(s.conns.size() == 1);
   CHECK(h.client->connectionsOpened() == 1);
   CHECK(h.client->idleConnections() == 1);
 }
@@ -666,7 +525,7 @@ TEST_CASE("http_client: a body delimited by EOF completes", "[proxy]") {
   Harness h;
   TestServer& s = h.server([](TestServer& srv, Peer& p, const Request&) {
     srv.write(p, "HTTP/1.1 200 OK\r\n\r\nuntil the end");
-    srv.closePeer(p);
+    srv.closeConn(p);
   });
   Result r;
   h.client->send(h.get(s.endpoint()), record(r));
@@ -686,11 +545,11 @@ TEST_CASE("http_client: idle connections expire and are capped per endpoint", "[
   Result r[3];
   for (auto& one : r) h.client->send(h.get(s.endpoint()), record(one));
   REQUIRE(h.runUntil([&] { return r[0].calls + r[1].calls + r[2].calls == 3; }));
-  CHECK(s.peers.size() == 3);  // concurrent calls each get a connection
+  CHECK(s.conns.size() == 3);  // concurrent calls each get a connection
   CHECK(h.client->idleConnections() == 2);
   REQUIRE(h.runUntil([&] { return h.client->idleConnections() == 0; }));
   REQUIRE(h.runUntil([&] {
-    for (auto& p : s.peers) {
+    for (auto& p : s.conns) {
       if (!p->eof) return false;
     }
     return true;
@@ -703,7 +562,7 @@ TEST_CASE("http_client: a stale keep-alive connection is retried once for GET on
   // idle connection just as the client reused it would.
   TestServer& s = h.server([](TestServer& srv, Peer& p, const Request& req) {
     if (req.seq == 2) {
-      srv.closePeer(p);
+      srv.closeConn(p);
       return;
     }
     srv.write(p, response(200, "conn " + std::to_string(req.conn)));
@@ -719,7 +578,7 @@ TEST_CASE("http_client: a stale keep-alive connection is retried once for GET on
     REQUIRE(h.runUntil([&] { return second.calls == 1; }));
     CHECK(second.error.empty());
     CHECK(second.response.body == "conn 2");
-    CHECK(s.peers.size() == 2);
+    CHECK(s.conns.size() == 2);
     CHECK(s.requests.size() == 3);
   }
   SECTION("POST: the error is reported, nothing is sent twice") {
@@ -731,7 +590,7 @@ TEST_CASE("http_client: a stale keep-alive connection is retried once for GET on
     REQUIRE(h.runUntil([&] { return second.calls == 1; }));
     CHECK((second.error == "server closed without sending a response" ||
            startsWith(second.error, "connection: ")));
-    CHECK(s.peers.size() == 1);
+    CHECK(s.conns.size() == 1);
     CHECK(s.requests.size() == 2);
   }
 }
@@ -764,7 +623,7 @@ TEST_CASE("http_client: a silent server times out within the bound", "[proxy]") 
   CHECK(elapsed_ms < 2000);
   CHECK(s.requests.size() == 1);
   // The connection is closed, not pooled: the server sees the end.
-  REQUIRE(h.runUntil([&] { return s.peers.size() == 1 && s.peers[0]->eof; }));
+  REQUIRE(h.runUntil([&] { return s.conns.size() == 1 && s.conns[0]->eof; }));
   CHECK(h.client->idleConnections() == 0);
 }
 
@@ -799,7 +658,7 @@ TEST_CASE("http_client: a malformed response is an error", "[proxy]") {
 
 TEST_CASE("http_client: a server that closes without answering is an error", "[proxy]") {
   Harness h;
-  TestServer& s = h.server([](TestServer& srv, Peer& p, const Request&) { srv.closePeer(p); });
+  TestServer& s = h.server([](TestServer& srv, Peer& p, const Request&) { srv.closeConn(p); });
   Result r;
   h.client->send(h.get(s.endpoint()), record(r));
   REQUIRE(h.runUntil([&] { return r.calls == 1; }));
@@ -894,7 +753,7 @@ TEST_CASE("http_client: a request sent from inside a callback works", "[proxy]")
   CHECK(first_calls == 1);
   CHECK(second.error.empty());
   CHECK(second.response.body == "r2");
-  CHECK(s.peers.size() == 1);  // the second request reused the first one's connection
+  CHECK(s.conns.size() == 1);  // the second request reused the first one's connection
 }
 
 TEST_CASE("http_client: a callback may cancel other calls and close the client", "[proxy]") {
