@@ -26,8 +26,7 @@ import websockets
 
 import harness
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conformance"))
-import wire  # noqa: E402
+import wire
 from harness import (GatewayTestCase, EchoUpstream, EchoUpstreamProcess, RawClient, RawUpstream,
                      OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT)
 

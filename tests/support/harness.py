@@ -37,6 +37,8 @@ import unittest
 
 import websockets
 
+import wire
+
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 LOOPBACK = "127.0.0.1"
 
@@ -904,30 +906,10 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
 
 def encode_frame(opcode, payload, mask=True, fin=True):
-    head = bytearray([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        head.append(mbit | n)
-    elif n < 65536:
-        head.append(mbit | 126)
-        head += struct.pack("!H", n)
-    else:
-        head.append(mbit | 127)
-        head += struct.pack("!Q", n)
-    if mask:
-        key = os.urandom(4)
-        head += key
-        payload = _apply_mask(payload, key)
-    return bytes(head) + bytes(payload)
+    return wire.frame(opcode, payload, fin=fin, mask=True if mask else None)
 
 
-def _apply_mask(data, key):
-    if not data:
-        return b""
-    n = len(data)
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(k, "little")).to_bytes(n, "little")
+_apply_mask = wire.mask_bytes
 
 
 def close_payload(code, reason=b""):
@@ -935,45 +917,20 @@ def close_payload(code, reason=b""):
 
 
 class FrameReader:
-    """Incremental frame decoder (accepts masked and unmasked frames)."""
+    """Incremental frame decoder (accepts masked and unmasked frames): wire.FrameStream, one
+    frame at a time as (fin, opcode, payload); undecoded bytes stay in `buf`."""
 
     def __init__(self):
-        self.buf = bytearray()
+        self._stream = wire.FrameStream()
+        self.buf = self._stream.buf
 
     def feed(self, data):
         self.buf += data
 
     def next_frame(self):
         """(fin, opcode, payload) or None if more bytes are needed."""
-        b = self.buf
-        if len(b) < 2:
-            return None
-        fin, opcode = bool(b[0] & 0x80), b[0] & 0x0F
-        masked, n = bool(b[1] & 0x80), b[1] & 0x7F
-        pos = 2
-        if n == 126:
-            if len(b) < 4:
-                return None
-            n = struct.unpack_from("!H", b, 2)[0]
-            pos = 4
-        elif n == 127:
-            if len(b) < 10:
-                return None
-            n = struct.unpack_from("!Q", b, 2)[0]
-            pos = 10
-        key = None
-        if masked:
-            if len(b) < pos + 4:
-                return None
-            key = bytes(b[pos:pos + 4])
-            pos += 4
-        if len(b) < pos + n:
-            return None
-        payload = bytes(b[pos:pos + n])
-        del b[:pos + n]
-        if key:
-            payload = _apply_mask(payload, key)
-        return fin, opcode, payload
+        f = self._stream.next_frame()
+        return None if f is None else (f.fin, f.opcode, f.payload)
 
 
 class Response:

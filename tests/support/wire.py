@@ -1,9 +1,10 @@
-"""WebSocket frames at the byte level for the conformance suite.
+"""WebSocket frames at the byte level, for every test that speaks raw frames (harness.py's
+encode_frame and FrameReader are built on it; the conformance suite uses it directly).
 
-Unlike harness.encode_frame / harness.FrameReader, these can write and read everything the
-suite needs to say or to see: RSV bits, any opcode, fin on control frames, a chosen or absent
-mask, a declared length that differs from the payload, and non-minimal length encodings. The
-reader never validates: it is what the lenient peers use to record what reached them.
+It can write and read everything a test needs to say or to see: RSV bits, any opcode, fin on
+control frames, a chosen or absent mask, a declared length that differs from the payload, and
+non-minimal length encodings. The reader never validates: it is what the lenient peers use to
+record what reached them.
 """
 
 import os
@@ -124,6 +125,10 @@ class FrameStream:
                 break
             out.append(f)
         return out
+
+    def next_frame(self):
+        """The next complete frame, or None (the rest stays buffered)."""
+        return self._one()
 
     @property
     def pending(self):
