@@ -90,6 +90,8 @@ struct Options {
   std::string pub_host = "127.0.0.1";  // fanout: where to POST (from --publish-url)
   int pub_port = 0;
   std::string pub_target;  // fanout: request target of the POST
+  std::string poll_host;   // fanout: serve the gateway's long-polls here (--serve-poll)
+  int poll_port = 0;
 };
 
 Options opt;
@@ -118,7 +120,10 @@ Options opt;
       "  -n N (fanout)          subscribers\n"
       "      --publish-url URL  fanout: http://IPV4:PORT/TARGET to POST each message to\n"
       "      --messages M       fanout: messages to publish                   [50]\n"
-      "      --rate R           fanout: publishes per second                  [10]\n");
+      "      --rate R           fanout: publishes per second                  [10]\n"
+      "      --serve-poll IP:PORT  fanout: be the legacy long-poll app instead of POSTing: listen\n"
+      "                         here and answer the gateway's held poll with each message\n"
+      "                         (stamped when the answer is written, cursor in X-Cursor)\n");
   std::exit(2);
 }
 
@@ -211,6 +216,12 @@ void parseArgs(int argc, char** argv) {
       if (colon == std::string::npos) usage("publish URL needs host:port");
       opt.pub_host = hostport.substr(0, colon);
       opt.pub_port = std::atoi(hostport.c_str() + colon + 1);
+    } else if (a == "--serve-poll") {
+      std::string hostport = next();
+      size_t colon = hostport.rfind(':');
+      if (colon == std::string::npos) usage("--serve-poll needs IPV4:PORT");
+      opt.poll_host = hostport.substr(0, colon);
+      opt.poll_port = std::atoi(hostport.c_str() + colon + 1);
     } else
       usage(("unknown option " + a).c_str());
   }
@@ -220,7 +231,8 @@ void parseArgs(int argc, char** argv) {
       opt.open_concurrency < 1 || opt.count < 0 || opt.messages < 1 || opt.rate <= 0) {
     usage("bad option value");
   }
-  if (opt.mode == Mode::Fanout && opt.pub_port == 0) usage("fanout needs --publish-url");
+  if (opt.mode == Mode::Fanout && (opt.pub_port == 0) == (opt.poll_port == 0))
+    usage("fanout needs one of --publish-url and --serve-poll");
 }
 
 // ---- Small tools ------------------------------------------------------------------------------
@@ -1176,12 +1188,147 @@ void publishOne() {
   if (rc != 0) endPub(p, uv_strerror(rc));
 }
 
+// ---- Fan-out through the long-poll bridge: loadgen is the legacy app --------------------------
+
+// With --serve-poll, messages come from a long-poll answer instead of a POST: the gateway's
+// poller (one per channel) holds a GET here; each publish tick answers it with one 16-byte
+// message stamped when the answer is written, so latency runs from the legacy app's response
+// to the subscriber. A tick that finds no poll held is answered by the next poll at once.
+struct PollConn {
+  uv_tcp_t tcp{};
+  uv_write_t write_req{};
+  std::string in, out;
+  bool held = false;  // a complete request waits for the next message
+};
+
+uv_tcp_t g_poll_server{};
+std::vector<PollConn*> g_poll_conns;
+int g_polls_due = 0;  // messages published while no poll was held
+uint64_t g_polls_seen = 0;
+bool g_fanout_wants_poll = false;  // subscribers are up; publishing waits for the first poll
+
+bool servesPolls() {
+  return opt.poll_port != 0;
+}
+
+void onPollClosed(uv_handle_t* h) {
+  auto* p = static_cast<PollConn*>(h->data);
+  g_poll_conns.erase(std::find(g_poll_conns.begin(), g_poll_conns.end(), p));
+  delete p;
+}
+
+void endPollConn(PollConn* p) {
+  if (!uv_is_closing(as<uv_handle_t>(&p->tcp))) uv_close(as<uv_handle_t>(&p->tcp), onPollClosed);
+}
+
+void answerPoll(PollConn* p) {
+  p->held = false;
+  uint64_t seq = static_cast<uint64_t>(g_published - g_polls_due);
+  char payload[16];
+  uint64_t now = uv_hrtime();
+  std::memcpy(payload, &now, 8);
+  std::memcpy(payload + 8, &seq, 8);
+  p->out =
+      "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 16\r\n"
+      "X-Cursor: " +
+      std::to_string(seq) + "\r\n\r\n";
+  p->out.append(payload, sizeof(payload));
+  p->write_req.data = p;
+  uv_buf_t b = uv_buf_init(p->out.data(), static_cast<unsigned>(p->out.size()));
+  int rc = uv_write(&p->write_req, as<uv_stream_t>(&p->tcp), &b, 1, [](uv_write_t* w, int st) {
+    ++g_pub_done;
+    if (st < 0) {
+      ++g_pub_errors;
+      logError("poll answer", uv_strerror(st));
+      endPollConn(static_cast<PollConn*>(w->data));
+    }
+    maybeFinishFanout();
+  });
+  if (rc != 0) {
+    ++g_pub_done;
+    ++g_pub_errors;
+    logError("poll answer", uv_strerror(rc));
+    endPollConn(p);
+  }
+}
+
+void onPollRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+  auto* p = static_cast<PollConn*>(s->data);
+  if (nread < 0) {
+    endPollConn(p);
+    return;
+  }
+  p->in.append(g_read_buffer, static_cast<size_t>(nread));
+  size_t end = p->in.find("\r\n\r\n");
+  if (end == std::string::npos) {
+    if (p->in.size() > 16384) endPollConn(p);  // not a poll
+    return;
+  }
+  p->in.erase(0, end + 4);  // a GET: no body
+  ++g_polls_seen;
+  p->held = true;
+  if (g_polls_due > 0) {
+    --g_polls_due;
+    answerPoll(p);
+  } else if (g_fanout_wants_poll) {
+    g_fanout_wants_poll = false;
+    startFanout();
+  }
+}
+
+void onPollConnection(uv_stream_t* server, int status) {
+  if (status < 0) return;
+  auto* p = new PollConn();
+  p->tcp.data = p;
+  uv_tcp_init(g_loop, &p->tcp);
+  g_poll_conns.push_back(p);
+  if (uv_accept(server, as<uv_stream_t>(&p->tcp)) != 0) {
+    endPollConn(p);
+    return;
+  }
+  uv_tcp_nodelay(&p->tcp, 1);
+  uv_read_start(
+      as<uv_stream_t>(&p->tcp),
+      [](uv_handle_t*, size_t, uv_buf_t* buf) {
+        *buf = uv_buf_init(g_read_buffer, sizeof(g_read_buffer));
+      },
+      onPollRead);
+}
+
+void listenForPolls() {
+  sockaddr_in addr{};
+  if (uv_ip4_addr(opt.poll_host.c_str(), opt.poll_port, &addr) != 0)
+    usage("--serve-poll needs an IPv4 address");
+  uv_tcp_init(g_loop, &g_poll_server);
+  int rc = uv_tcp_bind(&g_poll_server, as<const sockaddr>(&addr), 0);
+  if (rc == 0) rc = uv_listen(as<uv_stream_t>(&g_poll_server), 128, onPollConnection);
+  if (rc != 0) {
+    std::fprintf(stderr, "loadgen: cannot listen on %s:%d: %s\n", opt.poll_host.c_str(),
+                 opt.poll_port, uv_strerror(rc));
+    std::exit(1);
+  }
+}
+
+void publishByPoll() {
+  ++g_published;
+  for (PollConn* p : g_poll_conns) {
+    if (p->held && !uv_is_closing(as<uv_handle_t>(&p->tcp))) {
+      answerPoll(p);
+      return;
+    }
+  }
+  ++g_polls_due;
+}
+
 void onFanoutLinger(uv_timer_t*) {
   finishRun();  // stragglers had their 5 s: what has not arrived is lost
 }
 
 void onPublishTick(uv_timer_t* t) {
-  publishOne();
+  if (servesPolls())
+    publishByPoll();
+  else
+    publishOne();
   if (g_published < opt.messages) return;
   uv_timer_stop(t);
   uv_timer_start(t, onFanoutLinger, 5000, 0);
@@ -1195,6 +1342,12 @@ void startFanout() {
                static_cast<unsigned long long>(g_failed), opt.messages, opt.rate);
   if (g_established == 0) {
     finishRun();
+    return;
+  }
+  if (servesPolls() &&
+      std::none_of(g_poll_conns.begin(), g_poll_conns.end(), [](PollConn* p) { return p->held; })) {
+    std::fprintf(stderr, "[%s] fanout: waiting for the gateway's first poll\n", opt.label.c_str());
+    g_fanout_wants_poll = true;  // onPollRead starts the run
     return;
   }
   g_phase = Phase::Measure;
@@ -1219,13 +1372,15 @@ void printFanout(double secs) {
   double p50 = g_hist.quantile(0.50) / 1e3, p99 = g_hist.quantile(0.99) / 1e3,
          p999 = g_hist.quantile(0.999) / 1e3, pmax = static_cast<double>(g_hist.max()) / 1e3;
   std::printf(
-      "{\"mode\":\"fanout\",\"label\":\"%s\",\"subscribers\":%llu,\"messages\":%d,\"rate\":%.1f,"
+      "{\"mode\":\"fanout\",\"label\":\"%s\",\"source\":\"%s\",\"subscribers\":%llu,\"messages\":%"
+      "d,\"rate\":%.1f,"
       "\"duration_s\":%.3f,\"deliveries\":%llu,\"expected\":%llu,\"lost\":%llu,"
       "\"lat_p50_us\":%.1f,\"lat_p99_us\":%.1f,\"lat_p999_us\":%.1f,\"lat_max_us\":%.1f,"
       "\"publish_errors\":%llu,\"errors\":%llu,\"watched_cpu_s\":%.3f,\"cpu_us_per_delivery\":%.3f,"
       "\"foreign_share\":%.3f%s}\n",
-      opt.label.c_str(), static_cast<unsigned long long>(g_established), g_published, opt.rate,
-      secs, static_cast<unsigned long long>(g_stats.msgs),
+      opt.label.c_str(), servesPolls() ? "longpoll" : "post",
+      static_cast<unsigned long long>(g_established), g_published, opt.rate, secs,
+      static_cast<unsigned long long>(g_stats.msgs),
       static_cast<unsigned long long>(g_fan_expected), static_cast<unsigned long long>(lost), p50,
       p99, p999, pmax, static_cast<unsigned long long>(g_pub_errors),
       static_cast<unsigned long long>(g_errors), cpu, per, foreignShare(secs),
@@ -1321,6 +1476,8 @@ void finishRun() {
     if (c) closeConn(c);
   }
   for (Pub* p : std::vector<Pub*>(g_pubs)) endPub(p, nullptr);
+  for (PollConn* p : std::vector<PollConn*>(g_poll_conns)) endPollConn(p);
+  if (servesPolls()) uv_close(as<uv_handle_t>(&g_poll_server), onClosedCountdown);
   uv_close(as<uv_handle_t>(&g_phase_timer), onClosedCountdown);
   uv_close(as<uv_handle_t>(&g_sweep_timer), onClosedCountdown);
   for (auto& s : g_sig) uv_close(as<uv_handle_t>(&s), onClosedCountdown);
@@ -1354,8 +1511,12 @@ int main(int argc, char** argv) {
   g_loop = uv_default_loop();
   if (uv_ip4_addr(opt.host.c_str(), opt.port, &g_target) != 0)
     usage("target must be an IPv4 address");
-  if (opt.mode == Mode::Fanout && uv_ip4_addr(opt.pub_host.c_str(), opt.pub_port, &g_pub_addr) != 0)
+  if (opt.mode == Mode::Fanout && servesPolls()) {
+    listenForPolls();
+  } else if (opt.mode == Mode::Fanout &&
+             uv_ip4_addr(opt.pub_host.c_str(), opt.pub_port, &g_pub_addr) != 0) {
     usage("publish target must be an IPv4 address");
+  }
   in_addr base{};
   if (inet_pton(AF_INET, opt.source_base.c_str(), &base) != 1) usage("bad --source-base");
   for (int i = 0; i < opt.sources; ++i) {

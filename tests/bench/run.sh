@@ -14,7 +14,9 @@
 #            fanout (upgate, and nginx + Nchan when Debian's libnginx-mod-nchan is installed or
 #            installs): N WebSocket subscribers on one channel (1,000 and 5,000), 50 messages
 #            at 10/s published by HTTP POST; delivery latency over all subscriber x message
-#            pairs, lost deliveries, proxy CPU per delivery
+#            pairs, lost deliveries, proxy CPU per delivery. upgate also through its long-poll
+#            bridge: loadgen plays the legacy app (--serve-poll) and answers the gateway's held
+#            poll with each message; latency runs from that answer to the subscriber
 #
 # Usage: tests/bench/run.sh [--quick] [--reps N] [--duration S] [--warmup S] [--sessions N]
 #                           [--targets "direct upgate nginx haproxy"] [--upgate PATH]
@@ -213,6 +215,7 @@ start_upgate() {
   local dir=$TMP/upgate
   mkdir -p "$dir"
   rm -f "$dir/ready"
+  LEGACY_PORT=$(free_port)
   cat >"$dir/upgate.yaml" <<EOF
 workers: 1
 drain_timeout: 0
@@ -223,11 +226,21 @@ listeners:
 upstreams:
   echo:
     endpoints: [$ECHO_ADDR]
+  legacy:                       # loadgen fanout --serve-poll plays the legacy long-poll app
+    endpoints: [127.0.0.1:$LEGACY_PORT]
 routes:
   - name: fan
     match: { path_prefix: /fan/ }
     kind: channel
     channel: "{path.2}"
+  - name: longpoll
+    match: { path_prefix: /lp/ }
+    kind: longpoll
+    upstream: legacy
+    longpoll:
+      channel: "{path.2}"
+      poll: "/poll?cursor={cursor}"
+      cursor: { header: X-Cursor, initial: "0" }
   - name: echo
     kind: websocket
     upstream: echo
@@ -460,22 +473,28 @@ run_idle() {
 
 # run_fanout REP TARGET N: N subscribers on one channel, FAN_MSGS publishes at FAN_RATE/s.
 run_fanout() {
-  local rep=$1 target=$2 n=$3 url pub watch line limit
+  local rep=$1 target=$2 n=$3 url source watch line limit
   case $target in
     upgate)
       ensure_alive upgate
       url=ws://127.0.0.1:${PORT[upgate]}/fan/bench
-      pub="http://$ADMIN_ADDR/publish/bench?binary=1"
+      source=(--publish-url "http://$ADMIN_ADDR/publish/bench?binary=1")
+      watch=$(pids_of "${PID[upgate]}") ;;
+    upgate_lp)
+      # A fresh channel per run, so each run starts its own poll loop.
+      ensure_alive upgate
+      url=ws://127.0.0.1:${PORT[upgate]}/lp/r${rep}n$n
+      source=(--serve-poll "127.0.0.1:$LEGACY_PORT")
       watch=$(pids_of "${PID[upgate]}") ;;
     nginx)
       start_nchan
       url=ws://127.0.0.1:$NCHAN_PORT/fan/bench
-      pub=http://127.0.0.1:$NCHAN_PORT/pub/bench
+      source=(--publish-url "http://127.0.0.1:$NCHAN_PORT/pub/bench")
       watch=$(pids_of "$NCHAN_PID") ;;
     *) return 0 ;;
   esac
   limit=$(awk -v n="$n" -v m="$FAN_MSGS" -v r="$FAN_RATE" 'BEGIN { printf "%d", n / 200 + m / r + 60 }')
-  line=$(timeout "$limit" $PIN_CLIENT "$LOADGEN" fanout --url "$url" -n "$n" --publish-url "$pub" \
+  line=$(timeout "$limit" $PIN_CLIENT "$LOADGEN" fanout --url "$url" -n "$n" "${source[@]}" \
            --messages "$FAN_MSGS" --rate "$FAN_RATE" --label "$target" --watch "$watch" \
            2> >(sed 's/^/[bench]   /' >&2)) || log "loadgen reported errors (fanout $n, $target)"
   if [ "$target" = nginx ]; then
@@ -554,6 +573,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
     for t in "${order[@]}"; do
       [ "$t" = nginx ] && [ ! -f "$NCHAN_MODULE" ] && continue
       run_fanout "$rep" "$t" "$n"
+      [ "$t" = upgate ] && run_fanout "$rep" upgate_lp "$n"
     done
   done
   for t in "${order[@]}"; do stop_target "$t"; done
@@ -592,6 +612,11 @@ share() {  # share SCENARIO TARGET: median foreign_share as a percentage
   awk -v f="$f" 'BEGIN { if (f == "-") print "-"; else printf "%.0f%%", 100 * f }'
 }
 
+lost_sum() {  # lost_sum SCENARIO TARGET: lost deliveries summed over the reps
+  awk -v s="$1" -v t="$2" '$2 == s && $3 == t { $1 = $2 = $3 = ""; print }' "$RESULTS" |
+    while read -r line; do json_num "$line" lost; done | awk '{ s += $1 } END { print s + 0 }'
+}
+
 REPORT=$TMP/report.md
 {
   echo "Machine: $MACHINE"
@@ -614,16 +639,17 @@ REPORT=$TMP/report.md
   done
   if [ -n "$FANOUT" ]; then
     echo
-    echo "Fan-out: $FAN_MSGS messages at $FAN_RATE/s published by HTTP POST to one channel; latency from the publisher's send time to receipt, over all subscriber x message pairs (medians of the reps):"
+    echo "Fan-out: $FAN_MSGS messages at $FAN_RATE/s published by HTTP POST to one channel (long-poll bridge: each message is the legacy app's answer to the gateway's held poll); latency from the publisher's send time (bridge: the legacy app's answer) to receipt, over all subscriber x message pairs (medians of the reps):"
     echo
     echo "| target | subscribers | p50 ms | p99 ms | max ms | lost (all reps) | proxy CPU µs per delivery |"
     echo "|---|---|---|---|---|---|---|"
     for n in $FANOUT; do
-      for t in upgate nginx; do
+      for t in upgate upgate_lp nginx; do
         [ "$(med "fanout$n" "$t" deliveries)" = "-" ] && continue
-        name=$t; [ "$t" = nginx ] && name="nginx + Nchan"
-        lost=$(awk -v s="fanout$n" -v t="$t" '$2 == s && $3 == t { $1 = $2 = $3 = ""; print }' "$RESULTS" |
-               while read -r line; do json_num "$line" lost; done | awk '{ s += $1 } END { print s + 0 }')
+        name=$t
+        [ "$t" = nginx ] && name="nginx + Nchan"
+        [ "$t" = upgate_lp ] && name="upgate, long-poll bridge"
+        lost=$(lost_sum "fanout$n" "$t")
         ms() { awk -v v="$1" 'BEGIN { if (v == "-") print "-"; else printf "%.1f", v / 1000 }'; }
         echo "| $name | $(fmt "$n") | $(ms "$(med "fanout$n" "$t" lat_p50_us)") | $(ms "$(med "fanout$n" "$t" lat_p99_us)") | $(ms "$(med "fanout$n" "$t" lat_max_us)") | $lost | $(fmt "$(med "fanout$n" "$t" cpu_us_per_delivery)" 2) |"
       done
@@ -650,7 +676,9 @@ REPORT=$TMP/report.md
         -v ub="$(med echo16k upgate mb_per_s)" -v db="$d16" \
         -v uh="$(med connect upgate handshakes_per_s)" -v nh="$(med connect nginx handshakes_per_s)" -v hh="$(med connect haproxy handshakes_per_s)" \
         -v ui="$(med idle upgate kib_per_session)" \
-        -v fp="$(med fanout5000 upgate lat_p99_us)" -v fc="$(med fanout5000 upgate cpu_us_per_delivery)" '
+        -v fp="$(med fanout5000 upgate lat_p99_us)" -v fc="$(med fanout5000 upgate cpu_us_per_delivery)" \
+        -v fl="$(lost_sum fanout5000 upgate)" -v lp="$(med fanout5000 upgate_lp lat_p99_us)" \
+        -v lc="$(med fanout5000 upgate_lp cpu_us_per_delivery)" -v ll="$(lost_sum fanout5000 upgate_lp)" '
       function ok(c) { return c ? "met" : "MISSED" }
       function best(a, b) { if (a == "-") return b; if (b == "-") return a; return a > b ? a : b }
       function least(a, b) { if (a == "-") return b; if (b == "-") return a; return a < b ? a : b }
@@ -661,7 +689,8 @@ REPORT=$TMP/report.md
         if (ub != "-" && db != "-") printf "- 16 KiB >= 0.80 x direct (%.0f MB/s): %.0f MB/s = %.2f x direct, %s\n", 0.8 * db, ub, ub / db, ok(ub >= 0.8 * db)
         if (uh != "-" && bh != "-") printf "- handshakes/s >= best anchor (%.0f): %.0f, %s\n", bh, uh, ok(uh >= bh)
         if (ui != "-") printf "- idle plain session <= 2 KiB: %.2f KiB, %s\n", ui, ok(ui <= 2)
-        if (fp != "-") printf "- fan-out, 5,000 subscribers: p99 <= 25 ms: %.1f ms, %s; CPU per delivery <= 5 us: %.2f us, %s\n", fp / 1000, ok(fp <= 25000), fc, ok(fc <= 5)
+        if (fp != "-") printf "- fan-out, 5,000 subscribers: p99 <= 25 ms: %.1f ms, %s; CPU per delivery <= 5 us: %.2f us, %s; 0 lost: %d, %s\n", fp / 1000, ok(fp <= 25000), fc, ok(fc <= 5), fl, ok(fl == 0)
+        if (lp != "-") printf "- the same through the long-poll bridge: p99 %.1f ms, %s; %.2f us per delivery, %s; %d lost, %s\n", lp / 1000, ok(lp <= 25000), lc, ok(lc <= 5), ll, ok(ll == 0)
       }'
   fi
 } >"$REPORT"
