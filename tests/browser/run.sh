@@ -99,19 +99,16 @@ missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
-if [[ ${#missing[@]} -gt 0 ]]; then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "[browser] SKIP: missing ${missing[*]} (run as root to install them with apt)"
-    trap - EXIT
-    rm -rf "$work"
-    exit 77
-  fi
-  log "installing with apt: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 300 apt-get update -qq || fail "apt-get update"
-  timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || fail "apt-get install ${missing[*]}"
+# shellcheck source=../support/apt_deps.sh
+source "$repo/tests/support/apt_deps.sh"
+apt_rc=0
+apt_deps browser "${missing[@]+"${missing[@]}"}" || apt_rc=$?
+if ((apt_rc == 77)); then
+  trap - EXIT
+  rm -rf "$work"
+  exit 77
 fi
+((apt_rc == 0)) || fail "could not install ${missing[*]}"
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 ((node_major >= 18)) || fail "node $(node --version) is too old for playwright-core (>= 18)"
 

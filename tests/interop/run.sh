@@ -25,17 +25,12 @@ missing=()
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 { [[ -x $py ]] && "$py" -c 'import websockets' 2>/dev/null; } || missing+=(python3-websockets)
-if [[ ${#missing[@]} -gt 0 ]]; then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "[interop] SKIP: missing ${missing[*]} (run as root to install them with apt)"
-    exit 77
-  fi
-  log "installing with apt: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 300 apt-get update -qq || fail "apt-get update"
-  timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || fail "apt-get install ${missing[*]}"
-fi
+# shellcheck source=../support/apt_deps.sh
+source "$repo/tests/support/apt_deps.sh"
+apt_rc=0
+apt_deps interop "${missing[@]+"${missing[@]}"}" || apt_rc=$?
+((apt_rc != 77)) || exit 77
+((apt_rc == 0)) || fail "could not install ${missing[*]}"
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 ((node_major >= 18)) || fail "node $(node --version) is too old (>= 18)"
 
