@@ -5,57 +5,12 @@
 #include <vector>
 
 #include "config/config.h"
+#include "loader_test_util.h"
 
 namespace upgate {
 namespace {
 
-const std::string kFixtures = std::string(UPGATE_TEST_FIXTURES) + "/config/";
-
-// A valid config to which tests append the section under test.
-const std::string kBase =
-    "listeners:\n"
-    "  - name: public\n"
-    "    address: 127.0.0.1:8080\n"
-    "upstreams:\n"
-    "  chat:\n"
-    "    endpoints: [127.0.0.1:9001]\n";
-
-std::vector<ConfigError> errorsOfFile(const std::string& path) {
-  try {
-    loadConfigFile(path);
-  } catch (const ConfigErrors& e) {
-    return e.errors;
-  }
-  FAIL("expected ConfigErrors from " << path);
-  return {};
-}
-
-std::vector<ConfigError> errorsOf(const std::string& yaml) {
-  try {
-    loadConfigString(yaml, "t.yaml");
-  } catch (const ConfigErrors& e) {
-    return e.errors;
-  }
-  FAIL("expected ConfigErrors for:\n" << yaml);
-  return {};
-}
-
-// The single error `yaml` produces, as text.
-std::string oneError(const std::string& yaml) {
-  auto errs = errorsOf(yaml);
-  INFO(yaml);
-  REQUIRE(errs.size() == 1);
-  return errs[0].text();
-}
-
-void checkError(const ConfigError& e, const std::string& file, int line, int column,
-                const std::string& path, const std::string& message) {
-  CHECK(e.file == file);
-  CHECK(e.line == line);
-  CHECK(e.column == column);
-  CHECK(e.path == path);
-  CHECK(e.message == message);
-}
+using namespace test;
 
 TEST_CASE("loader: ConfigError::text formats the location", "[config]") {
   ConfigError e{"conf/x.yaml", 12, 7, "routes[0].upstream", "unknown upstream \"chta\""};

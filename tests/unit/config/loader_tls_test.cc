@@ -11,11 +11,13 @@
 
 #include "config/config.h"
 #include "config/loader.h"
+#include "loader_test_util.h"
 
 namespace upgate {
 namespace {
 
-const std::string kFixtures = std::string(UPGATE_TEST_FIXTURES) + "/config/";
+using namespace test;
+
 const std::string kPem = kFixtures + "certs/server.pem";
 const std::string kKey = kFixtures + "certs/server.key";
 const std::string kCa = kFixtures + "certs/ca.pem";
@@ -37,51 +39,6 @@ std::string upstreamTls(const std::string& body) {
          "    endpoints: [127.0.0.1:9443]\n"
          "    tls:\n" +
          body;
-}
-
-std::vector<ConfigError> errorsOfFile(const std::string& path) {
-  try {
-    loadConfigFile(path);
-  } catch (const ConfigErrors& e) {
-    return e.errors;
-  }
-  FAIL("expected ConfigErrors from " << path);
-  return {};
-}
-
-std::vector<ConfigError> errorsOf(const std::string& yaml) {
-  try {
-    loadConfigString(yaml, "t.yaml");
-  } catch (const ConfigErrors& e) {
-    return e.errors;
-  }
-  FAIL("expected ConfigErrors for:\n" << yaml);
-  return {};
-}
-
-std::string oneError(const std::string& yaml) {
-  auto errs = errorsOf(yaml);
-  INFO(yaml);
-  REQUIRE(errs.size() == 1);
-  return errs[0].text();
-}
-
-std::shared_ptr<const Config> load(const std::string& yaml) {
-  try {
-    return loadConfigString(yaml, "t.yaml");
-  } catch (const ConfigErrors& e) {
-    FAIL(e.what());
-  }
-  return nullptr;
-}
-
-void checkError(const ConfigError& e, const std::string& file, int line, int column,
-                const std::string& path, const std::string& message) {
-  CHECK(e.file == file);
-  CHECK(e.line == line);
-  CHECK(e.column == column);
-  CHECK(e.path == path);
-  CHECK(e.message == message);
 }
 
 std::string readAll(const std::string& path) {

@@ -14,27 +14,12 @@
 
 #include "config/config.h"
 #include "config/loader.h"
+#include "loader_test_util.h"
 
 namespace upgate {
 namespace {
 
-const std::string kBase =
-    "listeners:\n"
-    "  - name: public\n"
-    "    address: 127.0.0.1:8080\n"
-    "upstreams:\n"
-    "  chat:\n"
-    "    endpoints: [127.0.0.1:9001]\n";
-
-std::vector<ConfigError> errorsOf(const std::string& yaml) {
-  try {
-    loadConfigString(yaml, "t.yaml");
-  } catch (const ConfigErrors& e) {
-    return e.errors;
-  }
-  FAIL("expected ConfigErrors for:\n" << yaml);
-  return {};
-}
+using namespace test;
 
 TEST_CASE("config plugins: global and per-route lists keep their order", "[config]") {
   auto cfg = loadConfigString(kBase +
