@@ -27,15 +27,7 @@ constexpr size_t kMaxHead = 512;
 constexpr size_t kMaxHeaders = 8;
 
 const char* name(ParseResult r) {
-  switch (r) {
-    case ParseResult::NeedMore:
-      return "NeedMore";
-    case ParseResult::Complete:
-      return "Complete";
-    case ParseResult::Error:
-      return "Error";
-  }
-  return "?";
+  return fuzz_http::resultName(r);
 }
 
 struct Outcome {
@@ -121,17 +113,9 @@ Outcome feedSplit(const uint8_t* in, size_t n, size_t split) {
 }
 
 bool sameHead(const RequestHead& a, const RequestHead& b) {
-  if (a.method != b.method || a.target != b.target || a.path != b.path || a.query != b.query ||
-      a.http_major != b.http_major || a.http_minor != b.http_minor || a.upgrade != b.upgrade ||
-      a.headers.size() != b.headers.size()) {
-    return false;
-  }
-  for (size_t i = 0; i < a.headers.size(); ++i) {
-    if (a.headers[i].name != b.headers[i].name || a.headers[i].value != b.headers[i].value) {
-      return false;
-    }
-  }
-  return true;
+  return a.method == b.method && a.target == b.target && a.path == b.path && a.query == b.query &&
+         a.http_major == b.http_major && a.http_minor == b.http_minor && a.upgrade == b.upgrade &&
+         fuzz_http::sameFields(a.headers, b.headers);
 }
 
 void checkCompleteHead(const Outcome& o) {

@@ -30,15 +30,7 @@ constexpr size_t kMaxHead = 512;
 constexpr size_t kMaxBody = 256;
 
 const char* name(ParseResult r) {
-  switch (r) {
-    case ParseResult::NeedMore:
-      return "NeedMore";
-    case ParseResult::Complete:
-      return "Complete";
-    case ParseResult::Error:
-      return "Error";
-  }
-  return "?";
+  return fuzz_http::resultName(r);
 }
 
 struct Outcome {
@@ -133,16 +125,8 @@ Outcome feedSplit(const uint8_t* in, size_t n, size_t split) {
 }
 
 bool sameHead(const ResponseHead& a, const ResponseHead& b) {
-  if (a.status != b.status || a.reason != b.reason || a.http_major != b.http_major ||
-      a.http_minor != b.http_minor || a.headers.size() != b.headers.size()) {
-    return false;
-  }
-  for (size_t i = 0; i < a.headers.size(); ++i) {
-    if (a.headers[i].name != b.headers[i].name || a.headers[i].value != b.headers[i].value) {
-      return false;
-    }
-  }
-  return true;
+  return a.status == b.status && a.reason == b.reason && a.http_major == b.http_major &&
+         a.http_minor == b.http_minor && fuzz_http::sameFields(a.headers, b.headers);
 }
 
 void checkComplete(const Outcome& o, size_t n) {

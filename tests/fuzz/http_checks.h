@@ -74,4 +74,32 @@ inline std::string shown(std::string_view s, size_t max = 60) {
   return out;
 }
 
+// The name of a parser result (upgate::ParseResult), for messages.
+template <class Result>
+const char* resultName(Result r) {
+  switch (r) {
+    case Result::NeedMore:
+      return "NeedMore";
+    case Result::Complete:
+      return "Complete";
+    case Result::Error:
+      return "Error";
+  }
+  return "?";
+}
+
+// Two header lists with the same fields, names and values, in the same order.
+template <class Headers>
+bool sameFields(const Headers& a, const Headers& b) {
+  if (a.size() != b.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].name != b[i].name || a[i].value != b[i].value) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace fuzz_http
