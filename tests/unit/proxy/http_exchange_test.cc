@@ -13,6 +13,7 @@
 #include "http/request_parser.h"
 #include "net/tcp_stream.h"
 #include "proxy/upstream_pool.h"
+#include "python_peer.h"
 #include "test_origin.h"
 #include "tls/tls_context.h"
 
@@ -21,6 +22,7 @@ using namespace upgate;
 namespace {
 
 using namespace upgate::test_origin;
+using upgate::test::PythonPeer;
 
 // ---- A TLS origin: Python's http.server behind ssl, in a child process --------------------------
 
@@ -54,70 +56,6 @@ server.socket = ctx.wrap_socket(server.socket, server_side=True)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 )PY";
-
-struct TlsOrigin {
-  uv_process_t process{};
-  uv_pipe_t out{};
-  char buffer[256];
-  std::string output;
-  uint16_t port = 0;
-  bool exited = false, process_closed = false, pipe_closed = false;
-
-  void start(uv_loop_t* loop) {
-    static const std::string cert = std::string(UPGATE_TEST_FIXTURES) + "/config/certs/server.pem";
-    static const std::string key = std::string(UPGATE_TEST_FIXTURES) + "/config/certs/server.key";
-    REQUIRE(uv_pipe_init(loop, &out, 0) == 0);
-    out.data = this;
-    process.data = this;
-    char* args[] = {const_cast<char*>("python3"),   const_cast<char*>("-c"),
-                    const_cast<char*>(kTlsOrigin),  const_cast<char*>(cert.c_str()),
-                    const_cast<char*>(key.c_str()), nullptr};
-    uv_stdio_container_t stdio[3];
-    stdio[0].flags = UV_IGNORE;
-    stdio[1].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-    stdio[1].data.stream = asStream(&out);
-    stdio[2].flags = UV_INHERIT_FD;
-    stdio[2].data.fd = 2;
-    uv_process_options_t options{};
-    options.file = "/usr/bin/python3";
-    options.args = args;
-    options.stdio = stdio;
-    options.stdio_count = 3;
-    options.exit_cb = [](uv_process_t* p, int64_t, int) {
-      static_cast<TlsOrigin*>(p->data)->exited = true;
-      uv_close(asHandle(p),
-               [](uv_handle_t* h) { static_cast<TlsOrigin*>(h->data)->process_closed = true; });
-    };
-    REQUIRE(uv_spawn(loop, &process, &options) == 0);
-    uv_read_start(
-        asStream(&out),
-        [](uv_handle_t* h, size_t, uv_buf_t* buf) {
-          auto* self = static_cast<TlsOrigin*>(h->data);
-          *buf = uv_buf_init(self->buffer, sizeof(self->buffer));
-        },
-        [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
-          auto* self = static_cast<TlsOrigin*>(s->data);
-          if (n < 0) {
-            uv_read_stop(s);
-            return;
-          }
-          self->output.append(buf->base, static_cast<size_t>(n));
-          const size_t nl = self->output.find('\n');
-          if (nl != std::string::npos && self->port == 0) {
-            self->port = static_cast<uint16_t>(std::stoi(self->output.substr(0, nl)));
-          }
-        });
-  }
-
-  void stop() {
-    if (!exited) uv_process_kill(&process, SIGTERM);
-    if (!uv_is_closing(asHandle(&out))) {
-      uv_close(asHandle(&out),
-               [](uv_handle_t* h) { static_cast<TlsOrigin*>(h->data)->pipe_closed = true; });
-    }
-  }
-  bool stopped() const { return process_closed && pipe_closed; }
-};
 
 std::string okResponse(const std::string& body, const std::string& extra = "") {
   return "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" + extra +
@@ -264,7 +202,7 @@ struct Harness {
   UpstreamConfig upstream;
   ForwardInfo forward;
   std::vector<std::unique_ptr<Origin>> origins;
-  std::vector<std::unique_ptr<TlsOrigin>> tls_origins;
+  std::vector<std::unique_ptr<PythonPeer>> tls_origins;
   std::shared_ptr<const TlsContext> tls;  // for exchanges started by send()
   std::vector<std::unique_ptr<FakeClient>> clients;
   uv_tcp_t refused{};  // bound, never listening: connections to it are refused
@@ -304,10 +242,11 @@ struct Harness {
     return *origins.back();
   }
 
-  TlsOrigin* tlsOrigin() {
-    tls_origins.push_back(std::make_unique<TlsOrigin>());
-    TlsOrigin* o = tls_origins.back().get();
-    o->start(&loop);
+  PythonPeer* tlsOrigin() {
+    tls_origins.push_back(std::make_unique<PythonPeer>());
+    PythonPeer* o = tls_origins.back().get();
+    static const std::string dir = std::string(UPGATE_TEST_FIXTURES) + "/config/certs/";
+    o->start(&loop, kTlsOrigin, {dir + "server.pem", dir + "server.key"});
     return runUntil([&] { return o->port != 0 || o->exited; }) && o->port != 0 ? o : nullptr;
   }
 
@@ -1042,7 +981,7 @@ TEST_CASE("http_exchange: the client goes away", "[proxy]") {
 
 TEST_CASE("http_exchange: a TLS upstream, pooled, with a body under backpressure", "[proxy]") {
   Harness h;
-  TlsOrigin* o = h.tlsOrigin();
+  PythonPeer* o = h.tlsOrigin();
   REQUIRE(o != nullptr);
   UpstreamTlsConfig tls_cfg;
   tls_cfg.ca = std::string(UPGATE_TEST_FIXTURES) + "/config/certs/ca.pem";
