@@ -223,6 +223,9 @@ struct Config {
   std::string source;    // file name the config came from ("<built-in>" for the default)
   unsigned workers = 0;  // 0 = number of CPUs
   Millis drain_timeout{10000};
+  // Drain: the 1001 closes go out spread evenly over this window (at most half of
+  // drain_timeout), so clients do not all reconnect in the same instant.
+  Millis drain_spread{2000};
   std::vector<ListenerConfig> listeners;
   std::map<std::string, UpstreamConfig> upstreams;
   std::vector<RouteConfig> routes;  // first match wins

@@ -420,8 +420,8 @@ class Loader {
   void loadRoot(const Field& root) {
     Config& c = *cfg_;
     fields(root,
-           {"workers", "drain_timeout", "listeners", "upstreams", "routes", "limits", "timeouts",
-            "log", "admin", "plugins"},
+           {"workers", "drain_timeout", "drain_spread", "listeners", "upstreams", "routes",
+            "limits", "timeouts", "log", "admin", "plugins"},
            {"listeners"}, [&](const std::string& key, const Field& f) {
              if (key == "workers") {
                int64_t v = 0;
@@ -429,6 +429,8 @@ class Loader {
                  c.workers = static_cast<unsigned>(v);
              } else if (key == "drain_timeout") {
                readDuration(f, c.drain_timeout);
+             } else if (key == "drain_spread") {
+               readDuration(f, c.drain_spread);
              } else if (key == "listeners") {
                items(f, [&](const Field& item) {
                  c.listeners.emplace_back();

@@ -147,6 +147,7 @@ class Validator {
             rangeMessage(0, config_range::kMaxWorkers, c_.workers) + " (0 = one per CPU)");
     }
     checkNonNegative("drain_timeout", c_.drain_timeout);
+    checkNonNegative("drain_spread", c_.drain_spread);
   }
 
   void checkListeners() {

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "bridge/poller.h"
 #include "bridge/subscription.h"
 #include "core/handle.h"
@@ -12,6 +14,12 @@
 #include "proxy/upstream_pool.h"
 
 namespace upgate {
+namespace {
+
+// How often a spread drain tells the next share of sessions.
+constexpr uint64_t kSpreadTick = 10;  // ms
+
+}  // namespace
 
 Worker::Worker(unsigned index, std::shared_ptr<const Config> config,
                std::shared_ptr<const TlsBundle> tls, std::shared_ptr<const PluginSet> plugins,
@@ -49,7 +57,8 @@ void Worker::run(std::promise<int> ready) {
   uv_async_init(&loop_, &async_, onAsync);
   async_.data = this;
   uv_timer_init(&loop_, &drain_timer_);
-  drain_timer_.data = this;
+  uv_timer_init(&loop_, &spread_timer_);
+  drain_timer_.data = spread_timer_.data = this;
   http_client_ = std::make_unique<HttpClient>(&loop_);
   upstream_pool_ = std::make_unique<UpstreamPool>(&loop_);
   http_client_open_ = true;
@@ -193,6 +202,7 @@ void Worker::forgetPoller(const std::string& channel) {
 }
 
 void Worker::removeSession(Session* s) {
+  if (drain_next_ == s) drain_next_ = s->next;
   if (s->prev) s->prev->next = s->next;
   if (s->next) s->next->prev = s->prev;
   if (sessions_ == s) sessions_ = s->next;
@@ -214,10 +224,42 @@ void Worker::beginDrain() {
       maybeStop();
     });
   }
-  for (Session* s = sessions_; s != nullptr; s = s->next) s->drain();
   uv_timer_start(&drain_timer_, onDrainTimer, static_cast<uint64_t>(config_->drain_timeout.count()),
                  0);
+  // Sessions are told in list order, evenly over the window: the share due is proportional to
+  // the time gone, checked every tick, so a burst of reconnects is spread the same way.
+  drain_next_ = sessions_;
+  drain_total_ = session_count_;
+  drain_start_ = uv_now(&loop_);
+  drain_window_ =
+      static_cast<uint64_t>(std::min(config_->drain_spread, config_->drain_timeout / 2).count());
+  drainDue();
+  if (drain_next_ != nullptr)
+    uv_timer_start(&spread_timer_, onSpreadTimer, kSpreadTick, kSpreadTick);
   maybeStop();
+}
+
+void Worker::drainDue() {
+  const uint64_t gone = uv_now(&loop_) - drain_start_;
+  const size_t due = gone >= drain_window_
+                         ? drain_total_
+                         : static_cast<size_t>(static_cast<double>(drain_total_) *
+                                               static_cast<double>(gone + kSpreadTick) /
+                                               static_cast<double>(drain_window_));
+  while (drain_next_ != nullptr && drain_told_ < due) {
+    Session* s = drain_next_;
+    drain_next_ = s->next;  // before drain(), which may end s
+    ++drain_told_;
+    s->drain();
+  }
+  if (drain_next_ == nullptr || drain_told_ >= drain_total_) {
+    drain_next_ = nullptr;
+    uv_timer_stop(&spread_timer_);
+  }
+}
+
+void Worker::onSpreadTimer(uv_timer_t* t) noexcept {
+  ownerOf<Worker>(t)->drainDue();
 }
 
 void Worker::onDrainTimer(uv_timer_t* t) noexcept {
@@ -233,6 +275,7 @@ void Worker::maybeStop() {
   for (auto& [channel, p] : pollers_) p->destroy();
   pollers_.clear();
   uv_close(asHandle(&drain_timer_), nullptr);
+  uv_close(asHandle(&spread_timer_), nullptr);
   // Pooled connections close asynchronously; the inbox goes last, once they all have.
   upstream_pool_->close([this] {
     http_client_->close([this] {

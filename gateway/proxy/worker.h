@@ -83,10 +83,12 @@ class Worker {
  private:
   static void onAsync(uv_async_t* a) noexcept;
   static void onDrainTimer(uv_timer_t* t) noexcept;
+  static void onSpreadTimer(uv_timer_t* t) noexcept;
 
   void run(std::promise<int> ready);
   void accept(Listener& listener, uv_stream_t* server);
   void beginDrain();
+  void drainDue();
   void maybeStop();
 
   const unsigned index_;
@@ -106,6 +108,7 @@ class Worker {
   uv_loop_t loop_{};
   uv_async_t async_{};
   uv_timer_t drain_timer_{};
+  uv_timer_t spread_timer_{};  // drain_spread: tells the next share of sessions every tick
   std::unique_ptr<LoopContext> loop_ctx_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   size_t listeners_open_ = 0;
@@ -118,6 +121,11 @@ class Worker {
   size_t session_count_ = 0;
   uint64_t next_id_ = 0;
   bool draining_ = false;
+  // Drain spread: sessions_ at the start of the drain are told in list order, `drain_told_` of
+  // `drain_total_` so far; drain_next_ is the next one (removeSession moves it on).
+  Session* drain_next_ = nullptr;
+  size_t drain_total_ = 0, drain_told_ = 0;
+  uint64_t drain_start_ = 0, drain_window_ = 0;  // ms, loop time
   bool stopping_ = false;
   std::unordered_map<const UpstreamConfig*, size_t> round_robin_;
 };

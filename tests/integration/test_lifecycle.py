@@ -2,6 +2,7 @@
 timeout, and SIGTERM with sessions open."""
 
 import asyncio
+import select
 import signal
 import socket
 import threading
@@ -335,6 +336,59 @@ class ShutdownTest(GatewayTestCase):
         for c in clients:
             self.assertIn(harness.hostport(c.local), logged,
                           "a session closed by the drain has no access-log line")
+
+    def drain_arrivals(self, n, spread):
+        """Opens n echo sessions, SIGTERMs upgate (drain_timeout 4s, drain_spread `spread`) and
+        returns when each client got its close frame, in seconds after the signal; every client
+        answers its close, and upgate must exit 0."""
+        echo = self.start_peer(EchoUpstream())
+        gw = self.start_gateway(harness.make_config(
+            upstreams={"chat": {"endpoints": [echo.addr]}},
+            routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "chat"}],
+            workers=1, drain_timeout="4s", drain_spread=spread))
+        by_sock = {}
+        for i in range(n):
+            c = RawClient(gw.addr())
+            self.addCleanup(c.close)
+            c.handshake("/chat/spread%d" % i)
+            by_sock[c.sock] = c
+        started = time.monotonic()
+        gw.signal(signal.SIGTERM)
+        arrivals, codes = [], set()
+        pending = set(by_sock)
+        while pending and time.monotonic() < started + 4.0:
+            ready, _, _ = select.select(list(pending), [], [], 0.1)
+            for sock in ready:
+                c = by_sock[sock]
+                data = sock.recv(65536)
+                self.assertTrue(data, "a client saw EOF before its close frame")
+                c.frames.feed(data)
+                frame = c.frames.next_frame()
+                if frame is None:
+                    continue
+                self.assertEqual(frame[1], harness.OP_CLOSE)
+                arrivals.append(time.monotonic() - started)
+                codes.add(int.from_bytes(frame[2][:2], "big"))
+                c.send_frame(harness.OP_CLOSE, frame[2][:2])
+                pending.discard(sock)
+        self.assertFalse(pending, "%d of %d clients got no close frame" % (len(pending), n))
+        self.assertEqual(codes, {1001})
+        self.assertEqual(gw.proc.wait(DRAIN_TIMEOUT + SHUTDOWN_MARGIN), 0)
+        return sorted(arrivals)
+
+    def test_drain_spreads_the_closes(self):
+        arrivals = self.drain_arrivals(40, "1s")
+        print("\n1001 arrivals with drain_spread 1s: first %.3fs, median %.3fs, last %.3fs"
+              % (arrivals[0], arrivals[20], arrivals[-1]))
+        self.assertLess(arrivals[0], 0.3, "the first share goes out at once")
+        self.assertGreater(arrivals[-1], 0.6, "the last closes wait for the end of the window")
+        self.assertLess(arrivals[-1], 2.0)
+        early = sum(1 for t in arrivals if t < 0.5)
+        self.assertTrue(8 <= early <= 32, "%d of 40 closes in the first half of the window" % early)
+
+    def test_drain_spread_zero_closes_at_once(self):
+        arrivals = self.drain_arrivals(20, 0)
+        self.assertLess(arrivals[-1], 0.5, "drain_spread 0: every close goes out at once")
 
     def test_sigint_exits_zero(self):
         echo = self.start_peer(EchoUpstream())

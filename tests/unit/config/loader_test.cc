@@ -38,6 +38,7 @@ TEST_CASE("loader: good fixture loads every key", "[config]") {
   CHECK(c->source == path);
   CHECK(c->workers == 3);
   CHECK(c->drain_timeout == Millis(1500));
+  CHECK(c->drain_spread == Millis(250));
 
   REQUIRE(c->listeners.size() == 2);
   CHECK(c->listeners[0].name == "public");
@@ -104,6 +105,8 @@ TEST_CASE("loader: absent keys take the documented defaults", "[config]") {
   CHECK(c->source == "mem");
   CHECK(c->workers == 0);
   CHECK(c->drain_timeout == d.drain_timeout);
+  CHECK(d.drain_spread == Millis(2000));
+  CHECK(c->drain_spread == d.drain_spread);
   CHECK(c->upstreams.empty());
   CHECK(c->routes.empty());
   CHECK(c->listeners[0].backlog == 511);
@@ -210,8 +213,8 @@ TEST_CASE("loader: unknown key names its path", "[config]") {
 
   SECTION("at the top level") {
     CHECK(oneError(kBase + "worker: 2\n") ==
-          "t.yaml:7:1: worker: unknown key (expected one of: workers, drain_timeout, listeners, "
-          "upstreams, routes, limits, timeouts, log, admin, plugins)");
+          "t.yaml:7:1: worker: unknown key (expected one of: workers, drain_timeout, "
+          "drain_spread, listeners, upstreams, routes, limits, timeouts, log, admin, plugins)");
   }
   SECTION("in an upstream") {
     CHECK(oneError(kBase + "    timeout: 5s\n") ==
@@ -280,6 +283,13 @@ TEST_CASE("loader: bad duration is an error", "[config]") {
              "invalid duration \"10\": a unit is required (ms, s, m or h), e.g. 10s");
   checkError(errs[1], path, 6, 9, "timeouts.idle",
              "invalid duration \"5 minutes\" (expected e.g. 250ms, 10s, 1.5s, 2m, 1h or 0)");
+}
+
+TEST_CASE("loader: drain_spread takes a duration", "[config]") {
+  CHECK(load(kBase + "drain_spread: 0\n")->drain_spread == Millis(0));
+  CHECK(oneError(kBase + "drain_spread: soon\n") ==
+        "t.yaml:7:15: drain_spread: invalid duration \"soon\" (expected e.g. 250ms, 10s, 1.5s, "
+        "2m, 1h or 0)");
 }
 
 TEST_CASE("loader: bad size is an error", "[config]") {
