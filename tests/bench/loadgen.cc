@@ -711,7 +711,9 @@ bool onControl(Conn* c) {
   return true;
 }
 
-bool onFrames(Conn* c, const char* data, size_t len) {
+// Always inlined, as it was into onRead before wss:// gave it a second caller: the ws:// read
+// path stays one function.
+__attribute__((always_inline)) inline bool onFrames(Conn* c, const char* data, size_t len) {
   while (len > 0) {
     if (!c->in_payload) {
       size_t need = 2;
@@ -897,8 +899,8 @@ void onPeerEnd(Conn* c, ssize_t nread) {
 }
 
 // Received plaintext: the 101 head while in Handshake, then frames. False when the connection
-// was closed.
-bool onPlaintext(Conn* c, const char* data, size_t len) {
+// was closed. Inlined for the same reason as onFrames.
+__attribute__((always_inline)) inline bool onPlaintext(Conn* c, const char* data, size_t len) {
   if (c->st == ConnState::Handshake) {
     long used = onHandshakeData(c, data, len);
     if (used < 0) return false;
