@@ -26,6 +26,13 @@
 //            deliveries lost (expected N x M minus received) and, with --watch, the gateway's
 //            CPU time per delivery. Waits up to 5 s after the last publish for stragglers.
 //
+// TLS: echo, connect and idle also take wss:// URLs. The client runs OpenSSL over two memory
+// BIOs on the same libuv connections: TLS 1.3 only unless --tls12, SNI "localhost" (--sni), and
+// the server certificate is verified only with --ca FILE (a loopback benchmark needs no trust;
+// the human line says which). One SSL_CTX per process, no session is ever offered for
+// resumption, so every connect-mode cycle is fresh TCP + full TLS handshake + upgrade + close.
+// fanout stays ws://.
+//
 // Output: one JSON line per run on stdout, one human-readable line on stderr.
 // --watch PID[,PID...] adds the utime+stime those processes spent in the measured window, and
 // that CPU time per echoed message (or per handshake); --watch-echo does the same for the
@@ -35,8 +42,11 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -92,6 +102,10 @@ struct Options {
   std::string pub_target;  // fanout: request target of the POST
   std::string poll_host;   // fanout: serve the gateway's long-polls here (--serve-poll)
   int poll_port = 0;
+  bool tls = false;        // wss:// URL
+  std::string sni = "localhost";
+  std::string ca;  // verify the server against this PEM bundle ("" = no verification)
+  int tls_min = TLS1_3_VERSION;
 };
 
 Options opt;
@@ -100,7 +114,8 @@ Options opt;
   if (why) std::fprintf(stderr, "loadgen: %s\n", why);
   std::fprintf(
       stderr,
-      "usage: loadgen echo|connect|idle|fanout --url ws://IPV4:PORT/PATH [options]\n"
+      "usage: loadgen echo|connect|idle|fanout --url ws[s]://IPV4:PORT/PATH [options]\n"
+      "  (wss:// in echo, connect and idle modes; fanout is ws:// only)\n"
       "  -c, --connections C    echo/connect: connections (slots)            [100]\n"
       "  -d, --depth D          echo: messages in flight per connection       [1]\n"
       "  -s, --size S           echo: payload bytes per message (>= 8)        [64]\n"
@@ -123,7 +138,11 @@ Options opt;
       "      --rate R           fanout: publishes per second                  [10]\n"
       "      --serve-poll IP:PORT  fanout: be the legacy long-poll app instead of POSTing: listen\n"
       "                         here and answer the gateway's held poll with each message\n"
-      "                         (stamped when the answer is written, cursor in X-Cursor)\n");
+      "                         (stamped when the answer is written, cursor in X-Cursor)\n"
+      "      --sni NAME         wss: server name sent in the ClientHello      [localhost]\n"
+      "      --ca FILE          wss: verify the server's certificate (chain and --sni name)\n"
+      "                         against this PEM bundle; without it nothing is verified\n"
+      "      --tls12            wss: also offer TLS 1.2 (default: TLS 1.3 only)\n");
   std::exit(2);
 }
 
@@ -159,8 +178,9 @@ void parseArgs(int argc, char** argv) {
     };
     if (a == "--url") {
       std::string u = next();
-      if (u.compare(0, 5, "ws://") != 0) usage("only ws:// URLs");
-      std::string rest = u.substr(5);
+      opt.tls = u.compare(0, 6, "wss://") == 0;
+      if (!opt.tls && u.compare(0, 5, "ws://") != 0) usage("only ws:// and wss:// URLs");
+      std::string rest = u.substr(opt.tls ? 6 : 5);
       size_t slash = rest.find('/');
       std::string hostport = rest.substr(0, slash);
       opt.path = slash == std::string::npos ? "/" : rest.substr(slash);
@@ -201,6 +221,12 @@ void parseArgs(int argc, char** argv) {
       opt.conn_timeout = std::atof(next().c_str());
     else if (a == "--count")
       opt.count = std::atol(next().c_str());
+    else if (a == "--sni")
+      opt.sni = next();
+    else if (a == "--ca")
+      opt.ca = next();
+    else if (a == "--tls12")
+      opt.tls_min = TLS1_2_VERSION;
     else if (a == "--messages")
       opt.messages = std::atoi(next().c_str());
     else if (a == "--rate")
@@ -233,6 +259,7 @@ void parseArgs(int argc, char** argv) {
   }
   if (opt.mode == Mode::Fanout && (opt.pub_port == 0) == (opt.poll_port == 0))
     usage("fanout needs one of --publish-url and --serve-poll");
+  if (opt.mode == Mode::Fanout && opt.tls) usage("fanout speaks ws:// only");
 }
 
 // ---- Small tools ------------------------------------------------------------------------------
@@ -473,6 +500,7 @@ struct Conn {
   std::vector<char> out;
   size_t queued = 0;
   int in_flight = 0;
+  SSL* ssl = nullptr;  // wss: owns both memory BIOs; null on ws:// connections
 };
 
 std::vector<Conn*> g_conns;  // echo/idle: every connection; connect: one per slot (or null)
@@ -490,6 +518,7 @@ void logError(const char* what, const std::string& detail) {
 }
 
 void finishRun();
+void tlsSend(Conn* c);
 void fanoutDelivered(Conn* c, uint64_t latency_ns);
 void startFanout();
 void startConnection(size_t slot);
@@ -502,6 +531,7 @@ void onClosed(uv_handle_t* h) {
   bool replace = opt.mode == Mode::Connect && g_phase != Phase::Done;
   if (opt.count > 0 && g_started >= opt.count) replace = false;
   if (g_conns[slot] == c) g_conns[slot] = nullptr;
+  if (c->ssl) SSL_free(c->ssl);
   delete c;
   if (replace) {
     startConnection(slot);
@@ -543,19 +573,18 @@ void onWrite(uv_write_t* req, int status) {
   if (status < 0 && status != UV_ECANCELED) failConn(c, "write", uv_strerror(status));
 }
 
-// Writes c->out: to the socket at once when nothing is queued, the rest through uv_write.
-void flush(Conn* c) {
-  if (c->out.empty() || c->st == ConnState::Closed) return;
-  size_t len = c->out.size(), done = 0;
+// Writes bytes to the socket at once when nothing is queued, the rest through uv_write (one
+// allocation, only for what the socket did not take). False when the connection failed.
+bool writeBytes(Conn* c, const char* data, size_t len) {
+  size_t done = 0;
   if (c->queued == 0) {
-    uv_buf_t b = uv_buf_init(c->out.data(), static_cast<unsigned>(len));
+    uv_buf_t b = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(len));
     int n = uv_try_write(as<uv_stream_t>(&c->tcp), &b, 1);
     if (n >= 0) {
       done = static_cast<size_t>(n);
     } else if (n != UV_EAGAIN) {
-      c->out.clear();
       failConn(c, "write", uv_strerror(n));
-      return;
+      return false;
     }
   }
   if (done < len) {
@@ -563,19 +592,33 @@ void flush(Conn* c) {
     auto* w = static_cast<WriteReq*>(std::malloc(offsetof(WriteReq, data) + rest));
     if (w == nullptr) std::abort();
     w->len = rest;
-    std::memcpy(w->data, c->out.data() + done, rest);
+    std::memcpy(w->data, data + done, rest);
     w->req.data = c;
     uv_buf_t b = uv_buf_init(w->data, static_cast<unsigned>(rest));
     int rc = uv_write(&w->req, as<uv_stream_t>(&c->tcp), &b, 1, onWrite);
     if (rc != 0) {
       std::free(w);
-      c->out.clear();
       failConn(c, "write", uv_strerror(rc));
-      return;
+      return false;
     }
     c->queued += rest;
   }
+  return true;
+}
+
+// Writes c->out on a ws:// connection.
+void flushPlain(Conn* c) {
+  if (c->out.empty() || c->st == ConnState::Closed) return;
+  writeBytes(c, c->out.data(), c->out.size());
   c->out.clear();
+}
+
+// Writes c->out, through TLS on a wss:// connection (outside the read path, which knows).
+void flush(Conn* c) {
+  if (c->ssl)
+    tlsSend(c);
+  else
+    flushPlain(c);
 }
 
 // Appends one masked frame. With `stamp`, the payload's first 8 bytes are the send time.
@@ -680,7 +723,9 @@ bool onControl(Conn* c) {
   return true;
 }
 
-bool onFrames(Conn* c, const char* data, size_t len) {
+// Always inlined, as it was into onRead before wss:// gave it a second caller: the ws:// read
+// path stays one function.
+__attribute__((always_inline)) inline bool onFrames(Conn* c, const char* data, size_t len) {
   while (len > 0) {
     if (!c->in_payload) {
       size_t need = 2;
@@ -852,6 +897,178 @@ long onHandshakeData(Conn* c, const char* data, size_t len) {
   return static_cast<long>(used);
 }
 
+// The server ended the stream (TCP EOF, a TLS close_notify) or reading failed.
+void onPeerEnd(Conn* c, ssize_t nread) {
+  if (c->st == ConnState::Closing && nread == UV_EOF) {
+    closeConn(c);  // the server finished first: clean end of a connect-mode cycle
+  } else if (g_phase == Phase::Done) {
+    closeConn(c);
+  } else {
+    failConn(
+        c, "read",
+        nread == UV_EOF ? "connection closed by the server" : uv_strerror(static_cast<int>(nread)));
+  }
+}
+
+// Received plaintext: the 101 head while in Handshake, then frames. False when the connection
+// was closed. Inlined for the same reason as onFrames.
+__attribute__((always_inline)) inline bool onPlaintext(Conn* c, const char* data, size_t len) {
+  if (c->st == ConnState::Handshake) {
+    long used = onHandshakeData(c, data, len);
+    if (used < 0) return false;
+    data += used;
+    len -= static_cast<size_t>(used);
+    if (c->st == ConnState::Closed) return false;
+  }
+  return len == 0 || onFrames(c, data, len);
+}
+
+// ---- TLS (wss://) -----------------------------------------------------------------------------
+
+SSL_CTX* g_ssl_ctx = nullptr;  // one per process, null for ws://
+char g_tls_out[64 * 1024];     // ciphertext on its way from wbio to the socket
+std::string g_tls_desc;        // "TLSv1.3 TLS_AES_256_GCM_SHA384", from the first handshake
+
+// Drains OpenSSL's error queue into one line, so the next call starts clean.
+std::string tlsErrors() {
+  std::string out;
+  unsigned long e;
+  while ((e = ERR_get_error()) != 0) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof(buf));
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out.empty() ? "no OpenSSL error queued" : out;
+}
+
+void tlsFail(Conn* c, const char* step, int ssl_error) {
+  std::string detail = std::string(step) + ": " + tlsErrors();
+  if (ssl_error == SSL_ERROR_SSL) {
+    long v = SSL_get_verify_result(c->ssl);
+    if (v != X509_V_OK)
+      detail += " (certificate: " + std::string(X509_verify_cert_error_string(v)) + ")";
+  }
+  failConn(c, "tls", detail);
+}
+
+void makeTlsContext() {
+  g_ssl_ctx = SSL_CTX_new(TLS_client_method());
+  if (g_ssl_ctx == nullptr) {
+    std::fprintf(stderr, "loadgen: SSL_CTX_new: %s\n", tlsErrors().c_str());
+    std::exit(2);
+  }
+  SSL_CTX_set_min_proto_version(g_ssl_ctx, opt.tls_min);
+  SSL_CTX_set_session_cache_mode(g_ssl_ctx, SSL_SESS_CACHE_OFF);  // never resume
+  if (!opt.ca.empty()) {
+    if (SSL_CTX_load_verify_locations(g_ssl_ctx, opt.ca.c_str(), nullptr) != 1) {
+      std::fprintf(stderr, "loadgen: --ca %s: %s\n", opt.ca.c_str(), tlsErrors().c_str());
+      std::exit(2);
+    }
+    SSL_CTX_set_verify(g_ssl_ctx, SSL_VERIFY_PEER, nullptr);
+  } else {
+    SSL_CTX_set_verify(g_ssl_ctx, SSL_VERIFY_NONE, nullptr);
+  }
+}
+
+// " over TLSv1.3 TLS_AES_256_GCM_SHA384, certificate not verified" (empty for ws://).
+std::string tlsNote() {
+  if (!opt.tls) return "";
+  return " over " +
+         (g_tls_desc.empty() ? std::string("TLS (no handshake completed)") : g_tls_desc) +
+         (opt.ca.empty() ? ", server certificate NOT verified" : ", server certificate verified");
+}
+
+// ,"tls":"TLSv1.3 ...","tls_verified":false (empty for ws://).
+std::string tlsJson() {
+  if (!opt.tls) return "";
+  return ",\"tls\":\"" + g_tls_desc + "\",\"tls_verified\":" + (opt.ca.empty() ? "false" : "true");
+}
+
+// Plaintext in c->out through SSL_write (once the handshake is done), then whatever ciphertext
+// wbio holds (handshake messages, records) to the socket.
+void tlsSend(Conn* c) {
+  if (c->st == ConnState::Closed) return;
+  if (!c->out.empty() && SSL_is_init_finished(c->ssl)) {
+    int n = SSL_write(c->ssl, c->out.data(), static_cast<int>(c->out.size()));
+    if (n <= 0) {
+      c->out.clear();
+      tlsFail(c, "SSL_write", SSL_get_error(c->ssl, n));
+      return;
+    }
+    c->out.clear();  // a memory BIO takes everything: no partial writes
+  }
+  BIO* wbio = SSL_get_wbio(c->ssl);
+  size_t pending;
+  while ((pending = BIO_ctrl_pending(wbio)) > 0) {
+    int n = BIO_read(wbio, g_tls_out, static_cast<int>(std::min(pending, sizeof(g_tls_out))));
+    if (n <= 0) break;
+    if (!writeBytes(c, g_tls_out, static_cast<size_t>(n))) return;
+  }
+}
+
+// TCP is up: a fresh SSL (no session to resume), the ClientHello out. The upgrade request
+// waits in c->out until the handshake completes.
+void tlsStart(Conn* c) {
+  c->ssl = SSL_new(g_ssl_ctx);
+  BIO* rbio = BIO_new(BIO_s_mem());
+  BIO* wbio = BIO_new(BIO_s_mem());
+  if (c->ssl == nullptr || rbio == nullptr || wbio == nullptr) std::abort();
+  SSL_set_bio(c->ssl, rbio, wbio);
+  SSL_set_connect_state(c->ssl);
+  // SSL_set_tlsext_host_name() without its C cast (-Wold-style-cast).
+  SSL_ctrl(c->ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+           const_cast<char*>(opt.sni.c_str()));
+  if (!opt.ca.empty()) SSL_set1_host(c->ssl, opt.sni.c_str());
+  // Idle sessions keep no record buffers; elsewhere they stay, so messages allocate nothing.
+  if (opt.mode == Mode::Idle) SSL_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+  int r = SSL_do_handshake(c->ssl);
+  int e = SSL_get_error(c->ssl, r);
+  if (e != SSL_ERROR_WANT_READ) {
+    tlsFail(c, "handshake", e);
+    return;
+  }
+  tlsSend(c);
+}
+
+// Ciphertext from the socket: into rbio, the handshake advanced, then every plaintext record
+// parsed; replies (echoes, close frames, the upgrade request) go out once, at the end.
+void tlsOnCiphertext(Conn* c, const char* data, size_t len) {
+  BIO_write(SSL_get_rbio(c->ssl), data, static_cast<int>(len));  // a memory BIO takes all
+  if (!SSL_is_init_finished(c->ssl)) {
+    int r = SSL_do_handshake(c->ssl);
+    if (r != 1) {
+      int e = SSL_get_error(c->ssl, r);
+      if (e == SSL_ERROR_WANT_READ)
+        tlsSend(c);
+      else
+        tlsFail(c, "handshake", e);
+      return;
+    }
+    if (g_tls_desc.empty())
+      g_tls_desc = std::string(SSL_get_version(c->ssl)) + " " + SSL_get_cipher_name(c->ssl);
+  }
+  for (;;) {
+    // data has been copied into rbio: the read buffer is free for the plaintext.
+    int n = SSL_read(c->ssl, g_read_buffer, sizeof(g_read_buffer));
+    if (n > 0) {
+      if (!onPlaintext(c, g_read_buffer, static_cast<size_t>(n))) return;
+      continue;
+    }
+    int e = SSL_get_error(c->ssl, n);
+    if (e == SSL_ERROR_WANT_READ) break;  // also after post-handshake messages (tickets)
+    if (e == SSL_ERROR_ZERO_RETURN) {     // close_notify: the server's end of the stream
+      onPeerEnd(c, UV_EOF);
+      return;
+    }
+    tlsFail(c, "SSL_read", e);
+    return;
+  }
+  tlsSend(c);
+}
+
+// ---- Connections ------------------------------------------------------------------------------
+
 void onAlloc(uv_handle_t*, size_t, uv_buf_t* buf) {
   *buf = uv_buf_init(g_read_buffer, sizeof(g_read_buffer));
 }
@@ -860,28 +1077,15 @@ void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   auto* c = static_cast<Conn*>(s->data);
   if (nread == 0 || c->st == ConnState::Closed) return;
   if (nread < 0) {
-    if (c->st == ConnState::Closing && nread == UV_EOF) {
-      closeConn(c);  // the server finished first: clean end of a connect-mode cycle
-    } else if (g_phase == Phase::Done) {
-      closeConn(c);
-    } else {
-      failConn(c, "read",
-               nread == UV_EOF ? "connection closed by the server"
-                               : uv_strerror(static_cast<int>(nread)));
-    }
+    onPeerEnd(c, nread);
     return;
   }
-  const char* data = g_read_buffer;
-  size_t len = static_cast<size_t>(nread);
-  if (c->st == ConnState::Handshake) {
-    long used = onHandshakeData(c, data, len);
-    if (used < 0) return;
-    data += used;
-    len -= static_cast<size_t>(used);
-    if (c->st == ConnState::Closed) return;
+  if (c->ssl) {
+    tlsOnCiphertext(c, g_read_buffer, static_cast<size_t>(nread));
+    return;
   }
-  if (len > 0 && !onFrames(c, data, len)) return;
-  flush(c);
+  if (!onPlaintext(c, g_read_buffer, static_cast<size_t>(nread))) return;
+  flushPlain(c);
 }
 
 void onConnect(uv_connect_t* req, int status) {
@@ -903,7 +1107,10 @@ void onConnect(uv_connect_t* req, int status) {
     failConn(c, "read", uv_strerror(rc));
     return;
   }
-  flush(c);
+  if (g_ssl_ctx)
+    tlsStart(c);
+  else
+    flushPlain(c);
 }
 
 // Opens a connection into g_conns[slot].
@@ -994,10 +1201,10 @@ void beginWarmup() {
 void printIdleLine(const char* event) {
   std::printf(
       "{\"mode\":\"idle\",\"event\":\"%s\",\"label\":\"%s\",\"sessions\":%d,\"established\":%llu,"
-      "\"failed\":%llu,\"errors\":%llu,\"touch\":%s}\n",
+      "\"failed\":%llu,\"errors\":%llu,\"touch\":%s%s}\n",
       event, opt.label.c_str(), opt.sessions, static_cast<unsigned long long>(g_established),
       static_cast<unsigned long long>(g_failed), static_cast<unsigned long long>(g_errors),
-      opt.touch ? "true" : "false");
+      opt.touch ? "true" : "false", tlsJson().c_str());
   std::fflush(stdout);
 }
 
@@ -1023,8 +1230,9 @@ void checkAllEstablished() {
     g_phase = Phase::Measure;
     g_idle_ready_printed = true;
     printIdleLine("ready");
-    std::fprintf(stderr, "[%s] idle: %llu sessions open (%llu failed); holding up to %.0f s\n",
-                 opt.label.c_str(), static_cast<unsigned long long>(g_established),
+    std::fprintf(stderr, "[%s] idle%s: %llu sessions open (%llu failed); holding up to %.0f s\n",
+                 opt.label.c_str(), tlsNote().c_str(),
+                 static_cast<unsigned long long>(g_established),
                  static_cast<unsigned long long>(g_failed), opt.duration);
     uv_timer_start(&g_phase_timer, onHoldEnd, static_cast<uint64_t>(opt.duration * 1000), 0);
   }
@@ -1423,28 +1631,28 @@ void printResult() {
       "\"lat_p999_us\":%.1f,\"lat_max_us\":%.1f,\"errors\":%llu,\"established\":%llu,"
       "\"watched_cpu_s\":%.3f,\"cpu_us_per_%s\":%.3f,\"echo_cpu_s\":%.3f,\"echo_cpu_us_per_%s\":%."
       "3f,"
-      "\"client_cpu_s\":%.3f,\"foreign_share\":%.3f%s}\n",
+      "\"client_cpu_s\":%.3f,\"foreign_share\":%.3f%s%s}\n",
       echo ? "echo" : "connect", opt.label.c_str(), opt.conns, echo ? opt.depth : 0,
       echo ? opt.size : size_t{0}, secs, echo ? "msgs" : "handshakes",
       static_cast<unsigned long long>(units), echo ? "msgs_per_s" : "handshakes_per_s", rate, mbs,
       p50, p99, p999, pmax, static_cast<unsigned long long>(g_errors),
       static_cast<unsigned long long>(g_established), cpu, echo ? "msg" : "handshake", per,
       echo_cpu, echo ? "msg" : "handshake", echo_per, self_cpu, foreignShare(secs),
-      coreBusy(true).c_str());
+      coreBusy(true).c_str(), tlsJson().c_str());
   std::fflush(stdout);
   if (echo) {
     std::fprintf(
         stderr,
-        "[%s] echo C=%d D=%d S=%zu: %.0f msgs/s, %.1f MB/s, latency p50 %.0f us p99 %.0f us "
+        "[%s] echo%s C=%d D=%d S=%zu: %.0f msgs/s, %.1f MB/s, latency p50 %.0f us p99 %.0f us "
         "p99.9 %.0f us; proxy CPU %.2f us/msg; cores busy %s; errors %llu\n",
-        opt.label.c_str(), opt.conns, opt.depth, opt.size, rate, mbs, p50, p99, p999, per,
-        coreBusy().c_str(), static_cast<unsigned long long>(g_errors));
+        opt.label.c_str(), tlsNote().c_str(), opt.conns, opt.depth, opt.size, rate, mbs, p50, p99,
+        p999, per, coreBusy().c_str(), static_cast<unsigned long long>(g_errors));
   } else {
     std::fprintf(
         stderr,
-        "[%s] connect C=%d: %.0f handshakes/s, latency p50 %.0f us p99 %.0f us; proxy CPU %.1f "
+        "[%s] connect%s C=%d: %.0f handshakes/s, latency p50 %.0f us p99 %.0f us; proxy CPU %.1f "
         "us/handshake; cores busy %s; errors %llu\n",
-        opt.label.c_str(), opt.conns, rate, p50, p99, per, coreBusy().c_str(),
+        opt.label.c_str(), tlsNote().c_str(), opt.conns, rate, p50, p99, per, coreBusy().c_str(),
         static_cast<unsigned long long>(g_errors));
   }
   if (units == 0 || g_errors != 0) g_exit_code = 1;
@@ -1508,6 +1716,7 @@ int main(int argc, char** argv) {
     if (RAND_bytes(reinterpret_cast<unsigned char*>(&seed), sizeof(seed)) != 1) std::abort();
     g_rng ^= seed | 1;
   }
+  if (opt.tls) makeTlsContext();
   g_loop = uv_default_loop();
   if (uv_ip4_addr(opt.host.c_str(), opt.port, &g_target) != 0)
     usage("target must be an IPv4 address");

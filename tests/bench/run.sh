@@ -11,6 +11,12 @@
 #            16 KiB echo (C=100, D=1): MB/s of payload echoed, proxy CPU per message
 #            connect (C=50): full upgrade handshakes per second over fresh TCP connections
 #            idle: user-space memory per idle session (PSS delta from smaps_rollup / N)
+#            connect_tls (C=50): the same over wss://: fresh TCP + full TLS 1.3 handshake (no
+#            resumption) + upgrade + close, per second, and proxy CPU per handshake
+#            idle_tls: user-space memory per idle TLS session, measured as idle
+#            (TLS: upgate, nginx and HAProxy terminate TLS 1.3 on a second listener with an ECDSA
+#            P-256 certificate made with the openssl CLI, and proxy to the same plain echo
+#            upstream; the load generator does not verify it. Direct has no TLS: shown as "—".)
 #            fanout (upgate, and nginx + Nchan when Debian's libnginx-mod-nchan is installed or
 #            installs): N WebSocket subscribers on one channel (1,000 and 5,000), 50 messages
 #            at 10/s published by HTTP POST; delivery latency over all subscriber x message
@@ -21,8 +27,8 @@
 # Usage: tests/bench/run.sh [--quick] [--reps N] [--duration S] [--warmup S] [--sessions N]
 #                           [--targets "direct upgate nginx haproxy"] [--upgate PATH]
 #                           [--bench-dir DIR] [--out FILE] [--raw FILE] [--no-install]
-#   --quick      1.5 s runs, 0.5 s warmup, 2000 idle sessions, 3 reps (about 2.5 minutes)
-#   default      10 s runs, 2 s warmup, 5000 idle sessions, 3 reps (about 10 minutes)
+#   --quick      1.5 s runs, 0.5 s warmup, 2000 idle sessions, 3 reps (about 3.5 minutes)
+#   default      10 s runs, 2 s warmup, 5000 idle sessions, 3 reps (about 13 minutes)
 #                (noisy runs measured again add time: see --retry-noisy)
 #   --upgate     the gateway binary (default: build/gateway/upgate)
 #   --bench-dir  where loadgen and echo_server are (default build-bench/tests/bench; built
@@ -90,6 +96,7 @@ fi
 
 # ---- Tools ----------------------------------------------------------------------------------
 command -v taskset >/dev/null || die "taskset (util-linux) is required"
+[ -n "$REPORT_FROM" ] || command -v openssl >/dev/null || die "the openssl command is required (TLS scenarios)"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (client core and proxy core)"
 LOADGEN=$BENCH_DIR/loadgen
 ECHO=$BENCH_DIR/echo_server
@@ -135,6 +142,7 @@ fi
 : >"$RESULTS"
 declare -A PID        # target -> main PID we started
 declare -A PORT       # target -> port
+declare -A TPORT      # target -> TLS port (not direct)
 ALL_PIDS=()
 
 stop_pid() {  # stop_pid PID: TERM, up to 5 s, then KILL
@@ -223,6 +231,12 @@ listeners:
   - name: bench
     address: 127.0.0.1:0
     backlog: 4096
+  - name: bench-tls
+    address: 127.0.0.1:0
+    backlog: 4096
+    tls:
+      certificates: [{ cert: $TLS_CERT, key: $TLS_KEY }]
+      min_version: "1.3"
 upstreams:
   echo:
     endpoints: [$ECHO_ADDR]
@@ -253,8 +267,10 @@ EOF
   ALL_PIDS+=("${PID[upgate]}")
   wait_file "$dir/ready" 10 || die "upgate did not start: $(tail -5 "$dir/err.log")"
   local addr
-  addr=$(awk 'NR == 1 {print $2}' "$dir/ready")
+  addr=$(awk '$1 == "bench" {print $2}' "$dir/ready")
   PORT[upgate]=${addr##*:}
+  addr=$(awk '$1 == "bench-tls" {print $2}' "$dir/ready")
+  TPORT[upgate]=${addr##*:}
   ADMIN_ADDR=$(awk '$1 == "admin" {print $2}' "$dir/ready")
 }
 
@@ -295,10 +311,12 @@ EOF
 }
 
 start_nginx() {
-  local dir=$TMP/nginx port
+  local dir=$TMP/nginx port tport
   mkdir -p "$dir/tmp"
   chmod 777 "$dir/tmp"
   port=$(free_port)
+  tport=$(free_port)
+  while [ "$tport" = "$port" ]; do tport=$(free_port); done
   cat >"$dir/nginx.conf" <<EOF
 daemon off;
 master_process on;
@@ -317,6 +335,10 @@ http {
   upstream echo { server $ECHO_ADDR; }
   server {
     listen 127.0.0.1:$port backlog=4096;
+    listen 127.0.0.1:$tport ssl backlog=4096;
+    ssl_certificate $TLS_CERT;
+    ssl_certificate_key $TLS_KEY;
+    ssl_protocols TLSv1.3;
     location / {
       proxy_pass http://echo;
       proxy_http_version 1.1;
@@ -332,14 +354,18 @@ EOF
   $PIN_PROXY nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
   PID[nginx]=$!
   ALL_PIDS+=("${PID[nginx]}")
-  wait_port "$port" 10 || die "nginx did not start: $(tail -5 "$dir/error.log" "$dir/out.log")"
+  wait_port "$port" 10 && wait_port "$tport" 10 ||
+    die "nginx did not start: $(tail -5 "$dir/error.log" "$dir/out.log")"
   PORT[nginx]=$port
+  TPORT[nginx]=$tport
 }
 
 start_haproxy() {
-  local dir=$TMP/haproxy port
+  local dir=$TMP/haproxy port tport
   mkdir -p "$dir"
   port=$(free_port)
+  tport=$(free_port)
+  while [ "$tport" = "$port" ]; do tport=$(free_port); done
   cat >"$dir/haproxy.cfg" <<EOF
 global
   nbthread 1
@@ -355,14 +381,18 @@ defaults
 frontend fe
   bind 127.0.0.1:$port
   default_backend be
+frontend fe_tls
+  bind 127.0.0.1:$tport ssl crt $TLS_PEM ssl-min-ver TLSv1.3
+  default_backend be
 backend be
   server echo $ECHO_ADDR
 EOF
   $PIN_PROXY haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
   PID[haproxy]=$!
   ALL_PIDS+=("${PID[haproxy]}")
-  wait_port "$port" 10 || die "haproxy did not start: $(tail -5 "$dir/out.log")"
+  wait_port "$port" 10 && wait_port "$tport" 10 || die "haproxy did not start: $(tail -5 "$dir/out.log")"
   PORT[haproxy]=$port
+  TPORT[haproxy]=$tport
 }
 
 start_target() {
@@ -404,16 +434,26 @@ ensure_alive() {  # ensure_alive TARGET
   fi
 }
 
+# target_url SCENARIO TARGET: wss:// to the TLS listener for *_tls scenarios, else ws://.
+target_url() {
+  if [[ $1 == *_tls ]]; then
+    echo "wss://127.0.0.1:${TPORT[$2]}/"
+  else
+    echo "ws://127.0.0.1:${PORT[$2]}/"
+  fi
+}
+
 # run_load REP SCENARIO TARGET ARGS...: one loadgen run against TARGET, its JSON line kept.
 run_load() {
   local rep=$1 scenario=$2 target=$3
   shift 3
-  local watch line limit attempt foreign
+  local watch line limit attempt foreign url
   limit=$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%d", d + w + 60 }')
   for ((attempt = 0; attempt <= RETRY_NOISY; attempt++)); do
     ensure_alive "$target"
     watch=$(pids_of "${PID[$target]}")
-    line=$(timeout "$limit" $PIN_CLIENT "$LOADGEN" "$@" --url "ws://127.0.0.1:${PORT[$target]}/" \
+    url=$(target_url "$scenario" "$target")
+    line=$(timeout "$limit" $PIN_CLIENT "$LOADGEN" "$@" --url "$url" \
              -t "$DURATION" -w "$WARMUP" --label "$target" --watch "$watch" --watch-echo "$ECHO_PID" \
              2> >(sed 's/^/[bench]   /' >&2)) || log "loadgen reported errors ($scenario, $target)"
     sleep 0.5  # let closes settle before the next run
@@ -432,18 +472,19 @@ run_load() {
   fi
 }
 
-# run_idle REP TARGET: fresh proxy, warm it with a few sessions, PSS baseline, open N idle
-# sessions, PSS again; KiB per session = delta / N.
+# run_idle REP TARGET [SCENARIO]: fresh proxy, warm it with a few sessions, PSS baseline, open
+# N idle sessions, PSS again; KiB per session = delta / N. SCENARIO idle (default) or idle_tls.
 run_idle() {
-  local rep=$1 target=$2 pids base after lg i line kib
+  local rep=$1 target=$2 scenario=${3:-idle} pids base after lg i line kib url
   ensure_alive "$target"
   pids=$(pids_of "${PID[$target]}")
-  timeout 60 $PIN_CLIENT "$LOADGEN" idle --url "ws://127.0.0.1:${PORT[$target]}/" -n 50 -t 0.2 \
+  url=$(target_url "$scenario" "$target")
+  timeout 60 $PIN_CLIENT "$LOADGEN" idle --url "$url" -n 50 -t 0.2 \
     --label "$target-warm" >/dev/null 2>&1 || true
   sleep 0.5
   base=$(pss_kib "$pids")
   rm -f "$TMP/idle.out"
-  $PIN_CLIENT "$LOADGEN" idle --url "ws://127.0.0.1:${PORT[$target]}/" -n "$SESSIONS" -t 60 \
+  $PIN_CLIENT "$LOADGEN" idle --url "$url" -n "$SESSIONS" -t 60 \
     --label "$target" >"$TMP/idle.out" 2>"$TMP/idle.err" &
   lg=$!
   ALL_PIDS+=("$lg")
@@ -459,10 +500,10 @@ run_idle() {
     after=$(pss_kib "$pids")
     kib=$(awk -v a="$after" -v b="$base" -v n="$(json_num "$line" established)" \
             'BEGIN { printf "%.2f", (n > 0 ? (a - b) / n : 0) }')
-    echo "$rep idle $target {\"kib_per_session\":$kib,\"pss_before_kib\":$base,\"pss_after_kib\":$after,\"established\":$(json_num "$line" established),\"failed\":$(json_num "$line" failed)}" >>"$RESULTS"
-    log "  [$target] idle: $(json_num "$line" established) sessions, PSS $base -> $after KiB: $kib KiB/session"
+    echo "$rep $scenario $target {\"kib_per_session\":$kib,\"pss_before_kib\":$base,\"pss_after_kib\":$after,\"established\":$(json_num "$line" established),\"failed\":$(json_num "$line" failed)}" >>"$RESULTS"
+    log "  [$target] $scenario: $(json_num "$line" established) sessions, PSS $base -> $after KiB: $kib KiB/session"
   else
-    log "  [$target] idle: sessions did not come up: $(tail -3 "$TMP/idle.err")"
+    log "  [$target] $scenario: sessions did not come up: $(tail -3 "$TMP/idle.err")"
   fi
   kill -USR1 "$lg" 2>/dev/null || true
   for ((i = 0; i < 100; i++)); do kill -0 "$lg" 2>/dev/null || break; sleep 0.1; done
@@ -557,6 +598,14 @@ if [ -n "$REPORT_FROM" ]; then
   REPS=$(awk '{ print $1 }' "$RESULTS" | sort -n | tail -1)
   log "report rebuilt from $REPORT_FROM (run parameters not stored in it: pass the same --duration/--warmup/--sessions)"
 else
+# One ECDSA P-256 certificate for every TLS listener (HAProxy wants certificate and key in one file).
+mkdir -p "$TMP/tls"
+TLS_CERT=$TMP/tls/cert.pem TLS_KEY=$TMP/tls/key.pem TLS_PEM=$TMP/tls/cert+key.pem
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -keyout "$TLS_KEY" -out "$TLS_CERT" >"$TMP/tls/openssl.log" 2>&1 ||
+  die "openssl could not make the certificate: $(cat "$TMP/tls/openssl.log")"
+cat "$TLS_CERT" "$TLS_KEY" >"$TLS_PEM"
 start_echo
 for ((rep = 1; rep <= REPS; rep++)); do
   read -r -a order <<<"$(rotate $((rep - 1)) "${TLIST[@]}")"
@@ -566,9 +615,15 @@ for ((rep = 1; rep <= REPS; rep++)); do
   for t in "${order[@]}"; do
     [ "$t" = direct ] || run_idle "$rep" "$t"
   done
+  for t in "${order[@]}"; do
+    [ "$t" = direct ] || run_idle "$rep" "$t" idle_tls
+  done
   for t in "${order[@]}"; do run_load "$rep" echo64 "$t" echo -c $C_SMALL -d $D -s 64; done
   for t in "${order[@]}"; do run_load "$rep" echo16k "$t" echo -c $C_LARGE -d $D -s 16384; done
   for t in "${order[@]}"; do run_load "$rep" connect "$t" connect -c $C_CONNECT; done
+  for t in "${order[@]}"; do
+    [ "$t" = direct ] || run_load "$rep" connect_tls "$t" connect -c $C_CONNECT
+  done
   for n in $FANOUT; do
     for t in "${order[@]}"; do
       [ "$t" = nginx ] && [ ! -f "$NCHAN_MODULE" ] && continue
@@ -628,14 +683,16 @@ REPORT=$TMP/report.md
   echo
 
   echo
-  echo "| target | 64 B msgs/s (ratio) | 64 B p50 / p99 µs | proxy CPU µs per 64 B round trip | 16 KiB MB/s (ratio) | proxy CPU µs per 16 KiB msg | handshakes/s (ratio) | proxy CPU µs per handshake | KiB per idle session |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| target | 64 B msgs/s (ratio) | 64 B p50 / p99 µs | proxy CPU µs per 64 B round trip | 16 KiB MB/s (ratio) | proxy CPU µs per 16 KiB msg | handshakes/s (ratio) | proxy CPU µs per handshake | KiB per idle session | TLS handshakes/s | proxy CPU µs per TLS handshake | KiB per idle TLS session |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   d64=$(med echo64 direct msgs_per_s) d16=$(med echo16k direct mb_per_s) dhs=$(med connect direct handshakes_per_s)
   for t in "${TLIST[@]}"; do
     m=$(med echo64 "$t" msgs_per_s) mb=$(med echo16k "$t" mb_per_s) hs=$(med connect "$t" handshakes_per_s)
     idle=$(med idle "$t" kib_per_session)
-    [ "$t" = direct ] && idle="—"
-    echo "| $t$([ "$t" = direct ] && echo ' (echo server own cost)') | $(fmt "$m") ($(ratio "$m" "$d64")) | $(fmt "$(med echo64 "$t" lat_p50_us)") / $(fmt "$(med echo64 "$t" lat_p99_us)") | $(fmt "$(med echo64 "$t" cpu_us_per_msg)" 2) | $(fmt "$mb") ($(ratio "$mb" "$d16")) | $(fmt "$(med echo16k "$t" cpu_us_per_msg)" 2) | $(fmt "$hs") ($(ratio "$hs" "$dhs")) | $(fmt "$(med connect "$t" cpu_us_per_handshake)" 1) | $(fmt "$idle" 1) |"
+    ths=$(med connect_tls "$t" handshakes_per_s) tcpu=$(med connect_tls "$t" cpu_us_per_handshake)
+    tidle=$(med idle_tls "$t" kib_per_session)
+    [ "$t" = direct ] && idle="—" ths="—" tcpu="—" tidle="—"  # the echo server speaks no TLS
+    echo "| $t$([ "$t" = direct ] && echo ' (echo server own cost)') | $(fmt "$m") ($(ratio "$m" "$d64")) | $(fmt "$(med echo64 "$t" lat_p50_us)") / $(fmt "$(med echo64 "$t" lat_p99_us)") | $(fmt "$(med echo64 "$t" cpu_us_per_msg)" 2) | $(fmt "$mb") ($(ratio "$mb" "$d16")) | $(fmt "$(med echo16k "$t" cpu_us_per_msg)" 2) | $(fmt "$hs") ($(ratio "$hs" "$dhs")) | $(fmt "$(med connect "$t" cpu_us_per_handshake)" 1) | $(fmt "$idle" 1) | $(fmt "$ths") | $(fmt "$tcpu" 1) | $(fmt "$tidle" 1) |"
   done
   if [ -n "$FANOUT" ]; then
     echo
@@ -658,14 +715,15 @@ REPORT=$TMP/report.md
   echo
   echo "Cores busy during the measured windows (/proc/stat, medians; client core / proxy core):"
   for t in "${TLIST[@]}"; do
-    echo "- $t: 64 B $(busy echo64 "$t" "$CPU_CLIENT") / $(busy echo64 "$t" "$CPU_PROXY"), 16 KiB $(busy echo16k "$t" "$CPU_CLIENT") / $(busy echo16k "$t" "$CPU_PROXY"), connect $(busy connect "$t" "$CPU_CLIENT") / $(busy connect "$t" "$CPU_PROXY")"
+    echo "- $t: 64 B $(busy echo64 "$t" "$CPU_CLIENT") / $(busy echo64 "$t" "$CPU_PROXY"), 16 KiB $(busy echo16k "$t" "$CPU_CLIENT") / $(busy echo16k "$t" "$CPU_PROXY"), connect $(busy connect "$t" "$CPU_CLIENT") / $(busy connect "$t" "$CPU_PROXY")$([ "$t" = direct ] || echo ", TLS connect $(busy connect_tls "$t" "$CPU_CLIENT") / $(busy connect_tls "$t" "$CPU_PROXY")")"
   done
-  echo "(The proxy core is busy in direct runs only with other jobs' work: a noisy machine shows here.)"
+  echo "(The proxy core is busy in direct runs only with other jobs' work: a noisy machine shows here."
+  echo "In TLS connect runs the client core also does the load generator's half of every handshake: when it is near 100 % busy, TLS handshakes/s is the client's limit and proxy CPU per TLS handshake is the figure to compare.)"
   errs=$(awk '{ $1 = $2 = $3 = ""; print }' "$RESULTS" | while read -r line; do json_num "$line" errors; done | awk '{ s += $1 } END { print s + 0 }')
   echo "Load generator errors over all runs: $errs. Runs measured again because other jobs took > $(awk -v m="$NOISE_MAX" 'BEGIN { printf "%.0f", 100 * m }') % of the machine: $RETRIES (at most $RETRY_NOISY per measurement)."
-  printf 'Other jobs'"'"' share of the machine during the kept runs (median, 64 B / 16 KiB / connect):'
+  printf 'Other jobs'"'"' share of the machine during the kept runs (median, 64 B / 16 KiB / connect / TLS connect):'
   for t in "${TLIST[@]}"; do
-    printf ' %s %s / %s / %s;' "$t" "$(share echo64 "$t")" "$(share echo16k "$t")" "$(share connect "$t")"
+    printf ' %s %s / %s / %s / %s;' "$t" "$(share echo64 "$t")" "$(share echo16k "$t")" "$(share connect "$t")" "$(share connect_tls "$t")"
   done
   echo
   if [[ " ${TLIST[*]} " == *" upgate "* ]]; then
@@ -676,6 +734,8 @@ REPORT=$TMP/report.md
         -v ub="$(med echo16k upgate mb_per_s)" -v db="$d16" \
         -v uh="$(med connect upgate handshakes_per_s)" -v nh="$(med connect nginx handshakes_per_s)" -v hh="$(med connect haproxy handshakes_per_s)" \
         -v ui="$(med idle upgate kib_per_session)" \
+        -v ut="$(med connect_tls upgate handshakes_per_s)" -v nt="$(med connect_tls nginx handshakes_per_s)" \
+        -v uti="$(med idle_tls upgate kib_per_session)" \
         -v fp="$(med fanout5000 upgate lat_p99_us)" -v fc="$(med fanout5000 upgate cpu_us_per_delivery)" \
         -v fl="$(lost_sum fanout5000 upgate)" -v lp="$(med fanout5000 upgate_lp lat_p99_us)" \
         -v lc="$(med fanout5000 upgate_lp cpu_us_per_delivery)" -v ll="$(lost_sum fanout5000 upgate_lp)" '
@@ -689,6 +749,8 @@ REPORT=$TMP/report.md
         if (ub != "-" && db != "-") printf "- 16 KiB >= 0.80 x direct (%.0f MB/s): %.0f MB/s = %.2f x direct, %s\n", 0.8 * db, ub, ub / db, ok(ub >= 0.8 * db)
         if (uh != "-" && bh != "-") printf "- handshakes/s >= best anchor (%.0f): %.0f, %s\n", bh, uh, ok(uh >= bh)
         if (ui != "-") printf "- idle plain session <= 2 KiB: %.2f KiB, %s\n", ui, ok(ui <= 2)
+        if (ut != "-" && nt != "-") printf "- TLS handshakes/s >= nginx (%.0f): %.0f, %s\n", nt, ut, ok(ut >= nt)
+        if (uti != "-") printf "- idle TLS session <= 8 KiB: %.2f KiB, %s\n", uti, ok(uti <= 8)
         if (fp != "-") printf "- fan-out, 5,000 subscribers: p99 <= 25 ms: %.1f ms, %s; CPU per delivery <= 5 us: %.2f us, %s; 0 lost: %d, %s\n", fp / 1000, ok(fp <= 25000), fc, ok(fc <= 5), fl, ok(fl == 0)
         if (lp != "-") printf "- the same through the long-poll bridge: p99 %.1f ms, %s; %.2f us per delivery, %s; %d lost, %s\n", lp / 1000, ok(lp <= 25000), lc, ok(lc <= 5), ll, ok(ll == 0)
       }'

@@ -2,8 +2,9 @@
 # bench.smoke (ctest, label bench): a correctness smoke for the benchmark tools, not a timing.
 # Runs the load generator for a couple of seconds directly against the echo server and then
 # through upgate (workers: 1, passthrough), with --verify (every echoed byte checked), plus a
-# short connect-mode run through upgate; passes when messages and handshakes flowed without
-# errors.
+# short connect-mode run through upgate, then the same over wss:// through a TLS listener of
+# upgate (ECDSA P-256 certificate made here with the openssl CLI, verified by loadgen with --ca);
+# passes when messages and handshakes flowed without errors.
 #
 #   smoke.sh LOADGEN ECHO_SERVER UPGATE
 set -euo pipefail
@@ -43,6 +44,12 @@ json_num() {
   sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"
 }
 
+command -v openssl >/dev/null || fail "the openssl command is required (Debian package openssl)"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >"$TMP/openssl.log" 2>&1 ||
+  fail "openssl could not make a certificate: $(cat "$TMP/openssl.log")"
+
 "$ECHO" --ready-file "$TMP/echo.ready" >"$TMP/echo.log" 2>&1 &
 PIDS+=($!)
 wait_file "$TMP/echo.ready" 10 || fail "echo_server did not start"
@@ -54,6 +61,11 @@ drain_timeout: 0
 listeners:
   - name: bench
     address: 127.0.0.1:0
+  - name: bench-tls
+    address: 127.0.0.1:0
+    tls:
+      certificates: [{ cert: $TMP/cert.pem, key: $TMP/key.pem }]
+      min_version: "1.3"
 upstreams:
   echo:
     endpoints: [$ECHO_ADDR]
@@ -67,7 +79,8 @@ EOF
 "$UPGATE" -c "$TMP/upgate.yaml" --ready-file "$TMP/upgate.ready" >"$TMP/upgate.log" 2>&1 &
 PIDS+=($!)
 wait_file "$TMP/upgate.ready" 10 || fail "upgate did not start"
-UPGATE_ADDR=$(awk 'NR==1 {print $2}' "$TMP/upgate.ready")
+UPGATE_ADDR=$(awk '$1 == "bench" {print $2}' "$TMP/upgate.ready")
+UPGATE_TLS_ADDR=$(awk '$1 == "bench-tls" {print $2}' "$TMP/upgate.ready")
 
 run() {  # run LABEL ARGS...: one loadgen run, its JSON line in $LINE
   local label=$1
@@ -85,4 +98,14 @@ for size in 64 20000 70000; do  # 7-, 16- and 64-bit frame lengths
 done
 run upgate-connect connect --url "ws://$UPGATE_ADDR/" -c 4 -t 1 -w 0.2
 [ "$(json_num "$LINE" handshakes)" -gt 0 ] || fail "no handshakes through upgate"
+
+# wss://: 64 B and 70,000 B (a message over several TLS records), then TLS handshakes.
+for size in 64 70000; do
+  run "upgate-tls-$size" echo --url "wss://$UPGATE_TLS_ADDR/" --ca "$TMP/cert.pem" \
+    -c 4 -d 2 -s $size -t 0.5 -w 0.1 --verify
+  [ "$(json_num "$LINE" msgs)" -gt 0 ] || fail "no messages echoed over TLS (size $size)"
+  [ "$(json_num "$LINE" errors)" -eq 0 ] || fail "errors over TLS (size $size)"
+done
+run upgate-tls-connect connect --url "wss://$UPGATE_TLS_ADDR/" --ca "$TMP/cert.pem" -c 4 -t 0.5 -w 0.1
+[ "$(json_num "$LINE" handshakes)" -gt 0 ] || fail "no TLS handshakes through upgate"
 echo "bench.smoke: OK"
