@@ -39,9 +39,40 @@ def _reply_close_payload(payload):
 # Upstream side
 
 
-class UpConn:
+class Expectations:
+    """What a test waits for on either side of the gateway: bytes, a close frame, the end of TCP.
+
+    The class using it has rx (bytes received), frames (parsed frames), ended (why TCP ended, or
+    None), wait(predicate, timeout, what) and SIDE, the name its failures start with.
+    """
+    SIDE = "peer"
+
+    def wait_rx(self, n, what=None, timeout=EXPECT_TIMEOUT):
+        self.wait(lambda: len(self.rx) >= n or self.ended, timeout,
+                  what or "%d received bytes" % n)
+        if len(self.rx) < n:
+            raise CaseFailure("%s: connection ended (%s) after %d of %d expected bytes; "
+                              "frames %r" % (self.SIDE, self.ended, len(self.rx), n,
+                                             self.frames[-4:]))
+
+    def wait_close(self, timeout=EXPECT_TIMEOUT):
+        """The first close frame received, or None if TCP ended without one."""
+        def done():
+            return any(f.opcode == OP_CLOSE for f in self.frames) or self.ended
+        self.wait(done, timeout, "close frame from the gateway")
+        for f in self.frames:
+            if f.opcode == OP_CLOSE:
+                return f
+        return None
+
+    def wait_end(self, timeout=EXPECT_TIMEOUT):
+        self.wait(lambda: self.ended, timeout, "end of the TCP connection from the gateway")
+
+
+class UpConn(Expectations):
     """One connection accepted by the lenient upstream. Mutated on the upstream's loop under
     `cond`; read by the test thread under `cond`."""
+    SIDE = "upstream"
 
     is_client = False
     side = "upstream"
@@ -142,26 +173,6 @@ class UpConn:
                 return True
         raise CaseFailure("upstream: no %s within %.1fs (rx %d bytes, frames %r, ended %s)"
                           % (what, timeout, len(self.rx), self.frames[-4:], self.ended))
-
-    def wait_rx(self, n, what=None, timeout=EXPECT_TIMEOUT):
-        self.wait(lambda: len(self.rx) >= n or self.ended, timeout,
-                  what or "%d received bytes" % n)
-        if len(self.rx) < n:
-            raise CaseFailure("upstream: connection ended (%s) after %d of %d expected bytes; "
-                              "frames %r" % (self.ended, len(self.rx), n, self.frames[-4:]))
-
-    def wait_close(self, timeout=EXPECT_TIMEOUT):
-        """The first close frame received, or None if TCP ended without one."""
-        def done():
-            return any(f.opcode == OP_CLOSE for f in self.frames) or self.ended
-        self.wait(done, timeout, "close frame from the gateway")
-        for f in self.frames:
-            if f.opcode == OP_CLOSE:
-                return f
-        return None
-
-    def wait_end(self, timeout=EXPECT_TIMEOUT):
-        self.wait(lambda: self.ended, timeout, "end of the TCP connection from the gateway")
 
     def snapshot(self):
         with self.cond:
@@ -297,8 +308,9 @@ class LenientUpstream:
 # Client side
 
 
-class Client:
+class Client(Expectations):
     """Raw client socket driven by the test thread. Reading happens inside wait()."""
+    SIDE = "client"
 
     is_client = True
     side = "client"
@@ -410,25 +422,6 @@ class Client:
             return True
         raise CaseFailure("client: no %s within %.1fs (rx %d bytes, frames %r, ended %s)"
                           % (what, timeout, len(self.rx), self.frames[-4:], self.ended))
-
-    def wait_rx(self, n, what=None, timeout=EXPECT_TIMEOUT):
-        self.wait(lambda: len(self.rx) >= n or self.ended, timeout,
-                  what or "%d received bytes" % n)
-        if len(self.rx) < n:
-            raise CaseFailure("client: connection ended (%s) after %d of %d expected bytes; "
-                              "frames %r" % (self.ended, len(self.rx), n, self.frames[-4:]))
-
-    def wait_close(self, timeout=EXPECT_TIMEOUT):
-        def done():
-            return any(f.opcode == OP_CLOSE for f in self.frames) or self.ended
-        self.wait(done, timeout, "close frame from the gateway")
-        for f in self.frames:
-            if f.opcode == OP_CLOSE:
-                return f
-        return None
-
-    def wait_end(self, timeout=EXPECT_TIMEOUT):
-        self.wait(lambda: self.ended, timeout, "end of the TCP connection from the gateway")
 
     def snapshot(self):
         return bytes(self.rx), bytes(self.tx), list(self.frames)
