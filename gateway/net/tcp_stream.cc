@@ -1,5 +1,7 @@
 #include "net/tcp_stream.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <cassert>
@@ -42,6 +44,13 @@ int TcpStream::init(uv_loop_t* loop, StreamListener* listener) {
   closing_ = closed_ = reading_ = shutdown_sent_ = above_high_ = false;
   pending_ = 0;
   return 0;
+}
+
+void TcpStream::quickAck() {
+  uv_os_fd_t fd;
+  if (!initialized_ || closing_ || uv_fileno(asHandle(&tcp_), &fd) != 0) return;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 }
 
 void TcpStream::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {

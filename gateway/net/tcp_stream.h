@@ -31,6 +31,9 @@ class TcpStream final : public Stream {
 
   // uv_tcp_init on loop; listener receives every upcall. Returns a UV code.
   int init(uv_loop_t* loop, StreamListener* listener);
+  // TCP_QUICKACK on: ACK at once again (undoes a listener's delay_first_ack when a client may be
+  // waiting for the ACK before it sends the rest of a request: Nagle).
+  void quickAck();
   uv_tcp_t* handle() { return &tcp_; }
   void setListener(StreamListener* listener) { listener_ = listener; }
   void setHighWater(size_t high) override { high_water_ = high; }

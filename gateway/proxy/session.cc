@@ -95,7 +95,7 @@ void Session::start() {
     client_addr_ = formatSockaddr(reinterpret_cast<sockaddr*>(&peer), &hs_->forward.client_ip,
                                   &hs_->forward.client_port);
   }
-  uv_tcp_nodelay(client_tcp_.handle(), 1);
+  // TCP_NODELAY comes from the listening socket (openListenSocket): no setsockopt here.
   hs_->forward.tls = client_tls_ != nullptr;
   forward_ = hs_->forward;
   UPGATE_LOG(debug, id_, "accepted {} on listener {}", client_addr_, listener_.name);
@@ -185,6 +185,17 @@ void Session::Leg::onClosed() {
 
 void Session::onClientHead(const char* data, size_t len) {
   ParseResult r = hs_->request.feed(data, len);
+  // A plain listener delays the ACK of the request to send it with the answer
+  // (openListenSocket). A client that waits for that ACK before sending the rest (Nagle with an
+  // unacknowledged small segment) would stall until the delayed-ACK timer: ACK at once when the
+  // head is incomplete, or when a request body may follow (anything but an upgrade). HAProxy
+  // does the same.
+  if (!quick_ack_ && !listener_tls_ &&
+      (r == ParseResult::NeedMore ||
+       (r == ParseResult::Complete && !hs_->request.head().upgrade))) {
+    quick_ack_ = true;
+    client_tcp_.quickAck();
+  }
   if (r == ParseResult::NeedMore) return;
   if (r == ParseResult::Error) {
     respondError(hs_->request.errorStatus(), hs_->request.errorReason());

@@ -212,6 +212,7 @@ class Session final : private SubscriptionOwner,
   bool upstream_paused_ = false;  // upstream reads stopped because the client is above high water
   bool started_ = false;
   bool logged_ = false;
+  bool quick_ack_ = false;  // TCP_QUICKACK turned back on for the client leg (onClientHead)
 };
 
 }  // namespace upgate
