@@ -828,6 +828,16 @@ bool Session::tunnelWrite(bool to_client, const char* data, size_t len) {
   return state_ == State::Tunnel;
 }
 
+bool Session::tunnelWriteLast(bool to_client, const char* data, size_t len) {
+  (to_client ? bytes_down_ : bytes_up_) += len;
+  // Towards the client upgate is the server, which closes first (RFC 6455 §7.1.1): its FIN goes
+  // with the last frame. Towards the upstream it is the client, which lets the server close
+  // first: no FIN with the frame (lingerClose decides).
+  pump(to_client ? *upstream_ : *client_, to_client ? *client_ : *upstream_, data, len,
+       /*last=*/to_client);
+  return state_ == State::Tunnel;
+}
+
 void Session::tunnelEnd(const std::string& reason) {
   // Close frames are queued on both legs: they go out before TCP closes.
   lingerClose(reason, /*flush_upstream=*/true);
@@ -947,9 +957,10 @@ std::string Session::switchProtocols(TunnelSetup& setup) {
 
 // ---- Tunnel ------------------------------------------------------------------------------------
 
-void Session::pump(Stream& from, Stream& to, const char* data, size_t len) {
+void Session::pump(Stream& from, Stream& to, const char* data, size_t len, bool last) {
   last_activity_ms_ = uv_now(worker_.loop());
-  int rc = to.write(data, len);
+  // The FIN that lingerClose would send next goes out with the bytes (one segment, not two).
+  int rc = last ? to.writeLast(data, len) : to.write(data, len);
   if (rc != 0) {
     finish(legError(&to == client_, rc));
     return;

@@ -107,7 +107,8 @@ class Session final : private SubscriptionOwner,
 
   // Tunnel phase.
   void tunnelData(bool from_client, const char* data, size_t len);
-  void pump(Stream& from, Stream& to, const char* data, size_t len);
+  // last: the bytes complete the close handshake; `to` gets its FIN with them.
+  void pump(Stream& from, Stream& to, const char* data, size_t len, bool last = false);
   void addClientCertHeaders(RequestHead& head);
   std::string legError(bool is_client, int uv_err) const;
   void onLegEof(bool is_client);
@@ -118,6 +119,7 @@ class Session final : private SubscriptionOwner,
   void armTunnelTimer();
   // TunnelOwner.
   bool tunnelWrite(bool to_client, const char* data, size_t len) override;
+  bool tunnelWriteLast(bool to_client, const char* data, size_t len) override;
   void tunnelEnd(const std::string& reason) override;
   MessageVerdict tunnelMessage(bool from_client, uint8_t opcode,
                                const std::string& payload) override;

@@ -94,6 +94,23 @@ int tcpOption(int fd, int option) {
   return v;
 }
 
+// glibc's tcp_info stops before the segment counters of Linux's (since 4.2): the fields that
+// follow it in <linux/tcp.h>, which cannot be included next to <netinet/tcp.h>.
+struct TcpInfoSegs {
+  tcp_info base;
+  uint64_t pacing_rate, max_pacing_rate, bytes_acked, bytes_received;
+  uint32_t segs_out, segs_in;
+};
+static_assert(sizeof(tcp_info) == 104, "glibc's tcp_info layout");
+
+uint32_t segmentsOut(TcpStream& s) {
+  TcpInfoSegs info{};
+  socklen_t len = sizeof(info);
+  REQUIRE(getsockopt(fdOf(s), IPPROTO_TCP, TCP_INFO, &info, &len) == 0);
+  REQUIRE(len >= sizeof(info));
+  return info.segs_out;
+}
+
 std::string pattern(size_t n) {
   std::string s(n, '\0');
   for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
@@ -113,6 +130,42 @@ TEST_CASE("tcp_stream: bytes arrive in order and EOF follows shutdown", "[net]")
   CHECK(p.rb.data == msg);
   CHECK(p.a.bytesWritten() == msg.size());
   CHECK(p.b.bytesRead() == msg.size());
+}
+
+TEST_CASE("tcp_stream: writeLast sends the bytes and the FIN in one segment", "[net]") {
+  Pair p;
+  REQUIRE(p.b.readStart() == 0);
+  p.runUntil([&] { return segmentsOut(p.a) > 0; });  // the handshake's ACK is out
+  uint32_t before = segmentsOut(p.a);
+  REQUIRE(p.a.writeLast("close", 5) == 0);
+  CHECK(segmentsOut(p.a) - before == 1);
+  CHECK(p.a.write("x", 1) == UV_EPIPE);  // nothing after the last bytes
+  p.runUntil([&] { return p.rb.eofs == 1; });
+  CHECK(p.rb.data == "close");
+  // write() then shutdown() takes two.
+  REQUIRE(p.a.readStart() == 0);
+  before = segmentsOut(p.b);
+  REQUIRE(p.b.write("reply", 5) == 0);
+  p.b.shutdown();
+  CHECK(segmentsOut(p.b) - before == 2);
+  p.runUntil([&] { return p.ra.eofs == 1; });
+  CHECK(p.ra.data == "reply");
+}
+
+TEST_CASE("tcp_stream: writeLast behind queued bytes keeps their order", "[net]") {
+  Pair p;
+  std::string chunk = pattern(256 * 1024);
+  std::string sent;
+  // The peer is not reading: the kernel buffers fill and the rest is queued.
+  for (int i = 0; i < 64 && p.a.pendingBytes() == 0; ++i) {
+    REQUIRE(p.a.write(chunk.data(), chunk.size()) == 0);
+    sent += chunk;
+  }
+  REQUIRE(p.a.pendingBytes() > 0);
+  REQUIRE(p.a.writeLast("end", 3) == 0);
+  REQUIRE(p.b.readStart() == 0);
+  p.runUntil([&] { return p.rb.eofs == 1; });
+  CHECK(p.rb.data == sent + "end");
 }
 
 TEST_CASE("tcp_stream: quickAck turns TCP_QUICKACK back on", "[net]") {
