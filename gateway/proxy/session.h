@@ -112,6 +112,7 @@ class Session final : private SubscriptionOwner,
   void addClientCertHeaders(RequestHead& head);
   std::string legError(bool is_client, int uv_err) const;
   void onLegEof(bool is_client);
+  void upstreamFinished();
   void onLegError(bool is_client, int uv_err);
   void onLegDrain(bool is_client);
   void onLegClosed(bool is_client);
