@@ -167,7 +167,7 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
     std::string first_bound;
     for (unsigned w = 0; w < workers; ++w) {
       std::string bound, err;
-      int fd = openListenSocket(addr, lc.backlog, bound, err);
+      int fd = openListenSocket(addr, lc.backlog, /*delay_first_ack=*/!lc.tls, bound, err);
       if (fd < 0) {
         UPGATE_LOG(err, 0, "listener {}: cannot listen on {}", lc.name, err);
         close_fds();

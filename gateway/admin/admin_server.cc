@@ -145,7 +145,7 @@ AdminServer::~AdminServer() {
 }
 
 bool AdminServer::start(std::string& bound, std::string& err) {
-  int fd = openListenSocket(config_.admin.address, 128, bound, err);
+  int fd = openListenSocket(config_.admin.address, 128, /*delay_first_ack=*/false, bound, err);
   if (fd < 0) return false;
   uv_tcp_init(loop_, &tcp_);
   tcp_.data = this;

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -67,7 +68,8 @@ std::string formatSockaddr(const sockaddr* sa, std::string* ip_only, uint16_t* p
   return out;
 }
 
-int openListenSocket(const HostPort& address, int backlog, std::string& bound, std::string& err) {
+int openListenSocket(const HostPort& address, int backlog, bool delay_first_ack, std::string& bound,
+                     std::string& err) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -91,6 +93,7 @@ int openListenSocket(const HostPort& address, int backlog, std::string& bound, s
   // libuv 1.44 has no flag for SO_REUSEPORT: set it before bind, then hand the fd to uv_tcp_open.
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
   if (res->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));  // inherited at accept
   if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
     err = address.text() + ": " + std::strerror(errno);
     freeaddrinfo(res);
@@ -98,6 +101,11 @@ int openListenSocket(const HostPort& address, int backlog, std::string& bound, s
     return -1;
   }
   freeaddrinfo(res);
+  if (delay_first_ack) {
+    // After listen(): listen() resets the delayed-ACK state that TCP_QUICKACK = 0 sets.
+    int zero = 0;
+    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero));
+  }
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
   getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);

@@ -15,7 +15,14 @@ namespace upgate {
 
 // Creates, binds and listens a non-blocking socket. On success returns the fd and fills
 // `bound` with the real address (port resolved); on failure returns -1 and sets `err`.
-int openListenSocket(const HostPort& address, int backlog, std::string& bound, std::string& err);
+// Accepted sockets inherit TCP_NODELAY from it (Linux copies the option at accept), so no
+// per-connection setsockopt is needed. With `delay_first_ack`, TCP_QUICKACK is turned off after
+// listen(), which accepted sockets inherit too: the ACK of a request is then sent with its answer
+// instead of as a segment of its own (HAProxy does the same on HTTP listeners). Only for
+// listeners whose first answer follows the request at once (plain HTTP, not TLS); see
+// TcpStream::quickAck for where it is turned back on.
+int openListenSocket(const HostPort& address, int backlog, bool delay_first_ack, std::string& bound,
+                     std::string& err);
 
 // Formats a socket address as "ip:port" / "[ip]:port"; `ip_only` gets the bare ip when given.
 std::string formatSockaddr(const sockaddr* sa, std::string* ip_only = nullptr,

@@ -35,6 +35,13 @@ class Stream {
   virtual size_t pendingBytes() const = 0;
   // Sends FIN after every queued byte was written. Idempotent.
   virtual void shutdown() = 0;
+  // write() then shutdown(): the last bytes towards this peer. A transport may send them and the
+  // FIN in one segment.
+  virtual int writeLast(const char* data, size_t len) {
+    int rc = write(data, len);
+    if (rc == 0) shutdown();
+    return rc;
+  }
   // Pending bytes above `high` arm one onDrain() upcall for when they fall to high / 2.
   virtual void setHighWater(size_t high) = 0;
   // Idempotent; onClosed() follows from the loop.

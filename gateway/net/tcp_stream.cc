@@ -1,5 +1,7 @@
 #include "net/tcp_stream.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <cassert>
@@ -44,6 +46,13 @@ int TcpStream::init(uv_loop_t* loop, StreamListener* listener) {
   return 0;
 }
 
+void TcpStream::quickAck() {
+  uv_os_fd_t fd;
+  if (!initialized_ || closing_ || uv_fileno(asHandle(&tcp_), &fd) != 0) return;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+}
+
 void TcpStream::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
   auto* ctx = static_cast<LoopContext*>(h->loop->data);
   *buf = uv_buf_init(ctx->read_buffer, sizeof(ctx->read_buffer));
@@ -85,28 +94,53 @@ void TcpStream::readStop() {
   reading_ = false;
 }
 
+ssize_t TcpStream::sendNow(const char* data, size_t len, int flags) {
+  uv_os_fd_t fd = -1;
+  if (pending_ != 0 || tcp_.connect_req != nullptr || uv_fileno(asHandle(&tcp_), &fd) != 0) {
+    return 0;
+  }
+  // Fast path: most writes are taken whole by the kernel and nothing is copied. send(2)
+  // where uv_try_write would write(2): on a socket, write(2) also goes through the VFS
+  // (file-position lock, fsnotify), per call on every message and every fan-out delivery.
+  ssize_t n;
+  do {
+    n = ::send(fd, data, len, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n >= 0) return n;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+  return -errno;  // libuv's error codes are negated errno values on Unix
+}
+
 int TcpStream::write(const char* data, size_t len) {
   if (closing_ || shutdown_sent_) return UV_EPIPE;
   if (len == 0) return 0;
-  size_t done = 0;
-  uv_os_fd_t fd = -1;
-  if (pending_ == 0 && tcp_.connect_req == nullptr && uv_fileno(asHandle(&tcp_), &fd) == 0) {
-    // Fast path: most writes are taken whole by the kernel and nothing is copied. send(2)
-    // where uv_try_write would write(2): on a socket, write(2) also goes through the VFS
-    // (file-position lock, fsnotify), per call on every message and every fan-out delivery.
-    ssize_t n;
-    do {
-      n = ::send(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n >= 0) {
-      done = static_cast<size_t>(n);
-    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      return -errno;  // libuv's error codes are negated errno values on Unix
-    }
-  }
+  ssize_t n = sendNow(data, len, 0);
+  if (n < 0) return static_cast<int>(n);
+  auto done = static_cast<size_t>(n);
   bytes_written_ += done;
   if (done == len) return 0;
-  WriteReq* w = WriteReq::make(data + done, len - done);
+  return queue(data + done, len - done);
+}
+
+int TcpStream::writeLast(const char* data, size_t len) {
+  if (closing_ || shutdown_sent_) return UV_EPIPE;
+  // MSG_MORE keeps the bytes in the socket until the shutdown(2) right below, which sends them
+  // with the FIN in one segment (tcp_send_fin puts the FIN on an unsent tail). Nothing else runs
+  // in between, so the hold never outlasts this call.
+  ssize_t n = len == 0 ? 0 : sendNow(data, len, MSG_MORE);
+  if (n < 0) return static_cast<int>(n);
+  auto done = static_cast<size_t>(n);
+  bytes_written_ += done;
+  if (done < len) {
+    int rc = queue(data + done, len - done);
+    if (rc != 0) return rc;
+  }
+  shutdown();  // with bytes queued: uv_shutdown, after they are written
+  return 0;
+}
+
+int TcpStream::queue(const char* data, size_t len) {
+  WriteReq* w = WriteReq::make(data, len);
   w->req.data = this;
   uv_buf_t buf = uv_buf_init(w->data, static_cast<unsigned>(w->len));
   int rc = uv_write(&w->req, asStream(&tcp_), &buf, 1, onWrite);

@@ -31,6 +31,9 @@ class TcpStream final : public Stream {
 
   // uv_tcp_init on loop; listener receives every upcall. Returns a UV code.
   int init(uv_loop_t* loop, StreamListener* listener);
+  // TCP_QUICKACK on: ACK at once again (undoes a listener's delay_first_ack when a client may be
+  // waiting for the ACK before it sends the rest of a request: Nagle).
+  void quickAck();
   uv_tcp_t* handle() { return &tcp_; }
   void setListener(StreamListener* listener) { listener_ = listener; }
   void setHighWater(size_t high) override { high_water_ = high; }
@@ -38,6 +41,7 @@ class TcpStream final : public Stream {
   int readStart() override;
   void readStop() override;
   int write(const char* data, size_t len) override;
+  int writeLast(const char* data, size_t len) override;
   size_t pendingBytes() const override { return pending_; }
   void shutdown() override;
   void close() override;
@@ -60,6 +64,10 @@ class TcpStream final : public Stream {
   void handleRead(ssize_t nread);
   void handleWriteDone(size_t len, int status);
   void handleClosed();
+  // send(2) without blocking when nothing is queued: bytes taken, or a negative UV code.
+  ssize_t sendNow(const char* data, size_t len, int flags);
+  // Copies [data, data + len) into a uv_write request (the socket took the rest).
+  int queue(const char* data, size_t len);
 
   uv_tcp_t tcp_{};
   StreamListener* listener_ = nullptr;

@@ -95,7 +95,7 @@ void Session::start() {
     client_addr_ = formatSockaddr(reinterpret_cast<sockaddr*>(&peer), &hs_->forward.client_ip,
                                   &hs_->forward.client_port);
   }
-  uv_tcp_nodelay(client_tcp_.handle(), 1);
+  // TCP_NODELAY comes from the listening socket (openListenSocket): no setsockopt here.
   hs_->forward.tls = client_tls_ != nullptr;
   forward_ = hs_->forward;
   UPGATE_LOG(debug, id_, "accepted {} on listener {}", client_addr_, listener_.name);
@@ -185,6 +185,17 @@ void Session::Leg::onClosed() {
 
 void Session::onClientHead(const char* data, size_t len) {
   ParseResult r = hs_->request.feed(data, len);
+  // A plain listener delays the ACK of the request to send it with the answer
+  // (openListenSocket). A client that waits for that ACK before sending the rest (Nagle with an
+  // unacknowledged small segment) would stall until the delayed-ACK timer: ACK at once when the
+  // head is incomplete, or when a request body may follow (anything but an upgrade). HAProxy
+  // does the same.
+  if (!quick_ack_ && !listener_tls_ &&
+      (r == ParseResult::NeedMore ||
+       (r == ParseResult::Complete && !hs_->request.head().upgrade))) {
+    quick_ack_ = true;
+    client_tcp_.quickAck();
+  }
   if (r == ParseResult::NeedMore) return;
   if (r == ParseResult::Error) {
     respondError(hs_->request.errorStatus(), hs_->request.errorReason());
@@ -487,16 +498,38 @@ void Session::lingerClose(const std::string& reason, bool flush_upstream) {
   close_reason_ = reason;
   state_ = State::Lingering;
   client_->shutdown();
-  if (flush_upstream) {
+  if (!flush_upstream) {
+    if (upstream_->isOpen()) upstream_->close();
+  } else if (tunnel_ && tunnel_->closeReceivedFrom(false) && !upstream_tls_) {
+    // A clean end: the upstream sent its close frame. Towards it upgate is the client, which
+    // lets the server close the TCP connection first (RFC 6455 §7.1.1: the server keeps the
+    // TIME_WAIT): its FIN is awaited and answered by closing (upstreamFinished); finish()
+    // closes the leg if the client's FIN comes first.
+    if (upstream_eof_) {
+      upstreamFinished();
+    } else if (upstream_->readStart() != 0) {
+      upstream_->close();
+    }
+  } else {
     upstream_->shutdown();  // its queued close frame goes out first; closed at finish()
-  } else if (upstream_->isOpen()) {
-    upstream_->close();
   }
   if (client_->readStart() != 0) {
     finish(reason);
     return;
   }
   uv_timer_start(&timer_, onTimer, kLingerMs, 0);
+}
+
+void Session::upstreamFinished() {
+  // Nothing more comes from the upstream. close(2) sends our FIN as shutdown(2) would, and spares
+  // the shutdown call, and reading the EOF later plus libuv's second EPOLL_CTL_DEL of a watcher
+  // it stopped at that EOF (when this runs at the tunnel's end). Bytes still queued for the
+  // upstream go first: FIN after them, the handle is closed at finish().
+  if (upstream_->pendingBytes() == 0) {
+    upstream_->close();
+  } else {
+    upstream_->shutdown();
+  }
 }
 
 void Session::drain() {
@@ -817,6 +850,15 @@ bool Session::tunnelWrite(bool to_client, const char* data, size_t len) {
   return state_ == State::Tunnel;
 }
 
+bool Session::tunnelWriteLast(bool to_client, const char* data, size_t len) {
+  (to_client ? bytes_down_ : bytes_up_) += len;
+  // Towards the client upgate is the server, which closes first (RFC 6455 §7.1.1): its FIN goes
+  // with the last frame. Towards the upstream it is the client and waits for the server's FIN.
+  pump(to_client ? *upstream_ : *client_, to_client ? *client_ : *upstream_, data, len,
+       /*last=*/to_client);
+  return state_ == State::Tunnel;
+}
+
 void Session::tunnelEnd(const std::string& reason) {
   // Close frames are queued on both legs: they go out before TCP closes.
   lingerClose(reason, /*flush_upstream=*/true);
@@ -936,9 +978,10 @@ std::string Session::switchProtocols(TunnelSetup& setup) {
 
 // ---- Tunnel ------------------------------------------------------------------------------------
 
-void Session::pump(Stream& from, Stream& to, const char* data, size_t len) {
+void Session::pump(Stream& from, Stream& to, const char* data, size_t len, bool last) {
   last_activity_ms_ = uv_now(worker_.loop());
-  int rc = to.write(data, len);
+  // The FIN that lingerClose would send next goes out with the bytes (one segment, not two).
+  int rc = last ? to.writeLast(data, len) : to.write(data, len);
   if (rc != 0) {
     finish(legError(&to == client_, rc));
     return;
@@ -992,7 +1035,12 @@ void Session::onLegEof(bool is_client) {
       if (is_client) hs_->client_eof = true;
       return;
     case State::Lingering:
-      if (is_client) finish(close_reason_);
+      if (is_client) {
+        finish(close_reason_);
+      } else if (!upstream_tls_) {
+        upstream_eof_ = true;
+        upstreamFinished();
+      }
       return;
     case State::Subscribed:
       if (is_client) finish("client closed without a close frame");

@@ -107,10 +107,12 @@ class Session final : private SubscriptionOwner,
 
   // Tunnel phase.
   void tunnelData(bool from_client, const char* data, size_t len);
-  void pump(Stream& from, Stream& to, const char* data, size_t len);
+  // last: the bytes complete the close handshake; `to` gets its FIN with them.
+  void pump(Stream& from, Stream& to, const char* data, size_t len, bool last = false);
   void addClientCertHeaders(RequestHead& head);
   std::string legError(bool is_client, int uv_err) const;
   void onLegEof(bool is_client);
+  void upstreamFinished();
   void onLegError(bool is_client, int uv_err);
   void onLegDrain(bool is_client);
   void onLegClosed(bool is_client);
@@ -118,6 +120,7 @@ class Session final : private SubscriptionOwner,
   void armTunnelTimer();
   // TunnelOwner.
   bool tunnelWrite(bool to_client, const char* data, size_t len) override;
+  bool tunnelWriteLast(bool to_client, const char* data, size_t len) override;
   void tunnelEnd(const std::string& reason) override;
   MessageVerdict tunnelMessage(bool from_client, uint8_t opcode,
                                const std::string& payload) override;
@@ -212,6 +215,7 @@ class Session final : private SubscriptionOwner,
   bool upstream_paused_ = false;  // upstream reads stopped because the client is above high water
   bool started_ = false;
   bool logged_ = false;
+  bool quick_ack_ = false;  // TCP_QUICKACK turned back on for the client leg (onClientHead)
 };
 
 }  // namespace upgate

@@ -86,7 +86,10 @@ void Tunnel::onData(bool from_client, char* data, size_t len, uint64_t now_ms) {
   } else {
     FrameTracker& t = from_client ? track_up_ : track_down_;
     t.feed(data, len);
-    if (!write(!from_client, data, len)) return;
+    // A close frame answering the one dst sent, after ours went to src, completes the close
+    // handshake: checkDone ends the tunnel right after this write.
+    const bool last = t.closeSeen() && src.close_sent && dst.close_received;
+    if (!write(!from_client, data, len, last)) return;
     if (t.closeSeen()) {
       src.close_received = true;
       closeSentTo(dst, now_ms);  // it went on with this read (or dst was closed already)
@@ -96,10 +99,11 @@ void Tunnel::onData(bool from_client, char* data, size_t len, uint64_t now_ms) {
   checkDone();
 }
 
-bool Tunnel::write(bool to_client, const char* data, size_t len) {
+bool Tunnel::write(bool to_client, const char* data, size_t len, bool last) {
   if (ended_) return false;
   if (leg(to_client).close_sent) return true;  // after a close frame nothing more goes to a leg
-  if (!owner_.tunnelWrite(to_client, data, len)) {
+  if (!(last ? owner_.tunnelWriteLast(to_client, data, len)
+             : owner_.tunnelWrite(to_client, data, len))) {
     ended_ = true;
     return false;
   }
@@ -129,7 +133,9 @@ bool Tunnel::Direction::relayControl(uint8_t op, std::string_view payload, std::
     case opcode::kClose:
       src.close_received = true;
       if (dst.close_sent) return true;  // the reply to a close upgate sent: the other leg has one
-      if (!t.write(!from_client_, frame.data(), frame.size())) return false;
+      // The answer to dst's close, after ours went to src: the handshake is complete (checkDone).
+      if (!t.write(!from_client_, frame.data(), frame.size(), src.close_sent && dst.close_received))
+        return false;
       t.closeSentTo(dst, t.now_ms_);
       return true;
     default:

@@ -37,6 +37,11 @@ class TunnelOwner {
   virtual ~TunnelOwner() = default;
   // Writes to one leg, with backpressure. Returns false if the session ended.
   virtual bool tunnelWrite(bool to_client, const char* data, size_t len) = 0;
+  // The same for the close frame that completes the close handshake: nothing more goes to that
+  // leg, and tunnelEnd follows, so the owner may send the leg's FIN with these bytes.
+  virtual bool tunnelWriteLast(bool to_client, const char* data, size_t len) {
+    return tunnelWrite(to_client, data, len);
+  }
   // The close handshake completed, or upgate failed the connection: close both legs once what
   // is queued (close frames) is written.
   virtual void tunnelEnd(const std::string& reason) = 0;
@@ -73,6 +78,8 @@ class Tunnel {
   uint64_t nextDue() const;
   // The tunnel ended (tunnelEnd was called, or a write failed).
   bool ended() const { return ended_; }
+  // That leg's close frame arrived (or the leg was declared dead): it sends nothing more.
+  bool closeReceivedFrom(bool client) const { return leg(client).close_received; }
   // Something was scheduled earlier than nextDue() said before (a close deadline, a ping sent
   // while relaying): the owner re-arms its timer. Clears the flag.
   bool takeRearm() {
@@ -118,8 +125,10 @@ class Tunnel {
   };
 
   Leg& leg(bool client) { return client ? client_ : upstream_; }
+  const Leg& leg(bool client) const { return client ? client_ : upstream_; }
   bool atBoundaryTowards(bool to_client) const;
-  bool write(bool to_client, const char* data, size_t len);
+  // last: these bytes complete the close handshake (tunnelWriteLast).
+  bool write(bool to_client, const char* data, size_t len, bool last = false);
   bool inject(bool to_client, uint64_t now_ms);
   bool flushInjections(uint64_t now_ms);
   void closeSentTo(Leg& l, uint64_t now_ms);

@@ -74,6 +74,54 @@ def upstream_half_close_handler(conn, up):
         reader.feed(chunk)
 
 
+def read_to_end(conn, reader, up, tag):
+    """Reports the frames that arrive, then how the connection ended: eof or reset."""
+    conn.settimeout(harness.IO_TIMEOUT)
+    for _ in range(10000):
+        frame = reader.next_frame()
+        if frame is not None:
+            up.event("frame", tag, frame[1], frame[2])
+            continue
+        try:
+            chunk = conn.recv(65536)
+        except ConnectionResetError:
+            up.event("end", tag, "reset")
+            return
+        if not chunk:
+            up.event("end", tag, "eof")
+            return
+        reader.feed(chunk)
+
+
+def close_handshake_handler(conn, up):
+    """/ch/client-*: answers the client's close frame and keeps its own FIN until it sees the
+    gateway's. /ch/upstream-*: sends the first close frame, then waits for the reply. Events are
+    tagged with the path."""
+    head, leftover = harness.websocket_accept(conn, up)
+    tag = head.split(b" ")[1].decode()
+    reader = harness.FrameReader()
+    reader.feed(leftover)
+    if tag.startswith("/ch/upstream"):
+        conn.sendall(harness.encode_frame(harness.OP_CLOSE, b"\x03\xe9going", mask=False))
+        read_to_end(conn, reader, up, tag)
+        return
+    conn.settimeout(harness.IO_TIMEOUT)
+    for _ in range(10000):
+        frame = reader.next_frame()
+        if frame is not None:
+            up.event("frame", tag, frame[1], frame[2])
+            if frame[1] == harness.OP_CLOSE:
+                conn.sendall(harness.encode_frame(harness.OP_CLOSE, frame[2], mask=False))
+                read_to_end(conn, reader, up, tag)
+                return
+            continue
+        chunk = conn.recv(65536)
+        if not chunk:
+            up.event("end", tag, "eof")
+            return
+        reader.feed(chunk)
+
+
 # Set by a test once its early bytes (and FIN) are on their way: the upstream holds its 101
 # until then, so they reach the gateway while it waits for the upstream's answer.
 RELEASE_101 = threading.Event()
@@ -110,15 +158,18 @@ class TunnelEndTest(GatewayTestCase):
         cls.chc = cls.start_class_peer(RawUpstream(client_half_close_handler, name="chc"))
         cls.uhc = cls.start_class_peer(RawUpstream(upstream_half_close_handler, name="uhc"))
         cls.late = cls.start_class_peer(RawUpstream(late_switch_handler, name="late"))
+        cls.ch = cls.start_class_peer(RawUpstream(close_handshake_handler, name="ch"))
         cls.gw = cls.start_class_gateway(harness.make_config(
             upstreams={"chat": {"endpoints": [cls.echo.addr]},
                        "chc": {"endpoints": [cls.chc.addr]},
                        "uhc": {"endpoints": [cls.uhc.addr]},
-                       "late": {"endpoints": [cls.late.addr]}},
+                       "late": {"endpoints": [cls.late.addr]},
+                       "ch": {"endpoints": [cls.ch.addr]}},
             routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "chat"},
                     {"name": "chc", "match": {"path_prefix": "/chc"}, "upstream": "chc"},
                     {"name": "uhc", "match": {"path_prefix": "/uhc"}, "upstream": "uhc"},
-                    {"name": "late", "match": {"path_prefix": "/late"}, "upstream": "late"}],
+                    {"name": "late", "match": {"path_prefix": "/late"}, "upstream": "late"},
+                    {"name": "ch", "match": {"path_prefix": "/ch/"}, "upstream": "ch"}],
             timeouts={"head": "10s", "idle": 0, "half_close": "5s"}))
 
     def tearDown(self):
@@ -168,6 +219,41 @@ class TunnelEndTest(GatewayTestCase):
         self.assertEqual((code, reason), (4002, "client bye"), "close echoed by the upstream")
         self.assertEqual(self.echo.wait_close_for("/chat/client-close"),
                          ("/chat/client-close", 4002, "client bye"))
+
+    def test_completed_close_handshake_ends_both_legs_with_a_fin(self):
+        # The reply completes the handshake: the client gets it and then EOF (the gateway sends
+        # its FIN with the frame), and the upstream, which holds its own FIN, sees the gateway's
+        # FIN, not a reset.
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/ch/client-closes")
+        c.send_frame(harness.OP_TEXT, b"before closing")
+        c.send_frame(harness.OP_CLOSE, b"\x03\xe8done")
+        self.assertEqual(c.recv_frame(), (True, harness.OP_CLOSE, b"\x03\xe8done"))
+        data, how = c.read_until_closed(5)
+        self.assertEqual((bytes(c.frames.buf) + data, how), (b"", "eof"))
+        c.sock.shutdown(socket.SHUT_WR)
+        tag = "/ch/client-closes"
+        self.ch.wait_event(lambda e: e == ("frame", tag, harness.OP_TEXT, b"before closing"))
+        self.ch.wait_event(lambda e: e == ("frame", tag, harness.OP_CLOSE, b"\x03\xe8done"))
+        self.assertEqual(self.ch.wait_event(lambda e: e[:2] == ("end", tag), what="upstream's end"),
+                         ("end", tag, "eof"))
+
+    def test_upstream_initiated_close_handshake(self):
+        # The client's reply is the last thing the upstream gets, then EOF.
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/ch/upstream-closes")
+        self.assertEqual(c.recv_frame(), (True, harness.OP_CLOSE, b"\x03\xe9going"))
+        c.send_frame(harness.OP_CLOSE, b"\x03\xe9")
+        data, how = c.read_until_closed(5)
+        self.assertEqual((bytes(c.frames.buf) + data, how), (b"", "eof"))
+        c.sock.shutdown(socket.SHUT_WR)
+        tag = "/ch/upstream-closes"
+        self.ch.wait_event(lambda e: e == ("frame", tag, harness.OP_CLOSE, b"\x03\xe9"),
+                           what="the client's reply at the upstream")
+        self.assertEqual(self.ch.wait_event(lambda e: e[:2] == ("end", tag), what="upstream's end"),
+                         ("end", tag, "eof"))
 
     def test_client_half_close(self):
         c = RawClient(self.gw.addr())

@@ -1,5 +1,8 @@
 #include "net/tcp_stream.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -78,6 +81,36 @@ struct Pair {
   }
 };
 
+int fdOf(TcpStream& s) {
+  uv_os_fd_t fd = -1;
+  REQUIRE(uv_fileno(reinterpret_cast<uv_handle_t*>(s.handle()), &fd) == 0);
+  return fd;
+}
+
+int tcpOption(int fd, int option) {
+  int v = -1;
+  socklen_t len = sizeof(v);
+  REQUIRE(getsockopt(fd, IPPROTO_TCP, option, &v, &len) == 0);
+  return v;
+}
+
+// glibc's tcp_info stops before the segment counters of Linux's (since 4.2): the fields that
+// follow it in <linux/tcp.h>, which cannot be included next to <netinet/tcp.h>.
+struct TcpInfoSegs {
+  tcp_info base;
+  uint64_t pacing_rate, max_pacing_rate, bytes_acked, bytes_received;
+  uint32_t segs_out, segs_in;
+};
+static_assert(sizeof(tcp_info) == 104, "glibc's tcp_info layout");
+
+uint32_t segmentsOut(TcpStream& s) {
+  TcpInfoSegs info{};
+  socklen_t len = sizeof(info);
+  REQUIRE(getsockopt(fdOf(s), IPPROTO_TCP, TCP_INFO, &info, &len) == 0);
+  REQUIRE(len >= sizeof(info));
+  return info.segs_out;
+}
+
 std::string pattern(size_t n) {
   std::string s(n, '\0');
   for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
@@ -97,6 +130,51 @@ TEST_CASE("tcp_stream: bytes arrive in order and EOF follows shutdown", "[net]")
   CHECK(p.rb.data == msg);
   CHECK(p.a.bytesWritten() == msg.size());
   CHECK(p.b.bytesRead() == msg.size());
+}
+
+TEST_CASE("tcp_stream: writeLast sends the bytes and the FIN in one segment", "[net]") {
+  Pair p;
+  REQUIRE(p.b.readStart() == 0);
+  p.runUntil([&] { return segmentsOut(p.a) > 0; });  // the handshake's ACK is out
+  uint32_t before = segmentsOut(p.a);
+  REQUIRE(p.a.writeLast("close", 5) == 0);
+  CHECK(segmentsOut(p.a) - before == 1);
+  CHECK(p.a.write("x", 1) == UV_EPIPE);  // nothing after the last bytes
+  p.runUntil([&] { return p.rb.eofs == 1; });
+  CHECK(p.rb.data == "close");
+  // write() then shutdown() takes two.
+  REQUIRE(p.a.readStart() == 0);
+  before = segmentsOut(p.b);
+  REQUIRE(p.b.write("reply", 5) == 0);
+  p.b.shutdown();
+  CHECK(segmentsOut(p.b) - before == 2);
+  p.runUntil([&] { return p.ra.eofs == 1; });
+  CHECK(p.ra.data == "reply");
+}
+
+TEST_CASE("tcp_stream: writeLast behind queued bytes keeps their order", "[net]") {
+  Pair p;
+  std::string chunk = pattern(256 * 1024);
+  std::string sent;
+  // The peer is not reading: the kernel buffers fill and the rest is queued.
+  for (int i = 0; i < 64 && p.a.pendingBytes() == 0; ++i) {
+    REQUIRE(p.a.write(chunk.data(), chunk.size()) == 0);
+    sent += chunk;
+  }
+  REQUIRE(p.a.pendingBytes() > 0);
+  REQUIRE(p.a.writeLast("end", 3) == 0);
+  REQUIRE(p.b.readStart() == 0);
+  p.runUntil([&] { return p.rb.eofs == 1; });
+  CHECK(p.rb.data == sent + "end");
+}
+
+TEST_CASE("tcp_stream: quickAck turns TCP_QUICKACK back on", "[net]") {
+  Pair p;
+  int zero = 0;
+  REQUIRE(setsockopt(fdOf(p.b), IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero)) == 0);
+  REQUIRE(tcpOption(fdOf(p.b), TCP_QUICKACK) == 0);
+  p.b.quickAck();
+  CHECK(tcpOption(fdOf(p.b), TCP_QUICKACK) == 1);
 }
 
 TEST_CASE("tcp_stream: queue above high water drains with one onDrain upcall", "[net]") {
@@ -132,7 +210,7 @@ TEST_CASE("listener: openListenSocket binds port 0 and reports the real port", "
   hp.host = "127.0.0.1";
   hp.port = 0;
   std::string bound, err;
-  int fd = openListenSocket(hp, 16, bound, err);
+  int fd = openListenSocket(hp, 16, false, bound, err);
   REQUIRE(fd >= 0);
   CHECK(bound.rfind("127.0.0.1:", 0) == 0);
   CHECK(bound != "127.0.0.1:0");
@@ -140,11 +218,37 @@ TEST_CASE("listener: openListenSocket binds port 0 and reports the real port", "
   HostPort same = hp;
   same.port = static_cast<uint16_t>(std::stoi(bound.substr(bound.rfind(':') + 1)));
   std::string bound2;
-  int fd2 = openListenSocket(same, 16, bound2, err);
+  int fd2 = openListenSocket(same, 16, false, bound2, err);
   CHECK(fd2 >= 0);
   CHECK(bound2 == bound);
   ::close(fd);
   if (fd2 >= 0) ::close(fd2);
+}
+
+TEST_CASE("listener: accepted sockets inherit TCP_NODELAY and the delayed first ACK", "[net]") {
+  auto delay = GENERATE(false, true);
+  HostPort hp;
+  hp.host = "127.0.0.1";
+  hp.port = 0;
+  std::string bound, err;
+  int lfd = openListenSocket(hp, 16, delay, bound, err);
+  REQUIRE(lfd >= 0);
+  sockaddr_in addr{};
+  uv_ip4_addr("127.0.0.1", std::stoi(bound.substr(bound.rfind(':') + 1)), &addr);
+  int cfd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(cfd >= 0);
+  REQUIRE(connect(cfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  int afd = -1;
+  for (int i = 0; i < 1000 && afd < 0; ++i) {  // the listening socket is non-blocking
+    afd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (afd < 0) usleep(1000);
+  }
+  REQUIRE(afd >= 0);
+  CHECK(tcpOption(afd, TCP_NODELAY) == 1);
+  CHECK(tcpOption(afd, TCP_QUICKACK) == (delay ? 0 : 1));
+  ::close(afd);
+  ::close(cfd);
+  ::close(lfd);
 }
 
 TEST_CASE("listener: a bad address is a clear error", "[net]") {
@@ -152,6 +256,6 @@ TEST_CASE("listener: a bad address is a clear error", "[net]") {
   hp.host = "256.1.1.1";
   hp.port = 80;
   std::string bound, err;
-  CHECK(openListenSocket(hp, 16, bound, err) == -1);
+  CHECK(openListenSocket(hp, 16, false, bound, err) == -1);
   CHECK(err.find("256.1.1.1:80") != std::string::npos);
 }

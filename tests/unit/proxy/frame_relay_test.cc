@@ -411,6 +411,10 @@ class Owner final : public TunnelOwner {
     (to_client ? to_client_ : to_upstream).append(data, len);
     return !ended;
   }
+  bool tunnelWriteLast(bool to_client, const char* data, size_t len) override {
+    (to_client ? last_to_client : last_to_upstream).assign(data, len);
+    return tunnelWrite(to_client, data, len);
+  }
   void tunnelEnd(const std::string& reason) override {
     ended = true;
     end_reason = reason;
@@ -418,6 +422,8 @@ class Owner final : public TunnelOwner {
   MessageVerdict tunnelMessage(bool, uint8_t, const std::string&) override { return {}; }
   std::string to_client_;
   std::string to_upstream;
+  std::string last_to_client;  // what went through tunnelWriteLast
+  std::string last_to_upstream;
   bool ended = false;
   std::string end_reason;
 };
@@ -472,10 +478,31 @@ TEST_CASE("Tunnel: a peer-initiated close is mediated in both modes", "[proxy][t
   std::string u = sframe(opcode::kClose, std::string("\x03\xe8", 2));
   feed(t, true, c, 1);
   CHECK(o.to_upstream == c);
+  CHECK(o.last_to_upstream.empty());  // the upstream has not answered yet: not the last bytes
   CHECK_FALSE(o.ended);
   CHECK(t.nextDue() == 1 + setup.close_timeout_ms);
   feed(t, false, u, 2);
   CHECK(o.to_client_ == u);
+  CHECK(o.last_to_client == u);  // the reply completes the handshake: the FIN may go with it
+  CHECK(o.ended);
+}
+
+TEST_CASE("Tunnel: the reply to an upstream's close is the last write to the upstream",
+          "[proxy][tunnel]") {
+  auto mode = GENERATE(TunnelMode::Passthrough, TunnelMode::Frames);
+  Owner o;
+  TunnelSetup setup;
+  setup.mode = mode;
+  Tunnel t(o, setup, 0);
+  std::string u = sframe(opcode::kClose, std::string("\x03\xe8", 2));
+  std::string c = cframe(opcode::kClose, std::string("\x03\xe8", 2));
+  feed(t, true, cframe(opcode::kText, "hi"), 1);
+  CHECK(o.last_to_upstream.empty());
+  feed(t, false, u, 2);
+  CHECK(o.last_to_client.empty());
+  feed(t, true, c, 3);
+  CHECK(o.last_to_upstream == c);
+  CHECK(o.last_to_client.empty());
   CHECK(o.ended);
 }
 
