@@ -45,6 +45,21 @@ EVP_MD_CTX* threadDigestContext() {
   return holder.ctx;
 }
 
+// "Upgrade: websocket" and "Connection: upgrade", looked for in both halves of the handshake.
+struct UpgradeTokens {
+  bool upgrade = false, connection = false;
+
+  // For a header whose name is 7 or 10 bytes long (the callers switch on the length).
+  void see(const Header& x) {
+    if (x.name.size() == 7) {
+      upgrade = upgrade || (iequals(x.name, "Upgrade") && valueHasToken(x.value, "websocket"));
+    } else {
+      connection =
+          connection || (iequals(x.name, "Connection") && valueHasToken(x.value, "upgrade"));
+    }
+  }
+};
+
 }  // namespace
 
 std::string computeAccept(std::string_view key) {
@@ -95,7 +110,7 @@ HandshakeVerdict checkClientHandshake(const RequestHead& request) {
   }
   // One pass over the headers; names are told apart by length before any byte is compared.
   size_t hosts = 0, keys = 0, versions = 0, transfer_encodings = 0;
-  bool upgrade = false, connection = false;
+  UpgradeTokens tokens;
   const std::string* key = nullptr;
   const std::string* version = nullptr;
   const std::string* length = nullptr;
@@ -105,11 +120,8 @@ HandshakeVerdict checkClientHandshake(const RequestHead& request) {
         hosts += iequals(x.name, "Host");
         break;
       case 7:
-        upgrade = upgrade || (iequals(x.name, "Upgrade") && valueHasToken(x.value, "websocket"));
-        break;
       case 10:
-        connection =
-            connection || (iequals(x.name, "Connection") && valueHasToken(x.value, "upgrade"));
+        tokens.see(x);
         break;
       case 14:
         if (length == nullptr && iequals(x.name, "Content-Length")) length = &x.value;
@@ -134,10 +146,10 @@ HandshakeVerdict checkClientHandshake(const RequestHead& request) {
   if (hosts > 1) {
     return verdict(400, "more than one Host header");
   }
-  if (!upgrade) {
+  if (!tokens.upgrade) {
     return verdict(400, "Upgrade header must include \"websocket\"");
   }
-  if (!connection) {
+  if (!tokens.connection) {
     return verdict(400, "Connection header must include \"Upgrade\"");
   }
   if (key == nullptr) {
@@ -171,17 +183,14 @@ HandshakeVerdict checkUpstreamSwitch(const ResponseHead& response,
     return badGateway("upstream answered " + std::to_string(response.status) + " instead of 101");
   }
   size_t accepts = 0, protocols = 0;
-  bool upgrade = false, connection = false;
+  UpgradeTokens tokens;
   const std::string* accept = nullptr;
   const std::string* chosen = nullptr;
   for (const Header& x : response.headers) {
     switch (x.name.size()) {
       case 7:
-        upgrade = upgrade || (iequals(x.name, "Upgrade") && valueHasToken(x.value, "websocket"));
-        break;
       case 10:
-        connection =
-            connection || (iequals(x.name, "Connection") && valueHasToken(x.value, "upgrade"));
+        tokens.see(x);
         break;
       case 20:
         if (iequals(x.name, "Sec-WebSocket-Accept") && accepts++ == 0) accept = &x.value;
@@ -193,10 +202,10 @@ HandshakeVerdict checkUpstreamSwitch(const ResponseHead& response,
         break;
     }
   }
-  if (!upgrade) {
+  if (!tokens.upgrade) {
     return badGateway("upstream 101 lacks \"Upgrade: websocket\"");
   }
-  if (!connection) {
+  if (!tokens.connection) {
     return badGateway("upstream 101 lacks \"Connection: Upgrade\"");
   }
   if (accept == nullptr) {
