@@ -52,6 +52,14 @@ ZlibStream* newStream() {
   return s;
 }
 
+// Ends the zlib stream (deflateEnd or inflateEnd) and frees it; `s` becomes null.
+void endStream(ZlibStream*& s, int (*end)(z_streamp)) {
+  if (s == nullptr) return;
+  end(&s->z);
+  delete s;
+  s = nullptr;
+}
+
 // zlib's 32-bit counters: feed larger inputs in slices.
 constexpr size_t kMaxSlice = size_t{1} << 30;
 
@@ -101,10 +109,7 @@ Deflater::Deflater(DeflateChannel channel, Options options)
     : channel_(channel), options_(options) {}
 
 Deflater::~Deflater() {
-  if (state_ != nullptr) {
-    deflateEnd(&state_->z);
-    delete state_;
-  }
+  endStream(state_, deflateEnd);
 }
 
 bool Deflater::ensureState() {
@@ -200,11 +205,7 @@ CodecStatus Deflater::compressMessage(const char* data, size_t len, bool end_of_
 }
 
 bool Deflater::release() {
-  if (state_ != nullptr && channel_.no_context_takeover && !in_message_) {
-    deflateEnd(&state_->z);
-    delete state_;
-    state_ = nullptr;
-  }
+  if (channel_.no_context_takeover && !in_message_) endStream(state_, deflateEnd);
   return state_ == nullptr;
 }
 
@@ -225,10 +226,7 @@ size_t Deflater::estimateMemory(DeflateChannel channel, Options options) {
 Inflater::Inflater(DeflateChannel channel) : channel_(channel) {}
 
 Inflater::~Inflater() {
-  if (state_ != nullptr) {
-    inflateEnd(&state_->z);
-    delete state_;
-  }
+  endStream(state_, inflateEnd);
 }
 
 bool Inflater::ensureState() {
@@ -334,11 +332,7 @@ CodecStatus Inflater::decompress(const char* data, size_t len, bool end_of_messa
 }
 
 bool Inflater::release() {
-  if (state_ != nullptr && channel_.no_context_takeover && !in_message_) {
-    inflateEnd(&state_->z);
-    delete state_;
-    state_ = nullptr;
-  }
+  if (channel_.no_context_takeover && !in_message_) endStream(state_, inflateEnd);
   return state_ == nullptr;
 }
 
