@@ -43,136 +43,8 @@ if [ "${IN_NETNS:-0}" != 1 ]; then
   [ "$TRACE" = 0 ] || args+=(--trace)
   exec unshare -n "$0" "${args[@]}" --in-netns
 fi
-ip link set lo up
-export PATH=$PATH:/usr/sbin
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-LOADGEN=$BENCH_DIR/loadgen ECHO=$BENCH_DIR/echo_server
-TMP=$(mktemp -d /tmp/upgate-hsk.XXXXXX)
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]+"${PIDS[@]}"}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-wait_file() {
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do [ -s "$1" ] && return 0; sleep 0.1; done
-  return 1
-}
-wait_port() {
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    ss -Hltn "sport = :$1" | grep -q . && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
-start_echo() {
-  rm -f "$TMP/echo.ready"
-  "$ECHO" --port 0 --ready-file "$TMP/echo.ready" >"$TMP/echo.log" 2>&1 &
-  ECHO_PID=$!
-  PIDS+=("$ECHO_PID")
-  wait_file "$TMP/echo.ready" 10 || { echo "echo_server did not start" >&2; exit 1; }
-  ECHO_ADDR=$(awk '{print $2}' "$TMP/echo.ready")
-  ECHO_PORT=${ECHO_ADDR##*:}
-}
-
-PROXY_PORT=18080
-start_proxy() {  # start_proxy TARGET: sets PROXY_PID (the process that does the work)
-  local dir=$TMP/$1
-  mkdir -p "$dir/tmp"
-  PROXY_PORT=$((PROXY_PORT + 1))
-  case $1 in
-    upgate)
-      cat >"$dir/upgate.yaml" <<EOF
-workers: 1
-drain_timeout: 0
-listeners:
-  - name: bench
-    address: 127.0.0.1:$PROXY_PORT
-    backlog: 4096
-upstreams:
-  echo:
-    endpoints: [$ECHO_ADDR]
-routes:
-  - name: echo
-    kind: websocket
-    upstream: echo
-    mode: passthrough
-log: { level: warn, access_log: false }
-EOF
-      "$UPGATE" -c "$dir/upgate.yaml" --ready-file "$dir/ready" >"$dir/out.log" 2>&1 &
-      PROXY_PID=$!
-      PIDS+=("$PROXY_PID")
-      ;;
-    haproxy)
-      cat >"$dir/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-  timeout tunnel 1h
-  timeout client-fin 5s
-  timeout http-request 10s
-frontend fe
-  bind 127.0.0.1:$PROXY_PORT
-  default_backend be
-backend be
-  server echo $ECHO_ADDR
-EOF
-      haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
-      PROXY_PID=$!
-      PIDS+=("$PROXY_PID")
-      ;;
-    nginx)
-      cat >"$dir/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 9000; }
-http {
-  access_log off;
-  client_body_temp_path $dir/tmp/body;
-  proxy_temp_path $dir/tmp/proxy;
-  fastcgi_temp_path $dir/tmp/fastcgi;
-  uwsgi_temp_path $dir/tmp/uwsgi;
-  scgi_temp_path $dir/tmp/scgi;
-  upstream echo { server $ECHO_ADDR; }
-  server {
-    listen 127.0.0.1:$PROXY_PORT backlog=4096;
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_set_header Host \$host;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-    }
-  }
-}
-EOF
-      chmod 777 "$dir/tmp"
-      nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
-      PIDS+=($!)
-      ;;
-  esac
-  wait_port "$PROXY_PORT" 10 || { echo "$1 did not start" >&2; exit 1; }
-  if [ "$1" = nginx ]; then
-    sleep 0.3
-    PROXY_PID=$(pgrep -P "${PIDS[-1]}" | head -1)  # the worker
-  fi
-}
+. "$ROOT/tests/bench/kernel_common.sh"
+kernel_setup hsk
 
 sessions() {  # sessions N [WRAPPER...]: N handshakes; prints the handshakes counted
   local n=$1
@@ -192,18 +64,6 @@ tw_counts() {
     END { printf "%d %d %d %d\n", lg, pc, pu, ec }'
 }
 
-# Every Tcp* counter is diffed; those that moved are printed.
-nstat_snap() { nstat -az 2>/dev/null | awk '$1 ~ /^Tcp/ { print $1, $2 }'; }
-
-strace_table() {  # strace_table FILE N LABEL
-  awk -v n="$2" -v who="$3" '$1 ~ /^[0-9.]+$/ && $NF != "total" {
-      errs = NF == 6 ? $5 : 0
-      total += $4
-      if ($4 / n < 0.005) next
-      printf "  %-8s %-14s %7.2f%s\n", who, $NF, $4 / n, errs ? sprintf("  (%.2f failed)", errs / n) : "" }
-    END { printf "  %-8s %-14s %7.2f\n", who, "total", total / n }' "$1"
-}
-
 for t in $TARGETS; do
   start_echo
   start_proxy "$t"
@@ -221,9 +81,7 @@ for t in $TARGETS; do
     echo "== $t: one session (proxy :$PROXY_PORT, echo :$ECHO_PORT)"
     sed -E 's/^[0-9]+\.([0-9]+) IP /\1 /; s/, (win|options|length) .*//' "$TMP/dump"
     grep -v 'resumed>\|SIGINT\|detached' "$TMP/trace" | sed -E 's/^[0-9]+ +//'
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
+    stop_all
     continue
   fi
   sleep 0.5
@@ -255,7 +113,5 @@ for t in $TARGETS; do
     strace_table "$TMP/st.lg" "$n" loadgen
     strace_table "$TMP/st.echo" "$n" echo
   fi
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
+  stop_all
 done
