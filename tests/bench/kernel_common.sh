@@ -6,6 +6,9 @@
 # The caller sets UPGATE, BENCH_DIR and optionally PIN_CLIENT / PIN_PROXY (a command prefix such
 # as "taskset -c 0"; empty: no pinning), then calls kernel_setup.
 
+# shellcheck source=proxy_conf.sh
+. "$(dirname "${BASH_SOURCE[0]}")/proxy_conf.sh"
+
 kernel_setup() {  # kernel_setup NAME: loopback up, fd limit, temp dir, cleanup on exit
   ip link set lo up
   export PATH=$PATH:/usr/sbin
@@ -65,80 +68,19 @@ start_proxy() {
   PROXY_PORT=$((PROXY_PORT + 1))
   case $1 in
     upgate)
-      cat >"$dir/upgate.yaml" <<EOC
-workers: 1
-drain_timeout: 0
-listeners:
-  - name: bench
-    address: 127.0.0.1:$PROXY_PORT
-    backlog: 4096
-upstreams:
-  echo:
-    endpoints: [$ECHO_ADDR]
-routes:
-  - name: echo
-    kind: websocket
-    upstream: echo
-    mode: passthrough
-log: { level: warn, access_log: false }
-EOC
+      upgate_conf "$dir/upgate.yaml" "$PROXY_PORT" "$ECHO_ADDR"
       ${PIN_PROXY:-} "$UPGATE" -c "$dir/upgate.yaml" --ready-file "$dir/ready" >"$dir/out.log" 2>&1 &
       PROXY_PID=$!
       PIDS+=("$PROXY_PID")
       ;;
     haproxy)
-      cat >"$dir/haproxy.cfg" <<EOC
-global
-  nbthread 1
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-  timeout tunnel 1h
-  timeout client-fin 5s
-  timeout http-request 10s
-frontend fe
-  bind 127.0.0.1:$PROXY_PORT
-  default_backend be
-backend be
-  server echo $ECHO_ADDR
-EOC
+      haproxy_conf "$dir/haproxy.cfg" "$PROXY_PORT" "$ECHO_ADDR"
       ${PIN_PROXY:-} haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
       PROXY_PID=$!
       PIDS+=("$PROXY_PID")
       ;;
     nginx)
-      cat >"$dir/nginx.conf" <<EOC
-daemon off;
-master_process on;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 9000; }
-http {
-  access_log off;
-  client_body_temp_path $dir/tmp/body;
-  proxy_temp_path $dir/tmp/proxy;
-  fastcgi_temp_path $dir/tmp/fastcgi;
-  uwsgi_temp_path $dir/tmp/uwsgi;
-  scgi_temp_path $dir/tmp/scgi;
-  upstream echo { server $ECHO_ADDR; }
-  server {
-    listen 127.0.0.1:$PROXY_PORT backlog=4096;
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_set_header Host \$host;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-    }
-  }
-}
-EOC
+      nginx_conf "$dir/nginx.conf" "$dir" "$PROXY_PORT" "$ECHO_ADDR" on
       chmod 777 "$dir/tmp"
       ${PIN_PROXY:-} nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
       PIDS+=($!)

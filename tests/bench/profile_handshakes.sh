@@ -84,88 +84,31 @@ if [ "$TLS" = 1 ]; then
 fi
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-# The proxy's configuration: one worker, one listener on $PORT, passthrough to the echo server.
+# The proxy's configuration: as in run.sh (proxy_conf.sh), one listener on $PORT.
+# shellcheck source=proxy_conf.sh
+. "$ROOT/tests/bench/proxy_conf.sh"
 case $TARGET in
   upgate)
-    TLS_BLOCK=""
-    [ "$TLS" = 1 ] && TLS_BLOCK="    tls:
-      certificates: [{ cert: $TMP/cert.pem, key: $TMP/key.pem }]
-      min_version: \"1.3\""
-    cat >"$TMP/proxy.conf" <<EOF
-workers: 1
-drain_timeout: 0
-listeners:
-  - name: bench
-    address: 127.0.0.1:$PORT
-    backlog: 4096
-$TLS_BLOCK
-upstreams:
-  echo:
-    endpoints: [$ECHO_ADDR]
-routes:
-  - name: echo
-    kind: websocket
-    upstream: echo
-    mode: passthrough
-log: { level: warn, access_log: false }
-EOF
+    if [ "$TLS" = 1 ]; then
+      upgate_conf "$TMP/proxy.conf" "$PORT" "$ECHO_ADDR" "$TMP/cert.pem" "$TMP/key.pem"
+    else
+      upgate_conf "$TMP/proxy.conf" "$PORT" "$ECHO_ADDR"
+    fi
     PROXY_ARGS=(-c "$TMP/proxy.conf") ;;
   nginx)
-    mkdir -p "$TMP/nginx"
-    TLS_BLOCK="" SSL=""
-    [ "$TLS" = 1 ] && SSL=" ssl" TLS_BLOCK="    ssl_certificate $TMP/cert.pem;
-    ssl_certificate_key $TMP/key.pem;
-    ssl_protocols TLSv1.3;"
-    cat >"$TMP/proxy.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx;
-  proxy_temp_path $TMP/nginx;
-  fastcgi_temp_path $TMP/nginx;
-  uwsgi_temp_path $TMP/nginx;
-  scgi_temp_path $TMP/nginx;
-  upstream echo { server $ECHO_ADDR; }
-  server {
-    listen 127.0.0.1:$PORT$SSL backlog=4096;
-$TLS_BLOCK
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_set_header Host \$host;
-    }
-  }
-}
-EOF
+    # One process (no master): what callgrind and strace follow is the worker itself.
+    if [ "$TLS" = 1 ]; then
+      nginx_conf "$TMP/proxy.conf" "$TMP/nginx" "$PORT" "$ECHO_ADDR" off "$TMP/cert.pem" "$TMP/key.pem"
+    else
+      nginx_conf "$TMP/proxy.conf" "$TMP/nginx" "$PORT" "$ECHO_ADDR" off
+    fi
     PROXY_ARGS=(-p "$TMP/nginx" -c "$TMP/proxy.conf" -e "$TMP/nginx/error.log") ;;
   haproxy)
-    SSL=""
-    [ "$TLS" = 1 ] && SSL=" ssl crt $TMP/cert+key.pem ssl-min-ver TLSv1.3"
-    cat >"$TMP/proxy.conf" <<EOF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-  timeout tunnel 1h
-  timeout client-fin 5s
-  timeout http-request 10s
-frontend fe
-  bind 127.0.0.1:$PORT$SSL
-  default_backend be
-backend be
-  server echo $ECHO_ADDR
-EOF
+    if [ "$TLS" = 1 ]; then
+      haproxy_conf "$TMP/proxy.conf" "$PORT" "$ECHO_ADDR" "$TMP/cert+key.pem"
+    else
+      haproxy_conf "$TMP/proxy.conf" "$PORT" "$ECHO_ADDR"
+    fi
     PROXY_ARGS=(-db -f "$TMP/proxy.conf") ;;
 esac
 
