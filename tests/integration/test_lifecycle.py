@@ -466,15 +466,18 @@ class ShutdownTest(GatewayTestCase):
         arrivals = self.drain_arrivals(40, "1s")
         print("\n1001 arrivals with drain_spread 1s: first %.3fs, median %.3fs, last %.3fs"
               % (arrivals[0], arrivals[20], arrivals[-1]))
-        self.assertLess(arrivals[0], 0.3, "the first share goes out at once")
-        self.assertGreater(arrivals[-1], 0.6, "the last closes wait for the end of the window")
-        self.assertLess(arrivals[-1], 2.0)
-        early = sum(1 for t in arrivals if t < 0.5)
+        # Bounds wide enough for a loaded machine (sanitizer builds): the point is the spread.
+        self.assertLess(arrivals[0], 0.5, "the first share goes out at once")
+        self.assertGreater(arrivals[-1] - arrivals[0], 0.6,
+                           "the last closes wait for the end of the window")
+        self.assertLess(arrivals[-1], 2.5)
+        early = sum(1 for t in arrivals if t < arrivals[0] + 0.5)
         self.assertTrue(8 <= early <= 32, "%d of 40 closes in the first half of the window" % early)
 
     def test_drain_spread_zero_closes_at_once(self):
         arrivals = self.drain_arrivals(20, 0)
-        self.assertLess(arrivals[-1], 0.5, "drain_spread 0: every close goes out at once")
+        self.assertLess(arrivals[-1] - arrivals[0], 0.3,
+                        "drain_spread 0: every close goes out at once")
 
     def test_sigint_exits_zero(self):
         echo = self.start_peer(EchoUpstream())
