@@ -24,7 +24,12 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
+
 namespace {
+
+using bench::lower;
+using bench::trim;
 
 constexpr size_t kReadBufferSize = 256 * 1024;
 constexpr size_t kMaxHead = 8192;
@@ -157,30 +162,6 @@ void appendFrameHeader(std::vector<char>& out, uint8_t byte0, uint64_t len) {
   }
 }
 
-std::string lower(std::string s) {
-  for (char& ch : s) {
-    if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
-  }
-  return s;
-}
-
-std::string trim(const std::string& s) {
-  size_t b = s.find_first_not_of(" \t");
-  size_t e = s.find_last_not_of(" \t");
-  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-}
-
-std::string acceptFor(const std::string& key) {
-  static const char kGuid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-  std::string in = key + kGuid;
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int md_len = 0;
-  EVP_Digest(in.data(), in.size(), md, &md_len, EVP_sha1(), nullptr);
-  unsigned char b64[64];
-  int n = EVP_EncodeBlock(b64, md, static_cast<int>(md_len));
-  return std::string(reinterpret_cast<char*>(b64), static_cast<size_t>(n));
-}
-
 void reject(Conn* c, const char* status) {
   ++g_bad;
   std::string r =
@@ -232,7 +213,7 @@ size_t handshake(Conn* c) {
   std::string resp =
       "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
       "Sec-WebSocket-Accept: " +
-      acceptFor(key) + "\r\n\r\n";
+      bench::websocketAccept(key) + "\r\n\r\n";
   if (!send(c, resp.data(), resp.size())) {
     closeConn(c);
     return SIZE_MAX;

@@ -64,7 +64,13 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
+
 namespace {
+
+using bench::base64;
+using bench::lower;
+using bench::trim;
 
 template <typename T, typename U>
 T* as(U* p) {
@@ -102,7 +108,7 @@ struct Options {
   std::string pub_target;  // fanout: request target of the POST
   std::string poll_host;   // fanout: serve the gateway's long-polls here (--serve-poll)
   int poll_port = 0;
-  bool tls = false;        // wss:// URL
+  bool tls = false;  // wss:// URL
   std::string sni = "localhost";
   std::string ca;  // verify the server against this PEM bundle ("" = no verification)
   int tls_min = TLS1_3_VERSION;
@@ -286,33 +292,6 @@ void maskCopy(char* dst, const char* src, size_t n, const uint8_t key[4], size_t
     std::memcpy(dst + i, &v, 8);
   }
   for (; i < n; ++i) dst[i] = static_cast<char>(static_cast<uint8_t>(src[i]) ^ rot[i & 7]);
-}
-
-std::string base64(const unsigned char* p, size_t n) {
-  std::vector<unsigned char> out(4 * ((n + 2) / 3) + 1);
-  int len = EVP_EncodeBlock(out.data(), p, static_cast<int>(n));
-  return std::string(reinterpret_cast<char*>(out.data()), static_cast<size_t>(len));
-}
-
-std::string expectedAccept(const std::string& key) {
-  std::string in = key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int md_len = 0;
-  EVP_Digest(in.data(), in.size(), md, &md_len, EVP_sha1(), nullptr);
-  return base64(md, md_len);
-}
-
-std::string lower(std::string s) {
-  for (char& ch : s) {
-    if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
-  }
-  return s;
-}
-
-std::string trim(const std::string& s) {
-  size_t b = s.find_first_not_of(" \t");
-  size_t e = s.find_last_not_of(" \t");
-  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
 }
 
 // utime + stime, in seconds, summed over pids (the whole thread group of each).
@@ -1098,7 +1077,7 @@ void onConnect(uv_connect_t* req, int status) {
   unsigned char raw[16];
   if (RAND_bytes(raw, sizeof(raw)) != 1) std::abort();
   std::string key = base64(raw, sizeof(raw));
-  c->accept = expectedAccept(key);
+  c->accept = bench::websocketAccept(key);
   std::string req_text = g_request_prefix + key + "\r\n\r\n";
   c->out.assign(req_text.begin(), req_text.end());
   c->st = ConnState::Handshake;
