@@ -59,33 +59,40 @@ void logTls(const TlsBundle& tls, const Config& config) {
   }
 }
 
-// SIGHUP: certificates and keys are read again. Established sessions keep the contexts they
-// started with; a broken file changes nothing and says why.
-void reload(MainLoop& m) {
+// SIGHUP or POST /reload: certificates and keys are read again. Established sessions keep the
+// contexts they started with; a broken file changes nothing and says why. Returns "" when
+// everything reloaded, else what failed.
+std::string reload(MainLoop& m, const char* why) {
+  std::string failed;
   try {
     std::shared_ptr<const TlsBundle> tls = buildTlsBundle(*m.config);
     for (auto& w : *m.workers) w->swapTls(tls);
-    UPGATE_LOG(info, 0, "SIGHUP: TLS certificates and keys reloaded");
+    UPGATE_LOG(info, 0, "{}: TLS certificates and keys reloaded", why);
     logTls(*tls, *m.config);
   } catch (const TlsSetupError& e) {
-    UPGATE_LOG(err, 0, "SIGHUP: TLS reload failed, keeping the current certificates: {}", e.what());
+    UPGATE_LOG(err, 0, "{}: TLS reload failed, keeping the current certificates: {}", why,
+               e.what());
+    failed = std::string("TLS: ") + e.what();
   }
   // Plugins are created again (a JWKS or key file may have been rotated); sessions keep the
   // instances they started with. Broken files keep the running plugins.
   try {
     std::shared_ptr<const PluginSet> plugins = m.plugin_host->load(*m.config);
     for (auto& w : *m.workers) w->swapPlugins(plugins);
-    UPGATE_LOG(info, 0, "SIGHUP: plugins reloaded");
+    UPGATE_LOG(info, 0, "{}: plugins reloaded", why);
   } catch (const PluginLoadError& e) {
-    for (const std::string& line : e.errors())
-      UPGATE_LOG(err, 0, "SIGHUP: plugin reload failed, keeping the running plugins: {}", line);
+    for (const std::string& line : e.errors()) {
+      UPGATE_LOG(err, 0, "{}: plugin reload failed, keeping the running plugins: {}", why, line);
+      failed += (failed.empty() ? "plugins: " : "; plugins: ") + line;
+    }
   }
+  return failed;
 }
 
 void onSignal(uv_signal_t* h, int signum) noexcept {
   auto* m = static_cast<MainLoop*>(h->data);
   if (signum == SIGHUP) {
-    reload(*m);
+    reload(*m, "SIGHUP");
     return;
   }
   if (m->draining) {
@@ -196,7 +203,8 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
       return abandon(1);
     }
     ready += "admin " + bound + "\n";
-    UPGATE_LOG(info, 0, "admin listener on {} (POST /publish/{{channel}}, /healthz, /readyz)",
+    UPGATE_LOG(info, 0,
+               "admin listener on {} (POST /publish/{{channel}}, POST /reload, /healthz, /readyz)",
                bound);
   }
   m.admin = admin.get();
@@ -209,6 +217,7 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
   for (auto& w : pool) raw.push_back(w.get());
   hub.setWorkers(raw);
   m.workers = &pool;
+  if (admin) admin->setReload([&m] { return reload(m, "POST /reload"); });
   std::vector<std::future<int>> started;
   for (auto& w : pool) started.push_back(w->start());
   int failed = 0;

@@ -218,6 +218,14 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
     return errorResponse(401, "admin API: missing or wrong bearer token",
                          {{"WWW-Authenticate", "Bearer realm=\"upgate admin\""}});
   }
+  if (path == "/reload") {
+    if (method != "POST") return errorResponse(405, "use POST", {{"Allow", "POST"}});
+    if (!reload_) return errorResponse(503, "reload is not available");
+    const std::string failed = reload_();
+    if (!failed.empty())
+      return errorResponse(500, "reload failed, kept the running state: " + failed);
+    return okResponse("{\"reloaded\":[\"tls\",\"plugins\"]}");
+  }
   static const std::string kPublish = "/publish/";
   if (path.compare(0, kPublish.size(), kPublish) == 0) {
     if (method != "POST") return errorResponse(405, "use POST", {{"Allow", "POST"}});

@@ -34,6 +34,9 @@ class AdminServer {
   // Binds and listens; returns the bound "ip:port" or sets `err`.
   bool start(std::string& bound, std::string& err);
   void setDraining() { draining_ = true; }
+  // What POST /reload runs (on this loop): the same as SIGHUP. Returns an empty string when
+  // everything reloaded, else what failed (the running state is kept for that part).
+  void setReload(std::function<std::string()> reload) { reload_ = std::move(reload); }
   // Stops listening and closes open admin connections; `done` runs when all handles closed.
   void close(std::function<void()> done);
 
@@ -57,6 +60,7 @@ class AdminServer {
   bool listening_ = false;
   bool closing_ = false;
   bool draining_ = false;
+  std::function<std::string()> reload_;
   std::unordered_set<AdminConnection*> connections_;
   std::function<void()> done_;
 };

@@ -254,6 +254,9 @@ class Gateway:
             self.listeners[parts[0]] = (host.strip("[]"), int(port))
         if not isinstance(self.config, str):
             want = {l["name"] for l in self.config.get("listeners", [])}
+            admin = self.config.get("admin")
+            if isinstance(admin, dict) and admin.get("enabled", True):
+                want.add("admin")  # the admin listener's line ("admin ip:port")
             if want != set(self.listeners):
                 raise GatewayError("ready file lists %s, config has %s (file: %r)"
                                    % (sorted(self.listeners), sorted(want), content))

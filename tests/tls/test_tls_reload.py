@@ -3,6 +3,8 @@ established wss session keeps echoing on its old connection; a broken replacemen
 a key that does not match, a missing file, an expired certificate) keeps the certificate in
 use and logs why; a good file after a broken one is picked up again."""
 
+import http.client
+import json
 import os
 import signal
 import unittest
@@ -14,6 +16,7 @@ import tlsutil
 from tlsutil import Pki, s_client, tls_listener, TlsEchoUpstream
 
 RELOAD_TIMEOUT = 10.0
+ADMIN_TOKEN = "reload-token"
 
 
 class TlsReloadTest(GatewayTestCase):
@@ -32,7 +35,8 @@ class TlsReloadTest(GatewayTestCase):
         self.gw = self.start_gateway(harness.make_config(
             upstreams={"echo": {"endpoints": [self.echo.addr]}},
             routes=[{"name": "all", "match": {"path_prefix": "/"}, "upstream": "echo"}],
-            listeners=[tls_listener("secure", [(self.live, ["a.example.com"])])]))
+            listeners=[tls_listener("secure", [(self.live, ["a.example.com"])])],
+            admin={"address": "127.0.0.1:0", "token": ADMIN_TOKEN}))
         self.ctx = tlsutil.client_context(self.ca.cert)
 
     def tearDown(self):
@@ -90,7 +94,43 @@ class TlsReloadTest(GatewayTestCase):
                       % (what, about, self.gw.stderr_tail()))
         return self.error_lines(about)[-1]
 
+    def admin(self, method, path, token=ADMIN_TOKEN):
+        """One request to the admin listener: (status, body text)."""
+        host, port = self.gw.addr("admin")
+        conn = http.client.HTTPConnection(host, port, timeout=RELOAD_TIMEOUT)
+        try:
+            headers = {"Authorization": "Bearer " + token} if token else {}
+            conn.request(method, path, body=b"" if method == "POST" else None, headers=headers)
+            r = conn.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            conn.close()
+
     # -- tests ------------------------------------------------------------------------------
+    def test_admin_reload_does_what_sighup_does(self):
+        old = self.open_session("/reload/admin-old")
+        self.install(self.gen[1])
+        status, body = self.admin("POST", "/reload")
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body), {"reloaded": ["tls", "plugins"]})
+        # The answer comes after the workers were handed the new contexts.
+        self.wait_served(self.gen[1], "after POST /reload")
+        self.assertEchoes(old, "after admin reload", "established session after POST /reload")
+
+        # A broken file: 500 naming what failed, and the running certificate stays.
+        garbage = self.pki.path("garbage-admin.pem")
+        with open(garbage, "w") as f:
+            f.write("this is not a certificate\n")
+        tlsutil.replace_file(garbage, self.live.cert)
+        status, body = self.admin("POST", "/reload")
+        self.assertEqual(status, 500, body)
+        self.assertIn("reload failed, kept the running state: TLS", body)
+        self.assertEqual(self.served(), self.gen[1].fingerprint)
+
+        # Only POST, and only with the admin token.
+        self.assertEqual(self.admin("GET", "/reload")[0], 405)
+        self.assertEqual(self.admin("POST", "/reload", token=None)[0], 401)
+
     def test_new_certificate_for_new_handshakes_old_session_keeps_going(self):
         self.assertEqual(self.served(), self.gen[0].fingerprint)
         old = self.open_session("/reload/old")
