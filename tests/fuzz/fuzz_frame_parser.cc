@@ -68,21 +68,7 @@ Config parseConfig(uint8_t c, uint8_t seed) {
   return cfg;
 }
 
-// xorshift64*: deterministic per input, so a crash reproduces from its file alone.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull) {}
-  uint64_t next() {
-    s_ ^= s_ >> 12;
-    s_ ^= s_ << 25;
-    s_ ^= s_ >> 27;
-    return s_ * 0x2545F4914F6CDD1Dull;
-  }
-  size_t below(size_t n) { return static_cast<size_t>(next() % n); }
-
- private:
-  uint64_t s_;
-};
+using fuzz::Rng;
 
 // Mostly tiny pieces (headers split everywhere), sometimes larger ones, sometimes the rest.
 size_t nextChunk(Rng& rng, size_t remaining) {

@@ -101,21 +101,7 @@ constexpr size_t kByteBudget = 1 << 20;  // generated frame and rewrite bytes pe
 constexpr size_t kTimerFiresPerInstant = 8;
 constexpr uint64_t kCheckLimit = uint64_t{1} << 30;  // the checkers' frame and message limits
 
-// xorshift64*: deterministic per input, so a crash reproduces from its file alone.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull) {}
-  uint64_t next() {
-    s_ ^= s_ >> 12;
-    s_ ^= s_ << 25;
-    s_ ^= s_ >> 27;
-    return s_ * 0x2545F4914F6CDD1Dull;
-  }
-  size_t below(size_t n) { return static_cast<size_t>(next() % n); }
-
- private:
-  uint64_t s_;
-};
+using fuzz::Rng;
 
 const char* legName(bool client) {
   return client ? "client" : "upstream";
