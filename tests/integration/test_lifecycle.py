@@ -37,9 +37,8 @@ def assert_only_close_frames(test, data):
     test.assertEqual(len(reader.buf), 0, "partial frame before close: %r" % bytes(reader.buf))
 
 
-def client_half_close_handler(conn, up):
+def answer_after_eof(conn, up, leftover):
     """Reads everything until the client's EOF, then answers with a frame and closes."""
-    _, leftover = harness.websocket_accept(conn, up)
     data = leftover
     conn.settimeout(harness.IO_TIMEOUT)
     for _ in range(10000):
@@ -51,6 +50,12 @@ def client_half_close_handler(conn, up):
     conn.sendall(harness.encode_frame(harness.OP_TEXT, b"got %d bytes" % len(data), mask=False))
     conn.shutdown(socket.SHUT_WR)
     harness.wait_peer_close(conn, 10, up.stopping)
+
+
+def client_half_close_handler(conn, up):
+    """Accepts the upgrade, then answer_after_eof."""
+    _, leftover = harness.websocket_accept(conn, up)
+    answer_after_eof(conn, up, leftover)
 
 
 def upstream_half_close_handler(conn, up):
@@ -138,17 +143,7 @@ def late_switch_handler(conn, up):
     conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
                   % harness.accept_key(key)).encode())
-    data = leftover
-    conn.settimeout(harness.IO_TIMEOUT)
-    for _ in range(10000):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    up.event("eof", data)
-    conn.sendall(harness.encode_frame(harness.OP_TEXT, b"got %d bytes" % len(data), mask=False))
-    conn.shutdown(socket.SHUT_WR)
-    harness.wait_peer_close(conn, 10, up.stopping)
+    answer_after_eof(conn, up, leftover)
 
 
 class TunnelEndTest(GatewayTestCase):
