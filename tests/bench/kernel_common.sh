@@ -74,13 +74,13 @@ start_proxy() {
       PIDS+=("$PROXY_PID")
       ;;
     haproxy)
-      haproxy_conf "$dir/haproxy.cfg" "$PROXY_PORT" "$ECHO_ADDR"
+      haproxy_conf "$dir/haproxy.cfg" "$ECHO_ADDR" "$PROXY_PORT"
       ${PIN_PROXY:-} haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
       PROXY_PID=$!
       PIDS+=("$PROXY_PID")
       ;;
     nginx)
-      nginx_conf "$dir/nginx.conf" "$dir" "$PROXY_PORT" "$ECHO_ADDR" on
+      nginx_conf "$dir/nginx.conf" "$dir" "$ECHO_ADDR" on "$PROXY_PORT"
       chmod 777 "$dir/tmp"
       ${PIN_PROXY:-} nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
       PIDS+=($!)

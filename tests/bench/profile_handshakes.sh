@@ -98,16 +98,16 @@ case $TARGET in
   nginx)
     # One process (no master): what callgrind and strace follow is the worker itself.
     if [ "$TLS" = 1 ]; then
-      nginx_conf "$TMP/proxy.conf" "$TMP/nginx" "$PORT" "$ECHO_ADDR" off "$TMP/cert.pem" "$TMP/key.pem"
+      nginx_conf "$TMP/proxy.conf" "$TMP/nginx" "$ECHO_ADDR" off "" "$PORT" "$TMP/cert.pem" "$TMP/key.pem"
     else
-      nginx_conf "$TMP/proxy.conf" "$TMP/nginx" "$PORT" "$ECHO_ADDR" off
+      nginx_conf "$TMP/proxy.conf" "$TMP/nginx" "$ECHO_ADDR" off "$PORT"
     fi
     PROXY_ARGS=(-p "$TMP/nginx" -c "$TMP/proxy.conf" -e "$TMP/nginx/error.log") ;;
   haproxy)
     if [ "$TLS" = 1 ]; then
-      haproxy_conf "$TMP/proxy.conf" "$PORT" "$ECHO_ADDR" "$TMP/cert+key.pem"
+      haproxy_conf "$TMP/proxy.conf" "$ECHO_ADDR" "" "$PORT" "$TMP/cert+key.pem"
     else
-      haproxy_conf "$TMP/proxy.conf" "$PORT" "$ECHO_ADDR"
+      haproxy_conf "$TMP/proxy.conf" "$ECHO_ADDR" "$PORT"
     fi
     PROXY_ARGS=(-db -f "$TMP/proxy.conf") ;;
 esac

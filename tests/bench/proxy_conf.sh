@@ -1,12 +1,13 @@
 # shellcheck shell=bash
-# Sourced by the benchmark scripts that count work per handshake or per message
-# (kernel_common.sh, profile_handshakes.sh): the configuration each proxy gets, the same as in
-# run.sh: one worker, one listener, passthrough to one echo upstream, logging off.
+# Sourced by the benchmark scripts (run.sh, kernel_common.sh, profile_handshakes.sh): the
+# configuration each proxy gets, one worker, passthrough to one echo upstream, logging off.
 #
-#   upgate_conf  FILE PORT ECHO_ADDR [CERT KEY]         (TLS 1.3 listener when CERT is given)
-#   nginx_conf   FILE DIR PORT ECHO_ADDR MASTER [CERT KEY]   (MASTER: on | off; DIR for pid,
-#                                                        logs and temp files)
-#   haproxy_conf FILE PORT ECHO_ADDR [CERT_AND_KEY_PEM]
+#   upgate_conf  FILE PORT ECHO_ADDR [CERT KEY]      (one listener; TLS 1.3 when CERT is given)
+#   nginx_conf   FILE DIR ECHO_ADDR MASTER PORT [TLS_PORT CERT KEY]
+#                (MASTER: on | off; DIR for pid, logs and temp files; PORT "" = no plain listener)
+#   haproxy_conf FILE ECHO_ADDR PORT [TLS_PORT CERT_AND_KEY_PEM]   (PORT "" = no plain frontend)
+# TLS listeners are TLS 1.3 only. PROXY_CONNECTIONS (default 9000) sizes nginx's connections and
+# HAProxy's maxconn.
 
 upgate_conf() {
   local file=$1 port=$2 echo_addr=$3 cert=${4:-} key=${5:-} tls=""
@@ -34,8 +35,12 @@ EOC
 }
 
 nginx_conf() {
-  local file=$1 dir=$2 port=$3 echo_addr=$4 master=$5 cert=${6:-} key=${7:-} ssl="" tls=""
-  [ -n "$cert" ] && ssl=" ssl" tls="    ssl_certificate $cert;
+  local file=$1 dir=$2 echo_addr=$3 master=$4 port=$5 tport=${6:-} cert=${7:-} key=${8:-}
+  local conns=${PROXY_CONNECTIONS:-9000} listen=""
+  [ -n "$port" ] && listen="    listen 127.0.0.1:$port backlog=4096;"
+  [ -n "$tport" ] && listen="$listen
+    listen 127.0.0.1:$tport ssl backlog=4096;
+    ssl_certificate $cert;
     ssl_certificate_key $key;
     ssl_protocols TLSv1.3;"
   mkdir -p "$dir/tmp"
@@ -43,9 +48,10 @@ nginx_conf() {
 daemon off;
 master_process $master;
 worker_processes 1;
+worker_rlimit_nofile $((conns + 100));
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
-events { worker_connections 9000; }
+events { worker_connections $conns; }
 http {
   access_log off;
   client_body_temp_path $dir/tmp/body;
@@ -55,8 +61,7 @@ http {
   scgi_temp_path $dir/tmp/scgi;
   upstream echo { server $echo_addr; }
   server {
-    listen 127.0.0.1:$port$ssl backlog=4096;
-$tls
+$listen
     location / {
       proxy_pass http://echo;
       proxy_http_version 1.1;
@@ -72,12 +77,18 @@ EOC
 }
 
 haproxy_conf() {
-  local file=$1 port=$2 echo_addr=$3 pem=${4:-} ssl=""
-  [ -n "$pem" ] && ssl=" ssl crt $pem ssl-min-ver TLSv1.3"
+  local file=$1 echo_addr=$2 port=$3 tport=${4:-} pem=${5:-} frontends=""
+  [ -n "$port" ] && frontends="frontend fe
+  bind 127.0.0.1:$port
+  default_backend be"
+  [ -n "$tport" ] && frontends="$frontends
+frontend fe_tls
+  bind 127.0.0.1:$tport ssl crt $pem ssl-min-ver TLSv1.3
+  default_backend be"
   cat >"$file" <<EOC
 global
   nbthread 1
-  maxconn 9000
+  maxconn ${PROXY_CONNECTIONS:-9000}
 defaults
   mode http
   timeout connect 5s
@@ -86,9 +97,7 @@ defaults
   timeout tunnel 1h
   timeout client-fin 5s
   timeout http-request 10s
-frontend fe
-  bind 127.0.0.1:$port$ssl
-  default_backend be
+$frontends
 backend be
   server echo $echo_addr
 EOC

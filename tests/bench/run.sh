@@ -46,6 +46,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=proxy_conf.sh
+. "$ROOT/tests/bench/proxy_conf.sh"
 REPS=3 DURATION=10 WARMUP=2 SESSIONS=5000
 TARGETS="direct upgate nginx haproxy"
 UPGATE=${UPGATE:-$ROOT/build/gateway/upgate}
@@ -317,6 +319,22 @@ start_nginx() {
   port=$(free_port)
   tport=$(free_port)
   while [ "$tport" = "$port" ]; do tport=$(free_port); done
+  PROXY_CONNECTIONS=$((NOFILE - 100)) nginx_conf "$dir/nginx.conf" "$dir" "$ECHO_ADDR" on "$port" \
+    "$tport" "$TLS_CERT" "$TLS_KEY"
+  $PIN_PROXY nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
+  NCHAN_PID=$!
+  ALL_PIDS+=("$NCHAN_PID")
+  wait_port "$port" 10 || die "nginx + Nchan did not start: $(tail -5 "$dir/error.log" "$dir/out.log")"
+  NCHAN_PORT=$port
+}
+
+start_nginx() {
+  local dir=$TMP/nginx port tport
+  mkdir -p "$dir/tmp"
+  chmod 777 "$dir/tmp"
+  port=$(free_port)
+  tport=$(free_port)
+  while [ "$tport" = "$port" ]; do tport=$(free_port); done
   cat >"$dir/nginx.conf" <<EOF
 daemon off;
 master_process on;
@@ -366,27 +384,7 @@ start_haproxy() {
   port=$(free_port)
   tport=$(free_port)
   while [ "$tport" = "$port" ]; do tport=$(free_port); done
-  cat >"$dir/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn $MAX_SESSIONS
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-  timeout tunnel 1h
-  timeout client-fin 5s
-  timeout http-request 10s
-frontend fe
-  bind 127.0.0.1:$port
-  default_backend be
-frontend fe_tls
-  bind 127.0.0.1:$tport ssl crt $TLS_PEM ssl-min-ver TLSv1.3
-  default_backend be
-backend be
-  server echo $ECHO_ADDR
-EOF
+  PROXY_CONNECTIONS=$MAX_SESSIONS haproxy_conf "$dir/haproxy.cfg" "$ECHO_ADDR" "$port" "$tport" "$TLS_PEM"
   $PIN_PROXY haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 &
   PID[haproxy]=$!
   ALL_PIDS+=("${PID[haproxy]}")
