@@ -418,15 +418,15 @@ class ShutdownTest(GatewayTestCase):
             self.assertIn(harness.hostport(c.local), logged,
                           "a session closed by the drain has no access-log line")
 
-    def drain_arrivals(self, n, spread):
-        """Opens n echo sessions, SIGTERMs upgate (drain_timeout 4s, drain_spread `spread`) and
+    def drain_arrivals(self, n, spread, drain_timeout="4s"):
+        """Opens n echo sessions, SIGTERMs upgate (drain_timeout, drain_spread `spread`) and
         returns when each client got its close frame, in seconds after the signal; every client
         answers its close, and upgate must exit 0."""
         echo = self.start_peer(EchoUpstream())
         gw = self.start_gateway(harness.make_config(
             upstreams={"chat": {"endpoints": [echo.addr]}},
             routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "chat"}],
-            workers=1, drain_timeout="4s", drain_spread=spread))
+            workers=1, drain_timeout=drain_timeout, drain_spread=spread))
         by_sock = {}
         for i in range(n):
             c = RawClient(gw.addr())
@@ -468,6 +468,12 @@ class ShutdownTest(GatewayTestCase):
         self.assertLess(arrivals[-1], 2.5)
         early = sum(1 for t in arrivals if t < arrivals[0] + 0.5)
         self.assertTrue(8 <= early <= 32, "%d of 40 closes in the first half of the window" % early)
+
+    def test_drain_spread_is_capped_at_half_the_drain_timeout(self):
+        # drain_spread 10s with drain_timeout 2s: every close within the first second, so every
+        # client still gets its 1001 before the drain deadline.
+        arrivals = self.drain_arrivals(20, "10s", drain_timeout="2s")
+        self.assertLess(arrivals[-1] - arrivals[0], 1.3)
 
     def test_drain_spread_zero_closes_at_once(self):
         arrivals = self.drain_arrivals(20, 0)

@@ -113,7 +113,7 @@ class TlsReloadTest(GatewayTestCase):
         status, body = self.admin("POST", "/reload")
         self.assertEqual(status, 200, body)
         self.assertEqual(json.loads(body), {"reloaded": ["tls", "plugins"]})
-        # The answer comes after the workers were handed the new contexts.
+        # The workers take the new contexts from their inboxes: new handshakes get them shortly.
         self.wait_served(self.gen[1], "after POST /reload")
         self.assertEchoes(old, "after admin reload", "established session after POST /reload")
 
