@@ -73,6 +73,10 @@ std::string reload(MainLoop& m, const char* why) {
     UPGATE_LOG(err, 0, "{}: TLS reload failed, keeping the current certificates: {}", why,
                e.what());
     failed = std::string("TLS: ") + e.what();
+  } catch (const std::exception& e) {  // e.g. out of memory: the running contexts stay
+    UPGATE_LOG(err, 0, "{}: TLS reload failed, keeping the current certificates: {}", why,
+               e.what());
+    failed = std::string("TLS: ") + e.what();
   }
   // Plugins are created again (a JWKS or key file may have been rotated); sessions keep the
   // instances they started with. Broken files keep the running plugins.
@@ -85,6 +89,9 @@ std::string reload(MainLoop& m, const char* why) {
       UPGATE_LOG(err, 0, "{}: plugin reload failed, keeping the running plugins: {}", why, line);
       failed += (failed.empty() ? "plugins: " : "; plugins: ") + line;
     }
+  } catch (const std::exception& e) {
+    UPGATE_LOG(err, 0, "{}: plugin reload failed, keeping the running plugins: {}", why, e.what());
+    failed += (failed.empty() ? "plugins: " : "; plugins: ") + std::string(e.what());
   }
   return failed;
 }
