@@ -488,7 +488,7 @@ class Loader {
     if (!expectTlsMap(map)) return;
     fields(map,
            {"certificates", "min_version", "ciphers", "ciphersuites", "groups", "session_tickets",
-            "ticket_key_rotation", "client_auth"},
+            "ticket_key_rotation", "client_auth", "record_offload"},
            {}, [&](const std::string& key, const Field& f) {
              if (key == "certificates") {
                items(f, [&](const Field& item) {
@@ -507,6 +507,8 @@ class Loader {
                readBool(f, t.session_tickets);
              } else if (key == "ticket_key_rotation") {
                readDuration(f, t.ticket_key_rotation);
+             } else if (key == "record_offload") {
+               readBool(f, t.record_offload);
              } else if (key == "client_auth") {
                loadClientAuth(f, t.client_auth.emplace());
              }

@@ -13,6 +13,7 @@
 
 #include "core/log.h"
 #include "tls/tls_error.h"
+#include "tls/tls_stream.h"
 
 namespace upgate {
 
@@ -239,6 +240,7 @@ std::shared_ptr<const TlsContext> TlsContext::forListener(const ListenerTlsConfi
   std::shared_ptr<TlsContext> self(new TlsContext());
   self->server_ = true;
   self->client_auth_ = cfg.client_auth;
+  self->record_offload_ = cfg.record_offload && !cfg.client_auth;
   if (cfg.session_tickets) {
     self->tickets_ = std::make_shared<TicketKeys>();
     self->tickets_->rotation_s =
@@ -253,6 +255,7 @@ std::shared_ptr<const TlsContext> TlsContext::forListener(const ListenerTlsConfi
     SSL_CTX_set_alpn_select_cb(ctx, onAlpnSelect, nullptr);
     SSL_CTX_set_tlsext_servername_callback(ctx, onServerName);
     SSL_CTX_set_tlsext_servername_arg(ctx, self.get());
+    if (self->record_offload_) SSL_CTX_set_keylog_callback(ctx, TlsStream::onKeyLog);
     // Resumption is stateless (tickets): no server-side session cache to grow with traffic.
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     static const unsigned char kSid[] = "upgate";
@@ -376,7 +379,7 @@ std::shared_ptr<const TlsBundle> buildTlsBundle(const Config& config) {
 }
 
 bool peerIdentity(SSL* ssl, PeerIdentity& out) {
-  X509* cert = SSL_get0_peer_certificate(ssl);
+  X509* cert = ssl ? SSL_get0_peer_certificate(ssl) : nullptr;
   if (cert == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) return false;
   BIO* b = BIO_new(BIO_s_mem());
   X509_NAME_print_ex(b, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253);

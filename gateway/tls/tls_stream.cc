@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <string_view>
 
 #include "tls/tls_error.h"
 
@@ -36,6 +37,20 @@ BIO_METHOD* TlsStream::bioMethod() {
   return method;
 }
 
+struct TlsStream::Secrets {
+  uint8_t client[Tls13Records::kMaxSecret];
+  uint8_t server[Tls13Records::kMaxSecret];
+  size_t client_size = 0;
+  size_t server_size = 0;
+  Secrets() = default;
+  Secrets(const Secrets&) = delete;
+  Secrets& operator=(const Secrets&) = delete;
+  ~Secrets() {
+    OPENSSL_cleanse(client, sizeof(client));
+    OPENSSL_cleanse(server, sizeof(server));
+  }
+};
+
 int TlsStream::init() {
   ssl_ = ctx_->newSsl();
   BIO* bio = ssl_ ? BIO_new(bioMethod()) : nullptr;
@@ -45,7 +60,80 @@ int TlsStream::init() {
   }
   BIO_set_data(bio, this);
   SSL_set_bio(ssl_, bio, bio);
+  if (ctx_->recordOffload()) {
+    secrets_ = std::make_unique<Secrets>();
+    SSL_set_app_data(ssl_, this);
+  }
   return 0;
+}
+
+void TlsStream::onKeyLog(const SSL* ssl, const char* line) noexcept {
+  // NSS key log format: "<LABEL> <client random, hex> <secret, hex>".
+  auto* self = static_cast<TlsStream*>(SSL_get_app_data(ssl));
+  if (self == nullptr || !self->secrets_) return;
+  std::string_view text(line);
+  size_t sp1 = text.find(' ');
+  size_t sp2 = sp1 == std::string_view::npos ? sp1 : text.find(' ', sp1 + 1);
+  if (sp2 == std::string_view::npos) return;
+  std::string_view label = text.substr(0, sp1);
+  std::string_view hex = text.substr(sp2 + 1);
+  Secrets& s = *self->secrets_;
+  uint8_t* out = label == "CLIENT_TRAFFIC_SECRET_0"   ? s.client
+                 : label == "SERVER_TRAFFIC_SECRET_0" ? s.server
+                                                      : nullptr;
+  if (out == nullptr || hex.size() % 2 != 0 || hex.size() / 2 > Tls13Records::kMaxSecret) return;
+  auto digit = [](char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+  };
+  for (size_t i = 0; i < hex.size() / 2; ++i) {
+    int hi = digit(hex[2 * i]);
+    int lo = digit(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return;
+    out[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  (out == s.client ? s.client_size : s.server_size) = hex.size() / 2;
+}
+
+// After SSL_do_handshake returned 1 (server): moves the connection to Tls13Records and frees the
+// SSL object, or returns false and leaves it with OpenSSL (TLS 1.2, a CCM suite, anything
+// unexpected). OpenSSL reads records one at a time (no read-ahead), so nothing it read is past
+// the client's Finished: the read sequence starts at 0. What it wrote in this last step (the
+// session tickets, still in the scratch buffer) is protected under the new write key, so the
+// write sequence starts at that many records, which the last of them confirms.
+bool TlsStream::handOver() {
+  std::unique_ptr<Secrets> s = std::move(secrets_);
+  if (SSL_version(ssl_) != TLS1_3_VERSION || SSL_has_pending(ssl_)) return false;
+  const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl_);
+  std::optional<Tls13Records::Suite> suite =
+      cipher ? Tls13Records::suiteFor(SSL_CIPHER_get_protocol_id(cipher)) : std::nullopt;
+  if (!suite || s->client_size != Tls13Records::secretSize(*suite) ||
+      s->server_size != s->client_size) {
+    return false;
+  }
+  const std::string& out = scratch();
+  auto* p = reinterpret_cast<const uint8_t*>(out.data());
+  size_t left = out.size();
+  uint64_t count = 0;
+  const uint8_t* last = nullptr;
+  size_t last_size = 0;
+  while (left > 0) {
+    size_t size = Tls13Records::recordSize(p, left);
+    if (size == 0 || size > left || p[0] != Tls13Records::kAppData) return false;
+    last = p;
+    last_size = size;
+    ++count;
+    p += size;
+    left -= size;
+  }
+  auto records = std::make_unique<Tls13Records>(*suite, s->client, s->server, count);
+  if (!records->ok() || (last && !records->sealedAt(last, last_size, count - 1))) {
+    clearTlsErrors();
+    return false;
+  }
+  SSL_free(ssl_);  // and the BIO
+  ssl_ = nullptr;
+  records_ = std::move(records);
+  return true;
 }
 
 int TlsStream::connect(const std::string& server_name) {
@@ -108,7 +196,11 @@ int TlsStream::flush() {
 // ---- Ciphertext in, plaintext up ---------------------------------------------------------------
 
 void TlsStream::onData(const char* data, size_t len) {
-  if (failed_) return;
+  if (failed_ || peer_closed_) return;  // nothing counts after close_notify (RFC 8446 §6.1)
+  if (records_) {
+    readRecords(data, len);
+    return;
+  }
   in_ = data;
   in_len_ = len;
   cycle();
@@ -132,6 +224,24 @@ void TlsStream::cycle() {
       return;
     }
     handshake_done_ = true;
+    if (secrets_ && handOver()) {
+      const char* rest = in_;
+      size_t rest_len = in_len_;
+      in_ = nullptr;
+      in_len_ = 0;
+      if (flush() != 0) {  // the session tickets
+        fail(SSL_ERROR_SYSCALL);
+        return;
+      }
+      if (!early_.empty()) {
+        std::string early = std::move(early_);
+        early_.clear();
+        if (write(early.data(), early.size()) != 0) return;
+      }
+      if (rest_len > 0) readRecords(rest, rest_len);
+      return;
+    }
+    secrets_.reset();
     if (!early_.empty()) {
       std::string early = std::move(early_);
       early_.clear();
@@ -150,6 +260,7 @@ void TlsStream::cycle() {
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) break;
     if (err == SSL_ERROR_ZERO_RETURN) {  // close_notify: a clean end of the peer's data
       flush();
+      peer_closed_ = true;
       listener_->onEof();
       return;
     }
@@ -162,8 +273,9 @@ void TlsStream::cycle() {
 
 void TlsStream::onEof() {
   // A TCP FIN without close_notify: for WebSocket the frames carry their own end (close
-  // frames), so a missing close_notify is not a truncation risk worth failing on.
-  listener_->onEof();
+  // frames), so a missing close_notify is not a truncation risk worth failing on. After a
+  // close_notify the listener has had its end of data already.
+  if (!peer_closed_) listener_->onEof();
 }
 
 void TlsStream::fail(int ssl_error) {
@@ -171,7 +283,7 @@ void TlsStream::fail(int ssl_error) {
   failed_ = true;
   std::string reason = takeTlsErrors();
   if (ssl_error == SSL_ERROR_SYSCALL && reason.empty()) reason = "connection error";
-  long verify = SSL_get_verify_result(ssl_);
+  long verify = ssl_ ? SSL_get_verify_result(ssl_) : X509_V_OK;
   if (verify != X509_V_OK && !handshake_done_) {
     reason += std::string(reason.empty() ? "" : "; ") +
               "certificate verify failed: " + X509_verify_cert_error_string(verify);
@@ -190,6 +302,7 @@ int TlsStream::write(const char* data, size_t len) {
     early_.append(data, len);  // sent once the handshake completes
     return 0;
   }
+  if (records_) return writeRecords(data, len);
   clearTlsErrors();
   while (len > 0) {
     // The BIO never blocks, so SSL_write takes everything; PARTIAL_WRITE keeps each call to
@@ -207,13 +320,179 @@ int TlsStream::write(const char* data, size_t len) {
 }
 
 void TlsStream::shutdown() {
-  if (handshake_done_ && !failed_ && !tcp_.isClosing()) {
+  if (records_ && !failed_ && !tcp_.isClosing()) {
+    static const uint8_t kCloseNotify[] = {1, Tls13Records::kCloseNotify};  // warning level
+    if (records_->seal(Tls13Records::kAlert, kCloseNotify, sizeof(kCloseNotify), scratch()))
+      flush();
+  } else if (handshake_done_ && !failed_ && !tcp_.isClosing()) {
     clearTlsErrors();
     SSL_shutdown(ssl_);  // queues close_notify
     clearTlsErrors();
     flush();
   }
   tcp_.shutdown();
+}
+
+// ---- Offloaded records (Tls13Records) ----------------------------------------------------------
+
+void TlsStream::readRecords(const char* data, size_t len) {
+  auto* p = reinterpret_cast<const uint8_t*>(data);
+  if (!partial_.empty()) {  // finish the record the last read began
+    size_t want = Tls13Records::kHeaderSize;
+    for (;;) {
+      size_t take = std::min(len, want - std::min(want, partial_.size()));
+      partial_.append(reinterpret_cast<const char*>(p), take);
+      p += take;
+      len -= take;
+      if (partial_.size() < want) return;
+      size_t size = Tls13Records::recordSize(reinterpret_cast<const uint8_t*>(partial_.data()),
+                                             partial_.size());
+      if (size - Tls13Records::kHeaderSize > Tls13Records::kMaxCiphertext) {
+        recordFail(Tls13Records::kRecordOverflow, "record longer than 2^14 + 256 bytes");
+        return;
+      }
+      if (size <= want) break;
+      want = size;
+    }
+    std::string record;
+    record.swap(partial_);  // an idle connection keeps no buffer
+    if (!onRecord(reinterpret_cast<const uint8_t*>(record.data()), record.size())) return;
+  }
+  while (len > 0) {
+    size_t size = Tls13Records::recordSize(p, len);
+    if (size != 0 && size - Tls13Records::kHeaderSize > Tls13Records::kMaxCiphertext) {
+      recordFail(Tls13Records::kRecordOverflow, "record longer than 2^14 + 256 bytes");
+      return;
+    }
+    if (size == 0 || size > len) {
+      partial_.assign(reinterpret_cast<const char*>(p), len);
+      return;
+    }
+    if (!onRecord(p, size)) return;
+    p += size;
+    len -= size;
+  }
+}
+
+// One whole record. Returns false once the connection is done with (error, close, or the
+// listener closed it from an upcall).
+bool TlsStream::onRecord(const uint8_t* record, size_t size) {
+  if (peer_closed_) return false;
+  auto* ctx = static_cast<LoopContext*>(tcp_.handle()->loop->data);
+  auto* plain = reinterpret_cast<uint8_t*>(ctx->plain_buffer);
+  static_assert(sizeof(ctx->plain_buffer) >= Tls13Records::kMaxCiphertext);
+  Tls13Records::Opened opened;
+  if (uint8_t alert = records_->open(record, size, plain, opened)) {
+    recordFail(alert, alert == Tls13Records::kBadRecordMac     ? "record failed authentication"
+                      : alert == Tls13Records::kRecordOverflow ? "record longer than 2^14 bytes"
+                                                               : "unexpected record type");
+    return false;
+  }
+  if (opened.type != Tls13Records::kHandshake && !handshake_.empty()) {
+    // §5.1: a handshake message must not be interleaved with other record types.
+    recordFail(Tls13Records::kUnexpectedMessage, "handshake message interleaved");
+    return false;
+  }
+  switch (opened.type) {
+    case Tls13Records::kAppData:
+      if (opened.size > 0) listener_->onData(ctx->plain_buffer, opened.size);
+      return !failed_ && !tcp_.isClosing();
+    case Tls13Records::kAlert:
+      if (opened.size != 2) {
+        recordFail(Tls13Records::kDecodeError, "malformed alert");
+        return false;
+      }
+      if (plain[1] == Tls13Records::kCloseNotify) {
+        peer_closed_ = true;
+        listener_->onEof();
+        return false;
+      }
+      if (plain[1] == 90) return true;  // user_canceled: close_notify follows (§6.1)
+      failed_ = true;
+      error_ = "TLS alert received: " + std::string(SSL_alert_desc_string_long(plain[1]));
+      listener_->onError(UV_EPROTO);
+      return false;
+    case Tls13Records::kHandshake:
+      if (opened.size == 0) {
+        recordFail(Tls13Records::kUnexpectedMessage, "empty handshake record");
+        return false;
+      }
+      return onHandshakeMessages(plain, opened.size);
+    default:
+      recordFail(Tls13Records::kUnexpectedMessage, "unexpected content type");
+      return false;
+  }
+}
+
+// Post-handshake messages from a client (§4.6): only KeyUpdate. upgate asks for no
+// post-handshake authentication, and tickets go from server to client only.
+bool TlsStream::onHandshakeMessages(const uint8_t* data, size_t size) {
+  handshake_.append(reinterpret_cast<const char*>(data), size);
+  auto* m = reinterpret_cast<const uint8_t*>(handshake_.data());
+  size_t left = handshake_.size();
+  if (left < 4) return true;  // the rest comes in the next record
+  if (m[0] != 24) {           // key_update
+    recordFail(Tls13Records::kUnexpectedMessage, "unexpected post-handshake message");
+    return false;
+  }
+  if ((size_t{m[1]} << 16 | size_t{m[2]} << 8 | m[3]) != 1) {
+    recordFail(Tls13Records::kDecodeError, "malformed KeyUpdate");
+    return false;
+  }
+  if (left < 5) return true;
+  if (m[4] > 1) {
+    recordFail(47 /* illegal_parameter */, "KeyUpdate request_update out of range");
+    return false;
+  }
+  if (left != 5) {  // §5.1: the message before a key change must end its record
+    recordFail(Tls13Records::kUnexpectedMessage, "data after KeyUpdate in its record");
+    return false;
+  }
+  bool requested = m[4] == 1;
+  std::string().swap(handshake_);
+  // §4.6.3: answer a request with our own KeyUpdate before any more application data.
+  if (!records_->nextReadKey() || (requested && !sendKeyUpdate(false))) {
+    recordFail(Tls13Records::kInternalError, "key update failed");
+    return false;
+  }
+  return true;
+}
+
+bool TlsStream::sendKeyUpdate(bool request) {
+  const uint8_t msg[] = {24, 0, 0, 1, static_cast<uint8_t>(request ? 1 : 0)};
+  if (!records_->seal(Tls13Records::kHandshake, msg, sizeof(msg), scratch())) return false;
+  return records_->nextWriteKey() && flush() == 0;
+}
+
+int TlsStream::writeRecords(const char* data, size_t len) {
+  std::string& out = scratch();
+  while (len > 0) {
+    if (records_->writeKeyWorn() && !sendKeyUpdate(false)) {
+      error_ = "TLS write failed: key update failed";
+      return UV_EPROTO;
+    }
+    size_t chunk = std::min(len, Tls13Records::kMaxPlaintext);
+    if (!records_->seal(Tls13Records::kAppData, reinterpret_cast<const uint8_t*>(data), chunk,
+                        out)) {
+      error_ = "TLS write failed: " + takeTlsErrors();
+      flush();
+      return UV_EPROTO;
+    }
+    data += chunk;
+    len -= chunk;
+  }
+  return flush();
+}
+
+// A fatal alert (§6.2), then the error upcall.
+void TlsStream::recordFail(uint8_t alert, const std::string& why) {
+  if (failed_) return;
+  failed_ = true;
+  const uint8_t msg[] = {2, alert};
+  if (records_->seal(Tls13Records::kAlert, msg, sizeof(msg), scratch())) flush();
+  clearTlsErrors();
+  error_ = "TLS error: " + why;
+  listener_->onError(UV_EPROTO);
 }
 
 }  // namespace upgate

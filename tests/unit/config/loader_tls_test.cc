@@ -114,6 +114,7 @@ TEST_CASE("loader tls: fixture with every key set", "[config][tls]") {
   CHECK(t.ciphersuites == "TLS_AES_256_GCM_SHA384");
   CHECK(t.groups == "X25519");
   CHECK_FALSE(t.session_tickets);
+  CHECK_FALSE(t.record_offload);
   CHECK(t.ticket_key_rotation == Millis(30 * 60 * 1000));
   REQUIRE(t.client_auth.has_value());
   CHECK(t.client_auth->ca == kFixtures + "certs/ca.pem");
@@ -132,6 +133,7 @@ TEST_CASE("loader tls: fixture with every key set", "[config][tls]") {
   CHECK(d.ciphersuites.empty());
   CHECK(d.groups.empty());
   CHECK(d.session_tickets);
+  CHECK(d.record_offload);
   CHECK(d.ticket_key_rotation == dd.ticket_key_rotation);
   CHECK_FALSE(d.client_auth.has_value());
 
@@ -208,7 +210,7 @@ TEST_CASE("loader tls: unknown key names its path", "[config][tls]") {
   REQUIRE(errs.size() == 1);
   checkError(errs[0], path, 5, 7, "listeners[0].tls.cert",
              "unknown key (expected one of: certificates, min_version, ciphers, ciphersuites, "
-             "groups, session_tickets, ticket_key_rotation, client_auth)");
+             "groups, session_tickets, ticket_key_rotation, client_auth, record_offload)");
 
   SECTION("in a certificate") {
     CHECK(oneError(listenerTls("      certificates:\n        - cert: " + kPem +
@@ -407,6 +409,8 @@ TEST_CASE("loader tls: other values", "[config][tls]") {
     CHECK(oneError(listenerTls("      ticket_key_rotation: 60\n")) ==
           "t.yaml:5:28: listeners[0].tls.ticket_key_rotation: invalid duration \"60\": a unit is "
           "required (ms, s, m or h), e.g. 10s");
+    CHECK(oneError(listenerTls("      record_offload: 1\n")) ==
+          "t.yaml:5:23: listeners[0].tls.record_offload: expected true or false, got \"1\"");
     CHECK(oneError(listenerTls("      session_tickets: sometimes\n")) ==
           "t.yaml:5:24: listeners[0].tls.session_tickets: expected true or false, got "
           "\"sometimes\"");

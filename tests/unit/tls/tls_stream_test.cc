@@ -1,0 +1,265 @@
+// TlsStream on a real loopback socket, against OpenSSL's client in a thread of its own:
+// the handshake by OpenSSL, then (TLS 1.3) records by upgate, with tickets, KeyUpdates,
+// records split across reads, forged records and close_notify.
+#include "tls/tls_stream.h"
+
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <functional>
+#include <string>
+#include <thread>
+
+using namespace upgate;
+
+namespace {
+
+// The server side: one accepted connection, wrapped in a TlsStream that echoes what it reads.
+struct Server : StreamListener {
+  uv_loop_t loop{};
+  LoopContext ctx;
+  uv_tcp_t listener{};
+  TcpStream tcp;
+  std::shared_ptr<const TlsContext> tls_ctx;
+  std::unique_ptr<TlsStream> tls;
+  std::string got;
+  int eofs = 0;
+  int error = 0;
+  bool closed = false;
+  bool offloaded_at_first_data = false;
+  int port = 0;
+
+  explicit Server(const ListenerTlsConfig& cfg) {
+    tls_ctx = TlsContext::forListener(cfg, "test");
+    REQUIRE(uv_loop_init(&loop) == 0);
+    loop.data = &ctx;
+    REQUIRE(uv_tcp_init(&loop, &listener) == 0);
+    listener.data = this;
+    sockaddr_in addr{};
+    uv_ip4_addr("127.0.0.1", 0, &addr);
+    REQUIRE(uv_tcp_bind(&listener, reinterpret_cast<sockaddr*>(&addr), 0) == 0);
+    REQUIRE(uv_listen(reinterpret_cast<uv_stream_t*>(&listener), 4, [](uv_stream_t* s, int) {
+              auto* self = static_cast<Server*>(s->data);
+              REQUIRE(self->tcp.init(&self->loop, nullptr) == 0);
+              REQUIRE(uv_accept(s, reinterpret_cast<uv_stream_t*>(self->tcp.handle())) == 0);
+              self->tls = std::make_unique<TlsStream>(self->tcp, self->tls_ctx, self);
+              REQUIRE(self->tls->init() == 0);
+              REQUIRE(self->tls->readStart() == 0);
+            }) == 0);
+    sockaddr_in bound{};
+    int len = sizeof(bound);
+    uv_tcp_getsockname(&listener, reinterpret_cast<sockaddr*>(&bound), &len);
+    port = ntohs(bound.sin_port);
+  }
+  ~Server() {
+    if (tls && !tls->isClosing()) tls->close();
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener), nullptr);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+  }
+
+  void onData(const char* d, size_t n) override {
+    if (got.empty()) offloaded_at_first_data = tls->offloaded();
+    got.append(d, n);
+    tls->write(d, n);
+  }
+  void onEof() override {
+    ++eofs;
+    tls->shutdown();
+  }
+  void onError(int e) override {
+    error = e;
+    tls->close();
+  }
+  void onDrain() override {}
+  void onClosed() override { closed = true; }
+
+  // Runs the loop while `client` runs in its own thread (at most 20 s).
+  void serve(const std::function<void(int port)>& client) {
+    std::atomic<bool> done{false};
+    std::thread t([&] {
+      client(port);
+      done = true;
+    });
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!done && std::chrono::steady_clock::now() < deadline) {
+      uv_run(&loop, UV_RUN_NOWAIT);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    t.join();
+    for (int i = 0; i < 50; ++i) {  // what the client's last bytes caused
+      uv_run(&loop, UV_RUN_NOWAIT);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+};
+
+// OpenSSL's client on a blocking socket.
+struct Client {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SSL* ssl = nullptr;
+  int fd = -1;
+
+  Client(int port, int max_version = TLS1_3_VERSION) {
+    SSL_CTX_set_max_proto_version(ctx, max_version);
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    REQUIRE(SSL_connect(ssl) == 1);
+  }
+  ~Client() {
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
+    ERR_clear_error();
+  }
+  void write(const std::string& s) {
+    REQUIRE(SSL_write(ssl, s.data(), static_cast<int>(s.size())) == static_cast<int>(s.size()));
+  }
+  std::string read(size_t n) {
+    std::string out;
+    char buf[16384];
+    while (out.size() < n) {
+      int r = SSL_read(ssl, buf, static_cast<int>(std::min(sizeof(buf), n - out.size())));
+      if (r <= 0) break;
+      out.append(buf, static_cast<size_t>(r));
+    }
+    return out;
+  }
+};
+
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('A' + i % 53);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("TLS 1.3: records move to upgate after the handshake; echo, KeyUpdate, close_notify") {
+  ListenerTlsConfig cfg;  // self-signed
+  bool tickets = GENERATE(true, false);
+  INFO("session tickets " << tickets);
+  cfg.session_tickets = tickets;
+  Server server(cfg);
+  std::string big = pattern(100000);
+  std::string echoed_ping, echoed_big, after_update;
+  bool clean_close = false;
+  server.serve([&](int port) {
+    Client c(port);
+    c.write("ping");
+    echoed_ping = c.read(4);
+    c.write(big);
+    echoed_big = c.read(big.size());
+    // The client asks for our KeyUpdate; what follows is under both new keys.
+    REQUIRE(SSL_key_update(c.ssl, SSL_KEY_UPDATE_REQUESTED) == 1);
+    c.write("after update");
+    after_update = c.read(12);
+    SSL_shutdown(c.ssl);  // close_notify
+    char b;
+    clean_close = SSL_read(c.ssl, &b, 1) == 0 &&  // ours back
+                  SSL_get_error(c.ssl, 0) == SSL_ERROR_ZERO_RETURN;
+  });
+  CHECK(server.offloaded_at_first_data);
+  CHECK(echoed_ping == "ping");
+  CHECK(echoed_big == big);
+  CHECK(after_update == "after update");
+  CHECK(server.got == "ping" + big + "after update");
+  CHECK(server.eofs == 1);
+  CHECK(server.error == 0);
+  CHECK(clean_close);
+}
+
+TEST_CASE("TLS 1.3 offload: a record split across reads is put together") {
+  Server server(ListenerTlsConfig{});
+  std::string msg = pattern(16384);
+  std::string echoed;
+  server.serve([&](int port) {
+    Client c(port);
+    // Seal into memory, then send the record in three pieces with pauses between them.
+    BIO* mem = BIO_new(BIO_s_mem());
+    SSL_set0_wbio(c.ssl, mem);
+    c.write(msg);
+    BUF_MEM* wire = nullptr;
+    BIO_get_mem_ptr(mem, &wire);
+    std::string bytes(wire->data, wire->length);
+    for (auto [at, n] : {std::pair<size_t, size_t>{0, 3}, {3, 1000}, {1003, std::string::npos}}) {
+      std::string piece = bytes.substr(at, n);
+      REQUIRE(send(c.fd, piece.data(), piece.size(), 0) == static_cast<ssize_t>(piece.size()));
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    }
+    echoed = c.read(msg.size());
+  });
+  CHECK(server.got == msg);
+  CHECK(echoed == msg);
+}
+
+TEST_CASE("TLS 1.3 offload: a forged record ends the connection with bad_record_mac") {
+  Server server(ListenerTlsConfig{});
+  unsigned long alert = 0;
+  server.serve([&](int port) {
+    Client c(port);
+    c.write("ping");
+    REQUIRE(c.read(4) == "ping");
+    std::string forged("\x17\x03\x03\x00\x14", 5);
+    forged += std::string(20, 'f');
+    REQUIRE(send(c.fd, forged.data(), forged.size(), 0) == static_cast<ssize_t>(forged.size()));
+    char b;
+    REQUIRE(SSL_read(c.ssl, &b, 1) <= 0);
+    alert = ERR_GET_REASON(ERR_peek_error());
+  });
+  CHECK(server.error == UV_EPROTO);
+  REQUIRE(server.tls);
+  CHECK_THAT(server.tls->errorDetail(), Catch::Contains("authentication"));
+  CHECK(alert == SSL_AD_REASON_OFFSET + SSL_AD_BAD_RECORD_MAC);
+}
+
+TEST_CASE("TLS 1.3 offload: a record longer than the limit gets record_overflow") {
+  Server server(ListenerTlsConfig{});
+  unsigned long alert = 0;
+  server.serve([&](int port) {
+    Client c(port);
+    c.write("ping");
+    REQUIRE(c.read(4) == "ping");
+    std::string header("\x17\x03\x03\x41\x01", 5);  // 16641 = 2^14 + 256 + 1
+    REQUIRE(send(c.fd, header.data(), header.size(), 0) == 5);
+    char b;
+    REQUIRE(SSL_read(c.ssl, &b, 1) <= 0);
+    alert = ERR_GET_REASON(ERR_peek_error());
+  });
+  CHECK(server.error == UV_EPROTO);
+  CHECK(alert == SSL_AD_REASON_OFFSET + SSL_AD_RECORD_OVERFLOW);
+}
+
+TEST_CASE("OpenSSL keeps the records for TLS 1.2, and when record_offload is off") {
+  ListenerTlsConfig cfg;
+  int max_version = TLS1_3_VERSION;
+  SECTION("TLS 1.2") {
+    max_version = TLS1_2_VERSION;
+  }
+  SECTION("record_offload: false") {
+    cfg.record_offload = false;
+  }
+  Server server(cfg);
+  std::string echoed;
+  server.serve([&](int port) {
+    Client c(port, max_version);
+    c.write("ping");
+    echoed = c.read(4);
+  });
+  CHECK(echoed == "ping");
+  CHECK_FALSE(server.offloaded_at_first_data);
+  CHECK(server.got == "ping");
+}
