@@ -114,6 +114,13 @@ Tls13Records::Tls13Records(Suite suite, const uint8_t* read_secret, const uint8_
 }
 
 Tls13Records::~Tls13Records() {
+  // The thread's contexts must not keep this connection's key schedule after it is gone.
+  for (ThreadCipher* tc : {&t_seal, &t_open}) {
+    if (tc->ctx && (tc->key_id == read_.key_id || tc->key_id == write_.key_id)) {
+      EVP_CIPHER_CTX_reset(tc->ctx);
+      tc->key_id = 0;
+    }
+  }
   OPENSSL_cleanse(&read_, sizeof(read_));
   OPENSSL_cleanse(&write_, sizeof(write_));
 }
@@ -233,11 +240,12 @@ uint8_t Tls13Records::open(const uint8_t* record, size_t size, uint8_t* out, Ope
   size_t plain = 0;
   if (!openWith(read_, read_.seq, record, size, out, plain)) return kBadRecordMac;
   ++read_.seq;
+  // §5.4: TLSInnerPlaintext (content, type and padding) is at most 2^14 + 1 bytes.
+  if (plain > kMaxPlaintext + 1) return kRecordOverflow;
   while (plain > 0 && out[plain - 1] == 0) --plain;  // padding (§5.4)
   if (plain == 0) return kUnexpectedMessage;         // no content type: all padding
   opened.type = out[plain - 1];
   opened.size = plain - 1;
-  if (opened.size > kMaxPlaintext) return kRecordOverflow;
   return 0;
 }
 
@@ -245,7 +253,9 @@ bool Tls13Records::sealedAt(const uint8_t* record, size_t size, uint64_t seq) {
   if (size < kHeaderSize || size - kHeaderSize > kMaxCiphertext) return false;
   uint8_t out[kMaxCiphertext];
   size_t plain = 0;
-  return openWith(write_, seq, record, size, out, plain);
+  bool ok = openWith(write_, seq, record, size, out, plain);
+  OPENSSL_cleanse(out, plain);
+  return ok;
 }
 
 }  // namespace upgate

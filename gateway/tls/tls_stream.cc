@@ -322,8 +322,10 @@ int TlsStream::write(const char* data, size_t len) {
 void TlsStream::shutdown() {
   if (records_ && !failed_ && !tcp_.isClosing()) {
     static const uint8_t kCloseNotify[] = {1, Tls13Records::kCloseNotify};  // warning level
-    if (records_->seal(Tls13Records::kAlert, kCloseNotify, sizeof(kCloseNotify), scratch()))
+    if (records_->seal(Tls13Records::kAlert, kCloseNotify, sizeof(kCloseNotify), scratch())) {
+      close_sent_ = true;
       flush();
+    }
   } else if (handshake_done_ && !failed_ && !tcp_.isClosing()) {
     clearTlsErrors();
     SSL_shutdown(ssl_);  // queues close_notify
@@ -448,10 +450,11 @@ bool TlsStream::onHandshakeMessages(const uint8_t* data, size_t size) {
     recordFail(Tls13Records::kUnexpectedMessage, "data after KeyUpdate in its record");
     return false;
   }
-  bool requested = m[4] == 1;
+  // §4.6.3: answer a request with our own KeyUpdate before any more application data; after
+  // our close_notify nothing more may be sent (§6.1), so the request goes unanswered.
+  bool answer = m[4] == 1 && !close_sent_;
   std::string().swap(handshake_);
-  // §4.6.3: answer a request with our own KeyUpdate before any more application data.
-  if (!records_->nextReadKey() || (requested && !sendKeyUpdate(false))) {
+  if (!records_->nextReadKey() || (answer && !sendKeyUpdate(false))) {
     recordFail(Tls13Records::kInternalError, "key update failed");
     return false;
   }
@@ -461,14 +464,20 @@ bool TlsStream::onHandshakeMessages(const uint8_t* data, size_t size) {
 bool TlsStream::sendKeyUpdate(bool request) {
   const uint8_t msg[] = {24, 0, 0, 1, static_cast<uint8_t>(request ? 1 : 0)};
   if (!records_->seal(Tls13Records::kHandshake, msg, sizeof(msg), scratch())) return false;
-  return records_->nextWriteKey() && flush() == 0;
+  if (!records_->nextWriteKey()) {
+    scratch().clear();  // never left for the loop's next connection to send
+    return false;
+  }
+  return flush() == 0;
 }
 
 int TlsStream::writeRecords(const char* data, size_t len) {
+  if (close_sent_) return UV_EPIPE;  // nothing follows close_notify (RFC 8446 §6.1)
   std::string& out = scratch();
   while (len > 0) {
     if (records_->writeKeyWorn() && !sendKeyUpdate(false)) {
       error_ = "TLS write failed: key update failed";
+      out.clear();
       return UV_EPROTO;
     }
     size_t chunk = std::min(len, Tls13Records::kMaxPlaintext);

@@ -100,6 +100,7 @@ class TlsStream final : public Stream, private StreamListener {
   std::string error_;
   bool handshake_done_ = false;
   bool failed_ = false;
+  bool close_sent_ = false;   // offloaded: our close_notify went out
   bool peer_closed_ = false;  // close_notify received (the listener had its onEof)
 };
 

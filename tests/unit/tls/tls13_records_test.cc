@@ -188,7 +188,8 @@ TEST_CASE("records follow a KeyUpdate both ways") {
   REQUIRE(o.size == 5);
   CHECK(plain[0] == 24);  // key_update
   CHECK(plain[4] == 1);   // update_requested
-  // Under the old key the next record no longer opens; under the next one it does.
+  // Under the old key the next record does not open; under the next one it does.
+  CHECK(h.records->open(p + first, wire.size() - first, plain, o) == Tls13Records::kBadRecordMac);
   REQUIRE(h.records->nextReadKey());
   REQUIRE(h.records->open(p + first, wire.size() - first, plain, o) == 0);
   CHECK(std::string(reinterpret_cast<char*>(plain), o.size) == "after");
@@ -232,6 +233,16 @@ TEST_CASE("records refuse forged, oversized and mistyped records with the right 
     wire[4] = static_cast<char>(body & 0xff);
     CHECK(h.records->open(reinterpret_cast<const uint8_t*>(wire.data()), wire.size(), plain, o) ==
           Tls13Records::kRecordOverflow);
+  }
+  SECTION("a record with no content type (all padding)") {
+    // The client's mirror: the same secrets the other way round seal what OpenSSL would not.
+    Bytes cs = keyLog()["CLIENT_TRAFFIC_SECRET_0"];
+    Bytes ss = keyLog()["SERVER_TRAFFIC_SECRET_0"];
+    Tls13Records mirror(h.suite, ss.data(), cs.data(), 0);
+    std::string wire;
+    REQUIRE(mirror.seal(0, nullptr, 0, wire));  // inner plaintext: a single zero byte
+    CHECK(h.records->open(reinterpret_cast<const uint8_t*>(wire.data()), wire.size(), plain, o) ==
+          Tls13Records::kUnexpectedMessage);
   }
   SECTION("a body shorter than the tag") {
     const uint8_t tiny[] = {23, 3, 3, 0, 3, 1, 2, 3};

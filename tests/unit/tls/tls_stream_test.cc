@@ -66,6 +66,10 @@ struct Server : StreamListener {
   void onData(const char* d, size_t n) override {
     if (got.empty()) offloaded_at_first_data = tls->offloaded();
     got.append(d, n);
+    if (std::string(d, n) == "bye") {  // our close_notify instead of an echo
+      tls->shutdown();
+      return;
+    }
     tls->write(d, n);
   }
   void onEof() override {
@@ -140,6 +144,17 @@ struct Client {
   }
 };
 
+// Counts the KeyUpdate messages the server sends to `ssl` (handshake messages, decrypted).
+void countKeyUpdates(SSL* ssl, int* count) {
+  SSL_set_msg_callback_arg(ssl, count);
+  SSL_set_msg_callback(
+      ssl, [](int write_p, int, int content_type, const void* buf, size_t len, SSL*, void* arg) {
+        if (!write_p && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+            static_cast<const uint8_t*>(buf)[0] == SSL3_MT_KEY_UPDATE)
+          ++*static_cast<int*>(arg);
+      });
+}
+
 std::string pattern(size_t n) {
   std::string s(n, '\0');
   for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('A' + i % 53);
@@ -157,8 +172,10 @@ TEST_CASE("TLS 1.3: records move to upgate after the handshake; echo, KeyUpdate,
   std::string big = pattern(100000);
   std::string echoed_ping, echoed_big, after_update;
   bool clean_close = false;
+  int key_updates_received = 0;
   server.serve([&](int port) {
     Client c(port);
+    countKeyUpdates(c.ssl, &key_updates_received);
     c.write("ping");
     echoed_ping = c.read(4);
     c.write(big);
@@ -176,10 +193,32 @@ TEST_CASE("TLS 1.3: records move to upgate after the handshake; echo, KeyUpdate,
   CHECK(echoed_ping == "ping");
   CHECK(echoed_big == big);
   CHECK(after_update == "after update");
+  CHECK(key_updates_received == 1);  // the server answered the request (RFC 8446 §4.6.3)
   CHECK(server.got == "ping" + big + "after update");
   CHECK(server.eofs == 1);
   CHECK(server.error == 0);
   CHECK(clean_close);
+}
+
+TEST_CASE("TLS 1.3 offload: after our close_notify a KeyUpdate request goes unanswered") {
+  Server server(ListenerTlsConfig{});
+  int key_updates_received = 0;
+  bool got_close = false;
+  server.serve([&](int port) {
+    Client c(port);
+    countKeyUpdates(c.ssl, &key_updates_received);
+    c.write("bye");
+    char b;
+    got_close = SSL_read(c.ssl, &b, 1) == 0;
+    // Half-closed: the client may still send, under a new key (RFC 8446 §6.1, §4.6.3).
+    REQUIRE(SSL_key_update(c.ssl, SSL_KEY_UPDATE_REQUESTED) == 1);
+    c.write("more");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  });
+  CHECK(got_close);
+  CHECK(server.got == "byemore");
+  CHECK(server.error == 0);
+  CHECK(key_updates_received == 0);
 }
 
 TEST_CASE("TLS 1.3 offload: a record split across reads is put together") {
@@ -202,45 +241,49 @@ TEST_CASE("TLS 1.3 offload: a record split across reads is put together") {
     }
     echoed = c.read(msg.size());
   });
+  CHECK(server.offloaded_at_first_data);
   CHECK(server.got == msg);
   CHECK(echoed == msg);
 }
 
-TEST_CASE("TLS 1.3 offload: a forged record ends the connection with bad_record_mac") {
-  Server server(ListenerTlsConfig{});
+// After one echoed "ping", the client sends `raw` past its TLS layer; returns the alert it
+// then receives (OpenSSL's reason code for it).
+unsigned long alertAfter(Server& server, const std::string& raw) {
   unsigned long alert = 0;
   server.serve([&](int port) {
     Client c(port);
     c.write("ping");
     REQUIRE(c.read(4) == "ping");
-    std::string forged("\x17\x03\x03\x00\x14", 5);
-    forged += std::string(20, 'f');
-    REQUIRE(send(c.fd, forged.data(), forged.size(), 0) == static_cast<ssize_t>(forged.size()));
+    REQUIRE(send(c.fd, raw.data(), raw.size(), 0) == static_cast<ssize_t>(raw.size()));
     char b;
     REQUIRE(SSL_read(c.ssl, &b, 1) <= 0);
     alert = ERR_GET_REASON(ERR_peek_error());
   });
+  CHECK(server.offloaded_at_first_data);
   CHECK(server.error == UV_EPROTO);
   REQUIRE(server.tls);
+  return alert;
+}
+
+TEST_CASE("TLS 1.3 offload: a forged record ends the connection with bad_record_mac") {
+  Server server(ListenerTlsConfig{});
+  std::string forged = std::string("\x17\x03\x03\x00\x14", 5) + std::string(20, 'f');
+  CHECK(alertAfter(server, forged) == SSL_AD_REASON_OFFSET + SSL_AD_BAD_RECORD_MAC);
   CHECK_THAT(server.tls->errorDetail(), Catch::Contains("authentication"));
-  CHECK(alert == SSL_AD_REASON_OFFSET + SSL_AD_BAD_RECORD_MAC);
 }
 
 TEST_CASE("TLS 1.3 offload: a record longer than the limit gets record_overflow") {
   Server server(ListenerTlsConfig{});
-  unsigned long alert = 0;
-  server.serve([&](int port) {
-    Client c(port);
-    c.write("ping");
-    REQUIRE(c.read(4) == "ping");
-    std::string header("\x17\x03\x03\x41\x01", 5);  // 16641 = 2^14 + 256 + 1
-    REQUIRE(send(c.fd, header.data(), header.size(), 0) == 5);
-    char b;
-    REQUIRE(SSL_read(c.ssl, &b, 1) <= 0);
-    alert = ERR_GET_REASON(ERR_peek_error());
-  });
-  CHECK(server.error == UV_EPROTO);
-  CHECK(alert == SSL_AD_REASON_OFFSET + SSL_AD_RECORD_OVERFLOW);
+  std::string header("\x17\x03\x03\x41\x01", 5);  // 16641 = 2^14 + 256 + 1
+  CHECK(alertAfter(server, header) == SSL_AD_REASON_OFFSET + SSL_AD_RECORD_OVERFLOW);
+  CHECK_THAT(server.tls->errorDetail(), Catch::Contains("longer than"));
+}
+
+TEST_CASE("TLS 1.3 offload: a change_cipher_spec after the handshake gets unexpected_message") {
+  Server server(ListenerTlsConfig{});
+  std::string ccs("\x14\x03\x03\x00\x01\x01", 6);
+  CHECK(alertAfter(server, ccs) == SSL_AD_REASON_OFFSET + SSL_AD_UNEXPECTED_MESSAGE);
+  CHECK_THAT(server.tls->errorDetail(), Catch::Contains("unexpected record type"));
 }
 
 TEST_CASE("OpenSSL keeps the records for TLS 1.2, and when record_offload is off") {
