@@ -70,11 +70,12 @@ struct ListenerConfig {
 
 // TLS towards an upstream (wss://).
 struct UpstreamTlsConfig {
-  std::string ca = "system";  // PEM file of trusted CAs, or "system" for the OS store
-  std::string server_name;    // SNI and the name verified; empty = the endpoint's host
-  bool verify = true;         // false disables verification (logged as a warning at start)
-  std::string cert;           // client certificate (PEM) for upstream mTLS; optional
-  std::string key;            // its key; required when cert is set
+  std::string ca = "system";   // PEM file of trusted CAs, or "system" for the OS store
+  std::string server_name;     // SNI and the name verified; empty = the endpoint's host
+  bool verify = true;          // false disables verification (logged as a warning at start)
+  std::string cert;            // client certificate (PEM) for upstream mTLS; optional
+  std::string key;             // its key; required when cert is set
+  bool record_offload = true;  // as ListenerTlsConfig::record_offload, for this leg
 };
 
 struct UpstreamConfig {

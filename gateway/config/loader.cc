@@ -579,7 +579,7 @@ class Loader {
 
   void loadUpstreamTls(const Field& map, UpstreamTlsConfig& t) {
     if (!expectTlsMap(map)) return;
-    fields(map, {"ca", "server_name", "verify", "cert", "key"}, {},
+    fields(map, {"ca", "server_name", "verify", "cert", "key", "record_offload"}, {},
            [&](const std::string& key, const Field& f) {
              if (key == "ca") {
                readFile(f, t.ca, true);
@@ -591,6 +591,8 @@ class Loader {
                readFile(f, t.cert);
              } else if (key == "key") {
                readFile(f, t.key);
+             } else if (key == "record_offload") {
+               readBool(f, t.record_offload);
              }
            });
   }

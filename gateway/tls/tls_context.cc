@@ -311,8 +311,10 @@ std::shared_ptr<const TlsContext> TlsContext::forUpstream(const UpstreamTlsConfi
   std::shared_ptr<TlsContext> self(new TlsContext());
   self->server_ = false;
   self->upstream_ = cfg;
+  self->record_offload_ = cfg.record_offload;
   SSL_CTX* ctx = newContext(false, TlsVersion::Tls12, what);
   self->contexts_.push_back(ctx);
+  if (self->record_offload_) SSL_CTX_set_keylog_callback(ctx, TlsStream::onKeyLog);
   static const unsigned char kAlpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
   SSL_CTX_set_alpn_protos(ctx, kAlpn, sizeof(kAlpn));
   SSL_CTX_set_verify(ctx, cfg.verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);

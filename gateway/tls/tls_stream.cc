@@ -94,12 +94,13 @@ void TlsStream::onKeyLog(const SSL* ssl, const char* line) noexcept {
   (out == s.client ? s.client_size : s.server_size) = hex.size() / 2;
 }
 
-// After SSL_do_handshake returned 1 (server): moves the connection to Tls13Records and frees the
-// SSL object, or returns false and leaves it with OpenSSL (TLS 1.2, a CCM suite, anything
+// After SSL_do_handshake returned 1: moves the connection to Tls13Records and frees the SSL
+// object, or returns false and leaves it with OpenSSL (TLS 1.2, a CCM suite, anything
 // unexpected). OpenSSL reads records one at a time (no read-ahead), so nothing it read is past
-// the client's Finished: the read sequence starts at 0. What it wrote in this last step (the
-// session tickets, still in the scratch buffer) is protected under the new write key, so the
-// write sequence starts at that many records, which the last of them confirms.
+// the peer's Finished: the read sequence starts at 0. A server's last step wrote the session
+// tickets (still in the scratch buffer) under the new write key, so its write sequence starts at
+// that many records, which the last of them confirms; a client's last step wrote its Finished,
+// under the handshake key, so its write sequence starts at 0.
 bool TlsStream::handOver() {
   std::unique_ptr<Secrets> s = std::move(secrets_);
   if (SSL_version(ssl_) != TLS1_3_VERSION || SSL_has_pending(ssl_)) return false;
@@ -110,9 +111,10 @@ bool TlsStream::handOver() {
       s->server_size != s->client_size) {
     return false;
   }
+  bool server = ctx_->isServer();
   const std::string& out = scratch();
   auto* p = reinterpret_cast<const uint8_t*>(out.data());
-  size_t left = out.size();
+  size_t left = server ? out.size() : 0;
   uint64_t count = 0;
   const uint8_t* last = nullptr;
   size_t last_size = 0;
@@ -125,7 +127,8 @@ bool TlsStream::handOver() {
     p += size;
     left -= size;
   }
-  auto records = std::make_unique<Tls13Records>(*suite, s->client, s->server, count);
+  auto records = std::make_unique<Tls13Records>(*suite, server ? s->client : s->server,
+                                                server ? s->server : s->client, count);
   if (!records->ok() || (last && !records->sealedAt(last, last_size, count - 1))) {
     clearTlsErrors();
     return false;
@@ -426,38 +429,59 @@ bool TlsStream::onRecord(const uint8_t* record, size_t size) {
   }
 }
 
-// Post-handshake messages from a client (§4.6): only KeyUpdate. upgate asks for no
-// post-handshake authentication, and tickets go from server to client only.
+// Post-handshake messages (§4.6): KeyUpdate both ways, and NewSessionTicket from a server,
+// which a client leg drops (upstream sessions are not resumed). upgate asks for no
+// post-handshake authentication. Messages may span records, but one that precedes a key change
+// must end its record (§5.1).
 bool TlsStream::onHandshakeMessages(const uint8_t* data, size_t size) {
+  constexpr uint8_t kNewSessionTicket = 4;
+  constexpr uint8_t kKeyUpdate = 24;
+  constexpr size_t kMaxMessage = 1 << 17;  // a ticket is at most 2^16 bytes, with extensions
   handshake_.append(reinterpret_cast<const char*>(data), size);
-  auto* m = reinterpret_cast<const uint8_t*>(handshake_.data());
-  size_t left = handshake_.size();
-  if (left < 4) return true;  // the rest comes in the next record
-  if (m[0] != 24) {           // key_update
-    recordFail(Tls13Records::kUnexpectedMessage, "unexpected post-handshake message");
-    return false;
+  auto* base = reinterpret_cast<const uint8_t*>(handshake_.data());
+  size_t used = 0;
+  for (;;) {
+    const uint8_t* m = base + used;
+    size_t left = handshake_.size() - used;
+    if (left < 4) break;  // the rest comes in the next record
+    size_t body = size_t{m[1]} << 16 | size_t{m[2]} << 8 | m[3];
+    if (m[0] == kNewSessionTicket && !ctx_->isServer()) {
+      if (body > kMaxMessage) {
+        recordFail(Tls13Records::kDecodeError, "NewSessionTicket too long");
+        return false;
+      }
+      if (left < 4 + body) break;
+      used += 4 + body;
+      continue;
+    }
+    if (m[0] != kKeyUpdate) {
+      recordFail(Tls13Records::kUnexpectedMessage, "unexpected post-handshake message");
+      return false;
+    }
+    if (body != 1) {
+      recordFail(Tls13Records::kDecodeError, "malformed KeyUpdate");
+      return false;
+    }
+    if (left < 5) break;
+    if (m[4] > 1) {
+      recordFail(47 /* illegal_parameter */, "KeyUpdate request_update out of range");
+      return false;
+    }
+    if (left != 5) {  // handshake_ holds everything up to the end of this record
+      recordFail(Tls13Records::kUnexpectedMessage, "data after KeyUpdate in its record");
+      return false;
+    }
+    // §4.6.3: answer a request with our own KeyUpdate before any more application data; after
+    // our close_notify nothing more may be sent (§6.1), so the request goes unanswered.
+    bool answer = m[4] == 1 && !close_sent_;
+    used += 5;
+    if (!records_->nextReadKey() || (answer && !sendKeyUpdate(false))) {
+      recordFail(Tls13Records::kInternalError, "key update failed");
+      return false;
+    }
   }
-  if ((size_t{m[1]} << 16 | size_t{m[2]} << 8 | m[3]) != 1) {
-    recordFail(Tls13Records::kDecodeError, "malformed KeyUpdate");
-    return false;
-  }
-  if (left < 5) return true;
-  if (m[4] > 1) {
-    recordFail(47 /* illegal_parameter */, "KeyUpdate request_update out of range");
-    return false;
-  }
-  if (left != 5) {  // §5.1: the message before a key change must end its record
-    recordFail(Tls13Records::kUnexpectedMessage, "data after KeyUpdate in its record");
-    return false;
-  }
-  // §4.6.3: answer a request with our own KeyUpdate before any more application data; after
-  // our close_notify nothing more may be sent (§6.1), so the request goes unanswered.
-  bool answer = m[4] == 1 && !close_sent_;
-  std::string().swap(handshake_);
-  if (!records_->nextReadKey() || (answer && !sendKeyUpdate(false))) {
-    recordFail(Tls13Records::kInternalError, "key update failed");
-    return false;
-  }
+  handshake_.erase(0, used);
+  if (handshake_.empty()) std::string().swap(handshake_);  // an idle connection keeps no buffer
   return true;
 }
 

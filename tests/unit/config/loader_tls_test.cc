@@ -145,6 +145,7 @@ TEST_CASE("loader tls: fixture with every key set", "[config][tls]") {
   CHECK_FALSE(u.verify);
   CHECK(u.cert == kFixtures + "certs/server.pem");
   CHECK(u.key == kFixtures + "certs/server.key");
+  CHECK_FALSE(u.record_offload);
   REQUIRE(c->upstreams.at("defaults").tls.has_value());
   const UpstreamTlsConfig& ud = *c->upstreams.at("defaults").tls;
   CHECK(ud.ca == "system");
@@ -152,6 +153,7 @@ TEST_CASE("loader tls: fixture with every key set", "[config][tls]") {
   CHECK(ud.verify);
   CHECK(ud.cert.empty());
   CHECK(ud.key.empty());
+  CHECK(ud.record_offload);
 
   SECTION("ClientCertHeaders keep their defaults when headers is absent") {
     auto c2 = load(listenerTls("      client_auth: {ca: " + kCa + "}\n"));
@@ -232,7 +234,7 @@ TEST_CASE("loader tls: unknown key names its path", "[config][tls]") {
   SECTION("in an upstream") {
     CHECK(oneError(upstreamTls("      sni: chat.internal\n")) ==
           "t.yaml:6:7: upstreams.chat.tls.sni: unknown key (expected one of: ca, server_name, "
-          "verify, cert, key)");
+          "verify, cert, key, record_offload)");
   }
 }
 

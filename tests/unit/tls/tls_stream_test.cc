@@ -306,3 +306,113 @@ TEST_CASE("OpenSSL keeps the records for TLS 1.2, and when record_offload is off
   CHECK_FALSE(server.offloaded_at_first_data);
   CHECK(server.got == "ping");
 }
+
+namespace {
+
+// The client side: a TlsStream in client mode on a uv loop, against OpenSSL's server in a
+// thread of its own (a listener context with a self-signed certificate).
+struct UpstreamLeg : StreamListener {
+  uv_loop_t loop{};
+  LoopContext ctx;
+  TcpStream tcp;
+  uv_connect_t connect_req{};
+  std::unique_ptr<TlsStream> tls;
+  std::string got;
+  bool offloaded_at_first_data = false;
+  bool acked = false;
+  int eofs = 0;
+  int error = 0;
+
+  UpstreamLeg() {
+    REQUIRE(uv_loop_init(&loop) == 0);
+    loop.data = &ctx;
+  }
+  ~UpstreamLeg() {
+    if (!tcp.isClosing()) tcp.close();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+  }
+  void onData(const char* d, size_t n) override {
+    if (got.empty()) offloaded_at_first_data = tls->offloaded();
+    got.append(d, n);
+    if (!acked && got == "hello" + std::string("after update")) {
+      acked = true;
+      tls->write("ack", 3);
+    }
+  }
+  void onEof() override { ++eofs; }
+  void onError(int e) override { error = e; }
+  void onDrain() override {}
+  void onClosed() override {}
+};
+
+}  // namespace
+
+TEST_CASE("TLS 1.3 offload on an upstream leg: tickets dropped, KeyUpdate answered") {
+  ListenerTlsConfig server_cfg;  // self-signed; one session ticket per handshake
+  server_cfg.record_offload = false;
+  auto server_ctx = TlsContext::forListener(server_cfg, "test server");
+  UpstreamTlsConfig client_cfg;
+  client_cfg.verify = false;
+  auto client_ctx = TlsContext::forUpstream(client_cfg, "test upstream");
+
+  int listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(listen(listen_fd, 1) == 0);
+  socklen_t len = sizeof(addr);
+  getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len);
+
+  std::string server_got;
+  std::atomic<bool> done{false};
+  std::thread server([&] {
+    int fd = accept(listen_fd, nullptr, nullptr);
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    SSL* ssl = server_ctx->newSsl();
+    SSL_set_fd(ssl, fd);
+    if (SSL_accept(ssl) == 1) {
+      char buf[64];
+      int n = SSL_read(ssl, buf, sizeof(buf));  // "hello"
+      if (n > 0) server_got.append(buf, static_cast<size_t>(n));
+      SSL_write(ssl, buf, n > 0 ? n : 0);
+      SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED);
+      SSL_write(ssl, "after update", 12);
+      n = SSL_read(ssl, buf, sizeof(buf));  // "ack", under the client's updated key
+      if (n > 0) server_got.append(buf, static_cast<size_t>(n));
+      SSL_shutdown(ssl);
+    }
+    SSL_free(ssl);
+    close(fd);
+    ERR_clear_error();
+    done = true;
+  });
+
+  UpstreamLeg leg;
+  REQUIRE(leg.tcp.init(&leg.loop, nullptr) == 0);
+  leg.tls = std::make_unique<TlsStream>(leg.tcp, client_ctx, &leg);
+  REQUIRE(leg.tls->init() == 0);
+  leg.connect_req.data = &leg;
+  REQUIRE(uv_tcp_connect(&leg.connect_req, leg.tcp.handle(), reinterpret_cast<sockaddr*>(&addr),
+                         [](uv_connect_t* c, int status) {
+                           auto* self = static_cast<UpstreamLeg*>(c->data);
+                           REQUIRE(status == 0);
+                           REQUIRE(self->tls->readStart() == 0);
+                           REQUIRE(self->tls->connect("localhost") == 0);
+                           self->tls->write("hello", 5);  // sent once the handshake is done
+                         }) == 0);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!(done && leg.eofs > 0) && std::chrono::steady_clock::now() < deadline) {
+    uv_run(&leg.loop, UV_RUN_NOWAIT);
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  server.join();
+  close(listen_fd);
+  CHECK(leg.offloaded_at_first_data);
+  CHECK(leg.got == "helloafter update");
+  CHECK(server_got == "helloack");
+  CHECK(leg.eofs == 1);  // the server's close_notify
+  CHECK(leg.error == 0);
+}
