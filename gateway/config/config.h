@@ -54,7 +54,7 @@ struct ListenerTlsConfig {
   std::string groups;        // key-exchange groups, e.g. "X25519:P-256"; empty = default
   bool session_tickets = true;
   // TLS 1.3: after the handshake upgate protects records itself and frees OpenSSL's
-  // per-connection state (~13 KiB). Not with client_auth.
+  // per-connection state (~13 KiB).
   bool record_offload = true;
   Millis ticket_key_rotation{3600 *
                              1000};  // new ticket key this often; the previous one still decrypts

@@ -327,7 +327,7 @@ const PluginTlsIdentity* Session::tlsClient() const {
   if (!client_tls_ || !client_tls_->handshakeDone()) return nullptr;
   if (!tls_identity_) {
     PeerIdentity id;
-    if (!peerIdentity(client_tls_->ssl(), id)) return nullptr;
+    if (!client_tls_->peerIdentity(id)) return nullptr;
     tls_identity_ = std::make_unique<PluginTlsIdentity>();
     tls_identity_->subject = id.subject;
     tls_identity_->sha256 = id.fingerprint;
@@ -1116,7 +1116,7 @@ void Session::addClientCertHeaders(RequestHead& head) {
         h.end());
   }
   PeerIdentity id;
-  if (!peerIdentity(client_tls_->ssl(), id)) return;
+  if (!client_tls_->peerIdentity(id)) return;
   if (!names.subject.empty()) h.push_back({names.subject, id.subject});
   if (!names.sans.empty() && !id.sans.empty()) h.push_back({names.sans, id.sans});
   if (!names.fingerprint.empty()) h.push_back({names.fingerprint, id.fingerprint});

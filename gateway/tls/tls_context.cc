@@ -240,7 +240,7 @@ std::shared_ptr<const TlsContext> TlsContext::forListener(const ListenerTlsConfi
   std::shared_ptr<TlsContext> self(new TlsContext());
   self->server_ = true;
   self->client_auth_ = cfg.client_auth;
-  self->record_offload_ = cfg.record_offload && !cfg.client_auth;
+  self->record_offload_ = cfg.record_offload;
   if (cfg.session_tickets) {
     self->tickets_ = std::make_shared<TicketKeys>();
     self->tickets_->rotation_s =

@@ -44,8 +44,7 @@ class TlsContext {
   const UpstreamTlsConfig* upstream() const { return upstream_ ? &*upstream_ : nullptr; }
   const std::optional<TlsClientAuthConfig>& clientAuth() const { return client_auth_; }
   // After a TLS 1.3 handshake, records are protected by upgate and the SSL object is freed
-  // (`record_offload` of the listener or upstream; never with a listener's client_auth, whose
-  // certificate stays needed).
+  // (`record_offload` of the listener or upstream).
   bool recordOffload() const { return record_offload_; }
   // One line per certificate: names and expiry, for the start-up log.
   const std::vector<std::string>& describe() const { return description_; }

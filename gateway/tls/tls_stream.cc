@@ -133,9 +133,20 @@ bool TlsStream::handOver() {
     clearTlsErrors();
     return false;
   }
+  if (server && ctx_->clientAuth()) {  // the identity outlives the SSL object that proves it
+    PeerIdentity id;
+    if (::upgate::peerIdentity(ssl_, id)) peer_ = std::make_unique<PeerIdentity>(std::move(id));
+  }
   SSL_free(ssl_);  // and the BIO
   ssl_ = nullptr;
   records_ = std::move(records);
+  return true;
+}
+
+bool TlsStream::peerIdentity(PeerIdentity& out) const {
+  if (ssl_) return ::upgate::peerIdentity(ssl_, out);
+  if (!peer_) return false;
+  out = *peer_;
   return true;
 }
 

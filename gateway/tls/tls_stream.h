@@ -39,6 +39,8 @@ class TlsStream final : public Stream, private StreamListener {
   // Records are protected by upgate itself: the SSL object is gone (ssl() is null).
   bool offloaded() const { return records_ != nullptr; }
   SSL* ssl() const { return ssl_; }
+  // The verified client certificate's identity (mTLS listeners), also once offloaded.
+  bool peerIdentity(PeerIdentity& out) const;
   const std::shared_ptr<const TlsContext>& ctx() const { return ctx_; }
   // Why the last TLS failure happened (OpenSSL's reasons, verify result), for logs.
   const std::string& errorDetail() const { return error_; }
@@ -94,6 +96,7 @@ class TlsStream final : public Stream, private StreamListener {
   size_t in_len_ = 0;
   std::unique_ptr<Secrets> secrets_;       // during the handshake, when offload may follow
   std::unique_ptr<Tls13Records> records_;  // after the handshake, when offloaded
+  std::unique_ptr<PeerIdentity> peer_;     // offloaded with a verified client certificate
   std::string partial_;    // offloaded: the bytes of a record not yet whole (empty when idle)
   std::string handshake_;  // offloaded: a post-handshake message split across records
   std::string early_;      // plaintext written before the handshake finished
