@@ -447,7 +447,9 @@ bool TlsStream::onRecord(const uint8_t* record, size_t size) {
 bool TlsStream::onHandshakeMessages(const uint8_t* data, size_t size) {
   constexpr uint8_t kNewSessionTicket = 4;
   constexpr uint8_t kKeyUpdate = 24;
-  constexpr size_t kMaxMessage = 1 << 17;  // a ticket is at most 2^16 bytes, with extensions
+  // The largest NewSessionTicket (§4.6.1): lifetime, age_add, nonce<0..255>,
+  // ticket<1..2^16-1>, extensions<0..2^16-1>.
+  constexpr size_t kMaxMessage = 4 + 4 + (1 + 255) + (2 + 65535) + (2 + 65535);
   handshake_.append(reinterpret_cast<const char*>(data), size);
   auto* base = reinterpret_cast<const uint8_t*>(handshake_.data());
   size_t used = 0;

@@ -7,9 +7,9 @@
 // an idle TLS connection owns no data buffer at all (memory BIOs keep their high-water
 // allocation for the life of the connection). Plaintext is read into a second per-loop buffer.
 //
-// Record offload (server side, TLS 1.3, listener `record_offload`): once OpenSSL has finished
-// the handshake, the stream takes the traffic secrets it logged, frees the SSL object and
-// protects records itself (Tls13Records), answering KeyUpdates and alerts as RFC 8446 asks.
+// Record offload (TLS 1.3, `record_offload` of a listener or upstream): once OpenSSL has
+// finished the handshake, the stream takes the traffic secrets it logged, frees the SSL object
+// and protects records itself (Tls13Records), answering KeyUpdates and alerts as RFC 8446 asks.
 // An idle offloaded connection then costs a few hundred bytes instead of OpenSSL's ~13 KiB.
 
 #include <openssl/ssl.h>
@@ -69,7 +69,7 @@ class TlsStream final : public Stream, private StreamListener {
   static BIO_METHOD* bioMethod();
 
  public:
-  // The key-log callback of listener contexts with record offload: keeps this connection's
+  // The key-log callback of contexts with record offload: keeps this connection's
   // application traffic secrets until the handshake ends.
   static void onKeyLog(const SSL* ssl, const char* line) noexcept;
 
@@ -98,7 +98,7 @@ class TlsStream final : public Stream, private StreamListener {
   std::unique_ptr<Tls13Records> records_;  // after the handshake, when offloaded
   std::unique_ptr<PeerIdentity> peer_;     // offloaded with a verified client certificate
   std::string partial_;    // offloaded: the bytes of a record not yet whole (empty when idle)
-  std::string handshake_;  // offloaded: a post-handshake message split across records
+  std::string handshake_;  // offloaded: post-handshake message bytes up to the record's end
   std::string early_;      // plaintext written before the handshake finished
   std::string error_;
   bool handshake_done_ = false;
