@@ -322,54 +322,6 @@ start_nginx() {
   PROXY_CONNECTIONS=$((NOFILE - 100)) nginx_conf "$dir/nginx.conf" "$dir" "$ECHO_ADDR" on "$port" \
     "$tport" "$TLS_CERT" "$TLS_KEY"
   $PIN_PROXY nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
-  NCHAN_PID=$!
-  ALL_PIDS+=("$NCHAN_PID")
-  wait_port "$port" 10 || die "nginx + Nchan did not start: $(tail -5 "$dir/error.log" "$dir/out.log")"
-  NCHAN_PORT=$port
-}
-
-start_nginx() {
-  local dir=$TMP/nginx port tport
-  mkdir -p "$dir/tmp"
-  chmod 777 "$dir/tmp"
-  port=$(free_port)
-  tport=$(free_port)
-  while [ "$tport" = "$port" ]; do tport=$(free_port); done
-  cat >"$dir/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections $((NOFILE - 100)); }
-http {
-  access_log off;
-  client_body_temp_path $dir/tmp/body;
-  proxy_temp_path $dir/tmp/proxy;
-  fastcgi_temp_path $dir/tmp/fastcgi;
-  uwsgi_temp_path $dir/tmp/uwsgi;
-  scgi_temp_path $dir/tmp/scgi;
-  upstream echo { server $ECHO_ADDR; }
-  server {
-    listen 127.0.0.1:$port backlog=4096;
-    listen 127.0.0.1:$tport ssl backlog=4096;
-    ssl_certificate $TLS_CERT;
-    ssl_certificate_key $TLS_KEY;
-    ssl_protocols TLSv1.3;
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_set_header Host \$host;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-    }
-  }
-}
-EOF
-  $PIN_PROXY nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
   PID[nginx]=$!
   ALL_PIDS+=("${PID[nginx]}")
   wait_port "$port" 10 && wait_port "$tport" 10 ||
