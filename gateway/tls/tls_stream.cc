@@ -353,33 +353,26 @@ void TlsStream::shutdown() {
 
 void TlsStream::readRecords(const char* data, size_t len) {
   auto* p = reinterpret_cast<const uint8_t*>(data);
-  if (!partial_.empty()) {  // finish the record the last read began
-    size_t want = Tls13Records::kHeaderSize;
-    for (;;) {
-      size_t take = std::min(len, want - std::min(want, partial_.size()));
-      partial_.append(reinterpret_cast<const char*>(p), take);
-      p += take;
-      len -= take;
-      if (partial_.size() < want) return;
-      size_t size = Tls13Records::recordSize(reinterpret_cast<const uint8_t*>(partial_.data()),
-                                             partial_.size());
-      if (size - Tls13Records::kHeaderSize > Tls13Records::kMaxCiphertext) {
-        recordFail(Tls13Records::kRecordOverflow, "record longer than 2^14 + 256 bytes");
-        return;
-      }
-      if (size <= want) break;
-      want = size;
-    }
+  // Moves bytes into partial_ until it holds `want`; true once it does.
+  auto fill = [&](size_t want) {
+    size_t take = std::min(len, want - partial_.size());
+    partial_.append(reinterpret_cast<const char*>(p), take);
+    p += take;
+    len -= take;
+    return partial_.size() == want;
+  };
+  if (!partial_.empty()) {  // finish the record the last read began: its header, then its body
+    if (partial_.size() < Tls13Records::kHeaderSize && !fill(Tls13Records::kHeaderSize)) return;
+    size_t size = Tls13Records::recordSize(reinterpret_cast<const uint8_t*>(partial_.data()),
+                                           partial_.size());
+    if (!acceptableSize(size) || !fill(size)) return;
     std::string record;
     record.swap(partial_);  // an idle connection keeps no buffer
     if (!onRecord(reinterpret_cast<const uint8_t*>(record.data()), record.size())) return;
   }
   while (len > 0) {
     size_t size = Tls13Records::recordSize(p, len);
-    if (size != 0 && size - Tls13Records::kHeaderSize > Tls13Records::kMaxCiphertext) {
-      recordFail(Tls13Records::kRecordOverflow, "record longer than 2^14 + 256 bytes");
-      return;
-    }
+    if (!acceptableSize(size)) return;
     if (size == 0 || size > len) {
       partial_.assign(reinterpret_cast<const char*>(p), len);
       return;
@@ -388,6 +381,14 @@ void TlsStream::readRecords(const char* data, size_t len) {
     p += size;
     len -= size;
   }
+}
+
+// A header announcing a longer record than §5.2 allows ends the connection before its body is
+// buffered. `size` 0 = no whole header yet.
+bool TlsStream::acceptableSize(size_t size) {
+  if (size == 0 || size - Tls13Records::kHeaderSize <= Tls13Records::kMaxCiphertext) return true;
+  recordFail(Tls13Records::kRecordOverflow, "record longer than 2^14 + 256 bytes");
+  return false;
 }
 
 // One whole record. Returns false once the connection is done with (error, close, or the

@@ -77,6 +77,7 @@ class TlsStream final : public Stream, private StreamListener {
   struct Secrets;
   bool handOver();
   void readRecords(const char* data, size_t len);
+  bool acceptableSize(size_t size);
   bool onRecord(const uint8_t* record, size_t size);
   bool onHandshakeMessages(const uint8_t* data, size_t size);
   bool sendKeyUpdate(bool request);
