@@ -34,17 +34,13 @@ log: { level: warn, access_log: false }
 EOC
 }
 
-nginx_conf() {
-  local file=$1 dir=$2 echo_addr=$3 master=$4 port=$5 tport=${6:-} cert=${7:-} key=${8:-}
-  local conns=${PROXY_CONNECTIONS:-9000} listen=""
-  [ -n "$port" ] && listen="    listen 127.0.0.1:$port backlog=4096;"
-  [ -n "$tport" ] && listen="$listen
-    listen 127.0.0.1:$tport ssl backlog=4096;
-    ssl_certificate $cert;
-    ssl_certificate_key $key;
-    ssl_protocols TLSv1.3;"
+# nginx_main DIR MASTER CONNS: the part every benchmark nginx shares, on stdout: one worker,
+# CONNS connections, pid, logs and temp files under DIR, and `http {` opened with access logs off
+# (the caller writes the rest of the http block and closes it).
+nginx_main() {
+  local dir=$1 master=$2 conns=$3
   mkdir -p "$dir/tmp"
-  cat >"$file" <<EOC
+  cat <<EOC
 daemon off;
 master_process $master;
 worker_processes 1;
@@ -59,6 +55,21 @@ http {
   fastcgi_temp_path $dir/tmp/fastcgi;
   uwsgi_temp_path $dir/tmp/uwsgi;
   scgi_temp_path $dir/tmp/scgi;
+EOC
+}
+
+nginx_conf() {
+  local file=$1 dir=$2 echo_addr=$3 master=$4 port=$5 tport=${6:-} cert=${7:-} key=${8:-}
+  local conns=${PROXY_CONNECTIONS:-9000} listen=""
+  [ -n "$port" ] && listen="    listen 127.0.0.1:$port backlog=4096;"
+  [ -n "$tport" ] && listen="$listen
+    listen 127.0.0.1:$tport ssl backlog=4096;
+    ssl_certificate $cert;
+    ssl_certificate_key $key;
+    ssl_protocols TLSv1.3;"
+  {
+    nginx_main "$dir" "$master" "$conns"
+    cat <<EOC
   upstream echo { server $echo_addr; }
   server {
 $listen
@@ -74,6 +85,7 @@ $listen
   }
 }
 EOC
+  } >"$file"
 }
 
 haproxy_conf() {

@@ -282,22 +282,10 @@ start_nchan() {
   mkdir -p "$dir/tmp"
   chmod 777 "$dir/tmp"
   port=$(free_port)
-  cat >"$dir/nginx.conf" <<EOF
-load_module $NCHAN_MODULE;
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections $((NOFILE - 100)); }
-http {
-  access_log off;
-  client_body_temp_path $dir/tmp/body;
-  proxy_temp_path $dir/tmp/proxy;
-  fastcgi_temp_path $dir/tmp/fastcgi;
-  uwsgi_temp_path $dir/tmp/uwsgi;
-  scgi_temp_path $dir/tmp/scgi;
+  {
+    echo "load_module $NCHAN_MODULE;"
+    nginx_main "$dir" on $((NOFILE - 100))
+    cat <<EOF
   server {
     listen 127.0.0.1:$port backlog=4096;
     location ~ ^/fan/(\w+)$ { nchan_subscriber websocket; nchan_channel_id \$1; }
@@ -305,6 +293,7 @@ http {
   }
 }
 EOF
+  } >"$dir/nginx.conf"
   $PIN_PROXY nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
   NCHAN_PID=$!
   ALL_PIDS+=("$NCHAN_PID")
