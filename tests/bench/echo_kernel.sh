@@ -24,6 +24,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/tests/bench/kernel_common.sh"
+in_private_netns "$@"
 UPGATE=$ROOT/build/gateway/upgate
 BENCH_DIR=$ROOT/build-bench/tests/bench
 CONC=100 DEPTH=1 SIZE=64 SHORT=1 LONG=3 TARGETS="upgate haproxy nginx direct" CPUS=0,1 PERF=1
@@ -42,7 +44,6 @@ while [ $# -gt 0 ]; do
     --no-pin) CPUS= ;;
     --no-perf) PERF=0 ;;
     --trace) TRACE=1 ;;
-    --in-netns) IN_NETNS=1 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
     *) echo "echo_kernel.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -50,19 +51,10 @@ while [ $# -gt 0 ]; do
 done
 UPGATE=$(realpath "$UPGATE")
 BENCH_DIR=$(realpath "$BENCH_DIR")
-if [ "${IN_NETNS:-0}" != 1 ]; then
-  args=(--upgate "$UPGATE" --bench-dir "$BENCH_DIR" -c "$CONC" -d "$DEPTH" -s "$SIZE"
-    --short "$SHORT" --long "$LONG" --targets "$TARGETS")
-  if [ -n "$CPUS" ]; then args+=(--cpus "$CPUS"); else args+=(--no-pin); fi
-  [ "$PERF" = 1 ] || args+=(--no-perf)
-  [ "$TRACE" = 0 ] || args+=(--trace)
-  exec unshare -n "$0" "${args[@]}" --in-netns
-fi
 PIN_CLIENT='' PIN_PROXY=''
 if [ -n "$CPUS" ]; then
   PIN_CLIENT="taskset -c ${CPUS%,*}" PIN_PROXY="taskset -c ${CPUS#*,}"
 fi
-. "$ROOT/tests/bench/kernel_common.sh"
 kernel_setup echok
 
 # echo_run T [PID_VAR]: loadgen echo for T seconds without warm-up; prints the round trips

@@ -17,6 +17,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/tests/bench/kernel_common.sh"
+in_private_netns "$@"
 UPGATE=$ROOT/build/gateway/upgate
 BENCH_DIR=$ROOT/build-bench/tests/bench
 COUNT=5000 CONC=50 TARGETS="upgate haproxy nginx" STRACE=1 TRACE=0
@@ -29,7 +31,6 @@ while [ $# -gt 0 ]; do
     --targets) TARGETS=$2; shift ;;
     --no-strace) STRACE=0 ;;
     --trace) TRACE=1 ;;
-    --in-netns) IN_NETNS=1 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
     *) echo "handshake_kernel.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -37,13 +38,6 @@ while [ $# -gt 0 ]; do
 done
 UPGATE=$(realpath "$UPGATE")
 BENCH_DIR=$(realpath "$BENCH_DIR")
-if [ "${IN_NETNS:-0}" != 1 ]; then
-  args=(--upgate "$UPGATE" --bench-dir "$BENCH_DIR" --count "$COUNT" -c "$CONC" --targets "$TARGETS")
-  [ "$STRACE" = 1 ] || args+=(--no-strace)
-  [ "$TRACE" = 0 ] || args+=(--trace)
-  exec unshare -n "$0" "${args[@]}" --in-netns
-fi
-. "$ROOT/tests/bench/kernel_common.sh"
 kernel_setup hsk
 
 sessions() {  # sessions N [WRAPPER...]: N handshakes; prints the handshakes counted

@@ -3,11 +3,19 @@
 # three proxies configured as run.sh configures them, inside the private network namespace the
 # calling script has entered, and the counters read around a fixed amount of work.
 #
-# The caller sets UPGATE, BENCH_DIR and optionally PIN_CLIENT / PIN_PROXY (a command prefix such
-# as "taskset -c 0"; empty: no pinning), then calls kernel_setup.
+# The caller calls in_private_netns "$@" first, sets UPGATE, BENCH_DIR and optionally PIN_CLIENT /
+# PIN_PROXY (a command prefix such as "taskset -c 0"; empty: no pinning), then calls
+# kernel_setup.
 
 # shellcheck source=proxy_conf.sh
 . "$(dirname "${BASH_SOURCE[0]}")/proxy_conf.sh"
+
+# in_private_netns "$@": runs the calling script again, with the same arguments, in a network
+# namespace of its own (unshare -n, so root), unless this already is that run.
+in_private_netns() {
+  [ "${UPGATE_PRIVATE_NETNS:-0}" = 1 ] && return 0
+  UPGATE_PRIVATE_NETNS=1 exec unshare -n "$0" "$@"
+}
 
 kernel_setup() {  # kernel_setup NAME: loopback up, fd limit, temp dir, cleanup on exit
   ip link set lo up
