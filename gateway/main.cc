@@ -40,13 +40,17 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  // The same source is read again on every reload (SIGHUP, POST /reload).
+  auto load_config = [config_file] {
+    return config_file.empty()
+               ? upgate::loadConfigString(
+                     std::string_view(upgate::kDefaultConfig, upgate::kDefaultConfigSize),
+                     "<built-in conf/upgate.yaml>")
+               : upgate::loadConfigFile(config_file);
+  };
   std::shared_ptr<const upgate::Config> config;
   try {
-    config = config_file.empty()
-                 ? upgate::loadConfigString(
-                       std::string_view(upgate::kDefaultConfig, upgate::kDefaultConfigSize),
-                       "<built-in conf/upgate.yaml>")
-                 : upgate::loadConfigFile(config_file);
+    config = load_config();
   } catch (const upgate::ConfigErrors& e) {
     std::cerr << e.what() << "\n";
     if (test_only) std::cerr << "configuration has " << e.errors.size() << " error(s)\n";
@@ -82,5 +86,6 @@ int main(int argc, char** argv) {
   upgate::log::init(config->log.level);
   upgate::ServerOptions options;
   options.ready_file = ready_file;
+  options.load_config = load_config;
   return upgate::runServer(config, tls, plugin_host, plugins, options);
 }

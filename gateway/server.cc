@@ -4,12 +4,15 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <thread>
 #include <vector>
 
 #include "admin/admin_server.h"
+#include "config/loader.h"
 #include "core/log.h"
 #include "net/listener.h"
 #include "proxy/worker.h"
@@ -23,8 +26,11 @@ struct MainLoop {
   uv_async_t workers_done{};
   std::vector<std::unique_ptr<Worker>>* workers = nullptr;
   AdminServer* admin = nullptr;
-  const Config* config = nullptr;
   PluginHost* plugin_host = nullptr;
+  const ServerOptions* options = nullptr;
+  GenerationPtr generation;                  // the one the workers were last given
+  std::map<std::string, std::string> bound;  // listener name -> "ip:port" it listens on
+  std::string admin_bound;
   std::thread reaper;  // joins the workers during a drain, then wakes the main loop
   bool draining = false;
 };
@@ -59,41 +65,152 @@ void logTls(const TlsBundle& tls, const Config& config) {
   }
 }
 
-// SIGHUP or POST /reload: certificates and keys are read again. Established sessions keep the
-// contexts they started with; a broken file changes nothing and says why. Returns "" when
-// everything reloaded, else what failed.
-std::string reload(MainLoop& m, const char* why) {
-  std::string failed;
-  try {
-    std::shared_ptr<const TlsBundle> tls = buildTlsBundle(*m.config);
-    for (auto& w : *m.workers) w->swapTls(tls);
-    UPGATE_LOG(info, 0, "{}: TLS certificates and keys reloaded", why);
-    logTls(*tls, *m.config);
-  } catch (const TlsSetupError& e) {
-    UPGATE_LOG(err, 0, "{}: TLS reload failed, keeping the current certificates: {}", why,
-               e.what());
-    failed = std::string("TLS: ") + e.what();
-  } catch (const std::exception& e) {  // e.g. out of memory: the running contexts stay
-    UPGATE_LOG(err, 0, "{}: TLS reload failed, keeping the current certificates: {}", why,
-               e.what());
-    failed = std::string("TLS: ") + e.what();
-  }
-  // Plugins are created again (a JWKS or key file may have been rotated); sessions keep the
-  // instances they started with. Broken files keep the running plugins.
-  try {
-    std::shared_ptr<const PluginSet> plugins = m.plugin_host->load(*m.config);
-    for (auto& w : *m.workers) w->swapPlugins(plugins);
-    UPGATE_LOG(info, 0, "{}: plugins reloaded", why);
-  } catch (const PluginLoadError& e) {
-    for (const std::string& line : e.errors()) {
-      UPGATE_LOG(err, 0, "{}: plugin reload failed, keeping the running plugins: {}", why, line);
-      failed += (failed.empty() ? "plugins: " : "; plugins: ") + line;
+// Opens `lc` once per worker, appending one fd to each of `fds`: SO_REUSEPORT sockets, the first
+// binding the configured port (which may be 0) and the others the port it got, so the kernel
+// spreads connections over the workers. Returns the bound "ip:port", or "" with `err` set (the
+// fds opened so far stay in `fds`, which closes them).
+std::string openListenSockets(const ListenerConfig& lc, std::vector<ListenFds>& fds,
+                              std::string& err) {
+  HostPort addr = lc.address;
+  std::string first_bound;
+  for (ListenFds& set : fds) {
+    std::string bound;
+    int fd = openListenSocket(addr, lc.backlog, /*delay_first_ack=*/!lc.tls, bound, err);
+    if (fd < 0) return "";
+    set.fds.push_back(fd);
+    if (first_bound.empty()) {
+      first_bound = bound;
+      addr.port = static_cast<uint16_t>(std::stoi(bound.substr(bound.rfind(':') + 1)));
     }
-  } catch (const std::exception& e) {
-    UPGATE_LOG(err, 0, "{}: plugin reload failed, keeping the running plugins: {}", why, e.what());
-    failed += (failed.empty() ? "plugins: " : "; plugins: ") + std::string(e.what());
   }
-  return failed;
+  return first_bound;
+}
+
+// A reload keeps a listener's sockets when nothing that shapes them changed.
+bool sameSockets(const ListenerConfig& a, const ListenerConfig& b) {
+  return a.address.host == b.address.host && a.address.port == b.address.port &&
+         a.backlog == b.backlog && a.tls.has_value() == b.tls.has_value();
+}
+
+std::string readyText(const MainLoop& m) {
+  std::string text;
+  for (const ListenerConfig& lc : m.generation->config->listeners)
+    text += lc.name + " " + m.bound.at(lc.name) + "\n";
+  if (!m.admin_bound.empty()) text += "admin " + m.admin_bound + "\n";
+  return text;
+}
+
+bool writeReadyFile(const std::string& path, const std::string& text) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    if (!out) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+// Settings a running process cannot take over: they are reported, and apply at the next start.
+std::vector<std::string> restartNeeded(const Config& running, const Config& next) {
+  std::vector<std::string> keys;
+  if (workerCount(next) != workerCount(running)) keys.push_back("workers");
+  if (next.admin.enabled != running.admin.enabled) keys.push_back("admin.enabled");
+  if (next.admin.address.text() != running.admin.address.text()) keys.push_back("admin.address");
+  return keys;
+}
+
+// SIGHUP or POST /reload (design.md §4): the configuration is read again and everything built
+// from it (TLS contexts from the certificate files, plugin instances, listener sockets) is made
+// before anything changes; any failure keeps the running generation whole. Then every worker
+// gets the new generation for new connections; established sessions keep theirs.
+ReloadResult reload(MainLoop& m, const char* why) {
+  ReloadResult r;
+  r.generation = m.generation->number;
+  auto fail = [&](const std::string& what) {
+    UPGATE_LOG(err, 0, "{}: reload failed, keeping configuration generation {}: {}", why,
+               r.generation, what);
+    r.error = what;
+    return r;
+  };
+  if (m.draining) return fail("draining");
+  std::shared_ptr<const Config> config;
+  try {
+    config = m.options->load_config();
+  } catch (const ConfigErrors& e) {
+    std::string all;
+    for (const ConfigError& err : e.errors) all += (all.empty() ? "" : "; ") + err.text();
+    return fail(all);
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
+  std::shared_ptr<const TlsBundle> tls;
+  try {
+    tls = buildTlsBundle(*config);
+  } catch (const std::exception& e) {  // TlsSetupError names the listener and the file
+    return fail(std::string("TLS: ") + e.what());
+  }
+  // Plugins are created again: a rotated JWKS or key file takes effect.
+  std::shared_ptr<const PluginSet> plugins;
+  try {
+    plugins = m.plugin_host->load(*config);
+  } catch (const PluginLoadError& e) {
+    std::string all;
+    for (const std::string& line : e.errors()) all += (all.empty() ? "" : "; ") + line;
+    return fail("plugins: " + all);
+  } catch (const std::exception& e) {
+    return fail(std::string("plugins: ") + e.what());
+  }
+
+  // Listeners by name: same sockets are kept (even on port 0), others opened here, where a
+  // bind error can still refuse the whole reload.
+  const Config& running = *m.generation->config;
+  std::vector<ListenFds> fds(m.workers->size());
+  std::map<std::string, std::string> bound;
+  std::vector<std::string> opened;
+  for (const ListenerConfig& lc : config->listeners) {
+    auto old = std::find_if(running.listeners.begin(), running.listeners.end(),
+                            [&lc](const ListenerConfig& o) { return o.name == lc.name; });
+    if (old != running.listeners.end() && sameSockets(*old, lc)) {
+      for (ListenFds& set : fds) set.fds.push_back(-1);
+      bound[lc.name] = m.bound.at(lc.name);
+      continue;
+    }
+    std::string err;
+    std::string addr = openListenSockets(lc, fds, err);
+    if (addr.empty()) return fail("listener " + lc.name + ": cannot listen on " + err);
+    bound[lc.name] = addr;
+    opened.push_back(lc.name + " on " + (lc.tls ? "tls " : "") + addr);
+  }
+  std::vector<std::string> closed;
+  for (const ListenerConfig& lc : running.listeners) {
+    if (bound.count(lc.name) == 0) closed.push_back(lc.name + " on " + m.bound.at(lc.name));
+  }
+
+  auto generation =
+      std::make_shared<const Generation>(m.generation->number + 1, config, tls, std::move(plugins));
+  for (size_t w = 0; w < m.workers->size(); ++w)
+    (*m.workers)[w]->reload(generation, std::move(fds[w]));
+  r.restart_needed = restartNeeded(running, *config);
+  m.generation = generation;
+  m.bound = std::move(bound);
+  if (m.admin) m.admin->setConfig(config);
+  log::setLevel(config->log.level);
+  r.generation = generation->number;
+
+  UPGATE_LOG(info, 0,
+             "{}: configuration generation {} from {}: {} listeners, {} routes, {} upstreams; "
+             "established sessions keep theirs",
+             why, r.generation, config->source, config->listeners.size(), config->routes.size(),
+             config->upstreams.size());
+  for (const std::string& l : opened) UPGATE_LOG(info, 0, "{}: listener {}", why, l);
+  for (const std::string& l : closed)
+    UPGATE_LOG(info, 0, "{}: listener {} closed (its sessions carry on)", why, l);
+  for (const std::string& key : r.restart_needed)
+    UPGATE_LOG(warn, 0, "{}: {} changed; it applies at the next start", why, key);
+  logTls(*tls, *config);
+  if (!m.options->ready_file.empty() && !writeReadyFile(m.options->ready_file, readyText(m)))
+    UPGATE_LOG(err, 0, "cannot write ready file {}", m.options->ready_file);
+  return r;
 }
 
 void onSignal(uv_signal_t* h, int signum) noexcept {
@@ -120,16 +237,6 @@ void onSignal(uv_signal_t* h, int signum) noexcept {
   });
 }
 
-bool writeReadyFile(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out) return false;
-  }
-  return std::rename(tmp.c_str(), path.c_str()) == 0;
-}
-
 }  // namespace
 
 unsigned workerCount(const Config& config) {
@@ -144,8 +251,9 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
 
   // Signal handlers go in before anything listens: whoever reads the ready file may signal.
   MainLoop m;
-  m.config = config.get();
   m.plugin_host = &host;
+  m.options = &options;
+  m.generation = std::make_shared<const Generation>(1, config, std::move(tls), std::move(plugins));
   LoopContext main_ctx;
   uv_loop_init(&m.loop);
   m.loop.data = &main_ctx;
@@ -171,45 +279,28 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
   // Open every socket up front on this thread: a bind error is reported before anything runs,
   // and port 0 resolves once, so all workers share the same SO_REUSEPORT port.
   std::vector<ListenFds> fds(workers);
-  std::string ready;
-  auto close_fds = [&fds] {
-    for (auto& set : fds)
-      for (int f : set.fds) ::close(f);
-  };
   for (const ListenerConfig& lc : config->listeners) {
-    HostPort addr = lc.address;
-    std::string first_bound;
-    for (unsigned w = 0; w < workers; ++w) {
-      std::string bound, err;
-      int fd = openListenSocket(addr, lc.backlog, /*delay_first_ack=*/!lc.tls, bound, err);
-      if (fd < 0) {
-        UPGATE_LOG(err, 0, "listener {}: cannot listen on {}", lc.name, err);
-        close_fds();
-        return abandon(1);
-      }
-      fds[w].fds.push_back(fd);
-      if (w == 0) {
-        first_bound = bound;
-        addr.port = static_cast<uint16_t>(std::stoi(bound.substr(bound.rfind(':') + 1)));
-      }
+    std::string err;
+    std::string bound = openListenSockets(lc, fds, err);
+    if (bound.empty()) {
+      UPGATE_LOG(err, 0, "listener {}: cannot listen on {}", lc.name, err);
+      return abandon(1);
     }
-    ready += lc.name + " " + first_bound + "\n";
-    UPGATE_LOG(info, 0, "listener {} on {}{} ({} workers)", lc.name, lc.tls ? "tls " : "",
-               first_bound, workers);
+    m.bound[lc.name] = bound;
+    UPGATE_LOG(info, 0, "listener {} on {}{} ({} workers)", lc.name, lc.tls ? "tls " : "", bound,
+               workers);
   }
-
   Hub hub;
   std::unique_ptr<AdminServer> admin;
   if (config->admin.enabled) {
-    admin = std::make_unique<AdminServer>(&m.loop, *config, hub);
+    admin = std::make_unique<AdminServer>(&m.loop, config, hub);
     std::string bound, err;
     if (!admin->start(bound, err)) {
       UPGATE_LOG(err, 0, "admin listener: cannot listen on {}", err);
-      close_fds();
       admin->close(nullptr);
       return abandon(1);
     }
-    ready += "admin " + bound + "\n";
+    m.admin_bound = bound;
     UPGATE_LOG(info, 0,
                "admin listener on {} (POST /publish/{{channel}}, POST /reload, /healthz, /readyz)",
                bound);
@@ -218,7 +309,7 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
 
   std::vector<std::unique_ptr<Worker>> pool;
   for (unsigned w = 0; w < workers; ++w) {
-    pool.push_back(std::make_unique<Worker>(w, config, tls, plugins, hub, std::move(fds[w])));
+    pool.push_back(std::make_unique<Worker>(w, m.generation, hub, std::move(fds[w])));
   }
   std::vector<Worker*> raw;
   for (auto& w : pool) raw.push_back(w.get());
@@ -239,6 +330,7 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
     if (admin) admin->close(nullptr);
     return abandon(1);
   }
+  const std::string ready = readyText(m);
   if (!options.ready_file.empty() && !writeReadyFile(options.ready_file, ready)) {
     UPGATE_LOG(err, 0, "cannot write ready file {}", options.ready_file);
   }

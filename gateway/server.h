@@ -1,7 +1,8 @@
 #pragma once
 // The main thread: opens the listening sockets, starts the workers, writes the ready file,
-// and turns SIGTERM/SIGINT into a graceful drain.
+// turns SIGTERM/SIGINT into a graceful drain and SIGHUP into a reload.
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -13,14 +14,19 @@ namespace upgate {
 
 struct ServerOptions {
   std::string ready_file;  // written with "<listener> <ip:port>" lines once every worker listens
+  // Reads the configuration again for a reload (SIGHUP, POST /reload): the same file, or the
+  // built-in default. Throws ConfigErrors.
+  std::function<std::shared_ptr<const Config>()> load_config;
 };
 
 // Runs until drained. Returns the process exit code: 0 after a drain, 1 if a listener could
 // not be opened.
-// `tls` holds the contexts built from `config` (buildTlsBundle); SIGHUP rebuilds them from the
-// same files and swaps them in, keeping the old ones if the new files are broken.
-// `plugins` holds the plugin instances created from `config` (PluginHost::load).
-// SIGHUP re-creates the plugin instances with `host` (JWKS and key files are read again).
+// `tls` holds the contexts built from `config` (buildTlsBundle), `plugins` the plugin instances
+// created from it with `host` (PluginHost::load). A reload (SIGHUP, POST /reload) loads the
+// configuration again with options.load_config, builds TLS contexts and plugins from it, opens
+// the listeners it adds and hands the result to every worker as a new Generation: new
+// connections use it, established ones keep theirs. Anything that fails keeps the running
+// generation whole. `workers` and the admin listener's address apply at the next start.
 int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
               PluginHost& host, std::shared_ptr<const PluginSet> plugins,
               const ServerOptions& options);

@@ -137,15 +137,15 @@ class AdminConnection final : public StreamListener {
   bool closing_ = false;
 };
 
-AdminServer::AdminServer(uv_loop_t* loop, const Config& config, Hub& hub)
-    : loop_(loop), config_(config), hub_(hub) {}
+AdminServer::AdminServer(uv_loop_t* loop, std::shared_ptr<const Config> config, Hub& hub)
+    : loop_(loop), config_(std::move(config)), hub_(hub) {}
 
 AdminServer::~AdminServer() {
   assert(!listening_ && connections_.empty());
 }
 
 bool AdminServer::start(std::string& bound, std::string& err) {
-  int fd = openListenSocket(config_.admin.address, 128, /*delay_first_ack=*/false, bound, err);
+  int fd = openListenSocket(config_->admin.address, 128, /*delay_first_ack=*/false, bound, err);
   if (fd < 0) return false;
   uv_tcp_init(loop_, &tcp_);
   tcp_.data = this;
@@ -213,18 +213,22 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
   if (path == "/readyz") {
     return draining_ ? errorResponse(503, "draining") : okResponse("{\"status\":\"ready\"}");
   }
-  if (!config_.admin.token.empty() &&
-      (authorization == nullptr || *authorization != "Bearer " + config_.admin.token)) {
+  if (!config_->admin.token.empty() &&
+      (authorization == nullptr || *authorization != "Bearer " + config_->admin.token)) {
     return errorResponse(401, "admin API: missing or wrong bearer token",
                          {{"WWW-Authenticate", "Bearer realm=\"upgate admin\""}});
   }
   if (path == "/reload") {
     if (method != "POST") return errorResponse(405, "use POST", {{"Allow", "POST"}});
     if (!reload_) return errorResponse(503, "reload is not available");
-    const std::string failed = reload_();
-    if (!failed.empty())
-      return errorResponse(500, "reload failed, kept the running state: " + failed);
-    return okResponse("{\"reloaded\":[\"tls\",\"plugins\"]}");
+    const ReloadResult r = reload_();
+    if (!r.error.empty())
+      return errorResponse(500, "reload failed, kept the running state: " + r.error);
+    std::string json = "{\"reloaded\":true,\"generation\":" + std::to_string(r.generation) +
+                       ",\"restart_needed\":[";
+    for (size_t i = 0; i < r.restart_needed.size(); ++i)
+      json += (i ? ",\"" : "\"") + r.restart_needed[i] + "\"";  // fixed key names
+    return okResponse(json + "]}");
   }
   static const std::string kPublish = "/publish/";
   if (path.compare(0, kPublish.size(), kPublish) == 0) {

@@ -7,14 +7,18 @@
 //                             200 {"channel":..,"seq":N,"subscribers":M}
 //   GET  /healthz             200 while the process runs
 //   GET  /readyz              200 while accepting, 503 once draining
+//   POST /reload              as SIGHUP: 200 {"reloaded":true,"generation":N,
+//                             "restart_needed":[..]}, or 500 with why nothing changed
 // With `admin.token` set, every request needs "Authorization: Bearer <token>" (else 401).
 // One request per connection (Connection: close): publishers are legacy apps doing plain POSTs.
 
 #include <uv.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "bridge/hub.h"
 #include "config/config.h"
@@ -24,9 +28,16 @@ namespace upgate {
 
 class AdminConnection;
 
+// What a reload did, for POST /reload.
+struct ReloadResult {
+  std::string error;                        // empty: the new configuration is in use
+  uint64_t generation = 0;                  // the generation in use afterwards
+  std::vector<std::string> restart_needed;  // keys that changed but apply at the next start
+};
+
 class AdminServer {
  public:
-  AdminServer(uv_loop_t* loop, const Config& config, Hub& hub);
+  AdminServer(uv_loop_t* loop, std::shared_ptr<const Config> config, Hub& hub);
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
   ~AdminServer();
@@ -34,9 +45,11 @@ class AdminServer {
   // Binds and listens; returns the bound "ip:port" or sets `err`.
   bool start(std::string& bound, std::string& err);
   void setDraining() { draining_ = true; }
-  // What POST /reload runs (on this loop): the same as SIGHUP. Returns an empty string when
-  // everything reloaded, else what failed (the running state is kept for that part).
-  void setReload(std::function<std::string()> reload) { reload_ = std::move(reload); }
+  // What POST /reload runs (on this loop): the same as SIGHUP.
+  void setReload(std::function<ReloadResult()> reload) { reload_ = std::move(reload); }
+  // After a reload (on this loop): the token, body limit and request limits of the new
+  // configuration apply to the next request; the listening address stays (restart_needed).
+  void setConfig(std::shared_ptr<const Config> config) { config_ = std::move(config); }
   // Stops listening and closes open admin connections; `done` runs when all handles closed.
   void close(std::function<void()> done);
 
@@ -44,7 +57,7 @@ class AdminServer {
   std::string handle(const std::string& method, const std::string& path, const std::string& query,
                      const std::string* authorization, const std::string* content_type,
                      std::string& body);
-  const Config& config() const { return config_; }
+  const Config& config() const { return *config_; }
   uv_loop_t* loop() { return loop_; }
   void connectionClosed(AdminConnection* c);
 
@@ -54,13 +67,13 @@ class AdminServer {
   void maybeDone();
 
   uv_loop_t* loop_;
-  const Config& config_;
+  std::shared_ptr<const Config> config_;
   Hub& hub_;
   uv_tcp_t tcp_{};
   bool listening_ = false;
   bool closing_ = false;
   bool draining_ = false;
-  std::function<std::string()> reload_;
+  std::function<ReloadResult()> reload_;
   std::unordered_set<AdminConnection*> connections_;
   std::function<void()> done_;
 };

@@ -10,8 +10,8 @@ unsigned Hub::ownerOf(const std::string& channel) const {
   return static_cast<unsigned>(std::hash<std::string>{}(channel) % workers_.size());
 }
 
-void Hub::subscribed(unsigned worker, const std::string& channel, const RouteConfig& route,
-                     const std::string& poll_target) {
+void Hub::subscribed(unsigned worker, const std::string& channel, const Generation& generation,
+                     const RouteConfig& route, const std::string& poll_target) {
   std::lock_guard<std::mutex> lock(mutex_);
   Channel& c = channels_[channel];
   if (c.per_worker.empty()) c.per_worker.resize(workers_.size());
@@ -19,9 +19,12 @@ void Hub::subscribed(unsigned worker, const std::string& channel, const RouteCon
   if (c.total++ == 0 && route.kind == RouteKind::LongPoll) {
     // Posted under the lock: the owner sees start/release in the order the counts changed.
     Worker* owner = workers_[ownerOf(channel)];
+    // The task holds the route's generation: the subscriber may be gone (and a reload done)
+    // before it runs.
     const RouteConfig* r = &route;
-    owner->post(
-        [owner, channel, r, poll_target] { owner->acquirePoller(channel, *r, poll_target); });
+    owner->post([owner, channel, g = generation.shared_from_this(), r, poll_target] {
+      owner->acquirePoller(channel, g, *r, poll_target);
+    });
   }
 }
 

@@ -21,6 +21,7 @@
 namespace upgate {
 
 class Worker;
+struct Generation;
 
 struct ChannelMessage {
   std::string payload;
@@ -58,10 +59,11 @@ class Hub {
   void setWorkers(std::vector<Worker*> workers) { workers_ = std::move(workers); }
 
   // From `worker`'s loop, after it added the subscriber to its local list. `route` is a
-  // longpoll or channel route; `poll_target` is the route's poll target expanded for this
-  // channel (longpoll only) and is used if this subscriber starts the poller.
-  void subscribed(unsigned worker, const std::string& channel, const RouteConfig& route,
-                  const std::string& poll_target);
+  // longpoll or channel route of `generation`; `poll_target` is the route's poll target
+  // expanded for this channel (longpoll only) and is used if this subscriber starts the poller,
+  // which then keeps `generation` (and so `route`) for as long as it polls.
+  void subscribed(unsigned worker, const std::string& channel, const Generation& generation,
+                  const RouteConfig& route, const std::string& poll_target);
   // From `worker`'s loop, after it removed the subscriber from its local list.
   void unsubscribed(unsigned worker, const std::string& channel);
 

@@ -36,9 +36,11 @@ bool looksBinary(const HttpResponse& r) {
 
 }  // namespace
 
-Poller::Poller(Worker& worker, std::string channel, const RouteConfig& route, std::string target)
+Poller::Poller(Worker& worker, std::string channel, GenerationPtr generation,
+               const RouteConfig& route, std::string target)
     : worker_(worker),
       channel_(std::move(channel)),
+      generation_(std::move(generation)),
       route_(route),
       target_(std::move(target)),
       cursor_(route.longpoll.cursor_initial) {
@@ -88,13 +90,13 @@ void Poller::onClosed(uv_handle_t* h) noexcept {
 
 void Poller::poll() {
   if (stopping_) return;
-  const Config& cfg = worker_.config();
+  const Config& cfg = *generation_->config;
   auto it = cfg.upstreams.find(route_.upstream);
   const UpstreamConfig& up = it->second;
   HttpRequest req;
   req.method = route_.longpoll.method;
   req.endpoint = up.endpoints[worker_.nextEndpoint(up)];
-  req.tls = worker_.upstreamTls(up.name);
+  req.tls = generation_->upstreamTls(up.name);
   if (up.tls && !up.tls->server_name.empty()) req.tls_server_name = up.tls->server_name;
   req.target = substituteCursor(target_, cursor_);
   for (const auto& [name, value] : route_.longpoll.headers) req.headers.push_back({name, value});

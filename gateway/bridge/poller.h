@@ -15,6 +15,7 @@
 #include <string>
 
 #include "config/config.h"
+#include "proxy/generation.h"
 #include "proxy/http_client.h"
 
 namespace upgate {
@@ -23,8 +24,11 @@ class Worker;
 
 class Poller {
  public:
-  // `target` is the route's poll template with every variable but {cursor} expanded.
-  Poller(Worker& worker, std::string channel, const RouteConfig& route, std::string target);
+  // `target` is the route's poll template with every variable but {cursor} expanded. `route`
+  // belongs to `generation`: a reload does not change a running poll, later subscribers of the
+  // channel join it as it is.
+  Poller(Worker& worker, std::string channel, GenerationPtr generation, const RouteConfig& route,
+         std::string target);
   Poller(const Poller&) = delete;
   Poller& operator=(const Poller&) = delete;
 
@@ -53,6 +57,7 @@ class Poller {
 
   Worker& worker_;
   const std::string channel_;
+  const GenerationPtr generation_;
   const RouteConfig& route_;
   const std::string target_;
   std::string cursor_;

@@ -54,15 +54,16 @@ const std::string& Delivery::sseEvent() const {
   return sse_event_;
 }
 
-Subscription::Subscription(Worker& worker, SubscriptionOwner& owner, const RouteConfig& route,
-                           std::string channel, Mode mode)
+Subscription::Subscription(Worker& worker, const Generation& generation, SubscriptionOwner& owner,
+                           const RouteConfig& route, std::string channel, Mode mode)
     : worker_(worker),
+      generation_(generation),
       owner_(owner),
       route_(route),
       channel_(std::move(channel)),
       mode_(mode),
-      parser_(Role::Client, FrameParser::Limits{worker.config().limits.max_message_size}, false),
-      validator_(worker.config().limits.max_message_size) {}
+      parser_(Role::Client, FrameParser::Limits{generation.config->limits.max_message_size}, false),
+      validator_(generation.config->limits.max_message_size) {}
 
 Subscription::~Subscription() {
   if (send_call_) HttpClient::cancel(send_call_);
@@ -74,7 +75,7 @@ void Subscription::start(std::string poll_target, std::string send_target,
   send_target_ = std::move(send_target);
   forward_headers_ = std::move(forward_headers);
   registered_ = true;
-  worker_.addSubscriber(channel_, route_, poll_target, this);
+  worker_.addSubscriber(channel_, generation_, route_, poll_target, this);
 }
 
 void Subscription::deliver(const Delivery& d) {
@@ -219,12 +220,11 @@ void Subscription::onClientMessage() {
 
 void Subscription::sendNext() {
   if (outbox_.empty() || ended_) return;
-  const Config& cfg = worker_.config();
-  const UpstreamConfig& up = cfg.upstreams.at(route_.upstream);
+  const UpstreamConfig& up = generation_.config->upstreams.at(route_.upstream);
   HttpRequest req;
   req.method = "POST";
   req.endpoint = up.endpoints[worker_.nextEndpoint(up)];
-  req.tls = worker_.upstreamTls(up.name);
+  req.tls = generation_.upstreamTls(up.name);
   if (up.tls && !up.tls->server_name.empty()) req.tls_server_name = up.tls->server_name;
   req.target = send_target_;
   req.headers = forward_headers_;

@@ -17,6 +17,7 @@
 #include "bridge/hub.h"
 #include "config/config.h"
 #include "net/stream.h"
+#include "proxy/generation.h"
 #include "proxy/http_client.h"
 #include "websocket/frame_parser.h"
 #include "websocket/message_validator.h"
@@ -46,8 +47,9 @@ std::string encodeSseEvent(const ChannelMessage& m);
 class Subscription final : public ChannelSubscriber, private FrameSink {
  public:
   enum class Mode { WebSocket, Sse };
-  Subscription(Worker& worker, SubscriptionOwner& owner, const RouteConfig& route,
-               std::string channel, Mode mode);
+  // `route` belongs to `generation`, which the owner keeps for longer than this.
+  Subscription(Worker& worker, const Generation& generation, SubscriptionOwner& owner,
+               const RouteConfig& route, std::string channel, Mode mode);
   ~Subscription() override;
   Subscription(const Subscription&) = delete;
   Subscription& operator=(const Subscription&) = delete;
@@ -79,6 +81,7 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   void sendNext();
 
   Worker& worker_;
+  const Generation& generation_;
   SubscriptionOwner& owner_;
   const RouteConfig& route_;
   const std::string channel_;

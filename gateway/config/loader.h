@@ -3,7 +3,8 @@
 // formats, then runs validateConfig() (validate.h) for ranges and cross references, and throws
 // once with every problem it found. yaml-cpp is an implementation detail of loader.cc.
 //
-// Control path only: called from main (and tests) before any loop runs; never on a worker.
+// Control path only: called on the main thread (at start, and on each reload) and by tests; never
+// on a worker.
 
 #include <cstddef>
 #include <exception>

@@ -130,7 +130,7 @@ void Listener::onConnection(uv_stream_t* server, int status) noexcept {
   auto* self = ownerOf<Listener>(server);
   if (status < 0) {
     // EMFILE and friends: the connection stays in the backlog; say why once per event.
-    UPGATE_LOG(warn, 0, "listener {}: accept failed: {}", self->config_.name, uv_strerror(status));
+    UPGATE_LOG(warn, 0, "listener {}: accept failed: {}", self->config_->name, uv_strerror(status));
     return;
   }
   self->on_accept_(*self, server);
@@ -148,7 +148,8 @@ void Listener::close(std::function<void()> done) {
 
 void Listener::onClose(uv_handle_t* h) noexcept {
   auto* self = ownerOf<Listener>(h);
-  if (self->on_closed_) self->on_closed_();
+  std::function<void()> done = std::move(self->on_closed_);  // `done` may delete self
+  if (done) done();
 }
 
 }  // namespace upgate

@@ -34,21 +34,24 @@ class Listener {
   using AcceptFn = std::function<void(Listener&, uv_stream_t* server)>;
 
   Listener(const ListenerConfig& config, AcceptFn on_accept)
-      : config_(config), on_accept_(std::move(on_accept)) {}
+      : config_(&config), on_accept_(std::move(on_accept)) {}
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
 
   // Adopts an fd from openListenSocket on `loop` and starts accepting. Returns a UV code.
   int open(uv_loop_t* loop, int fd, int backlog);
-  // Stops accepting; `done` runs from the loop once the handle is closed (then delete is safe).
+  // Stops accepting; `done` runs from the loop once the handle is closed (it may delete this).
   void close(std::function<void()> done);
-  const ListenerConfig& config() const { return config_; }
+  const ListenerConfig& config() const { return *config_; }
+  // A reload kept this socket (same name, address, backlog and kind): the new generation's
+  // entry replaces the old one, which may be freed once the sessions using it end.
+  void rebind(const ListenerConfig& config) { config_ = &config; }
 
  private:
   static void onConnection(uv_stream_t* server, int status) noexcept;
   static void onClose(uv_handle_t* h) noexcept;
 
-  const ListenerConfig& config_;
+  const ListenerConfig* config_;
   AcceptFn on_accept_;
   std::function<void()> on_closed_;
   uv_tcp_t tcp_{};

@@ -165,12 +165,13 @@ std::string upstreamHttpRequest(const RequestHead& head, const ForwardInfo& forw
 
 // ---- Construction -----------------------------------------------------------------------------
 
-HttpExchange::HttpExchange(Worker& worker, UpstreamPool& pool, HttpExchangeOwner& owner,
-                           const RouteConfig& route, const UpstreamConfig& upstream,
-                           RequestHead head, const ForwardInfo& forward)
+HttpExchange::HttpExchange(Worker& worker, const Generation& generation, UpstreamPool& pool,
+                           HttpExchangeOwner& owner, const RouteConfig& route,
+                           const UpstreamConfig& upstream, RequestHead head,
+                           const ForwardInfo& forward)
     : HttpExchange(
-          HttpExchangeContext{pool, worker.config().limits, worker.upstreamTls(upstream.name),
-                              worker.nextEndpoint(upstream)},
+          HttpExchangeContext{pool, generation.config->limits,
+                              generation.upstreamTls(upstream.name), worker.nextEndpoint(upstream)},
           owner, route, upstream, std::move(head), forward) {}
 
 HttpExchange::HttpExchange(const HttpExchangeContext& ctx, HttpExchangeOwner& owner,

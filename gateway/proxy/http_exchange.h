@@ -48,6 +48,7 @@
 #include "http/forwarding.h"
 #include "http/request_head.h"
 #include "net/stream.h"
+#include "proxy/generation.h"
 #include "proxy/upstream_pool.h"
 #include "tls/tls_context.h"
 
@@ -79,7 +80,7 @@ class HttpExchangeOwner {
 struct HttpExchangeContext {
   UpstreamPool& pool;
   const LimitsConfig& limits;             // copied by the exchange
-  std::shared_ptr<const TlsContext> tls;  // worker.upstreamTls(upstream.name); null = plain
+  std::shared_ptr<const TlsContext> tls;  // generation.upstreamTls(upstream.name); null = plain
   size_t first_endpoint = 0;              // worker.nextEndpoint(upstream)
 };
 
@@ -118,10 +119,11 @@ std::string upstreamHttpRequest(const RequestHead& head, const ForwardInfo& forw
 class HttpExchange final : private UpstreamUser {
  public:
   // The production constructor. The Worker owns one UpstreamPool (constructed on its loop
-  // thread, closed with close(done) at shutdown) and passes it here.
-  HttpExchange(Worker& worker, UpstreamPool& pool, HttpExchangeOwner& owner,
-               const RouteConfig& route, const UpstreamConfig& upstream, RequestHead head,
-               const ForwardInfo& forward);
+  // thread, closed with close(done) at shutdown) and passes it here; `route` and `upstream`
+  // belong to `generation` (the session's).
+  HttpExchange(Worker& worker, const Generation& generation, UpstreamPool& pool,
+               HttpExchangeOwner& owner, const RouteConfig& route, const UpstreamConfig& upstream,
+               RequestHead head, const ForwardInfo& forward);
   // The same without a Worker (tests). `route` and `upstream` must outlive the exchange.
   HttpExchange(const HttpExchangeContext& ctx, HttpExchangeOwner& owner, const RouteConfig& route,
                const UpstreamConfig& upstream, RequestHead head, const ForwardInfo& forward);

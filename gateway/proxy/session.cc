@@ -62,9 +62,13 @@ std::string uvReason(const char* what, int uv_err) {
 
 }  // namespace
 
-Session::Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
-                 std::shared_ptr<const TlsContext> tls)
-    : worker_(worker), listener_(listener), id_(id), listener_tls_(std::move(tls)) {}
+Session::Session(Worker& worker, GenerationPtr generation, const ListenerConfig& listener,
+                 uint64_t id, std::shared_ptr<const TlsContext> tls)
+    : worker_(worker),
+      generation_(std::move(generation)),
+      listener_(listener),
+      id_(id),
+      listener_tls_(std::move(tls)) {}
 
 Session::~Session() {
   assert(open_handles_ == 0);
@@ -72,7 +76,7 @@ Session::~Session() {
 
 void Session::start() {
   uv_loop_t* loop = worker_.loop();
-  const Config& cfg = worker_.config();
+  const Config& cfg = config();
   started_ = true;
   ++open_handles_;  // the client handle, initialised and accepted by the worker
   if (listener_tls_) {
@@ -133,8 +137,8 @@ void Session::Leg::onData(const char* data, size_t len) {
         // The next request on a kept-alive connection: from its first byte the head deadline
         // applies.
         s.keepalive_wait_ = false;
-        uv_timer_start(&s.timer_, onTimer,
-                       static_cast<uint64_t>(s.worker_.config().timeouts.head.count()), 0);
+        uv_timer_start(&s.timer_, onTimer, static_cast<uint64_t>(s.config().timeouts.head.count()),
+                       0);
       }
       s.onClientHead(data, len);
       return;
@@ -214,7 +218,7 @@ void Session::holdEarlyClientData(const char* data, size_t len) {
   hs_->client_leftover.append(data, len);
   // A client that streams ahead of the 101 is held at high water like a tunnel source is
   // (the 101 path resumes it), so what is held stays bounded.
-  if (hs_->client_leftover.size() >= worker_.config().limits.high_water) client_->readStop();
+  if (hs_->client_leftover.size() >= config().limits.high_water) client_->readStop();
 }
 
 void Session::routeRequest() {
@@ -227,7 +231,7 @@ void Session::routeRequest() {
       return;
     }
   }
-  route_ = worker_.routes().match(head);
+  route_ = generation_->routes.match(head);
   if (route_ == nullptr) {
     respondError(404, "no route for " + head.path);
     return;
@@ -241,10 +245,10 @@ void Session::routeRequest() {
                          }),
           h.end());
   // Plugins decide before anything is connected: authentication, then routing.
-  const auto& instances = worker_.plugins().chainFor(route_);
+  const auto& instances = generation_->plugins->chainFor(route_);
   if (!instances.empty()) {
     chain_ = std::make_unique<PluginChain>(static_cast<PluginSession&>(*this), instances,
-                                           worker_.config().timeouts.plugin_pause);
+                                           config().timeouts.plugin_pause);
     ChainOutcome outcome =
         chain_->start(head, upgrade ? UPGATE_REQUEST_WEBSOCKET : UPGATE_REQUEST_HTTP, route_->name);
     if (outcome == ChainOutcome::Paused) {
@@ -270,7 +274,7 @@ bool Session::applyPluginOutcome() {
     head.headers.push_back({"X-Upgate-Claims", chain_->identityClaims()});
   }
   if (!chain_->upstream().empty()) {
-    if (worker_.config().upstreams.count(chain_->upstream()) == 0) {
+    if (config().upstreams.count(chain_->upstream()) == 0) {
       respondError(
           500, "a plugin chose upstream \"" + chain_->upstream() + "\", which is not configured");
       return false;
@@ -305,8 +309,8 @@ void Session::dispatchRoute(bool upgrade) {
     return;
   }
   const std::string& name = upstream_override_.empty() ? route_->upstream : upstream_override_;
-  auto it = worker_.config().upstreams.find(name);
-  assert(it != worker_.config().upstreams.end());  // validated at load (or just above)
+  auto it = config().upstreams.find(name);
+  assert(it != config().upstreams.end());  // validated at load (or just above)
   upstream_cfg_ = &it->second;
   hs_->first_endpoint = worker_.nextEndpoint(*upstream_cfg_);
   addClientCertHeaders(head);
@@ -454,13 +458,13 @@ void Session::subscribe(bool upgrade) {
   status_ = mode == Subscription::Mode::Sse ? 200 : 101;
   upstream_addr_.clear();
   state_ = State::Subscribed;
-  client_->setHighWater(worker_.config().limits.high_water);
+  client_->setHighWater(config().limits.high_water);
   if (client_->write(response.data(), response.size()) != 0) {
     finish("client write failed");
     return;
   }
-  subscription_ = std::make_unique<Subscription>(worker_, static_cast<SubscriptionOwner&>(*this),
-                                                 *route_, *channel, mode);
+  subscription_ = std::make_unique<Subscription>(
+      worker_, *generation_, static_cast<SubscriptionOwner&>(*this), *route_, *channel, mode);
   subscription_->start(std::move(poll_target), std::move(send_target), std::move(forward));
   UPGATE_LOG(debug, id_, "subscribed to channel {} ({})", *channel,
              mode == Subscription::Mode::Sse ? "SSE" : "WebSocket");
@@ -554,8 +558,8 @@ void Session::drain() {
 // ---- http routes -----------------------------------------------------------------------------
 
 void Session::startExchange() {
-  const UpstreamConfig& up = worker_.config().upstreams.at(
-      upstream_override_.empty() ? route_->upstream : upstream_override_);
+  const UpstreamConfig& up =
+      config().upstreams.at(upstream_override_.empty() ? route_->upstream : upstream_override_);
   state_ = State::Exchanging;
   uv_timer_stop(&timer_);
   if (chain_) chain_->handshakeDone();
@@ -563,7 +567,7 @@ void Session::startExchange() {
   RequestHead head = std::move(hs_->request.head());
   hs_.reset();
   exchange_.reset();  // the previous request's, finished
-  exchange_ = std::make_unique<HttpExchange>(worker_, worker_.upstreamPool(),
+  exchange_ = std::make_unique<HttpExchange>(worker_, *generation_, worker_.upstreamPool(),
                                              static_cast<HttpExchangeOwner&>(*this), *route_, up,
                                              std::move(head), forward_);
   size_t used = exchange_->start(early.data(), early.size());
@@ -606,13 +610,12 @@ void Session::exchangeDone(bool keep_alive, int status, uint64_t bytes_in, uint6
   route_ = nullptr;
   upstream_addr_.clear();
   started_ms_ = uv_now(worker_.loop());
-  hs_ = std::make_unique<HandshakeState>(worker_.config().limits);
+  hs_ = std::make_unique<HandshakeState>(config().limits);
   hs_->forward = forward_;
   state_ = State::ReadingHead;
   keepalive_wait_ = true;
-  uint64_t wait = next_request_.empty()
-                      ? static_cast<uint64_t>(worker_.config().timeouts.keepalive.count())
-                      : 0;
+  uint64_t wait =
+      next_request_.empty() ? static_cast<uint64_t>(config().timeouts.keepalive.count()) : 0;
   uv_timer_start(&timer_, onTimer, wait, 0);
   if (next_request_.empty() && client_->readStart() != 0) finish("client read failed");
 }
@@ -624,8 +627,7 @@ void Session::resumeNextRequest() {
     finish("keep-alive timeout");
     return;
   }
-  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(worker_.config().timeouts.head.count()),
-                 0);
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(config().timeouts.head.count()), 0);
   std::string data = std::move(next_request_);
   next_request_.clear();
   onClientHead(data.data(), data.size());
@@ -712,7 +714,7 @@ void Session::connectTo(const sockaddr* addr) {
     return;
   }
   ++open_handles_;
-  if (auto tls = worker_.upstreamTls(upstream_cfg_->name)) {
+  if (auto tls = generation_->upstreamTls(upstream_cfg_->name)) {
     upstream_tls_ = std::make_unique<TlsStream>(upstream_tcp_, std::move(tls), &upstream_leg_);
     upstream_ = upstream_tls_.get();
     if ((rc = upstream_tls_->init()) != 0) {
@@ -955,12 +957,12 @@ void Session::onUpstreamHeadEof() {
 
 std::string Session::switchProtocols(TunnelSetup& setup) {
   if (chain_) chain_->handshakeDone();
-  const Config& config = worker_.config();
+  const Config& cfg = config();
   setup.mode = route_->mode;
-  setup.max_message_size = config.limits.max_message_size;
+  setup.max_message_size = cfg.limits.max_message_size;
   setup.message_hooks = route_->mode == TunnelMode::Frames && chain_ && chain_->hasMessageHooks();
   setup.keepalive = route_->keepalive;
-  setup.close_timeout_ms = static_cast<uint64_t>(config.timeouts.close.count());
+  setup.close_timeout_ms = static_cast<uint64_t>(cfg.timeouts.close.count());
   setup.session_id = id_;
   tunnel_ =
       std::make_unique<Tunnel>(static_cast<TunnelOwner&>(*this), setup, uv_now(worker_.loop()));
@@ -968,7 +970,6 @@ std::string Session::switchProtocols(TunnelSetup& setup) {
   hs_.reset();  // the handshake is over: free parsers and the request copy
   state_ = State::Tunnel;
   uv_timer_stop(&timer_);
-  const Config& cfg = worker_.config();
   client_->setHighWater(cfg.limits.high_water);
   upstream_->setHighWater(cfg.limits.high_water);
   last_activity_ms_ = uv_now(worker_.loop());
@@ -988,7 +989,7 @@ void Session::pump(Stream& from, Stream& to, const char* data, size_t len, bool 
   }
   // Backpressure (design.md §3): the destination is over high water -> stop reading the source
   // until onDrain says it fell to half.
-  if (to.pendingBytes() > worker_.config().limits.high_water) {
+  if (to.pendingBytes() > config().limits.high_water) {
     from.readStop();
     (&from == client_ ? client_paused_ : upstream_paused_) = true;
   }
@@ -1063,7 +1064,7 @@ void Session::onLegEof(bool is_client) {
   }
   (is_client ? upstream_ : client_)->shutdown();
   half_close_deadline_ms_ =
-      uv_now(worker_.loop()) + static_cast<uint64_t>(worker_.config().timeouts.half_close.count());
+      uv_now(worker_.loop()) + static_cast<uint64_t>(config().timeouts.half_close.count());
   close_reason_ = is_client ? "client closed" : "upstream closed";
   armTunnelTimer();
 }
@@ -1145,7 +1146,7 @@ void Session::handleTimer() {
         return;
       }
       respondError(408, "request head not complete within " +
-                            std::to_string(worker_.config().timeouts.head.count()) + " ms");
+                            std::to_string(config().timeouts.head.count()) + " ms");
       return;
     case State::Resolving:
       // The resolver request must come back before the next attempt can reuse it: cancel it
@@ -1185,7 +1186,7 @@ void Session::handleTimer() {
     finish(close_reason_ + "; the other side did not finish within timeouts.half_close");
     return;
   }
-  uint64_t idle = static_cast<uint64_t>(worker_.config().timeouts.idle.count());
+  uint64_t idle = static_cast<uint64_t>(config().timeouts.idle.count());
   if (idle != 0 && now - last_activity_ms_ >= idle) {
     finish("idle timeout");
     return;
@@ -1198,7 +1199,7 @@ void Session::armTunnelTimer() {
   // re-check there, rather than restarting a timer on every read.
   uint64_t now = uv_now(worker_.loop());
   uint64_t due = UINT64_MAX;
-  uint64_t idle = static_cast<uint64_t>(worker_.config().timeouts.idle.count());
+  uint64_t idle = static_cast<uint64_t>(config().timeouts.idle.count());
   if (idle != 0) due = last_activity_ms_ + idle;
   if (half_close_deadline_ms_ != 0 && half_close_deadline_ms_ < due) due = half_close_deadline_ms_;
   if (tunnel_) due = std::min(due, tunnel_->nextDue());
@@ -1271,7 +1272,7 @@ void Session::maybeDelete() {
 void Session::writeAccessLog() {
   if (logged_) return;
   logged_ = true;
-  if (!worker_.config().log.access_log) return;
+  if (!config().log.access_log) return;
   AccessRecord r;
   r.id = id_;
   r.client = client_addr_;

@@ -18,6 +18,7 @@
 #include "http/response_parser.h"
 #include "net/tcp_stream.h"
 #include "plugin/chain.h"
+#include "proxy/generation.h"
 #include "proxy/http_exchange.h"
 #include "proxy/tunnel.h"
 #include "tls/tls_stream.h"
@@ -32,8 +33,10 @@ class Session final : private SubscriptionOwner,
                       private PluginSession,
                       private TunnelOwner {
  public:
-  // `tls` is the listener's TLS context, or null for a plain listener.
-  Session(Worker& worker, const ListenerConfig& listener, uint64_t id,
+  // `listener` belongs to `generation`, which the session keeps (with its routes, upstreams,
+  // limits and plugins) until it ends, whatever reloads happen meanwhile. `tls` is the
+  // listener's TLS context, or null for a plain listener.
+  Session(Worker& worker, GenerationPtr generation, const ListenerConfig& listener, uint64_t id,
           std::shared_ptr<const TlsContext> tls);
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -164,7 +167,10 @@ class Session final : private SubscriptionOwner,
   void writeAccessLog();
   void maybeDelete();
 
+  const Config& config() const { return *generation_->config; }
+
   Worker& worker_;
+  const GenerationPtr generation_;
   const ListenerConfig& listener_;
   const uint64_t id_;
   State state_ = State::ReadingHead;

@@ -21,22 +21,17 @@ constexpr uint64_t kSpreadTick = 10;  // ms
 
 }  // namespace
 
-Worker::Worker(unsigned index, std::shared_ptr<const Config> config,
-               std::shared_ptr<const TlsBundle> tls, std::shared_ptr<const PluginSet> plugins,
-               Hub& hub, ListenFds fds)
-    : index_(index),
-      config_(std::move(config)),
-      routes_(*config_),
-      tls_(std::move(tls)),
-      plugins_(std::move(plugins)),
-      hub_(hub),
-      fds_(std::move(fds)) {}
+ListenFds::~ListenFds() {
+  for (int fd : fds) {
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+Worker::Worker(unsigned index, GenerationPtr generation, Hub& hub, ListenFds fds)
+    : index_(index), generation_(std::move(generation)), hub_(hub), fds_(std::move(fds)) {}
 
 Worker::~Worker() {
   join();
-  for (int fd : fds_.fds) {
-    if (fd >= 0) ::close(fd);
-  }
 }
 
 std::future<int> Worker::start() {
@@ -64,16 +59,11 @@ void Worker::run(std::promise<int> ready) {
   http_client_open_ = true;
 
   int rc = 0;
-  for (size_t i = 0; i < config_->listeners.size(); ++i) {
-    const ListenerConfig& lc = config_->listeners[i];
-    auto l = std::make_unique<Listener>(
-        lc, [this](Listener& listener, uv_stream_t* server) { accept(listener, server); });
-    int fd = fds_.fds[i];
-    fds_.fds[i] = -1;  // the listener owns it now
-    int r = l->open(&loop_, fd, lc.backlog);
+  const auto& listeners = generation_->config->listeners;
+  for (size_t i = 0; i < listeners.size(); ++i) {
+    int r = 0;
+    listeners_.push_back(openListener(listeners[i], fds_.take(i), r));
     if (r != 0 && rc == 0) rc = r;
-    listeners_.push_back(std::move(l));
-    ++listeners_open_;
   }
   ready.set_value(rc);
   if (rc != 0) beginDrain();
@@ -112,11 +102,29 @@ void Worker::requestDrain() {
   post([this] { beginDrain(); });
 }
 
+std::unique_ptr<Listener> Worker::openListener(const ListenerConfig& config, int fd, int& rc) {
+  auto l = std::make_unique<Listener>(
+      config, [this](Listener& listener, uv_stream_t* server) { accept(listener, server); });
+  rc = l->open(&loop_, fd, config.backlog);
+  ++listeners_open_;  // open or not, close() reports back once
+  return l;
+}
+
+void Worker::closeListener(std::unique_ptr<Listener> listener) {
+  Listener* l = listener.release();
+  l->close([this, l] {
+    delete l;
+    --listeners_open_;
+    maybeStop();
+  });
+}
+
 void Worker::accept(Listener& listener, uv_stream_t* server) {
   // Ids are unique per process: the worker index in the low bits, a counter above.
   uint64_t id = (++next_id_ << 8) | (index_ & 0xff);
-  size_t index = static_cast<size_t>(&listener.config() - config_->listeners.data());
-  auto* s = new Session(*this, listener.config(), id, tls_->listeners[index]);
+  size_t index = static_cast<size_t>(&listener.config() - generation_->config->listeners.data());
+  auto* s =
+      new Session(*this, generation_, listener.config(), id, generation_->tls->listeners[index]);
   if (s->clientTcp().init(&loop_, nullptr) != 0) {
     delete s;  // no handle was made: nothing to close
     return;
@@ -132,23 +140,58 @@ void Worker::accept(Listener& listener, uv_stream_t* server) {
   s->start();
 }
 
-void Worker::swapTls(std::shared_ptr<const TlsBundle> tls) {
-  post([this, tls = std::move(tls)]() mutable { tls_ = std::move(tls); });
+void Worker::reload(GenerationPtr generation, ListenFds fds) {
+  // std::function needs a copyable task: the fds travel behind a shared_ptr.
+  auto shared = std::make_shared<ListenFds>(std::move(fds));
+  post([this, g = std::move(generation), shared]() mutable {
+    applyGeneration(std::move(g), *shared);
+  });
 }
 
-void Worker::swapPlugins(std::shared_ptr<const PluginSet> plugins) {
-  post([this, p = std::move(plugins)]() mutable { plugins_ = std::move(p); });
+// On the loop: listeners are matched by name. A kept one is re-pointed at its new config entry
+// (accept() finds the TLS context by that entry's index), a new one adopts its fd, and one the
+// new config no longer names stops accepting; its open sessions carry on.
+void Worker::applyGeneration(GenerationPtr generation, ListenFds& fds) {
+  if (draining_) return;  // the fds close with `fds`
+  const auto& configs = generation->config->listeners;
+  std::vector<std::unique_ptr<Listener>> next;
+  for (size_t i = 0; i < configs.size(); ++i) {
+    std::unique_ptr<Listener> l;
+    if (fds.fds[i] < 0) {
+      for (auto& old : listeners_) {
+        if (old && old->config().name == configs[i].name) {
+          l = std::move(old);
+          l->rebind(configs[i]);
+          break;
+        }
+      }
+      if (!l) {
+        UPGATE_LOG(err, 0, "worker {}: reload kept listener {}, which this worker does not have",
+                   index_, configs[i].name);
+        continue;
+      }
+    } else {
+      int rc = 0;
+      l = openListener(configs[i], fds.take(i), rc);
+      if (rc != 0) {
+        UPGATE_LOG(err, 0, "worker {}: listener {}: cannot accept: {}", index_, configs[i].name,
+                   uv_strerror(rc));
+      }
+    }
+    next.push_back(std::move(l));
+  }
+  for (auto& old : listeners_) {
+    if (old) closeListener(std::move(old));
+  }
+  listeners_ = std::move(next);
+  generation_ = std::move(generation);
 }
 
-std::shared_ptr<const TlsContext> Worker::upstreamTls(const std::string& upstream) const {
-  auto it = tls_->upstreams.find(upstream);
-  return it == tls_->upstreams.end() ? nullptr : it->second;
-}
-
-void Worker::addSubscriber(const std::string& channel, const RouteConfig& route,
-                           const std::string& poll_target, ChannelSubscriber* s) {
+void Worker::addSubscriber(const std::string& channel, const Generation& generation,
+                           const RouteConfig& route, const std::string& poll_target,
+                           ChannelSubscriber* s) {
   subscribers_[channel].push_back(s);
-  hub_.subscribed(index_, channel, route, poll_target);
+  hub_.subscribed(index_, channel, generation, route, poll_target);
 }
 
 void Worker::removeSubscriber(const std::string& channel, ChannelSubscriber* s) {
@@ -175,15 +218,15 @@ void Worker::deliverLocal(const std::string& channel, const MessagePtr& message)
   for (ChannelSubscriber* s : targets) s->deliver(d);
 }
 
-void Worker::acquirePoller(const std::string& channel, const RouteConfig& route,
-                           const std::string& poll_target) {
+void Worker::acquirePoller(const std::string& channel, GenerationPtr generation,
+                           const RouteConfig& route, const std::string& poll_target) {
   if (stopping_ || draining_) return;
   auto it = pollers_.find(channel);
   if (it != pollers_.end()) {
     it->second->keep();  // back within the grace period
     return;
   }
-  auto* p = new Poller(*this, channel, route, poll_target);
+  auto* p = new Poller(*this, channel, std::move(generation), route, poll_target);
   pollers_[channel] = p;
   p->start();
 }
@@ -211,7 +254,7 @@ void Worker::removeSession(Session* s) {
 }
 
 size_t Worker::nextEndpoint(const UpstreamConfig& upstream) {
-  size_t& rr = round_robin_[&upstream];
+  size_t& rr = round_robin_[upstream.name];
   return rr++ % upstream.endpoints.size();
 }
 
@@ -224,15 +267,15 @@ void Worker::beginDrain() {
       maybeStop();
     });
   }
-  uv_timer_start(&drain_timer_, onDrainTimer, static_cast<uint64_t>(config_->drain_timeout.count()),
-                 0);
+  uv_timer_start(&drain_timer_, onDrainTimer,
+                 static_cast<uint64_t>(generation_->config->drain_timeout.count()), 0);
   // Sessions are told in list order, evenly over the window: the share due is proportional to
   // the time gone, checked every tick, so a burst of reconnects is spread the same way.
   drain_next_ = sessions_;
   drain_total_ = session_count_;
   drain_start_ = uv_now(&loop_);
-  drain_window_ =
-      static_cast<uint64_t>(std::min(config_->drain_spread, config_->drain_timeout / 2).count());
+  drain_window_ = static_cast<uint64_t>(
+      std::min(generation_->config->drain_spread, generation_->config->drain_timeout / 2).count());
   drainDue();
   if (drain_next_ != nullptr)
     uv_timer_start(&spread_timer_, onSpreadTimer, kSpreadTick, kSpreadTick);

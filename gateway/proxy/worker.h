@@ -13,14 +13,14 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "bridge/hub.h"
 #include "config/config.h"
 #include "net/listener.h"
 #include "net/tcp_stream.h"
-#include "routing/route_table.h"
-#include "tls/tls_context.h"
+#include "proxy/generation.h"
 
 namespace upgate {
 
@@ -28,17 +28,22 @@ class Session;
 class HttpClient;
 class Poller;
 class UpstreamPool;
-class PluginSet;
 
-// One listening fd per configured listener, in config order, made by the main thread.
+// One listening fd per configured listener, in config order, made by the main thread; -1 in a
+// reload means "keep the socket this worker already has under that listener's name". Whatever
+// is still owned here when it goes is closed, so a task that never ran leaks nothing.
 struct ListenFds {
   std::vector<int> fds;
+  ListenFds() = default;
+  ListenFds(ListenFds&& o) noexcept : fds(std::move(o.fds)) { o.fds.clear(); }
+  ListenFds& operator=(ListenFds&&) = delete;
+  ~ListenFds();
+  int take(size_t i) { return std::exchange(fds[i], -1); }
 };
 
 class Worker {
  public:
-  Worker(unsigned index, std::shared_ptr<const Config> config, std::shared_ptr<const TlsBundle> tls,
-         std::shared_ptr<const PluginSet> plugins, Hub& hub, ListenFds fds);
+  Worker(unsigned index, GenerationPtr generation, Hub& hub, ListenFds fds);
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker();
@@ -48,34 +53,36 @@ class Worker {
   void join();
   // Thread-safe: stop accepting, let sessions end until drain_timeout, then abort the rest.
   void requestDrain();
-  // Thread-safe: new connections use these contexts; established sessions keep theirs.
-  void swapTls(std::shared_ptr<const TlsBundle> tls);
-  void swapPlugins(std::shared_ptr<const PluginSet> plugins);
+  // Thread-safe: a reload. New connections get `generation`; established sessions keep theirs.
+  // `fds` is aligned with the new config's listeners (see ListenFds); listeners whose names
+  // are gone stop accepting.
+  void reload(GenerationPtr generation, ListenFds fds);
   // Thread-safe: runs `task` on this worker's loop, in post order.
   void post(std::function<void()> task);
 
   // Loop-thread API for sessions.
   uv_loop_t* loop() { return &loop_; }
-  const Config& config() const { return *config_; }
-  const RouteTable& routes() const { return routes_; }
-  // Index of the endpoint to try first for `upstream` (per-worker round robin).
+  // The generation new connections get (sessions keep the one they were accepted under).
+  const GenerationPtr& generation() const { return generation_; }
+  // Index of the endpoint to try first for `upstream` (per-worker round robin, by name, so it
+  // carries on across reloads).
   size_t nextEndpoint(const UpstreamConfig& upstream);
   void removeSession(Session* s);
-  std::shared_ptr<const TlsContext> upstreamTls(const std::string& upstream) const;
   unsigned index() const { return index_; }
   bool draining() const { return draining_; }
   Hub& hub() { return hub_; }
-  const PluginSet& plugins() const { return *plugins_; }
   HttpClient& httpClient() { return *http_client_; }
   UpstreamPool& upstreamPool() { return *upstream_pool_; }
 
   // Channels (loop thread). The worker keeps its own subscriber lists; the hub only counts.
-  void addSubscriber(const std::string& channel, const RouteConfig& route,
-                     const std::string& poll_target, ChannelSubscriber* s);
+  // `route` belongs to `generation`, which a poller started for the channel keeps.
+  void addSubscriber(const std::string& channel, const Generation& generation,
+                     const RouteConfig& route, const std::string& poll_target,
+                     ChannelSubscriber* s);
   void removeSubscriber(const std::string& channel, ChannelSubscriber* s);
   void deliverLocal(const std::string& channel, const MessagePtr& message);
   // Long-poll channels owned by this worker (posted by the hub).
-  void acquirePoller(const std::string& channel, const RouteConfig& route,
+  void acquirePoller(const std::string& channel, GenerationPtr generation, const RouteConfig& route,
                      const std::string& poll_target);
   void releasePoller(const std::string& channel);
   void forgetPoller(const std::string& channel);
@@ -87,15 +94,15 @@ class Worker {
 
   void run(std::promise<int> ready);
   void accept(Listener& listener, uv_stream_t* server);
+  std::unique_ptr<Listener> openListener(const ListenerConfig& config, int fd, int& rc);
+  void closeListener(std::unique_ptr<Listener> listener);
+  void applyGeneration(GenerationPtr generation, ListenFds& fds);
   void beginDrain();
   void drainDue();
   void maybeStop();
 
   const unsigned index_;
-  std::shared_ptr<const Config> config_;
-  RouteTable routes_;
-  std::shared_ptr<const TlsBundle> tls_;
-  std::shared_ptr<const PluginSet> plugins_;
+  GenerationPtr generation_;
   Hub& hub_;
   std::unique_ptr<HttpClient> http_client_;
   std::unique_ptr<UpstreamPool> upstream_pool_;  // keep-alive connections of http routes
@@ -111,7 +118,7 @@ class Worker {
   uv_timer_t spread_timer_{};  // drain_spread: tells the next share of sessions every tick
   std::unique_ptr<LoopContext> loop_ctx_;
   std::vector<std::unique_ptr<Listener>> listeners_;
-  size_t listeners_open_ = 0;
+  size_t listeners_open_ = 0;  // including those a reload is closing
 
   std::mutex inbox_mutex_;
   std::vector<std::function<void()>> inbox_;
@@ -127,7 +134,7 @@ class Worker {
   size_t drain_total_ = 0, drain_told_ = 0;
   uint64_t drain_start_ = 0, drain_window_ = 0;  // ms, loop time
   bool stopping_ = false;
-  std::unordered_map<const UpstreamConfig*, size_t> round_robin_;
+  std::unordered_map<std::string, size_t> round_robin_;  // upstream name -> next endpoint
 };
 
 }  // namespace upgate

@@ -242,16 +242,7 @@ class Gateway:
         except TimeoutError:
             raise GatewayError("upgate wrote no ready file within %.0fs\nstderr:\n%s"
                                % (timeout, self.stderr_tail()))
-        with open(self.ready_path) as f:
-            content = f.read()
-        for line in content.splitlines():
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2 or ":" not in parts[1]:
-                raise GatewayError("malformed ready-file line %r in %r" % (line, content))
-            host, port = parts[1].rsplit(":", 1)
-            self.listeners[parts[0]] = (host.strip("[]"), int(port))
+        content = self.read_ready_file()
         if not isinstance(self.config, str):
             want = {l["name"] for l in self.config.get("listeners", [])}
             admin = self.config.get("admin")
@@ -261,6 +252,23 @@ class Gateway:
                 raise GatewayError("ready file lists %s, config has %s (file: %r)"
                                    % (sorted(self.listeners), sorted(want), content))
         return self
+
+    def read_ready_file(self):
+        """(Re)reads "<listener> <ip:port>" lines into self.listeners (a reload rewrites the
+        file); returns the file's text."""
+        with open(self.ready_path) as f:
+            content = f.read()
+        listeners = {}
+        for line in content.splitlines():
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or ":" not in parts[1]:
+                raise GatewayError("malformed ready-file line %r in %r" % (line, content))
+            host, port = parts[1].rsplit(":", 1)
+            listeners[parts[0]] = (host.strip("[]"), int(port))
+        self.listeners = listeners
+        return content
 
     def addr(self, listener="public"):
         return self.listeners[listener]
