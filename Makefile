@@ -9,7 +9,7 @@ SANITIZE   ?= address,undefined
 
 # Debian bookworm packages the build, the tests and the demo need.
 DEPS := cmake make g++ pkg-config libuv1-dev libssl-dev libyaml-cpp-dev catch2 node-llhttp \
-        libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev zlib1g-dev python3 python3-websockets openssl curl procps \
+        libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev zlib1g-dev python3 python3-websockets python3-prometheus-client openssl curl procps \
         ca-certificates
 
 .PHONY: all deps build run test test-asan clean

@@ -126,9 +126,14 @@ std::vector<std::string> restartNeeded(const Config& running, const Config& next
 ReloadResult reload(MainLoop& m, const char* why) {
   ReloadResult r;
   r.generation = m.generation->number;
+  auto count = [&m](const char* result) {
+    if (m.admin)
+      m.admin->metrics().get(metrics::Family::Reloads, metrics::labels({{"result", result}})).add();
+  };
   auto fail = [&](const std::string& what) {
     UPGATE_LOG(err, 0, "{}: reload failed, keeping configuration generation {}: {}", why,
                r.generation, what);
+    count("failed");
     r.error = what;
     return r;
   };
@@ -193,7 +198,11 @@ ReloadResult reload(MainLoop& m, const char* why) {
   r.restart_needed = restartNeeded(running, *config);
   m.generation = generation;
   m.bound = std::move(bound);
-  if (m.admin) m.admin->setConfig(config);
+  if (m.admin) {
+    m.admin->setConfig(config);
+    m.admin->metrics().get(metrics::Family::ConfigGeneration).set(generation->number);
+  }
+  count("ok");
   log::setLevel(config->log.level);
   r.generation = generation->number;
 
@@ -302,7 +311,8 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
     }
     m.admin_bound = bound;
     UPGATE_LOG(info, 0,
-               "admin listener on {} (POST /publish/{{channel}}, POST /reload, /healthz, /readyz)",
+               "admin listener on {} (POST /publish/{{channel}}, POST /reload, /metrics, /healthz, "
+               "/readyz)",
                bound);
   }
   m.admin = admin.get();
@@ -315,7 +325,13 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
   for (auto& w : pool) raw.push_back(w.get());
   hub.setWorkers(raw);
   m.workers = &pool;
-  if (admin) admin->setReload([&m] { return reload(m, "POST /reload"); });
+  if (admin) {
+    admin->setReload([&m] { return reload(m, "POST /reload"); });
+    admin->metrics().get(metrics::Family::ConfigGeneration).set(m.generation->number);
+    admin->setMetricsSource([&pool](metrics::Snapshot& out) {
+      for (const auto& w : pool) w->collectMetrics(out);
+    });
+  }
   std::vector<std::future<int>> started;
   for (auto& w : pool) started.push_back(w->start());
   int failed = 0;

@@ -22,9 +22,19 @@ std::string jsonEscaped(const std::string& s) {
   return out;
 }
 
+std::string response200(const char* content_type, const std::string& body) {
+  return std::string("HTTP/1.1 200 OK\r\nContent-Type: ") + content_type +
+         "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
+         body;
+}
+
 std::string okResponse(const std::string& json) {
-  return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
-         std::to_string(json.size() + 1) + "\r\nConnection: close\r\n\r\n" + json + "\n";
+  return response200("application/json", json + "\n");
+}
+
+// The Prometheus text exposition format.
+std::string metricsResponse(const std::string& text) {
+  return response200("text/plain; version=0.0.4; charset=utf-8", text);
 }
 
 }  // namespace
@@ -138,7 +148,10 @@ class AdminConnection final : public StreamListener {
 };
 
 AdminServer::AdminServer(uv_loop_t* loop, std::shared_ptr<const Config> config, Hub& hub)
-    : loop_(loop), config_(std::move(config)), hub_(hub) {}
+    : loop_(loop),
+      config_(std::move(config)),
+      hub_(hub),
+      published_(metrics_.get(metrics::Family::Published)) {}
 
 AdminServer::~AdminServer() {
   assert(!listening_ && connections_.empty());
@@ -218,6 +231,13 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
     return errorResponse(401, "admin API: missing or wrong bearer token",
                          {{"WWW-Authenticate", "Bearer realm=\"upgate admin\""}});
   }
+  if (path == "/metrics") {
+    if (method != "GET") return errorResponse(405, "use GET", {{"Allow", "GET"}});
+    metrics::Snapshot snapshot;
+    metrics_.collect(snapshot);
+    if (collect_workers_) collect_workers_(snapshot);
+    return metricsResponse(metrics::render(snapshot));
+  }
   if (path == "/reload") {
     if (method != "POST") return errorResponse(405, "use POST", {{"Allow", "POST"}});
     if (!reload_) return errorResponse(503, "reload is not available");
@@ -245,6 +265,7 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
                            "Content-Type: application/octet-stream or ?binary=1");
     }
     uint64_t seq = hub_.publish(channel, std::move(body), binary);
+    published_.add();
     return okResponse("{\"channel\":\"" + jsonEscaped(channel) +
                       "\",\"seq\":" + std::to_string(seq) +
                       ",\"subscribers\":" + std::to_string(hub_.subscribers(channel)) + "}");

@@ -7,6 +7,8 @@
 //                             200 {"channel":..,"seq":N,"subscribers":M}
 //   GET  /healthz             200 while the process runs
 //   GET  /readyz              200 while accepting, 503 once draining
+//   GET  /metrics             Prometheus text format: every worker's counters and this
+//                             thread's (publishes, reloads), summed
 //   POST /reload              as SIGHUP: 200 {"reloaded":true,"generation":N,
 //                             "restart_needed":[..]}, or 500 with why nothing changed
 // With `admin.token` set, every request needs "Authorization: Bearer <token>" (else 401).
@@ -22,6 +24,7 @@
 
 #include "bridge/hub.h"
 #include "config/config.h"
+#include "metrics/metrics.h"
 #include "net/tcp_stream.h"
 
 namespace upgate {
@@ -50,6 +53,12 @@ class AdminServer {
   // After a reload (on this loop): the token, body limit and request limits of the new
   // configuration apply to the next request; the listening address stays (restart_needed).
   void setConfig(std::shared_ptr<const Config> config) { config_ = std::move(config); }
+  // The main thread's counters (publishes here; reloads, by the server).
+  metrics::Registry& metrics() { return metrics_; }
+  // Adds the workers' counters for GET /metrics (called on this loop).
+  void setMetricsSource(std::function<void(metrics::Snapshot&)> collect) {
+    collect_workers_ = std::move(collect);
+  }
   // Stops listening and closes open admin connections; `done` runs when all handles closed.
   void close(std::function<void()> done);
 
@@ -69,6 +78,9 @@ class AdminServer {
   uv_loop_t* loop_;
   std::shared_ptr<const Config> config_;
   Hub& hub_;
+  metrics::Registry metrics_;
+  metrics::Counter& published_;
+  std::function<void(metrics::Snapshot&)> collect_workers_;
   uv_tcp_t tcp_{};
   bool listening_ = false;
   bool closing_ = false;

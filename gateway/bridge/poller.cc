@@ -110,28 +110,40 @@ void Poller::poll() {
       });
 }
 
+void Poller::count(const char* result) {
+  worker_.metrics()
+      .get(metrics::Family::LongPolls,
+           metrics::labels({{"route", route_.name}, {"result", result}}))
+      .add();
+}
+
 void Poller::onResponse(const std::string& error, HttpResponse& r) {
   if (stopping_) return;
   if (!error.empty()) {
     // Our own timeout is the normal end of an idle long-poll: ask again at once.
     if (error.rfind("timeout", 0) == 0) {
+      count("empty");
       failures_ = 0;
       poll();
       return;
     }
+    count("error");
     backoff(error);
     return;
   }
   if (r.status == 204 || r.status == 304 || (r.status == 200 && r.body.empty())) {
+    count("empty");
     failures_ = 0;
     advanceCursor(r);
     poll();
     return;
   }
   if (r.status != 200) {
+    count("error");
     backoff("upstream answered " + std::to_string(r.status));
     return;
   }
+  count("data");
   failures_ = 0;
   publishBody(r);
   if (!advanceCursor(r)) {

@@ -50,6 +50,7 @@ class Poller {
   static void onClosed(uv_handle_t* h) noexcept;
 
   void poll();
+  void count(const char* result);  // upgate_longpoll_polls_total{route, result}
   void onResponse(const std::string& error, HttpResponse& response);
   void publishBody(const HttpResponse& response);
   bool advanceCursor(const HttpResponse& response);

@@ -232,6 +232,7 @@ void Session::routeRequest() {
     }
   }
   route_ = generation_->routes.match(head);
+  route_metrics_ = route_ ? &worker_.routeMetrics(route_->name) : nullptr;
   if (route_ == nullptr) {
     respondError(404, "no route for " + head.path);
     return;
@@ -455,7 +456,7 @@ void Session::subscribe(bool upgrade) {
   std::string leftover = std::move(hs_->client_leftover);
   if (chain_) chain_->handshakeDone();
   hs_.reset();
-  status_ = mode == Subscription::Mode::Sse ? 200 : 101;
+  answered(mode == Subscription::Mode::Sse ? 200 : 101);
   upstream_addr_.clear();
   state_ = State::Subscribed;
   client_->setHighWater(config().limits.high_water);
@@ -484,6 +485,8 @@ Stream& Session::clientStream() {
 void Session::countBytes(uint64_t in, uint64_t out) {
   bytes_up_ += in;
   bytes_down_ += out;
+  route_metrics_->bytes_up->add(in);  // a subscription always has its route
+  route_metrics_->bytes_down->add(out);
   last_activity_ms_ = uv_now(worker_.loop());
 }
 
@@ -560,6 +563,7 @@ void Session::drain() {
 void Session::startExchange() {
   const UpstreamConfig& up =
       config().upstreams.at(upstream_override_.empty() ? route_->upstream : upstream_override_);
+  upstream_cfg_ = &up;
   state_ = State::Exchanging;
   uv_timer_stop(&timer_);
   if (chain_) chain_->handshakeDone();
@@ -589,9 +593,11 @@ void Session::onExchangeClientData(const char* data, size_t len) {
 }
 
 void Session::exchangeDone(bool keep_alive, int status, uint64_t bytes_in, uint64_t bytes_out) {
-  status_ = status;
+  answered(status);
   bytes_up_ = bytes_in;
   bytes_down_ = bytes_out;
+  route_metrics_->bytes_up->add(bytes_in);  // an exchange always has its route
+  route_metrics_->bytes_down->add(bytes_out);
   upstream_addr_ = exchange_->upstreamAddress();
   close_reason_ = "response complete";
   writeAccessLog();  // one line per HTTP request
@@ -608,6 +614,8 @@ void Session::exchangeDone(bool keep_alive, int status, uint64_t bytes_in, uint6
   chain_.reset();  // plugins decide again for the next request
   upstream_override_.clear();
   route_ = nullptr;
+  route_metrics_ = nullptr;
+  upstream_cfg_ = nullptr;
   upstream_addr_.clear();
   started_ms_ = uv_now(worker_.loop());
   hs_ = std::make_unique<HandshakeState>(config().limits);
@@ -814,7 +822,7 @@ void Session::onUpstreamHead(const char* data, size_t len) {
   UPGATE_LOG(debug, id_, "101 from upstream {}: tunnel open (route {})", upstream_addr_,
              route_->name);
   std::string response = switchingResponse(head);
-  status_ = 101;
+  answered(101);
   const bool client_eof = hs_->client_eof;
   std::string client_early = switchProtocols(setup);
   // The 101 goes first; then whatever either side sent right behind its handshake.
@@ -846,14 +854,24 @@ void Session::tunnelData(bool from_client, const char* data, size_t len) {
   if (state_ == State::Tunnel && tunnel_->takeRearm()) armTunnelTimer();
 }
 
+void Session::countTunnelBytes(bool to_client, size_t len) {
+  if (to_client) {
+    bytes_down_ += len;
+    route_metrics_->bytes_down->add(len);
+  } else {
+    bytes_up_ += len;
+    route_metrics_->bytes_up->add(len);
+  }
+}
+
 bool Session::tunnelWrite(bool to_client, const char* data, size_t len) {
-  (to_client ? bytes_down_ : bytes_up_) += len;
+  countTunnelBytes(to_client, len);
   pump(to_client ? *upstream_ : *client_, to_client ? *client_ : *upstream_, data, len);
   return state_ == State::Tunnel;
 }
 
 bool Session::tunnelWriteLast(bool to_client, const char* data, size_t len) {
-  (to_client ? bytes_down_ : bytes_up_) += len;
+  countTunnelBytes(to_client, len);
   // Towards the client upgate is the server, which closes first (RFC 6455 §7.1.1): its FIN goes
   // with the last frame. Towards the upstream it is the client and waits for the server's FIN.
   pump(to_client ? *upstream_ : *client_, to_client ? *client_ : *upstream_, data, len,
@@ -991,7 +1009,11 @@ void Session::pump(Stream& from, Stream& to, const char* data, size_t len, bool 
   // until onDrain says it fell to half.
   if (to.pendingBytes() > config().limits.high_water) {
     from.readStop();
-    (&from == client_ ? client_paused_ : upstream_paused_) = true;
+    const bool from_client = &from == client_;
+    bool& paused = from_client ? client_paused_ : upstream_paused_;
+    if (!paused && route_metrics_)
+      (from_client ? route_metrics_->client_pauses : route_metrics_->upstream_pauses)->add();
+    paused = true;
   }
 }
 
@@ -1215,7 +1237,13 @@ void Session::respondError(int status, const std::string& reason, const HeaderLi
 
 void Session::respond(int status, const std::string& reason, const std::string& response) {
   if (state_ == State::Closing || state_ == State::Lingering) return;
-  status_ = status;
+  answered(status);
+  if ((status == 502 || status == 504) && upstream_cfg_ != nullptr) {
+    worker_.metrics()
+        .get(metrics::Family::UpstreamErrors,
+             metrics::labels({{"upstream", upstream_cfg_->name}, {"code", std::to_string(status)}}))
+        .add();
+  }
   close_reason_ = reason;
   if (status >= 500) {
     UPGATE_LOG(warn, id_, "{} {}", status, reason);
@@ -1267,6 +1295,15 @@ void Session::maybeDelete() {
   if (open_handles_ != 0 || state_ != State::Closing) return;
   worker_.removeSession(this);
   delete this;
+}
+
+void Session::answered(int status) {
+  status_ = status;
+  worker_.metrics()
+      .get(metrics::Family::Requests,
+           metrics::labels({{"route", route_ ? route_->name : std::string()},
+                            {"code", std::to_string(status)}}))
+      .add();
 }
 
 void Session::writeAccessLog() {

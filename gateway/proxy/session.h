@@ -27,6 +27,7 @@ namespace upgate {
 
 class Worker;
 struct HandshakeState;
+struct RouteMetrics;
 
 class Session final : private SubscriptionOwner,
                       private HttpExchangeOwner,
@@ -165,6 +166,9 @@ class Session final : private SubscriptionOwner,
   void finish(const std::string& reason);
   void closeHandles();
   void writeAccessLog();
+  // The status of the current request (or the 101) is known: recorded and counted.
+  void answered(int status);
+  void countTunnelBytes(bool to_client, size_t len);
   void maybeDelete();
 
   const Config& config() const { return *generation_->config; }
@@ -205,6 +209,7 @@ class Session final : private SubscriptionOwner,
   bool keepalive_wait_ = false;  // between keep-alive requests: idle timeout, no 408
 
   const RouteConfig* route_ = nullptr;
+  RouteMetrics* route_metrics_ = nullptr;  // route_'s counters on this worker
   const UpstreamConfig* upstream_cfg_ = nullptr;
   std::string client_addr_;
   std::string upstream_addr_;

@@ -28,7 +28,14 @@ ListenFds::~ListenFds() {
 }
 
 Worker::Worker(unsigned index, GenerationPtr generation, Hub& hub, ListenFds fds)
-    : index_(index), generation_(std::move(generation)), hub_(hub), fds_(std::move(fds)) {}
+    : index_(index),
+      generation_(std::move(generation)),
+      // Made here, before the thread starts (which publishes them); then only the loop writes.
+      open_connections_(metrics_.get(metrics::Family::ConnectionsOpen)),
+      subscribers_gauge_(metrics_.get(metrics::Family::ChannelSubscribers)),
+      deliveries_(metrics_.get(metrics::Family::ChannelDeliveries)),
+      hub_(hub),
+      fds_(std::move(fds)) {}
 
 Worker::~Worker() {
   join();
@@ -133,6 +140,11 @@ void Worker::accept(Listener& listener, uv_stream_t* server) {
   if (sessions_) sessions_->prev = s;
   sessions_ = s;
   ++session_count_;
+  open_connections_.add();
+  metrics_
+      .get(metrics::Family::ConnectionsAccepted,
+           metrics::labels({{"listener", listener.config().name}}))
+      .add();
   if (uv_accept(server, asStream(s->clientTcp().handle())) != 0) {
     s->abort("accept failed");  // frees itself once the fresh handle is closed
     return;
@@ -191,6 +203,7 @@ void Worker::addSubscriber(const std::string& channel, const Generation& generat
                            const RouteConfig& route, const std::string& poll_target,
                            ChannelSubscriber* s) {
   subscribers_[channel].push_back(s);
+  subscribers_gauge_.add();
   hub_.subscribed(index_, channel, generation, route, poll_target);
 }
 
@@ -202,6 +215,7 @@ void Worker::removeSubscriber(const std::string& channel, ChannelSubscriber* s) 
     if (list[i] != s) continue;
     list[i] = list.back();  // order among subscribers does not matter; messages keep theirs
     list.pop_back();
+    subscribers_gauge_.sub();
     if (list.empty()) subscribers_.erase(it);
     hub_.unsubscribed(index_, channel);
     return;
@@ -215,6 +229,7 @@ void Worker::deliverLocal(const std::string& channel, const MessagePtr& message)
   // list: iterate over a copy of the pointers.
   std::vector<ChannelSubscriber*> targets = it->second;
   Delivery d(*message);
+  deliveries_.add(targets.size());
   for (ChannelSubscriber* s : targets) s->deliver(d);
 }
 
@@ -250,7 +265,22 @@ void Worker::removeSession(Session* s) {
   if (s->next) s->next->prev = s->prev;
   if (sessions_ == s) sessions_ = s->next;
   --session_count_;
+  open_connections_.sub();
   maybeStop();
+}
+
+RouteMetrics& Worker::routeMetrics(const std::string& route) {
+  auto [it, added] = route_metrics_.try_emplace(route);
+  if (added) {
+    using metrics::Family;
+    auto get = [this, &route](Family f, std::string_view name, std::string_view value) {
+      return &metrics_.get(f, metrics::labels({{"route", route}, {name, value}}));
+    };
+    it->second = RouteMetrics{
+        get(Family::Bytes, "direction", "up"), get(Family::Bytes, "direction", "down"),
+        get(Family::ReadPauses, "side", "client"), get(Family::ReadPauses, "side", "upstream")};
+  }
+  return it->second;
 }
 
 size_t Worker::nextEndpoint(const UpstreamConfig& upstream) {

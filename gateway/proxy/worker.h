@@ -18,6 +18,7 @@
 
 #include "bridge/hub.h"
 #include "config/config.h"
+#include "metrics/metrics.h"
 #include "net/listener.h"
 #include "net/tcp_stream.h"
 #include "proxy/generation.h"
@@ -39,6 +40,14 @@ struct ListenFds {
   ListenFds& operator=(ListenFds&&) = delete;
   ~ListenFds();
   int take(size_t i) { return std::exchange(fds[i], -1); }
+};
+
+// A route's counters on one worker, looked up once per session (see metrics.h).
+struct RouteMetrics {
+  metrics::Counter* bytes_up = nullptr;    // client -> upstream
+  metrics::Counter* bytes_down = nullptr;  // upstream -> client
+  metrics::Counter* client_pauses = nullptr;
+  metrics::Counter* upstream_pauses = nullptr;
 };
 
 class Worker {
@@ -72,6 +81,11 @@ class Worker {
   bool draining() const { return draining_; }
   Hub& hub() { return hub_; }
   HttpClient& httpClient() { return *http_client_; }
+  // Counting (loop thread): series by family and labels, and a route's cached set.
+  metrics::Registry& metrics() { return metrics_; }
+  RouteMetrics& routeMetrics(const std::string& route);
+  // Thread-safe: adds this worker's series into `out` (GET /metrics on the main thread).
+  void collectMetrics(metrics::Snapshot& out) const { metrics_.collect(out); }
   UpstreamPool& upstreamPool() { return *upstream_pool_; }
 
   // Channels (loop thread). The worker keeps its own subscriber lists; the hub only counts.
@@ -103,6 +117,11 @@ class Worker {
 
   const unsigned index_;
   GenerationPtr generation_;
+  metrics::Registry metrics_;
+  std::unordered_map<std::string, RouteMetrics> route_metrics_;  // by route name
+  metrics::Counter& open_connections_;
+  metrics::Counter& subscribers_gauge_;
+  metrics::Counter& deliveries_;
   Hub& hub_;
   std::unique_ptr<HttpClient> http_client_;
   std::unique_ptr<UpstreamPool> upstream_pool_;  // keep-alive connections of http routes
