@@ -86,10 +86,24 @@ std::string openListenSockets(const ListenerConfig& lc, std::vector<ListenFds>& 
   return first_bound;
 }
 
-// A reload keeps a listener's sockets when nothing that shapes them changed.
-bool sameSockets(const ListenerConfig& a, const ListenerConfig& b) {
-  return a.address.host == b.address.host && a.address.port == b.address.port &&
-         a.backlog == b.backlog && a.tls.has_value() == b.tls.has_value();
+// A reload keeps the sockets of a listener whose address stays (its backlog and kind are
+// changed in place, see Listener::reconfigure): connections waiting in their accept queues are
+// not lost. A listener under the same name is preferred, then any other at that address (a
+// rename). `claimed` marks the running listeners already taken.
+const ListenerConfig* socketsToKeep(const ListenerConfig& next, const Config& running,
+                                    std::vector<bool>& claimed) {
+  auto sameAddress = [&next](const ListenerConfig& l) {
+    return l.address.host == next.address.host && l.address.port == next.address.port;
+  };
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < running.listeners.size(); ++i) {
+      const ListenerConfig& l = running.listeners[i];
+      if (claimed[i] || !sameAddress(l) || (pass == 0 && l.name != next.name)) continue;
+      claimed[i] = true;
+      return &l;
+    }
+  }
+  return nullptr;
 }
 
 std::string readyText(const MainLoop& m) {
@@ -115,7 +129,9 @@ std::vector<std::string> restartNeeded(const Config& running, const Config& next
   std::vector<std::string> keys;
   if (workerCount(next) != workerCount(running)) keys.push_back("workers");
   if (next.admin.enabled != running.admin.enabled) keys.push_back("admin.enabled");
-  if (next.admin.address.text() != running.admin.address.text()) keys.push_back("admin.address");
+  if (next.admin.enabled && running.admin.enabled &&
+      next.admin.address.text() != running.admin.address.text())
+    keys.push_back("admin.address");
   return keys;
 }
 
@@ -166,29 +182,34 @@ ReloadResult reload(MainLoop& m, const char* why) {
     return fail(std::string("plugins: ") + e.what());
   }
 
-  // Listeners by name: same sockets are kept (even on port 0), others opened here, where a
-  // bind error can still refuse the whole reload.
+  // Listeners: sockets at an unchanged address are kept (even on port 0), others opened here,
+  // where a bind error can still refuse the whole reload.
   const Config& running = *m.generation->config;
   std::vector<ListenFds> fds(m.workers->size());
   std::map<std::string, std::string> bound;
   std::vector<std::string> opened;
+  std::vector<bool> claimed(running.listeners.size());
   for (const ListenerConfig& lc : config->listeners) {
-    auto old = std::find_if(running.listeners.begin(), running.listeners.end(),
-                            [&lc](const ListenerConfig& o) { return o.name == lc.name; });
-    if (old != running.listeners.end() && sameSockets(*old, lc)) {
-      for (ListenFds& set : fds) set.fds.push_back(-1);
-      bound[lc.name] = m.bound.at(lc.name);
+    if (const ListenerConfig* keep = socketsToKeep(lc, running, claimed)) {
+      for (ListenFds& set : fds) {
+        set.fds.push_back(-1);
+        set.reuse.push_back(keep->name);
+      }
+      bound[lc.name] = m.bound.at(keep->name);
+      if (keep->name != lc.name) opened.push_back(lc.name + " (was " + keep->name + ")");
       continue;
     }
     std::string err;
     std::string addr = openListenSockets(lc, fds, err);
     if (addr.empty()) return fail("listener " + lc.name + ": cannot listen on " + err);
+    for (ListenFds& set : fds) set.reuse.emplace_back();
     bound[lc.name] = addr;
     opened.push_back(lc.name + " on " + (lc.tls ? "tls " : "") + addr);
   }
   std::vector<std::string> closed;
-  for (const ListenerConfig& lc : running.listeners) {
-    if (bound.count(lc.name) == 0) closed.push_back(lc.name + " on " + m.bound.at(lc.name));
+  for (size_t i = 0; i < running.listeners.size(); ++i) {
+    const ListenerConfig& lc = running.listeners[i];
+    if (!claimed[i]) closed.push_back(lc.name + " on " + m.bound.at(lc.name));
   }
 
   auto generation =
@@ -199,7 +220,9 @@ ReloadResult reload(MainLoop& m, const char* why) {
   m.generation = generation;
   m.bound = std::move(bound);
   if (m.admin) {
-    m.admin->setConfig(config);
+    // A file that turns the admin listener off would also drop its token while the listener
+    // still runs (until the restart it needs): it keeps the running admin settings then.
+    if (config->admin.enabled) m.admin->setConfig(config);
     m.admin->metrics().get(metrics::Family::ConfigGeneration).set(generation->number);
   }
   count("ok");

@@ -98,7 +98,9 @@ void Subscription::deliver(const Delivery& d) {
   if (out.write(bytes.data(), bytes.size()) != 0) {
     ended_ = true;
     owner_.subscriptionEnded(close_code::kAbnormal, "client write failed");
+    return;
   }
+  worker_.deliveries().add();
 }
 
 bool Subscription::writeFrame(uint8_t op, const char* data, size_t len) {

@@ -16,7 +16,7 @@ constexpr std::array<FamilyInfo, static_cast<size_t>(Family::Count)> kFamilies{{
      true},
     {"upgate_bytes_total", "counter",
      "Bytes relayed, by route and direction (up: client to upstream; WebSocket bytes after the "
-     "101, HTTP request and response bytes).",
+     "101, HTTP request bodies and responses, channel payloads).",
      true},
     {"upgate_read_pauses_total", "counter",
      "Times backpressure stopped reading a side (client or upstream), by route.", true},

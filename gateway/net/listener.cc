@@ -122,8 +122,21 @@ int Listener::open(uv_loop_t* loop, int fd, int backlog) {
   tcp_.data = this;
   open_ = true;
   rc = uv_tcp_open(&tcp_, fd);
-  if (rc == 0) rc = uv_listen(asStream(&tcp_), backlog, onConnection);
-  return rc;
+  if (rc != 0) {
+    ::close(fd);  // the handle did not adopt it
+    return rc;
+  }
+  return uv_listen(asStream(&tcp_), backlog, onConnection);
+}
+
+void Listener::reconfigure(int backlog, bool delay_first_ack) {
+  uv_os_fd_t fd;
+  if (!open_ || uv_fileno(asHandle(&tcp_), &fd) != 0) return;
+  // listen() on a listening socket only sets the backlog (Linux); the delayed-ACK choice is a
+  // socket option the next accepted sockets inherit (see openListenSocket).
+  ::listen(fd, backlog);
+  int quickack = delay_first_ack ? 0 : 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &quickack, sizeof(quickack));
 }
 
 void Listener::onConnection(uv_stream_t* server, int status) noexcept {

@@ -43,9 +43,11 @@ class Listener {
   // Stops accepting; `done` runs from the loop once the handle is closed (it may delete this).
   void close(std::function<void()> done);
   const ListenerConfig& config() const { return *config_; }
-  // A reload kept this socket (same name, address, backlog and kind): the new generation's
-  // entry replaces the old one, which may be freed once the sessions using it end.
+  // A reload kept this socket (same address): the new generation's entry replaces the old one,
+  // which may be freed once the sessions using it end.
   void rebind(const ListenerConfig& config) { config_ = &config; }
+  // The kept socket's backlog or kind (plain: first ACK delayed; TLS: not) changed.
+  void reconfigure(int backlog, bool delay_first_ack);
 
  private:
   static void onConnection(uv_stream_t* server, int status) noexcept;

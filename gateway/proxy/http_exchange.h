@@ -159,6 +159,11 @@ class HttpExchange final : private UpstreamUser {
   // For logs: the endpoint in use ("127.0.0.1:8080"), and whether its connection was pooled.
   const std::string& upstreamAddress() const { return endpoint_text_; }
   bool upstreamReused() const { return reused_; }
+  // The final response's status once some of it went to the client (else 0), and the bytes
+  // so far.
+  int status() const { return resp_started_ ? status_ : 0; }
+  uint64_t bytesIn() const { return bytes_in_; }
+  uint64_t bytesOut() const { return bytes_out_; }
 
  private:
   // UpstreamUser.

@@ -648,6 +648,13 @@ void Session::exchangeFailed(int status, const std::string& reason) {
 }
 
 void Session::exchangeAborted(const std::string& reason) {
+  if (exchange_ && exchange_->status() != 0) {  // the response had begun: count what went
+    answered(exchange_->status());
+    bytes_up_ = exchange_->bytesIn();
+    bytes_down_ = exchange_->bytesOut();
+    route_metrics_->bytes_up->add(bytes_up_);
+    route_metrics_->bytes_down->add(bytes_down_);
+  }
   finish(reason);
 }
 
@@ -1232,18 +1239,20 @@ void Session::armTunnelTimer() {
 // ---- Exits -------------------------------------------------------------------------------------
 
 void Session::respondError(int status, const std::string& reason, const HeaderList* extra) {
+  // upgate's own 502/504 (an upstream's relayed answer goes through respond() alone).
+  if ((status == 502 || status == 504) && upstream_cfg_ != nullptr && state_ != State::Closing &&
+      state_ != State::Lingering) {
+    worker_.metrics()
+        .get(metrics::Family::UpstreamErrors,
+             metrics::labels({{"upstream", upstream_cfg_->name}, {"code", std::to_string(status)}}))
+        .add();
+  }
   respond(status, reason, errorResponse(status, reason, extra ? *extra : HeaderList{}));
 }
 
 void Session::respond(int status, const std::string& reason, const std::string& response) {
   if (state_ == State::Closing || state_ == State::Lingering) return;
   answered(status);
-  if ((status == 502 || status == 504) && upstream_cfg_ != nullptr) {
-    worker_.metrics()
-        .get(metrics::Family::UpstreamErrors,
-             metrics::labels({{"upstream", upstream_cfg_->name}, {"code", std::to_string(status)}}))
-        .add();
-  }
   close_reason_ = reason;
   if (status >= 500) {
     UPGATE_LOG(warn, id_, "{} {}", status, reason);
@@ -1299,11 +1308,8 @@ void Session::maybeDelete() {
 
 void Session::answered(int status) {
   status_ = status;
-  worker_.metrics()
-      .get(metrics::Family::Requests,
-           metrics::labels({{"route", route_ ? route_->name : std::string()},
-                            {"code", std::to_string(status)}}))
-      .add();
+  RouteMetrics& m = route_metrics_ ? *route_metrics_ : worker_.unroutedMetrics();
+  m.requestsWith(status, worker_.metrics()).add();
 }
 
 void Session::writeAccessLog() {

@@ -114,10 +114,17 @@ std::unique_ptr<Listener> Worker::openListener(const ListenerConfig& config, int
       config, [this](Listener& listener, uv_stream_t* server) { accept(listener, server); });
   rc = l->open(&loop_, fd, config.backlog);
   ++listeners_open_;  // open or not, close() reports back once
+  accepted_[l.get()] = &acceptedCounter(config.name);
   return l;
 }
 
+metrics::Counter& Worker::acceptedCounter(const std::string& listener) {
+  return metrics_.get(metrics::Family::ConnectionsAccepted,
+                      metrics::labels({{"listener", listener}}));
+}
+
 void Worker::closeListener(std::unique_ptr<Listener> listener) {
+  accepted_.erase(listener.get());
   Listener* l = listener.release();
   l->close([this, l] {
     delete l;
@@ -141,10 +148,7 @@ void Worker::accept(Listener& listener, uv_stream_t* server) {
   sessions_ = s;
   ++session_count_;
   open_connections_.add();
-  metrics_
-      .get(metrics::Family::ConnectionsAccepted,
-           metrics::labels({{"listener", listener.config().name}}))
-      .add();
+  accepted_[&listener]->add();
   if (uv_accept(server, asStream(s->clientTcp().handle())) != 0) {
     s->abort("accept failed");  // frees itself once the fresh handle is closed
     return;
@@ -160,9 +164,9 @@ void Worker::reload(GenerationPtr generation, ListenFds fds) {
   });
 }
 
-// On the loop: listeners are matched by name. A kept one is re-pointed at its new config entry
-// (accept() finds the TLS context by that entry's index), a new one adopts its fd, and one the
-// new config no longer names stops accepting; its open sessions carry on.
+// On the loop. A kept listener is re-pointed at its new config entry (accept() finds the TLS
+// context by that entry's index), a new one adopts its fd, and one the plan does not reuse
+// stops accepting; its open sessions carry on.
 void Worker::applyGeneration(GenerationPtr generation, ListenFds& fds) {
   if (draining_) return;  // the fds close with `fds`
   const auto& configs = generation->config->listeners;
@@ -171,17 +175,22 @@ void Worker::applyGeneration(GenerationPtr generation, ListenFds& fds) {
     std::unique_ptr<Listener> l;
     if (fds.fds[i] < 0) {
       for (auto& old : listeners_) {
-        if (old && old->config().name == configs[i].name) {
+        if (old && old->config().name == fds.reuse[i]) {
           l = std::move(old);
-          l->rebind(configs[i]);
           break;
         }
       }
       if (!l) {
-        UPGATE_LOG(err, 0, "worker {}: reload kept listener {}, which this worker does not have",
-                   index_, configs[i].name);
+        UPGATE_LOG(err, 0, "worker {}: reload reuses listener {}, which this worker does not have",
+                   index_, fds.reuse[i]);
         continue;
       }
+      const ListenerConfig& before = l->config();
+      if (before.backlog != configs[i].backlog ||
+          before.tls.has_value() != configs[i].tls.has_value())
+        l->reconfigure(configs[i].backlog, /*delay_first_ack=*/!configs[i].tls);
+      l->rebind(configs[i]);
+      accepted_[l.get()] = &acceptedCounter(configs[i].name);
     } else {
       int rc = 0;
       l = openListener(configs[i], fds.take(i), rc);
@@ -229,7 +238,6 @@ void Worker::deliverLocal(const std::string& channel, const MessagePtr& message)
   // list: iterate over a copy of the pointers.
   std::vector<ChannelSubscriber*> targets = it->second;
   Delivery d(*message);
-  deliveries_.add(targets.size());
   for (ChannelSubscriber* s : targets) s->deliver(d);
 }
 
@@ -269,6 +277,17 @@ void Worker::removeSession(Session* s) {
   maybeStop();
 }
 
+metrics::Counter& RouteMetrics::requestsWith(int status, metrics::Registry& registry) {
+  for (auto& [code, counter] : requests) {
+    if (code == status) return *counter;
+  }
+  metrics::Counter& c =
+      registry.get(metrics::Family::Requests,
+                   metrics::labels({{"route", route}, {"code", std::to_string(status)}}));
+  requests.emplace_back(status, &c);
+  return c;
+}
+
 RouteMetrics& Worker::routeMetrics(const std::string& route) {
   auto [it, added] = route_metrics_.try_emplace(route);
   if (added) {
@@ -276,9 +295,12 @@ RouteMetrics& Worker::routeMetrics(const std::string& route) {
     auto get = [this, &route](Family f, std::string_view name, std::string_view value) {
       return &metrics_.get(f, metrics::labels({{"route", route}, {name, value}}));
     };
-    it->second = RouteMetrics{
-        get(Family::Bytes, "direction", "up"), get(Family::Bytes, "direction", "down"),
-        get(Family::ReadPauses, "side", "client"), get(Family::ReadPauses, "side", "upstream")};
+    RouteMetrics& m = it->second;
+    m.route = route;
+    m.bytes_up = get(Family::Bytes, "direction", "up");
+    m.bytes_down = get(Family::Bytes, "direction", "down");
+    m.client_pauses = get(Family::ReadPauses, "side", "client");
+    m.upstream_pauses = get(Family::ReadPauses, "side", "upstream");
   }
   return it->second;
 }

@@ -30,24 +30,34 @@ class HttpClient;
 class Poller;
 class UpstreamPool;
 
-// One listening fd per configured listener, in config order, made by the main thread; -1 in a
-// reload means "keep the socket this worker already has under that listener's name". Whatever
-// is still owned here when it goes is closed, so a task that never ran leaks nothing.
+// One listening fd per configured listener, in config order, made by the main thread. In a
+// reload, fds[i] == -1 means "keep the socket of the running listener named reuse[i]" (the same
+// address; the name may have changed). Whatever is still owned here when it goes is closed, so
+// a task that never ran leaks nothing.
 struct ListenFds {
   std::vector<int> fds;
+  std::vector<std::string> reuse;  // reloads only; aligned with fds
   ListenFds() = default;
-  ListenFds(ListenFds&& o) noexcept : fds(std::move(o.fds)) { o.fds.clear(); }
+  ListenFds(ListenFds&& o) noexcept : fds(std::move(o.fds)), reuse(std::move(o.reuse)) {
+    o.fds.clear();
+  }
   ListenFds& operator=(ListenFds&&) = delete;
   ~ListenFds();
   int take(size_t i) { return std::exchange(fds[i], -1); }
 };
 
-// A route's counters on one worker, looked up once per session (see metrics.h).
+// A route's counters on one worker, looked up once per session (see metrics.h). The
+// unmatched-request set ("" route) has only `requests`.
 struct RouteMetrics {
+  std::string route;
   metrics::Counter* bytes_up = nullptr;    // client -> upstream
   metrics::Counter* bytes_down = nullptr;  // upstream -> client
   metrics::Counter* client_pauses = nullptr;
   metrics::Counter* upstream_pauses = nullptr;
+  std::vector<std::pair<int, metrics::Counter*>> requests;  // by status, in first-use order
+
+  // upgate_requests_total{route, code}: a short scan once the code was seen on this worker.
+  metrics::Counter& requestsWith(int status, metrics::Registry& registry);
 };
 
 class Worker {
@@ -63,8 +73,8 @@ class Worker {
   // Thread-safe: stop accepting, let sessions end until drain_timeout, then abort the rest.
   void requestDrain();
   // Thread-safe: a reload. New connections get `generation`; established sessions keep theirs.
-  // `fds` is aligned with the new config's listeners (see ListenFds); listeners whose names
-  // are gone stop accepting.
+  // `fds` is aligned with the new config's listeners (see ListenFds); running listeners it does
+  // not reuse stop accepting (their sessions carry on).
   void reload(GenerationPtr generation, ListenFds fds);
   // Thread-safe: runs `task` on this worker's loop, in post order.
   void post(std::function<void()> task);
@@ -84,6 +94,8 @@ class Worker {
   // Counting (loop thread): series by family and labels, and a route's cached set.
   metrics::Registry& metrics() { return metrics_; }
   RouteMetrics& routeMetrics(const std::string& route);
+  RouteMetrics& unroutedMetrics() { return unrouted_metrics_; }
+  metrics::Counter& deliveries() { return deliveries_; }
   // Thread-safe: adds this worker's series into `out` (GET /metrics on the main thread).
   void collectMetrics(metrics::Snapshot& out) const { metrics_.collect(out); }
   UpstreamPool& upstreamPool() { return *upstream_pool_; }
@@ -110,6 +122,7 @@ class Worker {
   void accept(Listener& listener, uv_stream_t* server);
   std::unique_ptr<Listener> openListener(const ListenerConfig& config, int fd, int& rc);
   void closeListener(std::unique_ptr<Listener> listener);
+  metrics::Counter& acceptedCounter(const std::string& listener);
   void applyGeneration(GenerationPtr generation, ListenFds& fds);
   void beginDrain();
   void drainDue();
@@ -119,6 +132,8 @@ class Worker {
   GenerationPtr generation_;
   metrics::Registry metrics_;
   std::unordered_map<std::string, RouteMetrics> route_metrics_;  // by route name
+  RouteMetrics unrouted_metrics_;
+  std::unordered_map<const Listener*, metrics::Counter*> accepted_;  // by listener
   metrics::Counter& open_connections_;
   metrics::Counter& subscribers_gauge_;
   metrics::Counter& deliveries_;

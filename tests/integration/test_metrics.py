@@ -10,7 +10,7 @@ import unittest
 from prometheus_client.parser import text_string_to_metric_families
 
 import harness
-from harness import GatewayTestCase, EchoUpstream, RawClient, RefusedPort, OP_TEXT
+from harness import GatewayTestCase, EchoUpstream, RawClient, RawUpstream, RefusedPort, OP_TEXT
 
 import bridge_util
 
@@ -22,6 +22,11 @@ class MetricsTest(GatewayTestCase):
     def setUp(self):
         self.echo = self.start_peer(EchoUpstream())
         self.refused = self.start_peer(RefusedPort())
+        # An upstream that answers the upgrade with its own 502: relayed, not upgate's error.
+        self.app = self.start_peer(RawUpstream(harness.make_response_handler(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")))
+        self.bad = self.start_peer(RawUpstream(harness.make_response_handler(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")))
         self.gw = self.start_gateway(self.config())
         self.admin = bridge_util.Admin(self.gw, TOKEN)
 
@@ -31,9 +36,14 @@ class MetricsTest(GatewayTestCase):
     def config(self):
         return harness.make_config(
             upstreams={"echo": {"endpoints": [self.echo.addr]},
-                       "dead": {"endpoints": [self.refused.addr]}},
+                       "dead": {"endpoints": [self.refused.addr]},
+                       "bad": {"endpoints": [self.bad.addr]},
+                       "app": {"endpoints": [self.app.addr]}},
             routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "echo"},
                     {"name": "dead", "match": {"path_prefix": "/dead"}, "upstream": "dead"},
+                    {"name": "bad", "match": {"path_prefix": "/bad"}, "upstream": "bad"},
+                    {"name": "page", "match": {"path": "/page"}, "kind": "http",
+                     "upstream": "app"},
                     {"name": "news", "match": {"path_prefix": "/news/"}, "kind": "channel",
                      "channel": "{path.2}"}],
             admin={"address": "127.0.0.1:0", "token": TOKEN})
@@ -116,7 +126,14 @@ class MetricsTest(GatewayTestCase):
         self.wait_value(1, "upgate_requests_total", route="", code="404")
         self.wait_value(1, "upgate_requests_total", route="dead", code="502")
         self.wait_value(1, "upgate_upstream_errors_total", upstream="dead", code="502")
-        self.wait_value(5, "upgate_connections_accepted_total", listener="public")
+        c = RawClient(self.gw.addr())
+        c.send(harness.ws_request("/bad/x"))
+        self.assertEqual(c.read_response().status, 502)
+        c.close()
+        self.wait_value(1, "upgate_requests_total", route="bad", code="502")
+        self.assertIsNone(self.value("upgate_upstream_errors_total", upstream="bad", code="502"),
+                          "the upstream's own 502 is not an upstream error of upgate's")
+        self.wait_value(6, "upgate_connections_accepted_total", listener="public")
 
         # Channels: two subscribers, one publish, two deliveries.
         subs = [self.session("/news/sports") for _ in range(2)]
@@ -134,6 +151,17 @@ class MetricsTest(GatewayTestCase):
             c.close()
         self.wait_value(0, "upgate_connections_open")
         self.wait_value(0, "upgate_channel_subscribers")
+
+    def test_http_requests_and_their_bytes(self):
+        answer = bridge_util.http_request(self.gw.addr(), "GET", "/page")
+        self.assertEqual((answer.status, answer.body), (200, b"hello"))
+        self.wait_value(1, "upgate_requests_total", route="page", code="200")
+        samples, _ = self.scrape()
+        up = samples[("upgate_bytes_total", frozenset({"route": "page", "direction": "up"}.items()))]
+        down = samples[("upgate_bytes_total",
+                        frozenset({"route": "page", "direction": "down"}.items()))]
+        self.assertEqual(up, 0)                 # HTTP: request bodies (a GET has none)
+        self.assertGreater(down, len("hello"))  # the response as sent: head and body
 
     def test_reloads_are_counted(self):
         self.assertEqual(self.admin.request("POST", "/reload", b"").status, 200)

@@ -182,6 +182,38 @@ class ReloadTest(GatewayTestCase):
         self.gw.read_ready_file()
         self.assertNotIn("busy", self.gw.listeners)
 
+    def test_a_listener_at_the_same_address_keeps_its_socket(self):
+        """Renamed, with another backlog: the same socket, so nothing in its accept queue is
+        lost; an established session through it carries on."""
+        old = self.session("/chat/before-rename")
+        port = self.gw.addr("public")[1]
+        probe = socket.create_connection(self.gw.addr("public"))  # accepted, held open
+        self.addCleanup(probe.close)
+        self.write_config(self.config("b", listeners=[
+            {"name": "front", "address": "127.0.0.1:0", "backlog": 64}]))
+        self.assertEqual(self.reload()["generation"], 2)
+        self.gw.read_ready_file()
+        self.assertEqual(set(self.gw.listeners), {"front", "admin"})
+        self.assertEqual(self.gw.addr("front")[1], port, "renamed listener kept its port")
+        c = RawClient(self.gw.addr("front"))
+        self.addCleanup(c.close)
+        c.handshake("/chat/after-rename")
+        self.assertEchoes(c, "renamed")
+        self.assertEchoes(old, "still here")
+        msgs = [e.get("msg", "") for e in bridge_util.gateway_events(self.gw)]
+        self.assertTrue(any("listener front (was public)" in m for m in msgs), msgs)
+        self.assertFalse(any("listener public on" in m and "closed" in m for m in msgs), msgs)
+
+    def test_turning_the_admin_listener_off_keeps_its_token(self):
+        config = self.config("a")
+        del config["admin"]
+        self.write_config(config)
+        body = self.reload()
+        self.assertEqual(body["restart_needed"], ["admin.enabled"])
+        # Still running, still asking for the token.
+        answer = bridge_util.Admin(self.gw).request("POST", "/reload", b"", token=False)
+        self.assertEqual(answer.status, 401)
+
     def test_settings_that_need_a_restart_are_reported(self):
         self.write_config(self.config("a", workers=1))
         body = self.reload()
