@@ -49,6 +49,8 @@ const char* routeKindName(RouteKind kind) {
       return "longpoll";
     case RouteKind::Channel:
       return "channel";
+    case RouteKind::Tcp:
+      return "tcp";
   }
   return "?";
 }

@@ -103,6 +103,7 @@ enum class RouteKind {
   Http,       // plain HTTP reverse proxy to the legacy app (not an upgrade)
   LongPoll,   // WebSocket clients fed by one shared upstream long-poll loop per channel
   Channel,    // WebSocket (or SSE) clients fed by the publish API
+  Tcp,        // WebSocket clients bridged to a plain TCP (or TLS) upstream's byte stream
 };
 
 // A name -> value pair from the config (headers to send, etc.).

@@ -643,12 +643,11 @@ class Loader {
                } else if (s == "channel") {
                  r.kind = RouteKind::Channel;
                } else if (s == "tcp") {
-                 error(f.mark, f.path,
-                       "route kind " + quoted(s) + " is not supported by this version");
+                 r.kind = RouteKind::Tcp;
                } else {
                  error(f.mark, f.path,
                        "unknown route kind " + quoted(s) +
-                           " (expected one of: websocket, http, longpoll, channel)");
+                           " (expected one of: websocket, http, longpoll, channel, tcp)");
                }
              } else if (key == "upstream") {
                readString(f, r.upstream);

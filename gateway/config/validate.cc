@@ -322,14 +322,20 @@ class Validator {
   // keepalive and compression apply to websocket tunnels; answering pings and compressing need
   // the frames mode (upgate must see every frame).
   void checkTunnelOptions(const std::string& base, const RouteConfig& r) {
+    if (r.kind == RouteKind::Tcp && r.mode == TunnelMode::Frames) {
+      error(base + ".mode", "applies to websocket routes (a tcp route relays a byte stream)");
+    }
     const KeepaliveConfig& k = r.keepalive;
     if (k.interval.count() != 0 || k.peer_pings != PeerPings::Forward) {
-      if (r.kind != RouteKind::WebSocket) {
-        error(base + ".keepalive", "only websocket routes have a gateway keepalive");
+      if (r.kind != RouteKind::WebSocket && r.kind != RouteKind::Tcp) {
+        error(base + ".keepalive", "only websocket and tcp routes have a gateway keepalive");
       } else if (k.interval.count() != 0 && k.timeout.count() == 0) {
         error(base + ".keepalive.timeout", "must be above 0 when interval is set");
       }
-      if (k.peer_pings == PeerPings::Answer && r.mode != TunnelMode::Frames) {
+      if (r.kind == RouteKind::Tcp && k.peer_pings != PeerPings::Forward) {
+        error(base + ".keepalive.peer_pings",
+              "a tcp route answers the client's pings itself (the upstream has none)");
+      } else if (k.peer_pings == PeerPings::Answer && r.mode != TunnelMode::Frames) {
         error(base + ".keepalive.peer_pings", "answer needs mode: frames");
       }
     }

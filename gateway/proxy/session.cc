@@ -407,6 +407,12 @@ std::string Session::selectedProtocol(const RequestHead& head) {
   return "Sec-WebSocket-Protocol: " + std::string(tokens.front()) + "\r\n";
 }
 
+std::string Session::ownSwitchingResponse(const RequestHead& head, const std::string& protocol) {
+  return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         "Sec-WebSocket-Accept: " +
+         computeAccept(*findHeader(head.headers, "sec-websocket-key")) + "\r\n" + protocol + "\r\n";
+}
+
 void Session::subscribe(bool upgrade) {
   RequestHead& head = hs_->request.head();
   Subscription::Mode mode = Subscription::Mode::WebSocket;
@@ -449,10 +455,7 @@ void Session::subscribe(bool upgrade) {
       mode == Subscription::Mode::Sse
           ? "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
             "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
-          : "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Accept: " +
-                computeAccept(*findHeader(head.headers, "sec-websocket-key")) + "\r\n" +
-                selectedProtocol(head) + "\r\n";
+          : ownSwitchingResponse(head, selectedProtocol(head));
   std::string leftover = std::move(hs_->client_leftover);
   if (chain_) chain_->handshakeDone();
   hs_.reset();
@@ -788,6 +791,14 @@ void Session::onConnected(int) {
     rc =
         upstream_tls_->connect(tls && !tls->server_name.empty() ? tls->server_name : endpoint_host);
   }
+  if (route_->kind == RouteKind::Tcp) {
+    if (rc != 0) {
+      respondError(502, legError(false, rc));
+      return;
+    }
+    startTcpBridge();
+    return;
+  }
   // Over TLS the request waits in the TlsStream until the handshake is done.
   if (!hs_->extensions_offered) offerUpstreamExtensions(hs_->request.head());
   std::string request = upstreamUpgradeRequest(hs_->request.head(), hs_->forward);
@@ -828,10 +839,36 @@ void Session::onUpstreamHead(const char* data, size_t len) {
   if (!negotiateExtensions(head, setup)) return;
   UPGATE_LOG(debug, id_, "101 from upstream {}: tunnel open (route {})", upstream_addr_,
              route_->name);
-  std::string response = switchingResponse(head);
+  setup.mode = route_->mode;
+  setup.message_hooks = route_->mode == TunnelMode::Frames && chain_ && chain_->hasMessageHooks();
+  fillRelaySetup(setup);
+  startRelay(
+      switchingResponse(head),
+      std::make_unique<Tunnel>(static_cast<TunnelOwner&>(*this), setup, uv_now(worker_.loop())),
+      upstream_leftover);
+}
+
+void Session::fillRelaySetup(TunnelSetup& setup) const {
+  setup.max_message_size = config().limits.max_message_size;
+  setup.keepalive = route_->keepalive;
+  setup.close_timeout_ms = static_cast<uint64_t>(config().timeouts.close.count());
+  setup.session_id = id_;
+}
+
+void Session::startRelay(const std::string& response, std::unique_ptr<Relay> relay,
+                         const std::string& upstream_leftover) {
+  if (chain_) chain_->handshakeDone();
   answered(101);
+  tunnel_ = std::move(relay);
   const bool client_eof = hs_->client_eof;
-  std::string client_early = switchProtocols(setup);
+  std::string client_early = std::move(hs_->client_leftover);
+  hs_.reset();  // the handshake is over: free parsers and the request copy
+  state_ = State::Tunnel;
+  uv_timer_stop(&timer_);
+  client_->setHighWater(config().limits.high_water);
+  upstream_->setHighWater(config().limits.high_water);
+  last_activity_ms_ = uv_now(worker_.loop());
+  armTunnelTimer();
   // The 101 goes first; then whatever either side sent right behind its handshake.
   pump(*upstream_, *client_, response.data(), response.size());
   if (state_ != State::Tunnel) return;
@@ -844,13 +881,37 @@ void Session::onUpstreamHead(const char* data, size_t len) {
     if (state_ != State::Tunnel) return;
   }
   if (client_eof) {
-    onLegEof(true);  // the client's FIN follows its bytes, as a tunnel half-close
+    onLegEof(true);  // the client's FIN follows its bytes, as a half-close
     return;
   }
   if (!client_paused_) {
     int rc = client_->readStart();
     if (rc != 0) finish(uvReason("client read", rc));
   }
+}
+
+// The subprotocol of a tcp route: "binary" when the client offers it (websockify's name for
+// raw binary frames, which is what the bridge sends), else none.
+static std::string tcpProtocol(const RequestHead& head) {
+  for (const Header& h : head.headers) {
+    if (!iequals(h.name, "sec-websocket-protocol")) continue;
+    for (std::string_view t : splitTokens(h.value)) {
+      if (t == "binary") return "Sec-WebSocket-Protocol: binary\r\n";
+    }
+  }
+  return "";
+}
+
+void Session::startTcpBridge() {
+  const RequestHead& head = hs_->request.head();
+  std::string response = ownSwitchingResponse(head, tcpProtocol(head));
+  UPGATE_LOG(debug, id_, "connected to {}: bridging (route {})", upstream_addr_, route_->name);
+  TunnelSetup setup;
+  fillRelaySetup(setup);
+  startRelay(
+      response,
+      std::make_unique<TcpBridge>(static_cast<TunnelOwner&>(*this), setup, uv_now(worker_.loop())),
+      "");
 }
 
 void Session::tunnelData(bool from_client, const char* data, size_t len) {
@@ -980,28 +1041,6 @@ void Session::onUpstreamHeadEof() {
   respondError(502, "upstream closed the connection before answering the upgrade");
 }
 
-std::string Session::switchProtocols(TunnelSetup& setup) {
-  if (chain_) chain_->handshakeDone();
-  const Config& cfg = config();
-  setup.mode = route_->mode;
-  setup.max_message_size = cfg.limits.max_message_size;
-  setup.message_hooks = route_->mode == TunnelMode::Frames && chain_ && chain_->hasMessageHooks();
-  setup.keepalive = route_->keepalive;
-  setup.close_timeout_ms = static_cast<uint64_t>(cfg.timeouts.close.count());
-  setup.session_id = id_;
-  tunnel_ =
-      std::make_unique<Tunnel>(static_cast<TunnelOwner&>(*this), setup, uv_now(worker_.loop()));
-  std::string leftover = std::move(hs_->client_leftover);
-  hs_.reset();  // the handshake is over: free parsers and the request copy
-  state_ = State::Tunnel;
-  uv_timer_stop(&timer_);
-  client_->setHighWater(cfg.limits.high_water);
-  upstream_->setHighWater(cfg.limits.high_water);
-  last_activity_ms_ = uv_now(worker_.loop());
-  armTunnelTimer();
-  return leftover;  // the client's bytes after its head: forwarded once the 101 is out
-}
-
 // ---- Tunnel ------------------------------------------------------------------------------------
 
 void Session::pump(Stream& from, Stream& to, const char* data, size_t len, bool last) {
@@ -1079,6 +1118,12 @@ void Session::onLegEof(bool is_client) {
       if (is_client) exchange_->onClientEof();
       return;
     case State::Tunnel:
+      // A tcp route's upstream FIN becomes a close handshake with the client.
+      if (!is_client && !client_eof_ && tunnel_->upstreamEnded(uv_now(worker_.loop()))) {
+        upstream_eof_ = true;
+        if (state_ == State::Tunnel) armTunnelTimer();
+        return;
+      }
       break;
     default:
       return;

@@ -20,6 +20,7 @@
 #include "plugin/chain.h"
 #include "proxy/generation.h"
 #include "proxy/http_exchange.h"
+#include "proxy/tcp_bridge.h"
 #include "proxy/tunnel.h"
 #include "tls/tls_stream.h"
 
@@ -107,7 +108,14 @@ class Session final : private SubscriptionOwner,
   bool terminatesExtensions() const;
   void offerUpstreamExtensions(RequestHead& head);
   bool negotiateExtensions(ResponseHead& head, TunnelSetup& setup);
-  std::string switchProtocols(TunnelSetup& setup);
+  // The route's and limits' part of a relay's setup.
+  void fillRelaySetup(TunnelSetup& setup) const;
+  // The upstream side is ready: the 101 goes to the client, the relay takes over, then what
+  // either side sent behind its handshake goes through it.
+  void startRelay(const std::string& response, std::unique_ptr<Relay> relay,
+                  const std::string& upstream_leftover);
+  // tcp routes: the upstream connection is up; upgate answers the 101 and bridges.
+  void startTcpBridge();
 
   // Tunnel phase.
   void tunnelData(bool from_client, const char* data, size_t len);
@@ -132,6 +140,8 @@ class Session final : private SubscriptionOwner,
   // Channel subscribers (SubscriptionOwner).
   void subscribe(bool upgrade);
   static std::string selectedProtocol(const RequestHead& head);
+  // The 101 of a route upgate answers itself; `protocol` is a Sec-WebSocket-Protocol line or "".
+  static std::string ownSwitchingResponse(const RequestHead& head, const std::string& protocol);
   Stream& clientStream() override;
   uint64_t sessionId() const override { return id_; }
   void subscriptionEnded(uint16_t code, const std::string& reason) override;
@@ -199,7 +209,8 @@ class Session final : private SubscriptionOwner,
   std::unique_ptr<Subscription> subscription_;  // channel and longpoll routes only
   std::unique_ptr<HttpExchange> exchange_;      // http routes: the current (or last) exchange
   std::unique_ptr<PluginChain> chain_;          // only when the route has plugins
-  std::unique_ptr<Tunnel> tunnel_;              // websocket routes, after the 101
+  std::unique_ptr<Relay>
+      tunnel_;  // websocket routes (Tunnel), tcp routes (TcpBridge), after the 101
   mutable std::unique_ptr<PluginTlsIdentity> tls_identity_;  // built on first plugin request
   std::string upstream_override_;                            // an on_route hook's choice
   std::string user_;                          // identity a plugin attached (access log)

@@ -28,6 +28,7 @@
 #include "config/config.h"
 #include "plugin/chain.h"  // MessageVerdict
 #include "proxy/frame_relay.h"
+#include "proxy/relay.h"
 #include "websocket/extensions.h"
 
 namespace upgate {
@@ -62,27 +63,29 @@ struct TunnelSetup {
   uint64_t session_id = 0;  // for log lines
 };
 
-class Tunnel {
+class Tunnel final : public Relay {
  public:
   Tunnel(TunnelOwner& owner, const TunnelSetup& setup, uint64_t now_ms);
   Tunnel(const Tunnel&) = delete;
   Tunnel& operator=(const Tunnel&) = delete;
 
   // Bytes read from a leg; writable (frames mode unmasks in place).
-  void onData(bool from_client, char* data, size_t len, uint64_t now_ms);
+  void onData(bool from_client, char* data, size_t len, uint64_t now_ms) override;
   // Ends the session cleanly: `code` to both legs, then waits for their replies.
-  void close(uint16_t code, const std::string& reason, uint64_t now_ms);
+  void close(uint16_t code, const std::string& reason, uint64_t now_ms) override;
+  // A WebSocket upstream's FIN is a TCP half-close: the session passes it on.
+  bool upstreamEnded(uint64_t) override { return false; }
   // Keepalive and the close deadline. Call when nextDue() has passed.
-  void onTimer(uint64_t now_ms);
+  void onTimer(uint64_t now_ms) override;
   // When onTimer() next has work (UINT64_MAX: nothing scheduled).
-  uint64_t nextDue() const;
+  uint64_t nextDue() const override;
   // The tunnel ended (tunnelEnd was called, or a write failed).
   bool ended() const { return ended_; }
   // That leg's close frame arrived (or the leg was declared dead): it sends nothing more.
-  bool closeReceivedFrom(bool client) const { return leg(client).close_received; }
+  bool closeReceivedFrom(bool client) const override { return leg(client).close_received; }
   // Something was scheduled earlier than nextDue() said before (a close deadline, a ping sent
   // while relaying): the owner re-arms its timer. Clears the flag.
-  bool takeRearm() {
+  bool takeRearm() override {
     bool r = rearm_;
     rearm_ = false;
     return r;

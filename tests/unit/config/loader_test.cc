@@ -379,7 +379,8 @@ TEST_CASE("loader: every error is reported at once", "[config]") {
   checkError(errs[1], path, 5, 5, "listeners[0].colour",
              "unknown key (expected one of: name, address, backlog, tls)");
   checkError(errs[2], path, 11, 11, "routes[0].kind",
-             "route kind \"tcp\" is not supported by this version");
+             "unknown route kind \"sockets\" (expected one of: websocket, http, longpoll, "
+             "channel, tcp)");
   checkError(errs[3], path, 12, 15, "routes[0].upstream", "unknown upstream \"chta\"");
   checkError(errs[4], path, 13, 19, "timeouts.head", "must be greater than 0, got 0");
 
@@ -423,12 +424,21 @@ TEST_CASE("loader: a broken section does not also fail its checks", "[config]") 
   }
 }
 
-TEST_CASE("loader: route kind and mode this build does not support", "[config]") {
-  CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    kind: tcp\n") ==
-        "t.yaml:10:11: routes[0].kind: route kind \"tcp\" is not supported by this version");
+TEST_CASE("loader: route kinds and modes", "[config]") {
+  auto tcp = loadConfigString(kBase +
+                                  "routes:\n  - name: r\n    upstream: chat\n    kind: tcp\n"
+                                  "    keepalive: {interval: 20s, timeout: 5s}\n",
+                              "t.yaml");
+  REQUIRE(tcp->routes.size() == 1);
+  CHECK(tcp->routes[0].kind == RouteKind::Tcp);
+  CHECK(tcp->routes[0].keepalive.interval == Millis(20000));
+  CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    kind: tcp\n"
+                         "    mode: frames\n") ==
+        "t.yaml:11:11: routes[0].mode: applies to websocket routes (a tcp route relays a byte "
+        "stream)");
   CHECK(oneError(kBase + "routes:\n  - name: r\n    upstream: chat\n    kind: ws\n") ==
         "t.yaml:10:11: routes[0].kind: unknown route kind \"ws\" (expected one of: websocket, "
-        "http, longpoll, channel)");
+        "http, longpoll, channel, tcp)");
   CHECK(loadConfigString(kBase + "routes:\n  - name: r\n    upstream: chat\n    mode: frames\n",
                          "t.yaml")
             ->routes.at(0)

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "proxy/tcp_bridge.h"
 #include "proxy/tunnel.h"
 #include "websocket/close_code.h"
 #include "websocket/frame_writer.h"
@@ -606,6 +607,147 @@ TEST_CASE("Tunnel: a long close reason is cut on a character boundary", "[proxy]
     std::string reason = frames[0].payload.substr(2);
     CHECK(reason.size() == 99);
     CHECK(isValidUtf8(reason));
+  }
+}
+
+// ---- TcpBridge (tcp routes) --------------------------------------------------------------------
+
+void feed(TcpBridge& b, bool from_client, std::string bytes, uint64_t now) {
+  b.onData(from_client, &bytes[0], bytes.size(), now);
+}
+
+TunnelSetup bridgeSetup() {
+  TunnelSetup s;
+  s.max_message_size = 1024;
+  s.close_timeout_ms = 5000;
+  return s;
+}
+
+TEST_CASE("TcpBridge: messages become a byte stream, reads become binary messages",
+          "[proxy][tcp]") {
+  Owner o;
+  TcpBridge b(o, bridgeSetup(), 0);
+  feed(b, true, cframe(opcode::kBinary, "abc") + cframe(opcode::kText, "d\xc3\xa9", false), 1);
+  feed(b, true, cframe(opcode::kContinuation, "f"), 2);
+  CHECK(o.to_upstream ==
+        "abcd\xc3\xa9"
+        "f");  // payloads only, unmasked, boundaries gone
+  feed(b, false, std::string(300, 'x'), 3);
+  feed(b, false, "yz", 4);
+  auto down = decode(o.to_client_, Role::Server);
+  REQUIRE(down.size() == 2);  // one binary message per read, unmasked
+  CHECK(down[0].op == opcode::kBinary);
+  CHECK(down[0].fin);
+  CHECK_FALSE(down[0].masked);
+  CHECK(down[0].payload == std::string(300, 'x'));
+  CHECK(down[1].payload == "yz");
+  // A frame split anywhere arrives the same way.
+  std::string f = cframe(opcode::kBinary, "split me");
+  for (char c : f) feed(b, true, std::string(1, c), 5);
+  CHECK(o.to_upstream ==
+        "abcd\xc3\xa9"
+        "fsplit me");
+  CHECK_FALSE(o.ended);
+}
+
+TEST_CASE("TcpBridge: pings are answered, pongs swallowed", "[proxy][tcp]") {
+  Owner o;
+  TcpBridge b(o, bridgeSetup(), 0);
+  feed(b, true, cframe(opcode::kPing, "hi") + cframe(opcode::kPong, "x"), 1);
+  auto down = decode(o.to_client_, Role::Server);
+  REQUIRE(down.size() == 1);
+  CHECK(down[0].op == opcode::kPong);
+  CHECK(down[0].payload == "hi");
+  CHECK(o.to_upstream.empty());
+}
+
+TEST_CASE("TcpBridge: the client's close is echoed and ends the bridge", "[proxy][tcp]") {
+  Owner o;
+  TcpBridge b(o, bridgeSetup(), 0);
+  feed(b, true,
+       cframe(opcode::kClose, std::string("\x0f\xa0", 2)) + cframe(opcode::kBinary, "late"), 1);
+  auto down = decode(o.to_client_, Role::Server);
+  REQUIRE(down.size() == 1);
+  CHECK(closeCodeOf(down[0]) == 4000);
+  CHECK(b.closeReceivedFrom(true));
+  CHECK_FALSE(b.closeReceivedFrom(false));
+  CHECK(o.ended);
+  CHECK(o.end_reason == "client closed (4000)");
+  CHECK(o.to_upstream.empty());  // nothing after the close frame is relayed
+}
+
+TEST_CASE("TcpBridge: the upstream's end is a 1000 close awaiting the client's reply",
+          "[proxy][tcp]") {
+  Owner o;
+  TcpBridge b(o, bridgeSetup(), 10);
+  CHECK(b.nextDue() == UINT64_MAX);
+  CHECK(b.upstreamEnded(20));
+  auto down = decode(o.to_client_, Role::Server);
+  REQUIRE(down.size() == 1);
+  CHECK(closeCodeOf(down[0]) == 1000);
+  CHECK(down[0].payload.substr(2) == "upstream closed");
+  CHECK(b.takeRearm());
+  CHECK(b.nextDue() == 20 + 5000);
+  CHECK_FALSE(o.ended);
+  feed(b, false, "dropped", 21);  // nothing follows our close frame
+  CHECK(decode(o.to_client_, Role::Server).size() == 1);
+  SECTION("the reply ends it, without a second close frame") {
+    feed(b, true, cframe(opcode::kClose, std::string("\x03\xe8", 2)), 30);
+    CHECK(o.ended);
+    CHECK(decode(o.to_client_, Role::Server).size() == 1);
+  }
+  SECTION("no reply: timeouts.close ends it") {
+    b.onTimer(20 + 4999);
+    CHECK_FALSE(o.ended);
+    b.onTimer(20 + 5000);
+    CHECK(o.ended);
+    CHECK(o.end_reason == "the client did not answer the close frame in time");
+  }
+}
+
+TEST_CASE("TcpBridge: violations close with their code", "[proxy][tcp]") {
+  auto codeAfter = [](const std::string& bytes) {
+    Owner o;
+    TcpBridge b(o, bridgeSetup(), 0);
+    feed(b, true, bytes, 1);
+    CHECK(o.ended);
+    auto down = decode(o.to_client_, Role::Server);
+    REQUIRE(down.size() == 1);
+    return closeCodeOf(down[0]);
+  };
+  CHECK(codeAfter(sframe(opcode::kBinary, "unmasked")) == 1002);
+  CHECK(codeAfter(cframe(opcode::kText, "\xc3\x28")) == 1007);
+  CHECK(codeAfter(cframe(opcode::kBinary, std::string(1025, 'x'))) == 1009);
+  CHECK(codeAfter(cframe(opcode::kContinuation, "x")) == 1002);
+  CHECK(codeAfter(cframe(opcode::kClose, std::string("\x03\xed", 2))) == 1002);  // 1005 sent
+}
+
+TEST_CASE("TcpBridge: keepalive pings a quiet client and ends a silent one", "[proxy][tcp]") {
+  Owner o;
+  TunnelSetup setup = bridgeSetup();
+  setup.keepalive.interval = Millis(1000);
+  setup.keepalive.timeout = Millis(500);
+  TcpBridge b(o, setup, 0);
+  CHECK(b.nextDue() == 1000);
+  feed(b, true, cframe(opcode::kBinary, "x"), 600);  // activity moves the ping
+  CHECK(b.nextDue() == 1600);
+  b.onTimer(1600);
+  auto down = decode(o.to_client_, Role::Server);
+  REQUIRE(down.size() == 1);
+  CHECK(down[0].op == opcode::kPing);
+  CHECK(b.nextDue() == 2100);
+  SECTION("an answer keeps it") {
+    feed(b, true, cframe(opcode::kPong, down[0].payload), 1700);
+    b.onTimer(2100);
+    CHECK_FALSE(o.ended);
+    CHECK(b.nextDue() == 2700);
+  }
+  SECTION("silence ends it with 1001") {
+    b.onTimer(2100);
+    CHECK(o.ended);
+    auto all = decode(o.to_client_, Role::Server);
+    REQUIRE(all.size() == 2);
+    CHECK(closeCodeOf(all[1]) == 1001);
   }
 }
 

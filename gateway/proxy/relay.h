@@ -1,0 +1,36 @@
+#pragma once
+// What a Session drives once a route's WebSocket is open and it relays both ways: a Tunnel
+// (websocket routes: WebSocket on both legs) or a TcpBridge (tcp routes: WebSocket to the
+// client, raw bytes to the upstream). The session keeps the sockets, backpressure, half-close
+// and the idle timeout; the relay decides what bytes mean and how the close handshake goes.
+// Both write through TunnelOwner (tunnel.h).
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace upgate {
+
+class Relay {
+ public:
+  virtual ~Relay() = default;
+  // Bytes read from a leg; writable (payloads are unmasked in place).
+  virtual void onData(bool from_client, char* data, size_t len, uint64_t now_ms) = 0;
+  // Ends the session cleanly with `code` (drain, a plugin), then waits for the replies.
+  virtual void close(uint16_t code, const std::string& reason, uint64_t now_ms) = 0;
+  // The upstream's FIN arrived while the client is still open. True: the relay turns it into a
+  // close handshake with the client (and ends the session itself); false: the session passes
+  // the half-close on.
+  virtual bool upstreamEnded(uint64_t now_ms) = 0;
+  // Keepalive and the close deadline. Call when nextDue() has passed.
+  virtual void onTimer(uint64_t now_ms) = 0;
+  // When onTimer() next has work (UINT64_MAX: nothing scheduled).
+  virtual uint64_t nextDue() const = 0;
+  // That leg sent its close frame (or was declared dead): it sends nothing more.
+  virtual bool closeReceivedFrom(bool client) const = 0;
+  // Something was scheduled earlier than nextDue() said before: the owner re-arms its timer.
+  // Clears the flag.
+  virtual bool takeRearm() = 0;
+};
+
+}  // namespace upgate

@@ -1,0 +1,217 @@
+"""`kind: tcp` routes: upgate answers the WebSocket handshake itself and bridges the client to a
+plain TCP upstream (websockify-style). Client data messages become a byte stream; upstream bytes
+come back as binary messages; the close handshake is mediated (upstream FIN <-> close frames);
+protocol errors get their close codes; keepalive pings the client. Clients are Debian's
+python3-websockets and hand-written frames; the upstream is a plain TCP server."""
+
+import asyncio
+import os
+import socket
+import struct
+import threading
+import time
+import unittest
+
+import websockets
+
+import harness
+from harness import GatewayTestCase, RawClient, RefusedPort, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING
+
+IO = 10.0
+
+
+class TcpUpstream:
+    """A TCP server: echoes bytes; on a line "quit" says "bye" and closes. Records each
+    connection's events: ("data", n), ("eof",)."""
+
+    def __init__(self):
+        self.sock = None
+        self.addr = None
+        self.conns = []  # one event list per connection
+        self.cond = threading.Condition()
+        self.stopping = False
+
+    def start(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.addr = self.sock.getsockname()
+        threading.Thread(target=self._accept_loop, daemon=True, name="tcp-upstream").start()
+        return self
+
+    def _accept_loop(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            events = []
+            with self.cond:
+                self.conns.append(events)
+                self.cond.notify_all()
+            threading.Thread(target=self._serve, args=(conn, events), daemon=True).start()
+
+    def _event(self, events, *item):
+        with self.cond:
+            events.append(item)
+            self.cond.notify_all()
+
+    def _serve(self, conn, events):
+        conn.settimeout(IO * 3)
+        buf = b""
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    self._event(events, "eof")
+                    return
+                self._event(events, "data", len(data))
+                buf = (buf + data)[-16:]
+                if buf.endswith(b"quit\n"):
+                    conn.sendall(b"bye\n")
+                    return
+                conn.sendall(data)
+        except OSError as e:
+            self._event(events, "error", repr(e))
+        finally:
+            conn.close()
+
+    def wait_event(self, index, kind, timeout=IO):
+        with self.cond:
+            ok = self.cond.wait_for(
+                lambda: len(self.conns) > index and any(e[0] == kind for e in self.conns[index]),
+                timeout)
+            if not ok:
+                raise AssertionError("upstream connection %d: no %s event in %r"
+                                     % (index, kind, self.conns))
+
+    def stop(self):
+        self.stopping = True
+        if self.sock:
+            self.sock.close()
+
+
+def ws_connect(url, **kw):
+    return websockets.connect(url, compression=None, ping_interval=None, open_timeout=IO,
+                              close_timeout=5, max_size=None, **kw)
+
+
+async def recv_bytes(ws, n):
+    """Binary messages until `n` bytes came (one message per upstream read)."""
+    got = b""
+    while len(got) < n:
+        m = await asyncio.wait_for(ws.recv(), IO)
+        assert isinstance(m, bytes), "the bridge sends binary messages, got %r" % (m,)
+        got += m
+    return got
+
+
+class TcpBridgeTest(GatewayTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.up = cls.start_class_peer(TcpUpstream())
+        cls.refused = cls.start_class_peer(RefusedPort())
+        cls.gw = cls.start_class_gateway(harness.make_config(
+            upstreams={"tcp": {"endpoints": [cls.up.addr]},
+                       "gone": {"endpoints": [cls.refused.addr]}},
+            routes=[{"name": "vnc", "match": {"path": "/vnc"}, "kind": "tcp", "upstream": "tcp"},
+                    {"name": "alive", "match": {"path": "/alive"}, "kind": "tcp",
+                     "upstream": "tcp", "keepalive": {"interval": "300ms", "timeout": "300ms"}},
+                    {"name": "gone", "match": {"path": "/gone"}, "kind": "tcp",
+                     "upstream": "gone"}],
+            limits={"max_message_size": "256KiB"},
+            timeouts={"close": "2s"}))
+
+    def tearDown(self):
+        self.assertGatewayAlive(self.gw)
+
+    def test_messages_become_a_byte_stream_and_back(self):
+        async def run():
+            async with ws_connect(self.gw.url("/vnc"), subprotocols=["base64", "binary"]) as ws:
+                self.assertEqual(ws.subprotocol, "binary")
+                await ws.send(b"\x00\x01binary\xff")
+                self.assertEqual(await recv_bytes(ws, 9), b"\x00\x01binary\xff")
+                await ws.send("t\u00e9xt")  # a text message's UTF-8 bytes go on as bytes
+                self.assertEqual(await recv_bytes(ws, 5), "t\u00e9xt".encode())
+                data = os.urandom(1 << 20)  # 1 MiB in 64 KiB messages, echoed in reads
+                for i in range(0, len(data), 65536):
+                    await ws.send(data[i:i + 65536])
+                self.assertEqual(await recv_bytes(ws, len(data)), data)
+                # A ping is answered by upgate (the upstream has none).
+                await asyncio.wait_for(await ws.ping(b"p"), IO)
+        self.run_async(run(), timeout=60)
+
+    def test_upstream_fin_becomes_a_1000_close(self):
+        async def run():
+            async with ws_connect(self.gw.url("/vnc")) as ws:
+                await ws.send(b"quit\n")
+                self.assertEqual(await recv_bytes(ws, 4), b"bye\n")
+                await asyncio.wait_for(ws.wait_closed(), IO)
+                return ws.close_code, ws.close_reason
+        self.assertEqual(self.run_async(run()), (1000, "upstream closed"))
+
+    def test_client_close_reaches_the_upstream_as_a_fin(self):
+        index = len(self.up.conns)
+
+        async def run():
+            async with ws_connect(self.gw.url("/vnc")) as ws:
+                await ws.send(b"x")
+                await recv_bytes(ws, 1)
+                await ws.close(1000, "done")
+                return ws.close_code
+        self.assertEqual(self.run_async(run()), 1000)
+        self.up.wait_event(index, "eof")
+
+    def close_after(self, frame_bytes):
+        """Raw client: send bytes after the handshake, return the close code received."""
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/vnc")
+        c.send(frame_bytes)
+        fin, op, payload = c.recv_frame()
+        self.assertEqual(op, OP_CLOSE, payload)
+        data, how = c.read_until_closed(IO)
+        self.assertIn(how, ("eof", "reset"))
+        return struct.unpack("!H", payload[:2])[0]
+
+    def test_protocol_errors_get_their_close_codes(self):
+        unmasked = harness.encode_frame(OP_BINARY, b"abc", mask=False)
+        self.assertEqual(self.close_after(unmasked), 1002)
+        bad_utf8 = harness.encode_frame(OP_TEXT, b"\xc3\x28")
+        self.assertEqual(self.close_after(bad_utf8), 1007)
+        too_big = harness.encode_frame(OP_BINARY, b"x" * (256 * 1024 + 1))
+        self.assertEqual(self.close_after(too_big), 1009)
+
+    def test_keepalive_pings_the_client_and_drops_a_silent_one(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/alive")
+        fin, op, payload = c.recv_frame(timeout=IO)
+        self.assertEqual(op, OP_PING)
+        # No answer: a 1001 close and the end, within interval + timeout (and some slack).
+        started = time.monotonic()
+        fin, op, payload = c.recv_frame(timeout=IO)
+        self.assertEqual((op, struct.unpack("!H", payload[:2])[0]), (OP_CLOSE, 1001))
+        _, how = c.read_until_closed(IO)
+        self.assertIn(how, ("eof", "reset"))
+        self.assertLess(time.monotonic() - started, 3.0)
+
+    def test_an_unreachable_upstream_is_a_502_before_any_101(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.send(harness.ws_request("/gone"))
+        self.assertEqual(c.read_response().status, 502)
+
+    def test_a_plain_request_is_told_to_upgrade(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.send(b"GET /vnc HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(c.read_response().status, 426)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
