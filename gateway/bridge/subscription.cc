@@ -147,7 +147,19 @@ void Subscription::fail(uint16_t code, const std::string& reason) {
 void Subscription::onClientData(char* data, size_t len) {
   if (ended_ || mode_ == Mode::Sse) return;
   ParseError e = parser_.feed(data, len, *this);
-  if (e) fail(e.code, e.reason);
+  if (e) {
+    fail(e.code, e.reason);
+    return;
+  }
+  if (pong_due_ && !ended_ && !close_sent_) {
+    // One pong per read, for the latest ping (RFC 6455 §5.5.3 allows it): a client that
+    // floods pings and reads nothing cannot make upgate queue a pong per ping.
+    pong_due_ = false;
+    std::string pong;
+    pong.swap(pong_);  // an idle subscriber keeps no buffer
+    if (!writeFrame(opcode::kPong, pong.data(), pong.size()))
+      fail(close_code::kAbnormal, "client write failed");
+  }
 }
 
 bool Subscription::onFrameHeader(const FrameHeader& h, const char*, size_t) {
@@ -166,12 +178,9 @@ bool Subscription::onFrameEnd(const FrameHeader& h) {
   if (ParseError e = validator_.onFrameEnd(h)) return failWith(e);
   switch (h.opcode) {
     case opcode::kPing: {
-      if (close_sent_) return true;  // no pongs after our close frame
       std::string_view ping = validator_.controlPayload();
-      if (!writeFrame(opcode::kPong, ping.data(), ping.size())) {
-        fail(close_code::kAbnormal, "client write failed");
-        return false;
-      }
+      pong_.assign(ping.data(), ping.size());  // answered once this read is parsed
+      pong_due_ = true;
       return true;
     }
     case opcode::kPong:

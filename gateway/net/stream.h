@@ -19,6 +19,8 @@ class StreamListener {
   virtual void onError(int uv_err) = 0;
   // Pending bytes fell from above the high mark to the low mark (high / 2).
   virtual void onDrain() = 0;
+  // TLS only: the handshake completed (before any application data is passed up).
+  virtual void onHandshakeDone() {}
   // The handle finished closing; the owner may free the stream's memory now.
   virtual void onClosed() = 0;
 };

@@ -181,6 +181,11 @@ void Session::Leg::onError(int uv_err) {
 void Session::Leg::onDrain() {
   s_.onLegDrain(is_client_);
 }
+void Session::Leg::onHandshakeDone() {
+  // A TLS upstream of a tcp route: the bridge may start (nothing was sent to it).
+  if (!is_client_ && s_.state_ == State::AwaitingSwitch && s_.route_->kind == RouteKind::Tcp)
+    s_.startTcpBridge();
+}
 void Session::Leg::onClosed() {
   s_.onLegClosed(is_client_);
 }
@@ -530,6 +535,23 @@ void Session::lingerClose(const std::string& reason, bool flush_upstream) {
   uv_timer_start(&timer_, onTimer, kLingerMs, 0);
 }
 
+bool Session::flushingUpstream() {
+  // A tcp upstream may still have client bytes queued (a slow service after a quick close):
+  // they are data, not a close frame, so they are written before the end, for up to
+  // timeouts.half_close. Checked every 20 ms; the FIN follows them (lingerClose's shutdown).
+  if (route_ == nullptr || route_->kind != RouteKind::Tcp || !upstream_->isOpen() ||
+      upstream_->pendingBytes() == 0)
+    return false;
+  const uint64_t now = uv_now(worker_.loop());
+  if (flush_deadline_ms_ == 0) {
+    flush_deadline_ms_ = now + static_cast<uint64_t>(config().timeouts.half_close.count());
+  } else if (now >= flush_deadline_ms_) {
+    return false;
+  }
+  uv_timer_start(&timer_, onTimer, 20, 0);
+  return true;
+}
+
 void Session::upstreamFinished() {
   // Nothing more comes from the upstream. close(2) sends our FIN as shutdown(2) would, and spares
   // the shutdown call, and reading the EOF later plus libuv's second EPOLL_CTL_DEL of a watcher
@@ -792,11 +814,19 @@ void Session::onConnected(int) {
         upstream_tls_->connect(tls && !tls->server_name.empty() ? tls->server_name : endpoint_host);
   }
   if (route_->kind == RouteKind::Tcp) {
+    if (rc == 0) rc = upstream_->readStart();
     if (rc != 0) {
       respondError(502, legError(false, rc));
       return;
     }
-    startTcpBridge();
+    if (!upstream_tls_) {
+      startTcpBridge();
+      return;
+    }
+    // The 101 waits for the TLS handshake (onHandshakeDone): a refused certificate is still a
+    // 502, a silent upstream a 504.
+    uv_timer_start(&timer_, onTimer,
+                   static_cast<uint64_t>(upstream_cfg_->handshake_timeout.count()), 0);
     return;
   }
   // Over TLS the request waits in the TlsStream until the handshake is done.
@@ -1043,12 +1073,24 @@ void Session::onUpstreamHeadEof() {
 
 // ---- Tunnel ------------------------------------------------------------------------------------
 
+void Session::tcpUpstreamFailed(const std::string& reason) {
+  // A bridge writes whole frames, so the client leg is at a frame boundary: it learns why
+  // (1011) before the end, and the broken upstream is closed at once.
+  UPGATE_LOG(info, id_, "{}", reason);
+  tunnel_->close(close_code::kInternalError, "upstream connection error", uv_now(worker_.loop()));
+  lingerClose(reason);
+}
+
 void Session::pump(Stream& from, Stream& to, const char* data, size_t len, bool last) {
   last_activity_ms_ = uv_now(worker_.loop());
   // The FIN that lingerClose would send next goes out with the bytes (one segment, not two).
   int rc = last ? to.writeLast(data, len) : to.write(data, len);
   if (rc != 0) {
-    finish(legError(&to == client_, rc));
+    if (&to == upstream_ && state_ == State::Tunnel && route_->kind == RouteKind::Tcp) {
+      tcpUpstreamFailed(legError(false, rc));
+    } else {
+      finish(legError(&to == client_, rc));
+    }
     return;
   }
   // Backpressure (design.md §3): the destination is over high water -> stop reading the source
@@ -1105,7 +1147,7 @@ void Session::onLegEof(bool is_client) {
       return;
     case State::Lingering:
       if (is_client) {
-        finish(close_reason_);
+        if (!flushingUpstream()) finish(close_reason_);
       } else if (!upstream_tls_) {
         upstream_eof_ = true;
         upstreamFinished();
@@ -1173,6 +1215,12 @@ void Session::onLegError(bool is_client, int uv_err) {
     case State::Lingering:
       finish(close_reason_);
       return;
+    case State::Tunnel:
+      if (!is_client && route_->kind == RouteKind::Tcp) {
+        tcpUpstreamFailed(reason);
+        return;
+      }
+      break;
     default:
       break;
   }
@@ -1232,7 +1280,9 @@ void Session::handleTimer() {
       onConnectFailed(UV_ETIMEDOUT, true);
       return;
     case State::AwaitingSwitch:
-      respondError(504, "upstream sent no 101 within " +
+      respondError(504, std::string(route_->kind == RouteKind::Tcp
+                                        ? "upstream TLS handshake not done within "
+                                        : "upstream sent no 101 within ") +
                             std::to_string(upstream_cfg_->handshake_timeout.count()) + " ms");
       return;
     case State::Subscribed:
@@ -1250,7 +1300,7 @@ void Session::handleTimer() {
     case State::PluginPaused:
       return;  // the exchange, or the plugin chain, runs its own timers
     case State::Lingering:
-      finish(close_reason_);
+      if (!flushingUpstream()) finish(close_reason_);
       return;
     case State::Closing:
       return;

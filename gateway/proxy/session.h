@@ -82,6 +82,7 @@ class Session final : private SubscriptionOwner,
     void onError(int uv_err) override;
     void onDrain() override;
     void onClosed() override;
+    void onHandshakeDone() override;
 
    private:
     Session& s_;
@@ -114,8 +115,14 @@ class Session final : private SubscriptionOwner,
   // either side sent behind its handshake goes through it.
   void startRelay(const std::string& response, std::unique_ptr<Relay> relay,
                   const std::string& upstream_leftover);
-  // tcp routes: the upstream connection is up; upgate answers the 101 and bridges.
+  // tcp routes: the upstream connection is up (TLS: its handshake done); upgate answers the
+  // 101 and bridges.
   void startTcpBridge();
+  // tcp routes, Lingering: the client is done; wait (bounded) until what is queued for the
+  // upstream is written. True while waiting.
+  bool flushingUpstream();
+  // tcp routes: the upstream broke after the 101; the client gets 1011.
+  void tcpUpstreamFailed(const std::string& reason);
 
   // Tunnel phase.
   void tunnelData(bool from_client, const char* data, size_t len);
@@ -237,7 +244,9 @@ class Session final : private SubscriptionOwner,
   bool upstream_paused_ = false;  // upstream reads stopped because the client is above high water
   bool started_ = false;
   bool logged_ = false;
-  bool quick_ack_ = false;  // TCP_QUICKACK turned back on for the client leg (onClientHead)
+  bool quick_ack_ = false;
+  uint64_t flush_deadline_ms_ = 0;  // tcp routes: flushingUpstream() gives up then  // TCP_QUICKACK
+                                    // turned back on for the client leg (onClientHead)
 };
 
 }  // namespace upgate

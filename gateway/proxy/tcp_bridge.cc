@@ -51,7 +51,18 @@ void TcpBridge::onData(bool from_client, char* data, size_t len, uint64_t now_ms
   ping_sent_ms_ = 0;  // anything from the client shows it is alive
   if (close_received_) return;
   ParseError e = parser_.feed(data, len, *this);
-  if (e) failWith(e);
+  if (e) {
+    failWith(e);
+    return;
+  }
+  if (pong_due_ && !ended_ && !close_sent_) {
+    // One pong per read, for the latest ping (§5.5.3 allows it): a client that floods pings
+    // and reads nothing cannot make upgate queue a pong per ping.
+    pong_due_ = false;
+    std::string pong;
+    pong.swap(pong_);  // an idle bridge keeps no buffer
+    sendFrame(opcode::kPong, pong.data(), pong.size());
+  }
 }
 
 bool TcpBridge::onFrameHeader(const FrameHeader& h, const char*, size_t) {
@@ -74,9 +85,10 @@ bool TcpBridge::onFrameEnd(const FrameHeader& h) {
   if (ParseError e = validator_.onFrameEnd(h)) return failWith(e);
   switch (h.opcode) {
     case opcode::kPing: {
-      if (close_sent_) return true;  // no pongs after our close frame
       std::string_view ping = validator_.controlPayload();
-      return sendFrame(opcode::kPong, ping.data(), ping.size());
+      pong_.assign(ping.data(), ping.size());  // answered once this read is parsed
+      pong_due_ = true;
+      return true;
     }
     case opcode::kClose: {
       close_received_ = true;
@@ -161,12 +173,12 @@ void TcpBridge::onTimer(uint64_t now_ms) {
     return;
   }
   if (ping_interval_ms_ == 0 || close_sent_) return;
-  if (ping_sent_ms_ != 0 && now_ms - ping_sent_ms_ >= ping_timeout_ms_) {
+  if (ping_sent_ms_ != 0 && now_ms >= ping_sent_ms_ + ping_timeout_ms_) {
     sendClose(close_code::kGoingAway, "client did not answer a ping", now_ms);
     end("client did not answer a ping");
     return;
   }
-  if (ping_sent_ms_ == 0 && now_ms - last_rx_ms_ >= ping_interval_ms_) {
+  if (ping_sent_ms_ == 0 && now_ms >= last_rx_ms_ + ping_interval_ms_) {
     if (sendFrame(opcode::kPing, kPingPayload.data(), kPingPayload.size())) ping_sent_ms_ = now_ms;
   }
 }

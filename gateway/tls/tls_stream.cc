@@ -252,6 +252,8 @@ void TlsStream::cycle() {
         early_.clear();
         if (write(early.data(), early.size()) != 0) return;
       }
+      listener_->onHandshakeDone();
+      if (tcp_.isClosing()) return;  // the upcall may have closed us
       if (rest_len > 0) readRecords(rest, rest_len);
       return;
     }
@@ -261,6 +263,8 @@ void TlsStream::cycle() {
       early_.clear();
       if (write(early.data(), early.size()) != 0) return;
     }
+    listener_->onHandshakeDone();
+    if (tcp_.isClosing()) return;
   }
   auto* ctx = static_cast<LoopContext*>(tcp_.handle()->loop->data);
   for (;;) {

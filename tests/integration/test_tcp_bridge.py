@@ -21,10 +21,11 @@ IO = 10.0
 
 
 class TcpUpstream:
-    """A TCP server: echoes bytes; on a line "quit" says "bye" and closes. Records each
-    connection's events: ("data", n), ("eof",)."""
+    """A TCP server: echoes bytes; on a line "quit" says "bye" and closes, on "reset" resets the
+    connection. Records each connection's events: ("data", n), ("eof",)."""
 
-    def __init__(self):
+    def __init__(self, slow=False):
+        self.slow = slow  # a sink: reads nothing for 2 s, then everything; echoes nothing
         self.sock = None
         self.addr = None
         self.conns = []  # one event list per connection
@@ -34,6 +35,8 @@ class TcpUpstream:
     def start(self):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.slow:  # inherited by accepted sockets: the gateway's queue fills sooner
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.sock.settimeout(0.2)
@@ -64,6 +67,14 @@ class TcpUpstream:
         conn.settimeout(IO * 3)
         buf = b""
         try:
+            if self.slow:
+                time.sleep(2.0)  # the gateway holds what the kernel's buffers do not
+            while self.slow:
+                data = conn.recv(65536)
+                if not data:
+                    self._event(events, "eof")
+                    return
+                self._event(events, "data", len(data))
             while True:
                 data = conn.recv(65536)
                 if not data:
@@ -73,6 +84,9 @@ class TcpUpstream:
                 buf = (buf + data)[-16:]
                 if buf.endswith(b"quit\n"):
                     conn.sendall(b"bye\n")
+                    return
+                if buf.endswith(b"reset\n"):  # RST instead of FIN
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
                 conn.sendall(data)
         except OSError as e:
@@ -88,6 +102,10 @@ class TcpUpstream:
             if not ok:
                 raise AssertionError("upstream connection %d: no %s event in %r"
                                      % (index, kind, self.conns))
+
+    def received(self, index):
+        with self.cond:
+            return sum(e[1] for e in self.conns[index] if e[0] == "data")
 
     def stop(self):
         self.stopping = True
@@ -115,15 +133,19 @@ class TcpBridgeTest(GatewayTestCase):
     def setUpClass(cls):
         cls.up = cls.start_class_peer(TcpUpstream())
         cls.refused = cls.start_class_peer(RefusedPort())
+        cls.sink = cls.start_class_peer(TcpUpstream(slow=True))
         cls.gw = cls.start_class_gateway(harness.make_config(
             upstreams={"tcp": {"endpoints": [cls.up.addr]},
-                       "gone": {"endpoints": [cls.refused.addr]}},
+                       "gone": {"endpoints": [cls.refused.addr]},
+                       "sink": {"endpoints": [cls.sink.addr]}},
             routes=[{"name": "vnc", "match": {"path": "/vnc"}, "kind": "tcp", "upstream": "tcp"},
                     {"name": "alive", "match": {"path": "/alive"}, "kind": "tcp",
                      "upstream": "tcp", "keepalive": {"interval": "300ms", "timeout": "300ms"}},
                     {"name": "gone", "match": {"path": "/gone"}, "kind": "tcp",
-                     "upstream": "gone"}],
-            limits={"max_message_size": "256KiB"},
+                     "upstream": "gone"},
+                    {"name": "sink", "match": {"path": "/sink"}, "kind": "tcp",
+                     "upstream": "sink"}],
+            limits={"max_message_size": "256KiB", "high_water": "8MiB"},
             timeouts={"close": "2s"}))
 
     def tearDown(self):
@@ -154,6 +176,14 @@ class TcpBridgeTest(GatewayTestCase):
                 return ws.close_code, ws.close_reason
         self.assertEqual(self.run_async(run()), (1000, "upstream closed"))
 
+    def test_an_upstream_reset_is_a_1011_close(self):
+        async def run():
+            async with ws_connect(self.gw.url("/vnc")) as ws:
+                await ws.send(b"reset\n")
+                await asyncio.wait_for(ws.wait_closed(), IO)
+                return ws.close_code, ws.close_reason
+        self.assertEqual(self.run_async(run()), (1011, "upstream connection error"))
+
     def test_client_close_reaches_the_upstream_as_a_fin(self):
         index = len(self.up.conns)
 
@@ -165,6 +195,22 @@ class TcpBridgeTest(GatewayTestCase):
                 return ws.close_code
         self.assertEqual(self.run_async(run()), 1000)
         self.up.wait_event(index, "eof")
+
+    def test_a_quick_close_does_not_cut_off_what_the_upstream_has_not_read(self):
+        """The client sends 6 MiB and closes at once, while the service is not reading yet:
+        past the kernel's buffers (4 MiB at most here) upgate holds bytes for it when the close
+        comes (high_water is 8 MiB, so the client is never paused). Every one of them is
+        written before the service's FIN."""
+        total = 6 << 20
+
+        async def run():
+            async with ws_connect(self.gw.url("/sink")) as ws:
+                for i in range(0, total, 65536):
+                    await ws.send(b"s" * 65536)
+                await ws.close(1000, "done")
+        self.run_async(run(), timeout=60)
+        self.sink.wait_event(0, "eof", timeout=30)
+        self.assertEqual(self.sink.received(0), total)
 
     def close_after(self, frame_bytes):
         """Raw client: send bytes after the handshake, return the close code received."""

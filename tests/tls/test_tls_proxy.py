@@ -5,11 +5,16 @@ configured SNI (none for an IP, whose IP SAN is then verified), an upstream whos
 does not match `server_name` (or is signed by a CA upgate does not trust, or not in the system
 store) is a 502 whose reason is in the log, `verify: false` skips the check, upgate presents
 its configured client certificate to an upstream that requires one, and 200 TLS sessions at
-once each echo a few messages."""
+once each echo a few messages. A tcp route to OpenSSL's own s_server answers its 101 only
+after a verified TLS handshake."""
 
 import asyncio
 import os
+import socket
+import subprocess
 import unittest
+
+import websockets
 
 import harness
 from harness import GatewayTestCase, EchoUpstreamProcess
@@ -260,6 +265,84 @@ class TlsProxyTest(GatewayTestCase):
             self.assertEqual(problems[phase][:5], [], "%s: %d of %d sessions failed (first 5)"
                              % (phase, len(problems[phase]), CONCURRENT))
         self.assertEqual(self.bulk.proc.poll(), None, "the bulk echo upstream died")
+
+
+
+class OpensslReverseServer:
+    """`openssl s_server -rev` (OpenSSL's own TLS server: each line comes back reversed) on a
+    free loopback port, as the TLS upstream of a tcp route."""
+
+    def __init__(self, cert):
+        self.cert = cert
+        self.proc = None
+        self.addr = None
+
+    def start(self):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        self.proc = subprocess.Popen(
+            ["openssl", "s_server", "-accept", "127.0.0.1:%d" % port, "-cert", self.cert.cert,
+             "-key", self.cert.key, "-rev", "-quiet"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addr = ("127.0.0.1", port)
+
+        def listening():
+            try:
+                socket.create_connection(self.addr, timeout=1).close()
+                return True
+            except OSError:
+                return False
+        harness.poll_until(listening, 10, interval=0.05, what="openssl s_server")
+        return self
+
+    def stop(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class TcpRouteTlsUpstreamTest(GatewayTestCase):
+    """A tcp route to a TLS service: the 101 waits for a verified TLS handshake, so a
+    certificate upgate does not trust is still a 502."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki = Pki(tlsutil.temp_dir(cls))
+        ca = pki.ca("svc-ca", "upgate service CA")
+        other = pki.ca("other-ca", "unrelated CA")
+        cert = pki.leaf("svc", ca, "svc.example.com", dns=["svc.example.com"])
+        cls.svc = cls.start_class_peer(OpensslReverseServer(cert))
+        tls = {"server_name": "svc.example.com"}
+        cls.gw = cls.start_class_gateway(harness.make_config(
+            upstreams={"svc": {"endpoints": [cls.svc.addr], "tls": dict(tls, ca=ca.cert)},
+                       "untrusted": {"endpoints": [cls.svc.addr],
+                                     "tls": dict(tls, ca=other.cert)}},
+            routes=[{"name": "svc", "match": {"path": "/svc"}, "kind": "tcp",
+                     "upstream": "svc"},
+                    {"name": "untrusted", "match": {"path": "/untrusted"}, "kind": "tcp",
+                     "upstream": "untrusted"}]))
+
+    def tearDown(self):
+        self.assertGatewayAlive(self.gw)
+
+    def test_lines_go_through_tls_and_back(self):
+        async def run():
+            async with websockets.connect(self.gw.url("/svc"), compression=None,
+                                          ping_interval=None, open_timeout=10) as ws:
+                await ws.send(b"hello upgate\n")
+                got = b""
+                while not got.endswith(b"\n"):
+                    got += await asyncio.wait_for(ws.recv(), 10)
+                return got
+        self.assertEqual(self.run_async(run()), b"etagpu olleh\n")
+
+    def test_an_untrusted_certificate_is_a_502_before_any_101(self):
+        c = harness.RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.send(harness.ws_request("/untrusted"))
+        self.assertEqual(c.read_response().status, 502)
 
 
 if __name__ == "__main__":

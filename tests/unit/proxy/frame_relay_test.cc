@@ -659,6 +659,12 @@ TEST_CASE("TcpBridge: pings are answered, pongs swallowed", "[proxy][tcp]") {
   CHECK(down[0].op == opcode::kPong);
   CHECK(down[0].payload == "hi");
   CHECK(o.to_upstream.empty());
+  // A read full of pings gets one pong, for the latest (a flood cannot queue a pong each).
+  feed(b, true,
+       cframe(opcode::kPing, "1") + cframe(opcode::kPing, "2") + cframe(opcode::kPing, "3"), 2);
+  down = decode(o.to_client_, Role::Server);
+  REQUIRE(down.size() == 2);
+  CHECK(down[1].payload == "3");
 }
 
 TEST_CASE("TcpBridge: the client's close is echoed and ends the bridge", "[proxy][tcp]") {
