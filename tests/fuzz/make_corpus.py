@@ -225,6 +225,32 @@ RELAY_SEEDS = {
 }
 
 
+# fuzz_tcp_bridge: [setup][script] (see fuzz_tcp_bridge.cc). setup: bits 0-1 message limit,
+# 2-3 keepalive interval, 4-7 failing write.
+def bridge_frame(flags, payload, split=0):
+    return bytes([1 | (split << 3), flags, len(payload)]) + payload
+
+
+def bridge_up(data):
+    return bytes([2, len(data)]) + data
+
+
+BRIDGE_SEEDS = {
+    "binary_both_ways": bytes([0x03]) + bridge_frame(2, b"hello") + bridge_up(b"world"),
+    "text_then_close": bytes([0x02]) + bridge_frame(1, "h\u00e9".encode()) +
+    bridge_frame(3, b"\x03\xe8bye"),
+    "fragmented_split": bytes([0x03]) + bridge_frame(0x0A, b"par", split=3) +
+    bridge_frame(0, b"tial", split=2) + bridge_up(b"x" * 40),
+    "ping_pong": bytes([0x03]) + bridge_frame(4, b"p1") + bridge_frame(5, b"p2"),
+    "upstream_end": bytes([0x03]) + bridge_up(b"last") + bytes([5]) + bridge_frame(3, b"\x03\xe8"),
+    "keepalive_silent": bytes([0x07]) + bytes([3 | (2 << 3), 50]),
+    "server_close_timeout": bytes([0x03]) + bytes([4, 1]) + bytes([3 | (1 << 3), 20]),
+    "unmasked": bytes([0x03]) + bridge_frame(0x12, b"no mask"),
+    "raw_garbage": bytes([0x00]) + bytes([0, 6]) + b"\x82\xff\x00\x00\x00\x00",
+    "write_fails": bytes([0x23]) + bridge_frame(2, b"a") + bridge_up(b"b") + bridge_up(b"c"),
+}
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -240,3 +266,4 @@ if __name__ == "__main__":
     write("fuzz_request_parser", REQUEST_SEEDS)
     write("fuzz_response_parser", RESPONSE_SEEDS)
     write("fuzz_frame_relay", RELAY_SEEDS)
+    write("fuzz_tcp_bridge", BRIDGE_SEEDS)

@@ -7,7 +7,7 @@
 #   bash tests/fuzz/run.sh [--build-dir DIR] [target...]
 #
 #   targets              fuzz_frame_parser fuzz_request_parser fuzz_response_parser
-#                        fuzz_frame_relay (default: all)
+#                        fuzz_frame_relay fuzz_tcp_bridge (default: all)
 #   --build-dir DIR      clang build, logs and artifacts (default: <repo>/build-fuzz)
 #   UPGATE_FUZZ_SECONDS  fuzzing time per target (default 60)
 #
@@ -21,7 +21,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-all_targets=(fuzz_frame_parser fuzz_request_parser fuzz_response_parser fuzz_frame_relay)
+all_targets=(fuzz_frame_parser fuzz_request_parser fuzz_response_parser fuzz_frame_relay
+             fuzz_tcp_bridge)
 
 build="$root/build-fuzz"
 targets=()
