@@ -151,15 +151,10 @@ void Subscription::onClientData(char* data, size_t len) {
     fail(e.code, e.reason);
     return;
   }
-  if (pong_due_ && !ended_ && !close_sent_) {
-    // One pong per read, for the latest ping (RFC 6455 §5.5.3 allows it): a client that
-    // floods pings and reads nothing cannot make upgate queue a pong per ping.
-    pong_due_ = false;
-    std::string pong;
-    pong.swap(pong_);  // an idle subscriber keeps no buffer
-    if (!writeFrame(opcode::kPong, pong.data(), pong.size()))
-      fail(close_code::kAbnormal, "client write failed");
-  }
+  std::string pong;
+  if (pong_.take(pong) && !ended_ && !close_sent_ &&
+      !writeFrame(opcode::kPong, pong.data(), pong.size()))
+    fail(close_code::kAbnormal, "client write failed");
 }
 
 bool Subscription::onFrameHeader(const FrameHeader& h, const char*, size_t) {
@@ -177,12 +172,9 @@ bool Subscription::onFramePayload(const FrameHeader& h, char* data, size_t len, 
 bool Subscription::onFrameEnd(const FrameHeader& h) {
   if (ParseError e = validator_.onFrameEnd(h)) return failWith(e);
   switch (h.opcode) {
-    case opcode::kPing: {
-      std::string_view ping = validator_.controlPayload();
-      pong_.assign(ping.data(), ping.size());  // answered once this read is parsed
-      pong_due_ = true;
+    case opcode::kPing:
+      pong_.set(validator_.controlPayload());  // answered once this read is parsed
       return true;
-    }
     case opcode::kPong:
       return true;
     case opcode::kClose: {

@@ -100,8 +100,7 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   std::shared_ptr<HttpClient::Call> send_call_;
 
   uint64_t dropped_ = 0;
-  std::string pong_;  // the latest ping's payload, while its pong is due
-  bool pong_due_ = false;
+  PendingPong pong_;
   bool close_sent_ = false;
   std::string close_description_;
   bool ended_ = false;

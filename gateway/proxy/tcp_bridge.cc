@@ -55,14 +55,9 @@ void TcpBridge::onData(bool from_client, char* data, size_t len, uint64_t now_ms
     failWith(e);
     return;
   }
-  if (pong_due_ && !ended_ && !close_sent_) {
-    // One pong per read, for the latest ping (§5.5.3 allows it): a client that floods pings
-    // and reads nothing cannot make upgate queue a pong per ping.
-    pong_due_ = false;
-    std::string pong;
-    pong.swap(pong_);  // an idle bridge keeps no buffer
+  std::string pong;
+  if (pong_.take(pong) && !ended_ && !close_sent_)
     sendFrame(opcode::kPong, pong.data(), pong.size());
-  }
 }
 
 bool TcpBridge::onFrameHeader(const FrameHeader& h, const char*, size_t) {
@@ -84,12 +79,9 @@ bool TcpBridge::onFramePayload(const FrameHeader& h, char* data, size_t len, uin
 bool TcpBridge::onFrameEnd(const FrameHeader& h) {
   if (ParseError e = validator_.onFrameEnd(h)) return failWith(e);
   switch (h.opcode) {
-    case opcode::kPing: {
-      std::string_view ping = validator_.controlPayload();
-      pong_.assign(ping.data(), ping.size());  // answered once this read is parsed
-      pong_due_ = true;
+    case opcode::kPing:
+      pong_.set(validator_.controlPayload());  // answered once this read is parsed
       return true;
-    }
     case opcode::kClose: {
       close_received_ = true;
       const uint16_t code = validator_.closeCode();

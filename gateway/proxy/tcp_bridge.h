@@ -72,8 +72,7 @@ class TcpBridge final : public Relay, private FrameSink {
   const uint32_t ping_interval_ms_;
   const uint32_t ping_timeout_ms_;
   const uint32_t close_timeout_ms_;
-  std::string pong_;  // the latest ping's payload, while its pong is due
-  bool pong_due_ = false;
+  PendingPong pong_;
   bool close_sent_ = false;
   bool close_received_ = false;
   bool ended_ = false;

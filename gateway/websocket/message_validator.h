@@ -31,6 +31,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "websocket/frame_parser.h"
@@ -99,6 +100,30 @@ class MessageValidator {
   char control_[kMaxControlPayload] = {};
   uint16_t close_code_ = 0;
   bool close_received_ = false;
+};
+
+// The pong a read owes: RFC 6455 §5.5.3 lets an endpoint answer only the latest of several pings,
+// so a peer that floods pings and reads nothing cannot make it queue a pong per ping. Sinks record
+// each ping here while parsing a read and send what take() gives once the read is parsed. The
+// payload is held only while due: an idle connection keeps no buffer.
+class PendingPong {
+ public:
+  void set(std::string_view ping) {
+    payload_.assign(ping.data(), ping.size());
+    due_ = true;
+  }
+  // True once per set(), with the payload moved into `out`.
+  bool take(std::string& out) {
+    if (!due_) return false;
+    due_ = false;
+    out.clear();
+    out.swap(payload_);
+    return true;
+  }
+
+ private:
+  std::string payload_;
+  bool due_ = false;
 };
 
 }  // namespace upgate

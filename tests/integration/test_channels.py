@@ -327,6 +327,17 @@ class ChannelTest(GatewayTestCase):
             self.assertNotIn(b"still here", payloads(talker))
         pool.close_all()
 
+    def test_pings_in_one_read_get_one_pong_for_the_latest(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/news/pings")
+        c.send(b"".join(harness.encode_frame(harness.OP_PING, p) for p in (b"1", b"2", b"3")))
+        fin, op, payload = c.recv_frame()
+        self.assertEqual((op, payload), (harness.OP_PONG, b"3"))
+        c.send_frame(harness.OP_PING, b"4")  # and the next read's ping gets its own
+        fin, op, payload = c.recv_frame()
+        self.assertEqual((op, payload), (harness.OP_PONG, b"4"))
+
     def _slow_client(self, path):
         c = RawClient(self.gw.addr(), rcvbuf=4096)
         self.addCleanup(c.close)
