@@ -9,13 +9,6 @@
 namespace upgate {
 namespace {
 
-// Payload of upgate's keepalive pings towards the client.
-constexpr std::string_view kPingPayload = "upgate-keepalive";
-
-uint32_t ms32(uint64_t ms) {
-  return static_cast<uint32_t>(std::min<uint64_t>(ms, UINT32_MAX));
-}
-
 // One worker's frame being written: header and payload side by side, so a read from the
 // upstream leaves as one write (and, with TCP_NODELAY, one segment) instead of two. Per thread,
 // not per session: an idle bridge holds no buffer.
@@ -33,9 +26,9 @@ TcpBridge::TcpBridge(TunnelOwner& owner, const TunnelSetup& setup, uint64_t now_
       session_id_(setup.session_id),
       now_ms_(now_ms),
       last_rx_ms_(now_ms),
-      ping_interval_ms_(ms32(static_cast<uint64_t>(setup.keepalive.interval.count()))),
-      ping_timeout_ms_(ms32(static_cast<uint64_t>(setup.keepalive.timeout.count()))),
-      close_timeout_ms_(ms32(setup.close_timeout_ms)) {}
+      ping_interval_ms_(relayMs(setup.keepalive.interval.count())),
+      ping_timeout_ms_(relayMs(setup.keepalive.timeout.count())),
+      close_timeout_ms_(relayMs(setup.close_timeout_ms)) {}
 
 // ---- Relaying ----------------------------------------------------------------------------------
 
@@ -171,7 +164,8 @@ void TcpBridge::onTimer(uint64_t now_ms) {
     return;
   }
   if (ping_sent_ms_ == 0 && now_ms >= last_rx_ms_ + ping_interval_ms_) {
-    if (sendFrame(opcode::kPing, kPingPayload.data(), kPingPayload.size())) ping_sent_ms_ = now_ms;
+    if (sendFrame(opcode::kPing, kKeepalivePing.data(), kKeepalivePing.size()))
+      ping_sent_ms_ = now_ms;
   }
 }
 

@@ -11,19 +11,8 @@ namespace upgate {
 
 namespace {
 
-// Payload of upgate's keepalive pings: the pong that echoes it is recognised and swallowed.
-constexpr std::string_view kPingPayload = "upgate-keepalive";
-
 const char* legName(bool client) {
   return client ? "client" : "upstream";
-}
-
-}  // namespace
-
-namespace {
-
-uint32_t clampMs(Millis m) {
-  return static_cast<uint32_t>(std::min<int64_t>(m.count(), UINT32_MAX));
 }
 
 }  // namespace
@@ -32,10 +21,9 @@ Tunnel::Tunnel(TunnelOwner& owner, const TunnelSetup& setup, uint64_t now_ms)
     : owner_(owner),
       session_id_(setup.session_id),
       now_ms_(now_ms),
-      ping_interval_ms_(clampMs(setup.keepalive.interval)),
-      ping_timeout_ms_(clampMs(setup.keepalive.timeout)),
-      close_timeout_ms_(
-          static_cast<uint32_t>(std::min<uint64_t>(setup.close_timeout_ms, UINT32_MAX))),
+      ping_interval_ms_(relayMs(setup.keepalive.interval.count())),
+      ping_timeout_ms_(relayMs(setup.keepalive.timeout.count())),
+      close_timeout_ms_(relayMs(setup.close_timeout_ms)),
       answer_pings_(setup.keepalive.peer_pings == PeerPings::Answer) {
   client_.last_rx_ms = upstream_.last_rx_ms = now_ms;
   if (setup.mode != TunnelMode::Frames) return;
@@ -128,7 +116,7 @@ bool Tunnel::Direction::relayControl(uint8_t op, std::string_view payload, std::
       }
       break;
     case opcode::kPong:
-      if (payload == kPingPayload) return true;  // the answer to our own ping
+      if (payload == kKeepalivePing) return true;  // the answer to our own ping
       break;
     case opcode::kClose:
       src.close_received = true;
@@ -170,7 +158,7 @@ bool Tunnel::inject(bool to_client, uint64_t now_ms) {
     l.want_ping = false;
     l.ping_sent_ms = now_ms;
     rearm_ = true;
-    std::string f = pingFrame(kPingPayload, masked);
+    std::string f = pingFrame(kKeepalivePing, masked);
     if (!write(to_client, f.data(), f.size())) return false;
   }
   if (l.close_code != 0) {

@@ -19,11 +19,13 @@
 // onData() for every read, onTimer() when nextDue() passes, and close() to end the session
 // cleanly. One per tunnel, on the session's loop thread.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "config/config.h"
 #include "plugin/chain.h"  // MessageVerdict
@@ -50,6 +52,19 @@ class TunnelOwner {
   virtual MessageVerdict tunnelMessage(bool from_client, uint8_t opcode,
                                        const std::string& payload) = 0;
 };
+
+// Payload of upgate's keepalive pings (tunnels and tcp bridges): the pong that echoes it is
+// recognised as the answer to upgate's own ping.
+inline constexpr std::string_view kKeepalivePing = "upgate-keepalive";
+
+// A millisecond setting as the relays keep it (uint32_t: 49 days is plenty; a negative
+// duration, which the loader refuses, counts as 0).
+inline uint32_t relayMs(int64_t ms) {
+  return static_cast<uint32_t>(std::clamp<int64_t>(ms, 0, UINT32_MAX));
+}
+inline uint32_t relayMs(uint64_t ms) {
+  return static_cast<uint32_t>(std::min<uint64_t>(ms, UINT32_MAX));
+}
 
 struct TunnelSetup {
   TunnelMode mode = TunnelMode::Passthrough;
