@@ -118,6 +118,7 @@ void Subscription::close(uint16_t code, const std::string& reason) {
     return;
   }
   close_sent_ = true;
+  first_close_.note(CloseOrigin::Gateway, code);
   close_description_ = std::to_string(code) + " " + reason;
   std::string frame = closeFrame(code, reason, false);
   if (owner_.clientStream().write(frame.data(), frame.size()) != 0) {
@@ -133,8 +134,10 @@ void Subscription::close(uint16_t code, const std::string& reason) {
 void Subscription::fail(uint16_t code, const std::string& reason) {
   if (ended_) return;
   UPGATE_LOG(info, owner_.sessionId(), "channel {}: closing with {}: {}", channel_, code, reason);
-  if (!close_sent_) {
+  // 1006 means the client connection broke (a failed write): no frame can carry it (§7.4.1).
+  if (!close_sent_ && code != close_code::kAbnormal) {
     close_sent_ = true;
+    first_close_.note(CloseOrigin::Gateway, code);
     std::string frame = closeFrame(code, reason, false);
     owner_.clientStream().write(frame.data(), frame.size());
   }
@@ -179,6 +182,7 @@ bool Subscription::onFrameEnd(const FrameHeader& h) {
       return true;
     case opcode::kClose: {
       const uint16_t code = validator_.closeCode();
+      first_close_.note(CloseOrigin::Client, code);
       if (!close_sent_) {
         // Echo the code (RFC 6455 §5.5.1); a close without a code is answered with 1000.
         close_sent_ = true;

@@ -19,6 +19,7 @@
 #include "net/stream.h"
 #include "proxy/generation.h"
 #include "proxy/http_client.h"
+#include "websocket/close_code.h"
 #include "websocket/frame_parser.h"
 #include "websocket/message_validator.h"
 
@@ -66,6 +67,8 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   // "1008 subscriber too slow": the close frame we sent, for logs.
   const std::string& closeSentDescription() const { return close_description_; }
   const std::string& channel() const { return channel_; }
+  // The first close frame of the WebSocket, either way (CloseOrigin::None: none yet; SSE).
+  FirstClose firstClose() const { return first_close_; }
 
   void deliver(const Delivery& d) override;
 
@@ -103,6 +106,7 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   PendingPong pong_;
   bool close_sent_ = false;
   std::string close_description_;
+  FirstClose first_close_;
   bool ended_ = false;
 };
 

@@ -22,6 +22,11 @@ constexpr std::array<FamilyInfo, static_cast<size_t>(Family::Count)> kFamilies{{
      "Times backpressure stopped reading a side (client or upstream), by route.", true},
     {"upgate_upstream_errors_total", "counter",
      "Requests upgate answered 502 or 504 because of an upstream, by upstream and status.", true},
+    {"upgate_websocket_closes_total", "counter",
+     "WebSocket sessions ended, by route, the code of the first close frame and who sent it "
+     "(client, upstream, or gateway: upgate itself); 1006 when none was sent, by the side whose "
+     "connection ended first.",
+     true},
     {"upgate_channel_subscribers", "gauge", "Channel and long-poll subscribers.", false},
     {"upgate_channel_deliveries_total", "counter",
      "Channel messages delivered (one per subscriber and message).", false},

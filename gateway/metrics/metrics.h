@@ -29,6 +29,7 @@ enum class Family {
   Bytes,                // counter {route, direction}: after the 101 / request and response
   ReadPauses,           // counter {route, side}: backpressure stopped reading that side
   UpstreamErrors,       // counter {upstream, code}: 502/504 upgate answered for that upstream
+  WebSocketCloses,      // counter {route, code, by}: how each WebSocket session began to end
   ChannelSubscribers,   // gauge
   ChannelDeliveries,    // counter
   Published,            // counter: messages published through POST /publish

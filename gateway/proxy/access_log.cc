@@ -55,6 +55,12 @@ std::string formatAccessRecord(const AccessRecord& r) {
   appendNumber(out, "bytes_out", r.bytes_out);
   appendNumber(out, "duration_ms", r.duration_ms);
   appendString(out, "close", r.close, false);
+  if (r.close_code != 0) {
+    appendNumber(out, "close_code", r.close_code);
+  } else {
+    out += ",\"close_code\":null";
+  }
+  appendString(out, "close_by", r.close_by ? r.close_by : std::string(), true);
   appendString(out, "user", r.user, true);
   out += "}\n";
   return out;

@@ -17,7 +17,11 @@ struct AccessRecord {
   uint64_t bytes_out = 0;  // upstream -> client after the 101
   uint64_t duration_ms = 0;
   std::string close;  // why the session ended
-  std::string user;   // identity attached by a plugin; empty = none
+  // WebSocket sessions: the first close frame's code and who sent it (1006: none was sent, by
+  // the side whose connection ended first). 0 / nullptr: not a WebSocket session (null).
+  uint16_t close_code = 0;
+  const char* close_by = nullptr;  // "client", "upstream", "gateway"
+  std::string user;                // identity attached by a plugin; empty = none
 };
 
 std::string formatAccessRecord(const AccessRecord& r);

@@ -15,9 +15,10 @@ void FrameTracker::feed(const char* data, size_t len) {
     if (remaining_ > 0) {
       uint64_t n = static_cast<uint64_t>(end - data);
       if (n > remaining_) n = remaining_;
+      if (in_close_) takeCloseCode(data, n);
       remaining_ -= n;
       data += n;
-      if (remaining_ == 0 && in_close_) close_seen_ = true;
+      if (remaining_ == 0 && in_close_) closeEnded();
       continue;
     }
     // A header: 2 bytes, then 0, 2 or 8 length bytes, then 4 mask bytes if masked.
@@ -32,10 +33,29 @@ void FrameTracker::feed(const char* data, size_t len) {
       for (size_t i = 2; i < (len7 == 126 ? 4u : 10u); ++i) payload = (payload << 8) | head_[i];
     }
     in_close_ = (head_[0] & 0x0F) == opcode::kClose;
+    if (in_close_) {
+      code_have_ = 0;
+      close_code_ = 0;
+      mask_at_ = (head_[1] & 0x80) ? static_cast<uint8_t>(need - 4) : 0;
+    }
     have_ = 0;
     remaining_ = payload;
-    if (remaining_ == 0 && in_close_) close_seen_ = true;
+    if (remaining_ == 0 && in_close_) closeEnded();
   }
+}
+
+void FrameTracker::takeCloseCode(const char* data, uint64_t n) {
+  // head_ still holds this frame's header: the next one is not started before the payload ends.
+  for (uint64_t i = 0; i < n && code_have_ < 2; ++i, ++code_have_) {
+    uint8_t b = static_cast<uint8_t>(data[i]);
+    if (mask_at_ != 0) b ^= head_[mask_at_ + code_have_];
+    close_code_ = static_cast<uint16_t>((close_code_ << 8) | b);
+  }
+}
+
+void FrameTracker::closeEnded() {
+  if (code_have_ < 2) close_code_ = close_code::kNoStatus;
+  close_seen_ = true;
 }
 
 // ---- FrameRelay --------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 //
 // FrameTracker (passthrough mode) follows frame headers only, so upgate knows whether the bytes
 // it relayed end between frames: only there can it inject a ping or a close frame (drain, dead
-// peer). Payload is never read or unmasked; the cost is a few integer operations per frame.
+// peer). Payload is never read or unmasked, but for the two code bytes of a close frame (for
+// metrics and logs); the cost is a few integer operations per frame.
 //
 // FrameRelay (frames mode) parses and checks every frame (FrameParser + MessageValidator: RFC
 // 6455 enforced on both legs, never trusting the upstream) and hands what goes on to the
@@ -46,13 +47,21 @@ class FrameTracker {
   bool atBoundary() const { return remaining_ == 0 && have_ == 0; }
   // A complete close frame went by.
   bool closeSeen() const { return close_seen_; }
+  // Once closeSeen(): its code (close_code::kNoStatus if it had none), not checked.
+  uint16_t closeCode() const { return close_code_; }
 
  private:
+  void takeCloseCode(const char* data, uint64_t n);
+  void closeEnded();
+
   uint64_t remaining_ = 0;  // payload bytes of the current frame still to come
   uint8_t head_[kMaxFrameHeader] = {};
   uint8_t have_ = 0;  // header bytes collected so far
   bool in_close_ = false;
   bool close_seen_ = false;
+  uint8_t code_have_ = 0;  // close frame: code bytes collected so far
+  uint8_t mask_at_ = 0;    // close frame: where head_ keeps its masking key (0: unmasked)
+  uint16_t close_code_ = 0;
 };
 
 class RelayOutput {

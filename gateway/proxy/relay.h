@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <string>
 
+#include "websocket/close_code.h"
+
 namespace upgate {
 
 class Relay {
@@ -31,6 +33,8 @@ class Relay {
   // Something was scheduled earlier than nextDue() said before: the owner re-arms its timer.
   // Clears the flag.
   virtual bool takeRearm() = 0;
+  // The first close frame so far, either way (CloseOrigin::None: none yet).
+  virtual FirstClose firstClose() const = 0;
 };
 
 }  // namespace upgate

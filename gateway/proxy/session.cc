@@ -1122,7 +1122,13 @@ void Session::onLegDrain(bool is_client) {
   if (rc != 0) finish(uvReason(is_client ? "upstream read" : "client read", rc));
 }
 
+void Session::noteTransportEnd(bool is_client) {
+  if (status_ == 101 && transport_end_ == CloseOrigin::None)
+    transport_end_ = is_client ? CloseOrigin::Client : CloseOrigin::Upstream;
+}
+
 void Session::onLegEof(bool is_client) {
+  noteTransportEnd(is_client);
   switch (state_) {
     case State::ReadingHead:
       if (keepalive_wait_) logged_ = true;  // a kept-alive connection ending between requests
@@ -1193,6 +1199,7 @@ std::string Session::legError(bool is_client, int uv_err) const {
 }
 
 void Session::onLegError(bool is_client, int uv_err) {
+  noteTransportEnd(is_client);
   std::string reason = legError(is_client, uv_err);
   switch (state_) {
     case State::AwaitingSwitch:
@@ -1373,9 +1380,27 @@ void Session::finish(const std::string& reason) {
   if (state_ != State::Lingering) close_reason_ = reason;
   state_ = State::Closing;
   UPGATE_LOG(debug, id_, "closing: {}", close_reason_);
-  if (chain_) chain_->close(status_ == 101 ? 1006 : 0, close_reason_);
-  writeAccessLog();
+  const FirstClose ws_close = firstClose();
+  if (ws_close.by != CloseOrigin::None) {
+    RouteMetrics& m = route_metrics_ ? *route_metrics_ : worker_.unroutedMetrics();
+    m.closesWith(ws_close, worker_.metrics()).add();
+  }
+  if (chain_) chain_->close(ws_close.code, close_reason_);
+  writeAccessLog(ws_close);
   closeHandles();
+}
+
+FirstClose Session::firstClose() const {
+  FirstClose c;
+  if (status_ != 101) return c;  // not a WebSocket (an SSE subscriber is answered 200)
+  if (tunnel_) {
+    c = tunnel_->firstClose();
+  } else if (subscription_) {
+    c = subscription_->firstClose();
+  }
+  c.note(transport_end_ != CloseOrigin::None ? transport_end_ : CloseOrigin::Gateway,
+         close_code::kAbnormal);
+  return c;
 }
 
 void Session::closeHandles() {
@@ -1407,7 +1432,7 @@ void Session::answered(int status) {
   m.requestsWith(status, worker_.metrics()).add();
 }
 
-void Session::writeAccessLog() {
+void Session::writeAccessLog(FirstClose ws_close) {
   if (logged_) return;
   logged_ = true;
   if (!config().log.access_log) return;
@@ -1422,6 +1447,10 @@ void Session::writeAccessLog() {
   r.bytes_out = bytes_down_;
   r.duration_ms = uv_now(worker_.loop()) - started_ms_;
   r.close = close_reason_;
+  if (ws_close.by != CloseOrigin::None) {
+    r.close_code = ws_close.code;
+    r.close_by = closeOriginName(ws_close.by);
+  }
   r.user = user_;
   writeAccessRecord(r);
 }

@@ -131,6 +131,7 @@ class Session final : private SubscriptionOwner,
   void addClientCertHeaders(RequestHead& head);
   std::string legError(bool is_client, int uv_err) const;
   void onLegEof(bool is_client);
+  void noteTransportEnd(bool is_client);  // a leg's EOF or error: transport_end_
   void upstreamFinished();
   void onLegError(bool is_client, int uv_err);
   void onLegDrain(bool is_client);
@@ -182,7 +183,9 @@ class Session final : private SubscriptionOwner,
   void respondError(int status, const std::string& reason, const HeaderList* extra = nullptr);
   void finish(const std::string& reason);
   void closeHandles();
-  void writeAccessLog();
+  void writeAccessLog(FirstClose ws_close = {});
+  // WebSocket sessions (101): the first close frame, or 1006 by whoever ended first; else none.
+  FirstClose firstClose() const;
   // The status of the current request (or the 101) is known: recorded and counted.
   void answered(int status);
   void countTunnelBytes(bool to_client, size_t len);
@@ -236,17 +239,17 @@ class Session final : private SubscriptionOwner,
   uint64_t started_ms_ = 0;
   uint64_t last_activity_ms_ = 0;
   uint64_t half_close_deadline_ms_ = 0;
-  uint64_t bytes_up_ = 0;    // client -> upstream after the 101
-  uint64_t bytes_down_ = 0;  // upstream -> client after the 101
+  uint64_t bytes_up_ = 0;                          // client -> upstream after the 101
+  uint64_t bytes_down_ = 0;                        // upstream -> client after the 101
+  CloseOrigin transport_end_ = CloseOrigin::None;  // after the 101: whose connection ended first
   bool client_eof_ = false;
   bool upstream_eof_ = false;
   bool client_paused_ = false;    // client reads stopped because the upstream is above high water
   bool upstream_paused_ = false;  // upstream reads stopped because the client is above high water
   bool started_ = false;
   bool logged_ = false;
-  bool quick_ack_ = false;
-  uint64_t flush_deadline_ms_ = 0;  // tcp routes: flushingUpstream() gives up then  // TCP_QUICKACK
-                                    // turned back on for the client leg (onClientHead)
+  bool quick_ack_ = false;          // TCP_QUICKACK turned back on for the client leg (onClientHead)
+  uint64_t flush_deadline_ms_ = 0;  // tcp routes: flushingUpstream() gives up then
 };
 
 }  // namespace upgate

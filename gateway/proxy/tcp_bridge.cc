@@ -78,6 +78,7 @@ bool TcpBridge::onFrameEnd(const FrameHeader& h) {
     case opcode::kClose: {
       close_received_ = true;
       const uint16_t code = validator_.closeCode();
+      first_close_.note(CloseOrigin::Client, code);
       if (!close_sent_) {
         // Echo the code (§5.5.1); a close without one is answered with 1000.
         close_sent_ = true;
@@ -113,6 +114,7 @@ bool TcpBridge::sendFrame(uint8_t op, const char* data, size_t len) {
 void TcpBridge::sendClose(uint16_t code, const std::string& reason, uint64_t now_ms) {
   if (close_sent_ || ended_) return;
   close_sent_ = true;
+  first_close_.note(CloseOrigin::Gateway, code);
   std::string frame = closeFrame(code, reason, false);
   if (!owner_.tunnelWrite(true, frame.data(), frame.size())) {
     ended_ = true;

@@ -48,6 +48,7 @@ class TcpBridge final : public Relay, private FrameSink {
     rearm_ = false;
     return r;
   }
+  FirstClose firstClose() const override { return first_close_; }
 
  private:
   bool onFrameHeader(const FrameHeader& h, const char* raw, size_t raw_len) override;
@@ -73,6 +74,7 @@ class TcpBridge final : public Relay, private FrameSink {
   const uint32_t ping_timeout_ms_;
   const uint32_t close_timeout_ms_;
   PendingPong pong_;
+  FirstClose first_close_;
   bool close_sent_ = false;
   bool close_received_ = false;
   bool ended_ = false;

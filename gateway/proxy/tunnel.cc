@@ -15,6 +15,17 @@ const char* legName(bool client) {
   return client ? "client" : "upstream";
 }
 
+CloseOrigin origin(bool client) {
+  return client ? CloseOrigin::Client : CloseOrigin::Upstream;
+}
+
+// The code of a checked close frame's payload.
+uint16_t payloadCloseCode(std::string_view payload) {
+  if (payload.size() < 2) return close_code::kNoStatus;
+  return static_cast<uint16_t>((static_cast<uint8_t>(payload[0]) << 8) |
+                               static_cast<uint8_t>(payload[1]));
+}
+
 }  // namespace
 
 Tunnel::Tunnel(TunnelOwner& owner, const TunnelSetup& setup, uint64_t now_ms)
@@ -74,6 +85,7 @@ void Tunnel::onData(bool from_client, char* data, size_t len, uint64_t now_ms) {
   } else {
     FrameTracker& t = from_client ? track_up_ : track_down_;
     t.feed(data, len);
+    if (t.closeSeen()) first_close_.note(origin(from_client), t.closeCode());
     // A close frame answering the one dst sent, after ours went to src, completes the close
     // handshake: checkDone ends the tunnel right after this write.
     const bool last = t.closeSeen() && src.close_sent && dst.close_received;
@@ -119,6 +131,7 @@ bool Tunnel::Direction::relayControl(uint8_t op, std::string_view payload, std::
       if (payload == kKeepalivePing) return true;  // the answer to our own ping
       break;
     case opcode::kClose:
+      t.first_close_.note(origin(from_client_), payloadCloseCode(payload));
       src.close_received = true;
       if (dst.close_sent) return true;  // the reply to a close upgate sent: the other leg has one
       // The answer to dst's close, after ours went to src: the handshake is complete (checkDone).
@@ -186,6 +199,7 @@ void Tunnel::closeSentTo(Leg& l, uint64_t now_ms) {
 void Tunnel::close(uint16_t code, const std::string& reason, uint64_t now_ms) {
   if (ended_) return;
   now_ms_ = now_ms;
+  first_close_.note(CloseOrigin::Gateway, code);
   // Cut on a character boundary: a close reason must stay valid UTF-8 (RFC 6455 §5.5.1).
   close_reason_ = reason.substr(0, utf8TruncationPoint(reason, 100));
   for (bool c : {true, false}) {
@@ -208,6 +222,7 @@ void Tunnel::fail(bool from_client, ParseError e) {
   // the client failed, 1011 towards the client when the upstream did. Frames that cannot be
   // placed (a leg left inside a frame) are not sent: TCP closes anyway.
   close_reason_ = e.reason;
+  first_close_.note(CloseOrigin::Gateway, e.code);
   leg(from_client).close_code = e.code;
   leg(!from_client).close_code = from_client ? close_code::kGoingAway : close_code::kInternalError;
   if (!flushInjections(now_ms_)) return;

@@ -105,6 +105,7 @@ class Tunnel final : public Relay {
     rearm_ = false;
     return r;
   }
+  FirstClose firstClose() const override { return first_close_; }
 
  private:
   // Relays one direction's output to the other leg.
@@ -170,6 +171,7 @@ class Tunnel final : public Relay {
   uint32_t ping_timeout_ms_;
   uint32_t close_timeout_ms_;
   const bool answer_pings_;
+  FirstClose first_close_;
   int8_t dead_leg_ = -1;  // 1: the client, 0: the upstream did not answer a ping
   bool ended_ = false;
   bool rearm_ = false;

@@ -288,6 +288,19 @@ metrics::Counter& RouteMetrics::requestsWith(int status, metrics::Registry& regi
   return c;
 }
 
+metrics::Counter& RouteMetrics::closesWith(FirstClose close, metrics::Registry& registry) {
+  const uint32_t key = static_cast<uint32_t>(close.code) << 8 | static_cast<uint8_t>(close.by);
+  for (auto& [k, counter] : closes) {
+    if (k == key) return *counter;
+  }
+  metrics::Counter& c = registry.get(metrics::Family::WebSocketCloses,
+                                     metrics::labels({{"route", route},
+                                                      {"code", std::to_string(close.code)},
+                                                      {"by", closeOriginName(close.by)}}));
+  closes.emplace_back(key, &c);
+  return c;
+}
+
 RouteMetrics& Worker::routeMetrics(const std::string& route) {
   auto [it, added] = route_metrics_.try_emplace(route);
   if (added) {

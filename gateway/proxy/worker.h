@@ -22,6 +22,7 @@
 #include "net/listener.h"
 #include "net/tcp_stream.h"
 #include "proxy/generation.h"
+#include "websocket/close_code.h"
 
 namespace upgate {
 
@@ -54,10 +55,13 @@ struct RouteMetrics {
   metrics::Counter* bytes_down = nullptr;  // upstream -> client
   metrics::Counter* client_pauses = nullptr;
   metrics::Counter* upstream_pauses = nullptr;
-  std::vector<std::pair<int, metrics::Counter*>> requests;  // by status, in first-use order
+  std::vector<std::pair<int, metrics::Counter*>> requests;     // by status, in first-use order
+  std::vector<std::pair<uint32_t, metrics::Counter*>> closes;  // by code and origin, the same
 
   // upgate_requests_total{route, code}: a short scan once the code was seen on this worker.
   metrics::Counter& requestsWith(int status, metrics::Registry& registry);
+  // upgate_websocket_closes_total{route, code, by}, likewise.
+  metrics::Counter& closesWith(FirstClose close, metrics::Registry& registry);
 };
 
 class Worker {

@@ -36,6 +36,43 @@ constexpr bool isValidWireCloseCode(uint16_t code) {
          (code >= 3000 && code <= 4999);
 }
 
+// How a WebSocket session began to end: who sent the first close frame, with which code. Kept by
+// the relays (tunnels, tcp bridges, channel subscriptions) for the access log, the plugins'
+// on_close and upgate_websocket_closes_total. A session that ends without any close frame is
+// counted as 1006 (RFC 6455 §7.1.5), by the side whose connection ended first.
+enum class CloseOrigin : uint8_t {
+  None,      // no close frame yet
+  Client,    // the client's close frame came first
+  Upstream,  // the upstream's (websocket routes)
+  Gateway,   // upgate sent one first: drain, a plugin, a limit or violation, a dead or ended peer
+};
+
+struct FirstClose {
+  uint16_t code = 0;  // as in the frame; close_code::kNoStatus for a close frame without a code
+  CloseOrigin by = CloseOrigin::None;
+
+  // Keeps the first close only.
+  void note(CloseOrigin origin, uint16_t c) {
+    if (by != CloseOrigin::None) return;
+    by = origin;
+    code = c;
+  }
+};
+
+constexpr const char* closeOriginName(CloseOrigin o) {
+  switch (o) {
+    case CloseOrigin::Client:
+      return "client";
+    case CloseOrigin::Upstream:
+      return "upstream";
+    case CloseOrigin::Gateway:
+      return "gateway";
+    case CloseOrigin::None:
+      break;
+  }
+  return "none";
+}
+
 // Short name of a registered code for logs ("protocol error"); "unknown" for others.
 constexpr const char* closeCodeName(uint16_t code) {
   switch (code) {

@@ -41,6 +41,9 @@
 //     up to a frame boundary or an incomplete last frame; RSV1 messages towards a leg upgate
 //     compresses inflate with an Inflater on the agreed channel (window, no_context_takeover);
 //   - nothing is written to a leg after a close frame was written to it;
+//   - firstClose(): once a leg received a close frame, it names who closed first; it names a
+//     peer only after that peer sent a close frame (or bytes that are no valid stream), with the
+//     code of that frame;
 //   - hooks: tunnelMessage sees only complete text (valid UTF-8) or binary messages within
 //     max_message_size;
 //   - every data message a leg receives (inflated if upgate compresses it) is the next one the
@@ -143,6 +146,8 @@ class StreamChecker final : public upgate::FrameSink {
   bool enabled() const { return enabled_; }
   bool closed() const { return closed_; }
   bool invalid() const { return invalid_; }
+  // Once closed(): the close frame's code (1005 without one).
+  uint16_t closeCode() const { return close_code_; }
 
   // Data messages the leg must receive, in order, as far as it receives any.
   void expect(uint8_t opcode, std::string payload) {
@@ -244,6 +249,7 @@ class StreamChecker final : public upgate::FrameSink {
     }
     if (h.opcode == upgate::opcode::kClose) {
       closed_ = true;
+      close_code_ = validator_.closeCode();
       return false;  // nothing may follow
     }
     if (!data || !h.fin) {
@@ -280,6 +286,7 @@ class StreamChecker final : public upgate::FrameSink {
   bool enabled_ = true;
   bool invalid_ = false;
   bool closed_ = false;
+  uint16_t close_code_ = 0;
   bool compare_ = false;
   StreamChecker* forward_ = nullptr;
   size_t frames_ = 0;
@@ -533,8 +540,29 @@ class Harness final : public upgate::TunnelOwner {
     const bool ended = ended_ || write_failed_;
     FUZZ_CHECK(tunnel_->ended() == ended, "ended() %d; the owner saw tunnelEnd %d, failed write %d",
                tunnel_->ended(), ended_, write_failed_);
+    checkFirstClose();
     tunnel_->takeRearm();
     fireDue(now_);
+  }
+
+  void checkFirstClose() {
+    const upgate::FirstClose fc = tunnel_->firstClose();
+    FUZZ_CHECK(
+        fc.by != upgate::CloseOrigin::None || (!to_client_.closed() && !to_upstream_.closed()),
+        "a leg received a close frame, but firstClose() names nobody");
+    for (bool client : {true, false}) {
+      if (fc.by != (client ? upgate::CloseOrigin::Client : upgate::CloseOrigin::Upstream)) {
+        continue;
+      }
+      const StreamChecker& sent = client ? from_client_ : from_upstream_;
+      if (sent.invalid()) {
+        continue;  // passthrough relays anything: what it took for a close frame is unknown
+      }
+      FUZZ_CHECK(sent.closed(), "firstClose() names the %s, which sent no close frame",
+                 client ? "client" : "upstream");
+      FUZZ_CHECK(fc.code == sent.closeCode(), "firstClose() code %u; the %s sent %u", fc.code,
+                 client ? "client" : "upstream", sent.closeCode());
+    }
   }
 
   // Fires the owner's timer for every due time up to `until`; the time stands still while the

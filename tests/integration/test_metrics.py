@@ -1,7 +1,8 @@
 """GET /metrics on the admin listener: Prometheus text format, read with the Prometheus
 project's own Python parser (Debian's python3-prometheus-client), and counters that match the
 traffic the test made: connections, requests by route and status, bytes per direction, upstream
-errors, channel subscribers, deliveries and publishes, reloads."""
+errors, WebSocket closes by code and origin, channel subscribers, deliveries and publishes,
+reloads."""
 
 import os
 import time
@@ -10,7 +11,8 @@ import unittest
 from prometheus_client.parser import text_string_to_metric_families
 
 import harness
-from harness import GatewayTestCase, EchoUpstream, RawClient, RawUpstream, RefusedPort, OP_TEXT
+from harness import (GatewayTestCase, EchoUpstream, RawClient, RawUpstream, RefusedPort, OP_TEXT,
+                     OP_CLOSE, close_payload, encode_frame)
 
 import bridge_util
 
@@ -40,6 +42,8 @@ class MetricsTest(GatewayTestCase):
                        "bad": {"endpoints": [self.bad.addr]},
                        "app": {"endpoints": [self.app.addr]}},
             routes=[{"name": "chat", "match": {"path_prefix": "/chat"}, "upstream": "echo"},
+                    {"name": "strict", "match": {"path_prefix": "/strict"}, "upstream": "echo",
+                     "mode": "frames"},
                     {"name": "dead", "match": {"path_prefix": "/dead"}, "upstream": "dead"},
                     {"name": "bad", "match": {"path_prefix": "/bad"}, "upstream": "bad"},
                     {"name": "page", "match": {"path": "/page"}, "kind": "http",
@@ -90,6 +94,7 @@ class MetricsTest(GatewayTestCase):
         want = {"upgate_connections_accepted": "counter", "upgate_connections_open": "gauge",
                 "upgate_requests": "counter", "upgate_bytes": "counter",
                 "upgate_read_pauses": "counter", "upgate_upstream_errors": "counter",
+                "upgate_websocket_closes": "counter",
                 "upgate_channel_subscribers": "gauge", "upgate_channel_deliveries": "counter",
                 "upgate_published_messages": "counter", "upgate_longpoll_polls": "counter",
                 "upgate_reloads": "counter", "upgate_config_generation": "gauge"}
@@ -152,6 +157,51 @@ class MetricsTest(GatewayTestCase):
         self.wait_value(0, "upgate_connections_open")
         self.wait_value(0, "upgate_channel_subscribers")
 
+    def test_websocket_closes_by_code_and_origin(self):
+        """Each WebSocket session is counted once, by its first close frame's code and sender;
+        its access-log line says the same. A session that ends without one is 1006."""
+        ended = []  # (client address, route, code, by)
+
+        def opened(path):
+            c = self.session(path)
+            return c, c.sock.getsockname()
+
+        # The client closes (passthrough): the echo upstream answers through upgate.
+        c, local = opened("/chat/a")
+        c.send_frame(OP_CLOSE, close_payload(1000, b"done"))
+        self.assertEqual(c.recv_frame()[1:], (OP_CLOSE, close_payload(1000, b"done")))
+        ended.append((local, "chat", 1000, "client"))
+        # The upstream closes first: the echo server ends /close paths with 4001 "bye".
+        c, local = opened("/chat/close")
+        c.send_frame(OP_TEXT, b"x")
+        self.assertEqual(c.recv_frame()[1:], (OP_CLOSE, close_payload(4001, b"bye")))
+        c.send_frame(OP_CLOSE, close_payload(4001))
+        ended.append((local, "chat", 4001, "upstream"))
+        # The client's connection drops without a close frame.
+        c, local = opened("/chat/b")
+        c.close()
+        ended.append((local, "chat", 1006, "client"))
+        # Frames mode: an unmasked client frame is upgate's to refuse, with 1002.
+        c, local = opened("/strict/a")
+        c.send(encode_frame(OP_TEXT, b"x", mask=False))
+        self.assertEqual(c.recv_frame()[1], OP_CLOSE)
+        ended.append((local, "strict", 1002, "gateway"))
+        # A channel subscriber: upgate is the server and answers the client's close itself.
+        c, local = opened("/news/closes")
+        c.send_frame(OP_CLOSE, close_payload(1001))
+        self.assertEqual(c.recv_frame()[1:], (OP_CLOSE, close_payload(1001)))
+        ended.append((local, "news", 1001, "client"))
+
+        for local, route, code, by in ended:
+            self.wait_value(1, "upgate_websocket_closes_total", route=route, code=str(code), by=by)
+            entry = self.gw.access_log_for_client(local)
+            self.assertEqual((entry["route"], entry["close_code"], entry["close_by"]),
+                             (route, code, by), entry)
+        samples, _ = self.scrape()
+        counted = sum(v for (name, _), v in samples.items()
+                      if name == "upgate_websocket_closes_total")
+        self.assertEqual(counted, len(ended), samples)
+
     def test_http_requests_and_their_bytes(self):
         answer = bridge_util.http_request(self.gw.addr(), "GET", "/page")
         self.assertEqual((answer.status, answer.body), (200, b"hello"))
@@ -162,6 +212,8 @@ class MetricsTest(GatewayTestCase):
                         frozenset({"route": "page", "direction": "down"}.items()))]
         self.assertEqual(up, 0)                 # HTTP: request bodies (a GET has none)
         self.assertGreater(down, len("hello"))  # the response as sent: head and body
+        entry = self.gw.wait_access_log(lambda e: e.get("route") == "page", 5, what="page")
+        self.assertEqual((entry["close_code"], entry["close_by"]), (None, None), entry)
 
     def test_reloads_are_counted(self):
         self.assertEqual(self.admin.request("POST", "/reload", b"").status, 200)

@@ -407,9 +407,10 @@ typedef struct upgate_plugin_v1 {
                                         upgate_message_result_t* out);
 
   /*
-   * The session ended (`ws_code`: the close code, or 0 if it ended before the 101; `reason`: the
-   * gateway's close reason, borrowed). Called exactly once per session for every instance in its
-   * chain, even those whose on_request never ran. Release per-session state here.
+   * The session ended (`ws_code`: the code of the WebSocket's first close frame, either way;
+   * 1005 if it had none, 1006 if no close frame was sent; 0 if it ended before the 101; `reason`:
+   * the gateway's close reason, borrowed). Called exactly once per session for every instance in
+   * its chain, even those whose on_request never ran. Release per-session state here.
    */
   void (*on_close)(void* self, upgate_session_t* s, uint16_t ws_code, const char* reason);
 } upgate_plugin_v1_t;

@@ -16,13 +16,24 @@ TEST_CASE("access_log: one JSON line with every field", "[proxy]") {
   r.bytes_out = 20;
   r.duration_ms = 30;
   r.close = "client closed";
+  r.close_code = 1000;
+  r.close_by = "client";
   std::string line = formatAccessRecord(r);
   CHECK(line.back() == '\n');
   CHECK(line.find('\n') == line.size() - 1);
   CHECK(line.find("\"id\":4097,\"client\":\"127.0.0.1:5555\",\"listener\":\"public\","
                   "\"route\":\"chat\",\"upstream\":\"127.0.0.1:9001\",\"status\":101,"
                   "\"bytes_in\":10,\"bytes_out\":20,\"duration_ms\":30,"
-                  "\"close\":\"client closed\",\"user\":null}") != std::string::npos);
+                  "\"close\":\"client closed\",\"close_code\":1000,\"close_by\":\"client\","
+                  "\"user\":null}") != std::string::npos);
+}
+
+TEST_CASE("access_log: close code and origin are null outside WebSocket sessions", "[proxy]") {
+  AccessRecord r;
+  r.status = 200;
+  r.close = "response complete";
+  CHECK(formatAccessRecord(r).find("\"close\":\"response complete\",\"close_code\":null,"
+                                   "\"close_by\":null,") != std::string::npos);
 }
 
 TEST_CASE("access_log: a plugin identity is logged", "[proxy]") {

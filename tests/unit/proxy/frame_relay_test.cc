@@ -148,6 +148,31 @@ TEST_CASE("FrameTracker: boundaries at every split, all length encodings", "[pro
   }
 }
 
+TEST_CASE("FrameTracker: reads a close frame's code at every split, masked or not",
+          "[proxy][frames]") {
+  auto masked = GENERATE(true, false);
+  const std::string lead = frame(opcode::kText, "hello", masked);
+  for (auto [payload, want] :
+       std::vector<std::pair<std::string, uint16_t>>{{std::string("\x0f\xa1"
+                                                                  "bye",
+                                                                  5),
+                                                      4001},
+                                                     {std::string("\x03\xe8", 2), 1000},
+                                                     {"", close_code::kNoStatus}}) {
+    const std::string all = lead + frame(opcode::kClose, payload, masked);
+    for (size_t at = 0; at <= all.size(); ++at) {
+      FrameTracker t;
+      t.feed(all.data(), at);
+      t.feed(all.data() + at, all.size() - at);
+      REQUIRE(t.closeSeen());
+      REQUIRE(t.closeCode() == want);
+    }
+    FrameTracker t;  // byte by byte
+    for (char c : all) t.feed(&c, 1);
+    REQUIRE(t.closeCode() == want);
+  }
+}
+
 // ---- FrameRelay: streaming ---------------------------------------------------------------------
 
 FrameRelay::Options clientOptions() {
@@ -447,6 +472,8 @@ TEST_CASE("Tunnel: close frames wait for a frame boundary in passthrough", "[pro
   std::string big = sframe(opcode::kBinary, std::string(1000, 'x'));
   feed(t, false, big.substr(0, 100), 1);  // the upstream is in the middle of a frame
   t.close(close_code::kGoingAway, "server going away", 2);
+  CHECK(t.firstClose().by == CloseOrigin::Gateway);
+  CHECK(t.firstClose().code == 1001);
   // The upstream got its (masked) close at once; the client's waits for the frame's end.
   auto up = decode(o.to_upstream, Role::Client);
   REQUIRE(up.size() == 1);
@@ -477,7 +504,10 @@ TEST_CASE("Tunnel: a peer-initiated close is mediated in both modes", "[proxy][t
   Tunnel t(o, setup, 0);
   std::string c = cframe(opcode::kClose, std::string("\x03\xe8", 2));
   std::string u = sframe(opcode::kClose, std::string("\x03\xe8", 2));
+  CHECK(t.firstClose().by == CloseOrigin::None);
   feed(t, true, c, 1);
+  CHECK(t.firstClose().by == CloseOrigin::Client);
+  CHECK(t.firstClose().code == 1000);
   CHECK(o.to_upstream == c);
   CHECK(o.last_to_upstream.empty());  // the upstream has not answered yet: not the last bytes
   CHECK_FALSE(o.ended);
@@ -502,6 +532,8 @@ TEST_CASE("Tunnel: the reply to an upstream's close is the last write to the ups
   feed(t, false, u, 2);
   CHECK(o.last_to_client.empty());
   feed(t, true, c, 3);
+  CHECK(t.firstClose().by == CloseOrigin::Upstream);  // the client's reply does not replace it
+  CHECK(t.firstClose().code == 1000);
   CHECK(o.last_to_upstream == c);
   CHECK(o.last_to_client.empty());
   CHECK(o.ended);
@@ -585,6 +617,9 @@ TEST_CASE("Tunnel: a violation closes both legs with their codes", "[proxy][tunn
   CHECK(closeCodeOf(down[0]) == 1011);
   CHECK(closeCodeOf(up[0]) == 1007);
   CHECK(o.ended);
+  // Counted as upgate's close, with the code the offender got.
+  CHECK(t.firstClose().by == CloseOrigin::Gateway);
+  CHECK(t.firstClose().code == 1007);
 }
 
 }  // namespace
@@ -680,6 +715,8 @@ TEST_CASE("TcpBridge: the client's close is echoed and ends the bridge", "[proxy
   CHECK(o.ended);
   CHECK(o.end_reason == "client closed (4000)");
   CHECK(o.to_upstream.empty());  // nothing after the close frame is relayed
+  CHECK(b.firstClose().by == CloseOrigin::Client);
+  CHECK(b.firstClose().code == 4000);
 }
 
 TEST_CASE("TcpBridge: the upstream's end is a 1000 close awaiting the client's reply",
@@ -692,6 +729,8 @@ TEST_CASE("TcpBridge: the upstream's end is a 1000 close awaiting the client's r
   REQUIRE(down.size() == 1);
   CHECK(closeCodeOf(down[0]) == 1000);
   CHECK(down[0].payload.substr(2) == "upstream closed");
+  CHECK(b.firstClose().by == CloseOrigin::Gateway);  // upgate wrote the close frame
+  CHECK(b.firstClose().code == 1000);
   CHECK(b.takeRearm());
   CHECK(b.nextDue() == 20 + 5000);
   CHECK_FALSE(o.ended);
