@@ -62,6 +62,7 @@ Subscription::Subscription(Worker& worker, const Generation& generation, Subscri
       route_(route),
       channel_(std::move(channel)),
       mode_(mode),
+      messages_(worker.routeMetrics(route.name).messages),
       parser_(Role::Client, FrameParser::Limits{generation.config->limits.max_message_size}, false),
       validator_(generation.config->limits.max_message_size) {}
 
@@ -101,6 +102,7 @@ void Subscription::deliver(const Delivery& d) {
     return;
   }
   worker_.deliveries().add();
+  messages_.down->add();
 }
 
 bool Subscription::writeFrame(uint8_t op, const char* data, size_t len) {
@@ -199,6 +201,7 @@ bool Subscription::onFrameEnd(const FrameHeader& h) {
   }
   if (!h.fin) return true;
   owner_.countBytes(message_.size(), 0);
+  messages_.up->add();
   onClientMessage();
   return !ended_;
 }

@@ -19,6 +19,7 @@
 #include "net/stream.h"
 #include "proxy/generation.h"
 #include "proxy/http_client.h"
+#include "proxy/relay.h"
 #include "websocket/close_code.h"
 #include "websocket/frame_parser.h"
 #include "websocket/message_validator.h"
@@ -89,6 +90,7 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   const RouteConfig& route_;
   const std::string channel_;
   const Mode mode_;
+  const MessageCounters messages_;  // the route's, on this worker
   bool registered_ = false;
   FrameParser parser_;
 

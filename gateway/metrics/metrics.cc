@@ -18,6 +18,10 @@ constexpr std::array<FamilyInfo, static_cast<size_t>(Family::Count)> kFamilies{{
      "Bytes relayed, by route and direction (up: client to upstream; WebSocket bytes after the "
      "101, HTTP request bodies and responses, channel payloads).",
      true},
+    {"upgate_messages_total", "counter",
+     "WebSocket data messages, by route and direction (up: from the client, counted as each "
+     "message's last frame begins; down: to the client; channel routes: deliveries).",
+     true},
     {"upgate_read_pauses_total", "counter",
      "Times backpressure stopped reading a side (client or upstream), by route.", true},
     {"upgate_upstream_errors_total", "counter",

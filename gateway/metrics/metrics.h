@@ -27,6 +27,7 @@ enum class Family {
   ConnectionsOpen,      // gauge
   Requests,             // counter {route, code}: 101 = WebSocket upgrades
   Bytes,                // counter {route, direction}: after the 101 / request and response
+  Messages,             // counter {route, direction}: WebSocket data messages
   ReadPauses,           // counter {route, side}: backpressure stopped reading that side
   UpstreamErrors,       // counter {upstream, code}: 502/504 upgate answered for that upstream
   WebSocketCloses,      // counter {route, code, by}: how each WebSocket session began to end

@@ -32,6 +32,7 @@ void FrameTracker::feed(const char* data, size_t len) {
       payload = 0;
       for (size_t i = 2; i < (len7 == 126 ? 4u : 10u); ++i) payload = (payload << 8) | head_[i];
     }
+    messages_ += (head_[0] & 0x88) == 0x80;  // FIN on a data frame (opcodes 0-7)
     in_close_ = (head_[0] & 0x0F) == opcode::kClose;
     if (in_close_) {
       code_have_ = 0;
@@ -225,6 +226,7 @@ bool FrameRelay::onFrameEnd(const FrameHeader& h) {
   ParseError e = validator_.onFrameEnd(h);
   if (e) return fail(e);
   if (isControlOpcode(h.opcode)) return endControl(h);
+  messages_ += h.fin;
   if (!whole_messages_) {
     in_frame_ = false;
     frame_start_ = nullptr;

@@ -49,12 +49,19 @@ class FrameTracker {
   bool closeSeen() const { return close_seen_; }
   // Once closeSeen(): its code (close_code::kNoStatus if it had none), not checked.
   uint16_t closeCode() const { return close_code_; }
+  // Data messages whose last frame began since the previous call.
+  uint32_t takeMessages() {
+    uint32_t n = messages_;
+    messages_ = 0;
+    return n;
+  }
 
  private:
   void takeCloseCode(const char* data, uint64_t n);
   void closeEnded();
 
   uint64_t remaining_ = 0;  // payload bytes of the current frame still to come
+  uint32_t messages_ = 0;   // see takeMessages()
   uint8_t head_[kMaxFrameHeader] = {};
   uint8_t have_ = 0;  // header bytes collected so far
   bool in_close_ = false;
@@ -99,6 +106,12 @@ class FrameRelay final : private FrameSink {
   bool atBoundary() const { return !in_frame_; }
   // A valid close frame arrived; nothing after it is read.
   bool closeSeen() const { return close_seen_; }
+  // Valid data messages that ended since the previous call (whatever hooks did with them).
+  uint32_t takeMessages() {
+    uint32_t n = messages_;
+    messages_ = 0;
+    return n;
+  }
   // zlib memory held now (whole-message mode with compression).
   size_t codecMemory() const;
 
@@ -138,6 +151,7 @@ class FrameRelay final : private FrameSink {
   bool in_frame_ = false;              // a data frame's header was relayed, its end not yet
   bool close_seen_ = false;
   bool stopped_ = false;      // the output said stop, or an error: nothing more is read
+  uint32_t messages_ = 0;     // see takeMessages()
   std::string message_;       // whole-message mode: the message being assembled (inflated)
   std::string compressed_;    // whole-message mode: the deflated message
   std::string wire_;          // whole-message mode: the frame being sent

@@ -9,9 +9,17 @@
 #include <cstdint>
 #include <string>
 
+#include "metrics/metrics.h"
 #include "websocket/close_code.h"
 
 namespace upgate {
+
+// A route's WebSocket message counters on one worker (upgate_messages_total; RouteMetrics owns
+// them, relays add to them). Null: not counted (unit tests).
+struct MessageCounters {
+  metrics::Counter* up = nullptr;    // data messages from the client
+  metrics::Counter* down = nullptr;  // ...to the client
+};
 
 class Relay {
  public:

@@ -883,6 +883,7 @@ void Session::fillRelaySetup(TunnelSetup& setup) const {
   setup.keepalive = route_->keepalive;
   setup.close_timeout_ms = static_cast<uint64_t>(config().timeouts.close.count());
   setup.session_id = id_;
+  setup.messages = &route_metrics_->messages;  // a relay always has its route
 }
 
 void Session::startRelay(const std::string& response, std::unique_ptr<Relay> relay,

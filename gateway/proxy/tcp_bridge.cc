@@ -24,6 +24,7 @@ TcpBridge::TcpBridge(TunnelOwner& owner, const TunnelSetup& setup, uint64_t now_
       parser_(Role::Client, FrameParser::Limits{setup.max_message_size}, false),
       validator_(setup.max_message_size),
       session_id_(setup.session_id),
+      messages_(setup.messages),
       now_ms_(now_ms),
       last_rx_ms_(now_ms),
       ping_interval_ms_(relayMs(setup.keepalive.interval.count())),
@@ -37,7 +38,7 @@ void TcpBridge::onData(bool from_client, char* data, size_t len, uint64_t now_ms
   now_ms_ = now_ms;
   if (!from_client) {
     // After our close frame nothing more goes to the client (RFC 6455 §5.5.1).
-    if (!close_sent_) sendFrame(opcode::kBinary, data, len);
+    if (!close_sent_ && sendFrame(opcode::kBinary, data, len) && messages_) messages_->down->add();
     return;
   }
   last_rx_ms_ = now_ms;
@@ -92,8 +93,12 @@ bool TcpBridge::onFrameEnd(const FrameHeader& h) {
       end("client closed (" + std::to_string(code) + ")");
       return false;
     }
+    case opcode::kPong:
+      return true;
     default:
-      return true;  // pongs, and the ends of data frames (their bytes went already)
+      // The end of a data frame (its bytes went already).
+      if (h.fin && messages_) messages_->up->add();
+      return true;
   }
 }
 

@@ -66,6 +66,7 @@ class TcpBridge final : public Relay, private FrameSink {
   FrameParser parser_;
   MessageValidator validator_;  // fragmentation order, UTF-8, close payloads, message size
   const uint64_t session_id_;
+  const MessageCounters* const messages_;
   uint64_t now_ms_ = 0;
   uint64_t last_rx_ms_;             // bytes last arrived from the client
   uint64_t ping_sent_ms_ = 0;       // our ping is unanswered since (0: none)

@@ -31,6 +31,7 @@ uint16_t payloadCloseCode(std::string_view payload) {
 Tunnel::Tunnel(TunnelOwner& owner, const TunnelSetup& setup, uint64_t now_ms)
     : owner_(owner),
       session_id_(setup.session_id),
+      messages_(setup.messages),
       now_ms_(now_ms),
       ping_interval_ms_(relayMs(setup.keepalive.interval.count())),
       ping_timeout_ms_(relayMs(setup.keepalive.timeout.count())),
@@ -76,7 +77,9 @@ void Tunnel::onData(bool from_client, char* data, size_t len, uint64_t now_ms) {
   src.want_ping = false;
   if (src.close_received) return;  // nothing after a close frame is read (RFC 6455 §5.5.1)
   if (frames_) {
-    ParseError e = (from_client ? frames_->up : frames_->down).feed(data, len);
+    FrameRelay& relay = from_client ? frames_->up : frames_->down;
+    ParseError e = relay.feed(data, len);
+    countMessages(from_client, relay.takeMessages());
     if (ended_) return;
     if (e) {
       fail(from_client, e);
@@ -85,6 +88,7 @@ void Tunnel::onData(bool from_client, char* data, size_t len, uint64_t now_ms) {
   } else {
     FrameTracker& t = from_client ? track_up_ : track_down_;
     t.feed(data, len);
+    countMessages(from_client, t.takeMessages());
     if (t.closeSeen()) first_close_.note(origin(from_client), t.closeCode());
     // A close frame answering the one dst sent, after ours went to src, completes the close
     // handshake: checkDone ends the tunnel right after this write.
@@ -284,6 +288,11 @@ void Tunnel::checkDone() {
     end(dead_leg_ < 0 ? std::string("close handshake complete")
                       : std::string(legName(dead_leg_ == 1)) + " did not answer a ping");
   }
+}
+
+void Tunnel::countMessages(bool from_client, uint32_t n) {
+  if (n == 0 || messages_ == nullptr) return;
+  (from_client ? messages_->up : messages_->down)->add(n);
 }
 
 void Tunnel::end(const std::string& reason) {

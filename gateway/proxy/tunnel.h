@@ -75,7 +75,8 @@ struct TunnelSetup {
   bool message_hooks = false;
   KeepaliveConfig keepalive;
   uint64_t close_timeout_ms = 5000;
-  uint64_t session_id = 0;  // for log lines
+  uint64_t session_id = 0;                    // for log lines
+  const MessageCounters* messages = nullptr;  // the route's, on this worker
 };
 
 class Tunnel final : public Relay {
@@ -155,10 +156,12 @@ class Tunnel final : public Relay {
   void legDead(bool client, uint64_t now_ms);
   void checkDone();
   void end(const std::string& reason);
+  void countMessages(bool from_client, uint32_t n);
 
   // A passthrough tunnel is about 200 bytes: an established idle session must stay small.
   TunnelOwner& owner_;
   const uint64_t session_id_;
+  const MessageCounters* const messages_;
   std::unique_ptr<Frames> frames_;  // frames mode
   FrameTracker track_up_;           // passthrough: client -> upstream
   FrameTracker track_down_;

@@ -312,6 +312,8 @@ RouteMetrics& Worker::routeMetrics(const std::string& route) {
     m.route = route;
     m.bytes_up = get(Family::Bytes, "direction", "up");
     m.bytes_down = get(Family::Bytes, "direction", "down");
+    m.messages.up = get(Family::Messages, "direction", "up");
+    m.messages.down = get(Family::Messages, "direction", "down");
     m.client_pauses = get(Family::ReadPauses, "side", "client");
     m.upstream_pauses = get(Family::ReadPauses, "side", "upstream");
   }

@@ -22,6 +22,7 @@
 #include "net/listener.h"
 #include "net/tcp_stream.h"
 #include "proxy/generation.h"
+#include "proxy/relay.h"
 #include "websocket/close_code.h"
 
 namespace upgate {
@@ -53,6 +54,7 @@ struct RouteMetrics {
   std::string route;
   metrics::Counter* bytes_up = nullptr;    // client -> upstream
   metrics::Counter* bytes_down = nullptr;  // upstream -> client
+  MessageCounters messages;
   metrics::Counter* client_pauses = nullptr;
   metrics::Counter* upstream_pauses = nullptr;
   std::vector<std::pair<int, metrics::Counter*>> requests;     // by status, in first-use order

@@ -1,7 +1,7 @@
 """GET /metrics on the admin listener: Prometheus text format, read with the Prometheus
 project's own Python parser (Debian's python3-prometheus-client), and counters that match the
-traffic the test made: connections, requests by route and status, bytes per direction, upstream
-errors, WebSocket closes by code and origin, channel subscribers, deliveries and publishes,
+traffic the test made: connections, requests by route and status, bytes and messages per
+direction, upstream errors, WebSocket closes by code and origin, channel subscribers, deliveries and publishes,
 reloads."""
 
 import os
@@ -94,7 +94,7 @@ class MetricsTest(GatewayTestCase):
         want = {"upgate_connections_accepted": "counter", "upgate_connections_open": "gauge",
                 "upgate_requests": "counter", "upgate_bytes": "counter",
                 "upgate_read_pauses": "counter", "upgate_upstream_errors": "counter",
-                "upgate_websocket_closes": "counter",
+                "upgate_websocket_closes": "counter", "upgate_messages": "counter",
                 "upgate_channel_subscribers": "gauge", "upgate_channel_deliveries": "counter",
                 "upgate_published_messages": "counter", "upgate_longpoll_polls": "counter",
                 "upgate_reloads": "counter", "upgate_config_generation": "gauge"}
@@ -117,6 +117,8 @@ class MetricsTest(GatewayTestCase):
         self.wait_value(3, "upgate_requests_total", route="chat", code="101")
         self.wait_value(33, "upgate_bytes_total", route="chat", direction="up")
         self.wait_value(21, "upgate_bytes_total", route="chat", direction="down")
+        self.wait_value(3, "upgate_messages_total", route="chat", direction="up")
+        self.wait_value(3, "upgate_messages_total", route="chat", direction="down")
         self.wait_value(3, "upgate_connections_open")
 
         # No route: 404 under route "". A refused upstream: 502, counted for the upstream too.
@@ -149,6 +151,7 @@ class MetricsTest(GatewayTestCase):
             self.assertEqual(s.recv_frame()[2], b"goal")
         self.wait_value(1, "upgate_published_messages_total")
         self.wait_value(2, "upgate_channel_deliveries_total")
+        self.wait_value(2, "upgate_messages_total", route="news", direction="down")
         self.wait_value(2, "upgate_requests_total", route="news", code="101")
 
         # Sessions ending take the gauges down.

@@ -148,6 +148,22 @@ TEST_CASE("FrameTracker: boundaries at every split, all length encodings", "[pro
   }
 }
 
+TEST_CASE("FrameTracker: counts data messages as their last frame begins", "[proxy][frames]") {
+  const std::string all = cframe(opcode::kText, "one") + cframe(opcode::kBinary, "tw", false) +
+                          cframe(opcode::kPing, "p") + cframe(opcode::kContinuation, "o", false) +
+                          cframe(opcode::kContinuation, "!") + cframe(opcode::kPong, "") +
+                          cframe(opcode::kBinary, std::string(300, 'x'));
+  for (size_t at = 0; at <= all.size(); ++at) {
+    FrameTracker t;
+    t.feed(all.data(), at);
+    uint32_t n = t.takeMessages();
+    t.feed(all.data() + at, all.size() - at);
+    n += t.takeMessages();
+    REQUIRE(n == 3);  // "one", "two!" (three frames, a ping between) and the 300 x
+    REQUIRE(t.takeMessages() == 0);
+  }
+}
+
 TEST_CASE("FrameTracker: reads a close frame's code at every split, masked or not",
           "[proxy][frames]") {
   auto masked = GENERATE(true, false);
@@ -465,6 +481,29 @@ void feed(Tunnel& t, bool from_client, std::string bytes, uint64_t now) {
   t.onData(from_client, &bytes[0], bytes.size(), now);
 }
 
+// A route's message counters, as RouteMetrics keeps them.
+struct Counted {
+  metrics::Counter up, down;
+  MessageCounters counters{&up, &down};
+};
+
+TEST_CASE("Tunnel: counts data messages each way in both modes", "[proxy][tunnel]") {
+  auto mode = GENERATE(TunnelMode::Passthrough, TunnelMode::Frames);
+  Owner o;
+  Counted c;
+  TunnelSetup setup;
+  setup.mode = mode;
+  setup.messages = &c.counters;
+  Tunnel t(o, setup, 0);
+  feed(t, true, cframe(opcode::kText, "a") + cframe(opcode::kBinary, "b", false), 1);
+  feed(t, true, cframe(opcode::kPing, "") + cframe(opcode::kContinuation, "c"), 2);
+  feed(t, false, sframe(opcode::kText, "d"), 3);
+  CHECK(c.up.value() == 2);
+  CHECK(c.down.value() == 1);
+  feed(t, false, sframe(opcode::kClose, std::string("\x03\xe8", 2)), 4);
+  CHECK(c.down.value() == 1);  // control frames are no messages
+}
+
 TEST_CASE("Tunnel: close frames wait for a frame boundary in passthrough", "[proxy][tunnel]") {
   Owner o;
   TunnelSetup setup;  // passthrough
@@ -661,7 +700,10 @@ TunnelSetup bridgeSetup() {
 TEST_CASE("TcpBridge: messages become a byte stream, reads become binary messages",
           "[proxy][tcp]") {
   Owner o;
-  TcpBridge b(o, bridgeSetup(), 0);
+  Counted counted;
+  TunnelSetup setup = bridgeSetup();
+  setup.messages = &counted.counters;
+  TcpBridge b(o, setup, 0);
   feed(b, true, cframe(opcode::kBinary, "abc") + cframe(opcode::kText, "d\xc3\xa9", false), 1);
   feed(b, true, cframe(opcode::kContinuation, "f"), 2);
   CHECK(o.to_upstream ==
@@ -683,6 +725,8 @@ TEST_CASE("TcpBridge: messages become a byte stream, reads become binary message
         "abcd\xc3\xa9"
         "fsplit me");
   CHECK_FALSE(o.ended);
+  CHECK(counted.up.value() == 3);    // "abc", "d\xc3\xa9f", "split me"
+  CHECK(counted.down.value() == 2);  // one per upstream read
 }
 
 TEST_CASE("TcpBridge: pings are answered, pongs swallowed", "[proxy][tcp]") {
