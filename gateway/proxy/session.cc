@@ -546,6 +546,12 @@ bool Session::flushingUpstream() {
   if (flush_deadline_ms_ == 0) {
     flush_deadline_ms_ = now + static_cast<uint64_t>(config().timeouts.half_close.count());
   } else if (now >= flush_deadline_ms_) {
+    // The service stopped reading: what it did not take is lost, and said so.
+    const std::string dropped = std::to_string(upstream_->pendingBytes()) +
+                                " bytes for the upstream dropped: not taken within "
+                                "timeouts.half_close";
+    UPGATE_LOG(warn, id_, "{}", dropped);
+    close_reason_ += "; " + dropped;
     return false;
   }
   uv_timer_start(&timer_, onTimer, 20, 0);

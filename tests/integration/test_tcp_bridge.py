@@ -6,6 +6,7 @@ python3-websockets and hand-written frames; the upstream is a plain TCP server."
 
 import asyncio
 import os
+import re
 import socket
 import struct
 import threading
@@ -257,6 +258,57 @@ class TcpBridgeTest(GatewayTestCase):
         self.addCleanup(c.close)
         c.send(b"GET /vnc HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(c.read_response().status, 426)
+
+
+class StuckUpstreamTest(GatewayTestCase):
+    """A service that stops reading. After the client's close, upgate writes what it holds for
+    the service for up to timeouts.half_close, then ends the session and says how many bytes it
+    dropped: exactly those the service never got."""
+
+    def setUp(self):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(self.listener.close)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.gw = self.start_gateway(harness.make_config(
+            upstreams={"stuck": {"endpoints": [self.listener.getsockname()]}},
+            routes=[{"name": "stuck", "match": {"path": "/stuck"}, "kind": "tcp",
+                     "upstream": "stuck"}],
+            limits={"high_water": "8MiB"},
+            timeouts={"half_close": "1s"}))
+
+    def tearDown(self):
+        self.assertGatewayAlive(self.gw)
+
+    def test_bytes_the_service_never_took_are_dropped_and_counted(self):
+        total = 6 << 20  # past the kernel's buffers (4 MiB at most here): upgate holds the rest
+
+        async def run():
+            async with ws_connect(self.gw.url("/stuck")) as ws:
+                for _ in range(0, total, 65536):
+                    await ws.send(b"s" * 65536)
+                await ws.close(1000, "done")
+                return ws.close_code
+        self.assertEqual(self.run_async(run(), timeout=60), 1000)
+        entry = self.gw.wait_access_log(lambda e: e.get("route") == "stuck", IO,
+                                        what="the stuck session's access-log line")
+        found = re.search(r"; (\d+) bytes for the upstream dropped: not taken within "
+                          r"timeouts.half_close$", entry["close"])
+        self.assertIsNotNone(found, entry)
+        dropped = int(found.group(1))
+        self.assertGreater(dropped, 0, entry)
+        # The service reads at last: what the kernel held for it, then upgate's FIN.
+        self.listener.settimeout(IO)
+        conn, _ = self.listener.accept()
+        self.addCleanup(conn.close)
+        conn.settimeout(IO)
+        got = 0
+        while True:
+            data = conn.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+        self.assertEqual(got + dropped, total)
 
 
 if __name__ == "__main__":

@@ -314,15 +314,24 @@ class TcpRouteTlsUpstreamTest(GatewayTestCase):
         other = pki.ca("other-ca", "unrelated CA")
         cert = pki.leaf("svc", ca, "svc.example.com", dns=["svc.example.com"])
         cls.svc = cls.start_class_peer(OpensslReverseServer(cert))
+        # A service that accepts TCP (the kernel does, from the backlog) and never answers.
+        cls.silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        cls.silent.bind(("127.0.0.1", 0))
+        cls.silent.listen(8)
+        cls.addClassCleanup(cls.silent.close)
         tls = {"server_name": "svc.example.com"}
         cls.gw = cls.start_class_gateway(harness.make_config(
             upstreams={"svc": {"endpoints": [cls.svc.addr], "tls": dict(tls, ca=ca.cert)},
                        "untrusted": {"endpoints": [cls.svc.addr],
-                                     "tls": dict(tls, ca=other.cert)}},
+                                     "tls": dict(tls, ca=other.cert)},
+                       "silent": {"endpoints": [cls.silent.getsockname()],
+                                  "tls": dict(tls, ca=ca.cert), "handshake_timeout": "500ms"}},
             routes=[{"name": "svc", "match": {"path": "/svc"}, "kind": "tcp",
                      "upstream": "svc"},
                     {"name": "untrusted", "match": {"path": "/untrusted"}, "kind": "tcp",
-                     "upstream": "untrusted"}]))
+                     "upstream": "untrusted"},
+                    {"name": "silent", "match": {"path": "/silent"}, "kind": "tcp",
+                     "upstream": "silent"}]))
 
     def tearDown(self):
         self.assertGatewayAlive(self.gw)
@@ -343,6 +352,14 @@ class TcpRouteTlsUpstreamTest(GatewayTestCase):
         self.addCleanup(c.close)
         c.send(harness.ws_request("/untrusted"))
         self.assertEqual(c.read_response().status, 502)
+
+    def test_a_silent_tls_service_is_a_504_after_handshake_timeout(self):
+        c = harness.RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.send(harness.ws_request("/silent"))
+        self.assertEqual(c.read_response().status, 504)
+        entry = self.gw.access_log_for_client(c.sock.getsockname())
+        self.assertEqual(entry["close"], "upstream TLS handshake not done within 500 ms", entry)
 
 
 if __name__ == "__main__":
