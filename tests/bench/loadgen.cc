@@ -52,6 +52,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -117,152 +118,120 @@ struct Options {
 Options opt;
 
 [[noreturn]] void usage(const char* why) {
-  if (why) std::fprintf(stderr, "loadgen: %s\n", why);
-  std::fprintf(
-      stderr,
-      "usage: loadgen echo|connect|idle|fanout --url ws[s]://IPV4:PORT/PATH [options]\n"
-      "  (wss:// in echo, connect and idle modes; fanout is ws:// only)\n"
-      "  -c, --connections C    echo/connect: connections (slots)            [100]\n"
-      "  -d, --depth D          echo: messages in flight per connection       [1]\n"
-      "  -s, --size S           echo: payload bytes per message (>= 8)        [64]\n"
-      "  -t, --duration T       measured seconds (idle: hold time)            [10]\n"
-      "  -w, --warmup W         seconds before measuring                      [2]\n"
-      "  -n, --sessions N       idle: sessions to open                        [1000]\n"
-      "      --no-touch         idle: do not echo a message on each session\n"
-      "      --open-concurrency K  connections being opened at once           [256]\n"
-      "      --sources K        loopback source addresses to spread over      [8]\n"
-      "      --source-base IP   first source address                          [127.0.0.1]\n"
-      "      --label NAME       name of the target in the output              [target]\n"
-      "      --watch PIDS       comma-separated PIDs whose CPU time to report (the proxy)\n"
-      "      --watch-echo PIDS  same, reported separately (the upstream)\n"
-      "      --verify           check every echoed byte and message length\n"
-      "      --conn-timeout S   per-connection open/close deadline            [10]\n"
-      "      --count N          connect: run exactly N sessions, then stop (T still bounds it)\n"
-      "  -n N (fanout)          subscribers\n"
-      "      --publish-url URL  fanout: http://IPV4:PORT/TARGET to POST each message to\n"
-      "      --messages M       fanout: messages to publish                   [50]\n"
-      "      --rate R           fanout: publishes per second                  [10]\n"
-      "      --serve-poll IP:PORT  fanout: be the legacy long-poll app instead of POSTing: listen\n"
-      "                         here and answer the gateway's held poll with each message\n"
-      "                         (stamped when the answer is written, cursor in X-Cursor)\n"
-      "      --sni NAME         wss: server name sent in the ClientHello      [localhost]\n"
-      "      --ca FILE          wss: verify the server's certificate (chain and --sni name)\n"
-      "                         against this PEM bundle; without it nothing is verified\n"
-      "      --tls12            wss: also offer TLS 1.2 (default: TLS 1.3 only)\n");
+  std::fprintf(stderr, "loadgen: %s (see loadgen --help)\n", why);
   std::exit(2);
 }
 
-std::vector<int> parsePids(const std::string& s) {
-  std::vector<int> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (!item.empty()) out.push_back(std::atoi(item.c_str()));
-  }
-  return out;
+// "HOST:PORT" -> host and port; false if there is no ":PORT".
+bool splitHostPort(const std::string& hostport, std::string& host, int& port) {
+  size_t colon = hostport.rfind(':');
+  if (colon == std::string::npos) return false;
+  host = hostport.substr(0, colon);
+  port = std::atoi(hostport.c_str() + colon + 1);
+  return port > 0 && port < 65536;
+}
+
+// "SCHEME" + "HOST:PORT/PATH" -> host, port and path (default "/"); "" or why not.
+std::string splitUrl(const std::string& url, const std::string& scheme, std::string& host,
+                     int& port, std::string& path) {
+  if (url.compare(0, scheme.size(), scheme) != 0) return "expected a " + scheme + " URL";
+  std::string rest = url.substr(scheme.size());
+  size_t slash = rest.find('/');
+  path = slash == std::string::npos ? "/" : rest.substr(slash);
+  if (!splitHostPort(rest.substr(0, slash), host, port)) return "the URL needs HOST:PORT";
+  return "";
 }
 
 void parseArgs(int argc, char** argv) {
-  if (argc < 2) usage(nullptr);
-  std::string m = argv[1];
-  if (m == "echo")
-    opt.mode = Mode::Echo;
-  else if (m == "connect")
-    opt.mode = Mode::Connect;
-  else if (m == "idle")
-    opt.mode = Mode::Idle;
-  else if (m == "fanout")
-    opt.mode = Mode::Fanout;
-  else
-    usage("unknown mode");
-  bool have_url = false;
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) usage(("missing value for " + a).c_str());
-      return argv[++i];
-    };
-    if (a == "--url") {
-      std::string u = next();
-      opt.tls = u.compare(0, 6, "wss://") == 0;
-      if (!opt.tls && u.compare(0, 5, "ws://") != 0) usage("only ws:// and wss:// URLs");
-      std::string rest = u.substr(opt.tls ? 6 : 5);
-      size_t slash = rest.find('/');
-      std::string hostport = rest.substr(0, slash);
-      opt.path = slash == std::string::npos ? "/" : rest.substr(slash);
-      size_t colon = hostport.rfind(':');
-      if (colon == std::string::npos) usage("URL needs host:port");
-      opt.host = hostport.substr(0, colon);
-      opt.port = std::atoi(hostport.c_str() + colon + 1);
-      have_url = true;
-    } else if (a == "-c" || a == "--connections")
-      opt.conns = std::atoi(next().c_str());
-    else if (a == "-d" || a == "--depth")
-      opt.depth = std::atoi(next().c_str());
-    else if (a == "-s" || a == "--size")
-      opt.size = static_cast<size_t>(std::atoll(next().c_str()));
-    else if (a == "-t" || a == "--duration")
-      opt.duration = std::atof(next().c_str());
-    else if (a == "-w" || a == "--warmup")
-      opt.warmup = std::atof(next().c_str());
-    else if (a == "-n" || a == "--sessions")
-      opt.sessions = std::atoi(next().c_str());
-    else if (a == "--no-touch")
-      opt.touch = false;
-    else if (a == "--open-concurrency")
-      opt.open_concurrency = std::atoi(next().c_str());
-    else if (a == "--sources")
-      opt.sources = std::atoi(next().c_str());
-    else if (a == "--source-base")
-      opt.source_base = next();
-    else if (a == "--label")
-      opt.label = next();
-    else if (a == "--watch")
-      opt.watch = parsePids(next());
-    else if (a == "--watch-echo")
-      opt.watch_echo = parsePids(next());
-    else if (a == "--verify")
-      opt.verify = true;
-    else if (a == "--conn-timeout")
-      opt.conn_timeout = std::atof(next().c_str());
-    else if (a == "--count")
-      opt.count = std::atol(next().c_str());
-    else if (a == "--sni")
-      opt.sni = next();
-    else if (a == "--ca")
-      opt.ca = next();
-    else if (a == "--tls12")
-      opt.tls_min = TLS1_2_VERSION;
-    else if (a == "--messages")
-      opt.messages = std::atoi(next().c_str());
-    else if (a == "--rate")
-      opt.rate = std::atof(next().c_str());
-    else if (a == "--publish-url") {
-      std::string u = next();
-      if (u.compare(0, 7, "http://") != 0) usage("only http:// publish URLs");
-      std::string rest = u.substr(7);
-      size_t slash = rest.find('/');
-      std::string hostport = rest.substr(0, slash);
-      opt.pub_target = slash == std::string::npos ? "/" : rest.substr(slash);
-      size_t colon = hostport.rfind(':');
-      if (colon == std::string::npos) usage("publish URL needs host:port");
-      opt.pub_host = hostport.substr(0, colon);
-      opt.pub_port = std::atoi(hostport.c_str() + colon + 1);
-    } else if (a == "--serve-poll") {
-      std::string hostport = next();
-      size_t colon = hostport.rfind(':');
-      if (colon == std::string::npos) usage("--serve-poll needs IPV4:PORT");
-      opt.poll_host = hostport.substr(0, colon);
-      opt.poll_port = std::atoi(hostport.c_str() + colon + 1);
-    } else
-      usage(("unknown option " + a).c_str());
+  CLI::App app{
+      "loadgen: the benchmark's load generator (ws:// and wss:// in echo, connect and "
+      "idle modes; fanout is ws:// only)"};
+  app.get_formatter()->column_width(32);
+  std::string mode, url, publish_url, serve_poll;
+  app.add_option("mode", mode, "echo, connect, idle or fanout")
+      ->required()
+      ->check(CLI::IsMember({"echo", "connect", "idle", "fanout"}));
+  app.add_option("--url", url, "ws[s]://IPV4:PORT/PATH of the target")->required();
+  app.add_option("-c,--connections", opt.conns, "echo/connect: connections (slots)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("-d,--depth", opt.depth, "echo: messages in flight per connection")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  app.add_option("-s,--size", opt.size, "echo: payload bytes per message")
+      ->check(CLI::Range(size_t{8}, size_t{1} << 30))
+      ->capture_default_str();
+  app.add_option("-t,--duration", opt.duration, "measured seconds (idle: hold time)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("-w,--warmup", opt.warmup, "seconds before measuring")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("-n,--sessions", opt.sessions, "idle: sessions to open; fanout: subscribers")
+      ->check(CLI::Range(1, 1 << 24))
+      ->capture_default_str();
+  app.add_flag_function(
+      "--no-touch", [](int64_t) { opt.touch = false; },
+      "idle: do not echo a message on each session");
+  app.add_option("--open-concurrency", opt.open_concurrency, "connections being opened at once")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--sources", opt.sources, "loopback source addresses to spread over")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  app.add_option("--source-base", opt.source_base, "first source address")->capture_default_str();
+  app.add_option("--label", opt.label, "name of the target in the output")->capture_default_str();
+  app.add_option("--watch", opt.watch, "comma-separated PIDs whose CPU time to report (the proxy)")
+      ->delimiter(',');
+  app.add_option("--watch-echo", opt.watch_echo, "the same, reported separately (the upstream)")
+      ->delimiter(',');
+  app.add_flag("--verify", opt.verify, "check every echoed byte and message length");
+  app.add_option("--conn-timeout", opt.conn_timeout, "per-connection open/close deadline, seconds")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--count", opt.count,
+                 "connect: run exactly N sessions, then stop (the duration still bounds it)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--publish-url", publish_url,
+                 "fanout: http://IPV4:PORT/TARGET to POST each message to");
+  app.add_option("--messages", opt.messages, "fanout: messages to publish")
+      ->check(CLI::Range(1, 1 << 24))
+      ->capture_default_str();
+  app.add_option("--rate", opt.rate, "fanout: publishes per second")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--serve-poll", serve_poll,
+                 "fanout: IPV4:PORT: be the legacy long-poll app instead of POSTing, and answer "
+                 "the gateway's held poll with each message (stamped when the answer is "
+                 "written, cursor in X-Cursor)");
+  app.add_option("--sni", opt.sni, "wss: server name sent in the ClientHello")
+      ->capture_default_str();
+  app.add_option("--ca", opt.ca,
+                 "wss: verify the server's certificate (chain and --sni name) against this PEM "
+                 "bundle; without it nothing is verified");
+  app.add_flag_function(
+      "--tls12", [](int64_t) { opt.tls_min = TLS1_2_VERSION; },
+      "wss: also offer TLS 1.2 (default: TLS 1.3 only)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e) == 0 ? 0 : 2);  // --help: the text and 0; else CLI11's message
   }
-  if (!have_url) usage("--url is required");
-  if (opt.conns < 1 || opt.depth < 1 || opt.size < 8 || opt.size > (1u << 30) ||
-      opt.duration <= 0 || opt.warmup < 0 || opt.sources < 1 || opt.sessions < 1 ||
-      opt.open_concurrency < 1 || opt.count < 0 || opt.messages < 1 || opt.rate <= 0) {
-    usage("bad option value");
+
+  opt.mode = mode == "echo"      ? Mode::Echo
+             : mode == "connect" ? Mode::Connect
+             : mode == "idle"    ? Mode::Idle
+                                 : Mode::Fanout;
+  opt.tls = url.compare(0, 6, "wss://") == 0;
+  if (std::string why = splitUrl(url, opt.tls ? "wss://" : "ws://", opt.host, opt.port, opt.path);
+      !why.empty())
+    usage(("--url: " + why).c_str());
+  if (!publish_url.empty()) {
+    std::string why = splitUrl(publish_url, "http://", opt.pub_host, opt.pub_port, opt.pub_target);
+    if (!why.empty()) usage(("--publish-url: " + why).c_str());
   }
+  if (!serve_poll.empty() && !splitHostPort(serve_poll, opt.poll_host, opt.poll_port))
+    usage("--serve-poll needs IPV4:PORT");
   if (opt.mode == Mode::Fanout && (opt.pub_port == 0) == (opt.poll_port == 0))
     usage("fanout needs one of --publish-url and --serve-poll");
   if (opt.mode == Mode::Fanout && opt.tls) usage("fanout speaks ws:// only");
