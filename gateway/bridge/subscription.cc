@@ -120,14 +120,14 @@ void Subscription::close(uint16_t code, const std::string& reason) {
     return;
   }
   close_sent_ = true;
-  first_close_.note(CloseOrigin::Gateway, code);
   close_description_ = std::to_string(code) + " " + reason;
   std::string frame = closeFrame(code, reason, false);
   if (owner_.clientStream().write(frame.data(), frame.size()) != 0) {
     ended_ = true;
-    owner_.subscriptionEnded(code, reason);
+    owner_.subscriptionEnded(close_code::kAbnormal, "client write failed");
     return;
   }
+  first_close_.note(CloseOrigin::Gateway, code);
   // The client's close frame ends it; the owner bounds the wait (a client that stopped reading
   // never answers).
   owner_.subscriptionClosing();
@@ -264,6 +264,7 @@ void Subscription::sendNext() {
             fail(close_code::kAbnormal, "client write failed");
             return;
           }
+          messages_.down->add();
         }
         sendNext();
       });

@@ -19,8 +19,8 @@ constexpr std::array<FamilyInfo, static_cast<size_t>(Family::Count)> kFamilies{{
      "101, HTTP request bodies and responses, channel payloads).",
      true},
     {"upgate_messages_total", "counter",
-     "WebSocket data messages, by route and direction (up: from the client, counted as each "
-     "message's last frame begins; down: to the client; channel routes: deliveries).",
+     "WebSocket data messages, by route and direction (up: from the client; down: from the "
+     "upstream, or written to subscribers), counted as each message's last frame begins.",
      true},
     {"upgate_read_pauses_total", "counter",
      "Times backpressure stopped reading a side (client or upstream), by route.", true},

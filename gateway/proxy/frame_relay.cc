@@ -11,7 +11,9 @@ namespace upgate {
 
 void FrameTracker::feed(const char* data, size_t len) {
   const char* end = data + len;
-  while (data < end) {
+  // Nothing after a close frame is a frame of this stream (RFC 6455 §5.5.1): its code and the
+  // message count stay as the close left them.
+  while (data < end && !close_seen_) {
     if (remaining_ > 0) {
       uint64_t n = static_cast<uint64_t>(end - data);
       if (n > remaining_) n = remaining_;

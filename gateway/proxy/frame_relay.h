@@ -41,7 +41,7 @@ namespace upgate {
 
 class FrameTracker {
  public:
-  // Follows `len` more bytes of the stream.
+  // Follows `len` more bytes of the stream, up to the end of its first close frame.
   void feed(const char* data, size_t len);
   // The bytes so far end between frames.
   bool atBoundary() const { return remaining_ == 0 && have_ == 0; }

@@ -499,6 +499,7 @@ void Session::countBytes(uint64_t in, uint64_t out) {
 }
 
 void Session::subscriptionEnded(uint16_t code, const std::string& reason) {
+  if (code == close_code::kAbnormal) noteTransportEnd(true);  // a write to the client failed
   std::string why = code ? reason + " (" + std::to_string(code) + ")" : reason;
   lingerClose(why);
 }
@@ -548,8 +549,8 @@ bool Session::flushingUpstream() {
   } else if (now >= flush_deadline_ms_) {
     // The service stopped reading: what it did not take is lost, and said so.
     const std::string dropped = std::to_string(upstream_->pendingBytes()) +
-                                " bytes for the upstream dropped: not taken within "
-                                "timeouts.half_close";
+                                (upstream_tls_ ? " bytes of TLS records" : " bytes") +
+                                " for the upstream dropped: not taken within timeouts.half_close";
     UPGATE_LOG(warn, id_, "{}", dropped);
     close_reason_ += "; " + dropped;
     return false;
@@ -1093,6 +1094,7 @@ void Session::pump(Stream& from, Stream& to, const char* data, size_t len, bool 
   // The FIN that lingerClose would send next goes out with the bytes (one segment, not two).
   int rc = last ? to.writeLast(data, len) : to.write(data, len);
   if (rc != 0) {
+    noteTransportEnd(&to == client_);  // the peer is gone (reset, broken pipe)
     if (&to == upstream_ && state_ == State::Tunnel && route_->kind == RouteKind::Tcp) {
       tcpUpstreamFailed(legError(false, rc));
     } else {

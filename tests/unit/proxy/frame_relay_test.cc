@@ -189,6 +189,25 @@ TEST_CASE("FrameTracker: reads a close frame's code at every split, masked or no
   }
 }
 
+TEST_CASE("FrameTracker: stops at the first close frame", "[proxy][frames]") {
+  // Bytes after a close frame belong to no frame (§5.5.1): a second close, whole or cut off,
+  // and data frames change neither the code nor the message count.
+  const std::string first = cframe(opcode::kClose, std::string("\x03\xe8", 2));
+  for (const std::string& after : {cframe(opcode::kClose, std::string("\x0f\xa0", 2)),
+                                   cframe(opcode::kClose, std::string("\x0f\xa0", 2)).substr(0, 2),
+                                   cframe(opcode::kText, "late") + cframe(opcode::kBinary, "x")}) {
+    FrameTracker t;
+    std::string bytes = cframe(opcode::kText, "m") + first + after;
+    t.feed(bytes.data(), bytes.size());
+    CHECK(t.closeSeen());
+    CHECK(t.closeCode() == 1000);
+    CHECK(t.takeMessages() == 1);
+    t.feed(after.data(), after.size());  // a later read
+    CHECK(t.closeCode() == 1000);
+    CHECK(t.takeMessages() == 0);
+  }
+}
+
 // ---- FrameRelay: streaming ---------------------------------------------------------------------
 
 FrameRelay::Options clientOptions() {
