@@ -5,9 +5,12 @@
 #include <uv.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <map>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -133,6 +136,30 @@ std::vector<std::string> restartNeeded(const Config& running, const Config& next
       next.admin.address.text() != running.admin.address.text())
     keys.push_back("admin.address");
   return keys;
+}
+
+// POST /revoke: every worker closes its matching sessions on its loop; the admin thread waits
+// for their counts (each is one walk of a session list), at most a few seconds.
+std::optional<size_t> revokeSessions(std::vector<std::unique_ptr<Worker>>& pool,
+                                     const RevokeRequest& r) {
+  std::vector<std::future<size_t>> counts;
+  for (auto& w : pool) {
+    auto done = std::make_shared<std::promise<size_t>>();
+    Worker* worker = w.get();
+    if (worker->post([worker, done, r] {
+          done->set_value(worker->revoke(r.session, r.user, r.code, r.reason));
+        }))
+      counts.push_back(done->get_future());
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  size_t total = 0;
+  for (auto& f : counts) {
+    if (f.wait_until(deadline) != std::future_status::ready) return std::nullopt;
+    total += f.get();
+  }
+  UPGATE_LOG(info, 0, "POST /revoke (user \"{}\", session {}): {} session(s) closing with {}",
+             r.user, r.session, total, r.code);
+  return total;
 }
 
 // SIGHUP or POST /reload (design.md §4): the configuration is read again and everything built
@@ -334,8 +361,8 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
     }
     m.admin_bound = bound;
     UPGATE_LOG(info, 0,
-               "admin listener on {} (POST /publish/{{channel}}, POST /reload, /metrics, /healthz, "
-               "/readyz)",
+               "admin listener on {} (POST /publish/{{channel}}, POST /reload, POST /revoke, "
+               "/metrics, /healthz, /readyz)",
                bound);
   }
   m.admin = admin.get();
@@ -350,6 +377,7 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
   m.workers = &pool;
   if (admin) {
     admin->setReload([&m] { return reload(m, "POST /reload"); });
+    admin->setRevoke([&pool](const RevokeRequest& r) { return revokeSessions(pool, r); });
     admin->metrics().get(metrics::Family::ConfigGeneration).set(m.generation->number);
     admin->setMetricsSource([&pool](metrics::Snapshot& out) {
       for (const auto& w : pool) w->collectMetrics(out);

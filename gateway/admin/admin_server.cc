@@ -1,6 +1,7 @@
 #include "admin/admin_server.h"
 
 #include <cassert>
+#include <nlohmann/json.hpp>
 
 #include "core/handle.h"
 #include "core/log.h"
@@ -9,6 +10,7 @@
 #include "http/response_writer.h"
 #include "http/template.h"
 #include "net/listener.h"
+#include "websocket/close_code.h"
 #include "websocket/utf8.h"
 
 namespace upgate {
@@ -218,6 +220,46 @@ void AdminServer::maybeDone() {
   done();
 }
 
+namespace {
+
+// Close reasons upgate sends are cut at 100 bytes (tunnel.cc): refuse longer ones up front.
+constexpr size_t kMaxCloseReason = 100;
+
+// The body of POST /revoke; "" or what is wrong with it.
+std::string parseRevoke(const std::string& body, RevokeRequest& out) {
+  const nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return "the body must be a JSON object, e.g. {\"user\": \"alice\"}";
+  for (const auto& [key, value] : j.items()) {
+    if (key == "user") {
+      if (!value.is_string() || value.get<std::string>().empty())
+        return "\"user\" must be a non-empty string";
+      out.user = value.get<std::string>();
+    } else if (key == "session") {
+      if (!value.is_number_unsigned() || value.get<uint64_t>() == 0)
+        return "\"session\" must be a session id (a positive integer, as in the access log)";
+      out.session = value.get<uint64_t>();
+    } else if (key == "code") {
+      if (!value.is_number_unsigned() || value.get<uint64_t>() > UINT16_MAX ||
+          !isSendableCloseCode(static_cast<uint16_t>(value.get<uint64_t>())))
+        return "\"code\" must be a close code a server may send (1000-1003, 1007-1009, "
+               "1011-1014, 3000-4999)";
+      out.code = static_cast<uint16_t>(value.get<uint64_t>());
+    } else if (key == "reason") {
+      if (!value.is_string()) return "\"reason\" must be a string";
+      out.reason = value.get<std::string>();
+      if (out.reason.size() > kMaxCloseReason || !isValidUtf8(out.reason))
+        return "\"reason\" must be valid UTF-8 of at most " + std::to_string(kMaxCloseReason) +
+               " bytes";
+    } else {
+      return "unknown key \"" + jsonEscaped(key) + "\" (user, session, code, reason)";
+    }
+  }
+  if (out.user.empty() && out.session == 0) return "name the sessions: \"user\" or \"session\"";
+  return "";
+}
+
+}  // namespace
+
 std::string AdminServer::handle(const std::string& method, const std::string& path,
                                 const std::string& query, const std::string* authorization,
                                 const std::string* content_type, std::string& body) {
@@ -249,6 +291,16 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
     for (size_t i = 0; i < r.restart_needed.size(); ++i)
       json += (i ? ",\"" : "\"") + r.restart_needed[i] + "\"";  // fixed key names
     return okResponse(json + "]}");
+  }
+  if (path == "/revoke") {
+    if (method != "POST") return errorResponse(405, "use POST", {{"Allow", "POST"}});
+    if (!revoke_) return errorResponse(503, "revoke is not available");
+    RevokeRequest request;
+    if (std::string why = parseRevoke(body, request); !why.empty())
+      return errorResponse(400, "POST /revoke: " + why);
+    const std::optional<size_t> n = revoke_(request);
+    if (!n) return errorResponse(503, "a worker did not answer in time; sessions may be closing");
+    return okResponse("{\"revoked\":" + std::to_string(*n) + "}");
   }
   static const std::string kPublish = "/publish/";
   if (path.compare(0, kPublish.size(), kPublish) == 0) {

@@ -11,6 +11,10 @@
 //                             thread's (publishes, reloads), summed
 //   POST /reload              as SIGHUP: 200 {"reloaded":true,"generation":N,
 //                             "restart_needed":[..]}, or 500 with why nothing changed
+//   POST /revoke              body {"user": "..."} and/or {"session": N}, optional "code"
+//                             (default 1008) and "reason" (default "revoked"): every established
+//                             WebSocket or SSE session of that plugin identity (or with that
+//                             access-log id) gets the close frame. 200 {"revoked": N}
 // With `admin.token` set, every request needs "Authorization: Bearer <token>" (else 401).
 // One request per connection (Connection: close): publishers are legacy apps doing plain POSTs.
 
@@ -18,6 +22,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -30,6 +35,14 @@
 namespace upgate {
 
 class AdminConnection;
+
+// POST /revoke: which sessions to close, and how.
+struct RevokeRequest {
+  std::string user;      // a plugin identity ("": none)
+  uint64_t session = 0;  // an access-log id (0: none)
+  uint16_t code = 1008;
+  std::string reason = "revoked";
+};
 
 // What a reload did, for POST /reload.
 struct ReloadResult {
@@ -50,6 +63,11 @@ class AdminServer {
   void setDraining() { draining_ = true; }
   // What POST /reload runs (on this loop): the same as SIGHUP.
   void setReload(std::function<ReloadResult()> reload) { reload_ = std::move(reload); }
+  // What POST /revoke runs (on this loop): asks every worker, returns how many sessions it
+  // closed, or nothing if a worker did not answer in time.
+  void setRevoke(std::function<std::optional<size_t>(const RevokeRequest&)> revoke) {
+    revoke_ = std::move(revoke);
+  }
   // After a reload (on this loop): the token, body limit and request limits of the new
   // configuration apply to the next request; the listening address stays (restart_needed).
   void setConfig(std::shared_ptr<const Config> config) { config_ = std::move(config); }
@@ -86,6 +104,7 @@ class AdminServer {
   bool closing_ = false;
   bool draining_ = false;
   std::function<ReloadResult()> reload_;
+  std::function<std::optional<size_t>(const RevokeRequest&)> revoke_;
   std::unordered_set<AdminConnection*> connections_;
   std::function<void()> done_;
 };

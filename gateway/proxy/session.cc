@@ -382,18 +382,30 @@ std::unique_ptr<PluginHttpCall> Session::startHttpCall(PluginHttpRequest request
 
 void Session::onPluginClose(uint16_t code, const std::string& reason) {
   std::string why = "closed by a plugin (" + std::to_string(code) + " " + reason + ")";
+  if (state_ != State::Subscribed) UPGATE_LOG(info, id_, "{}", why);
+  if (!closeEstablished(code, reason)) finish(why);
+}
+
+bool Session::revoke(uint64_t id, const std::string& user, uint16_t code,
+                     const std::string& reason) {
+  if ((id == 0 || id != id_) && (user.empty() || user != user_)) return false;
+  if (state_ != State::Tunnel && state_ != State::Subscribed) return false;
+  UPGATE_LOG(info, id_, "revoked through the admin API: closing with {} {}", code, reason);
+  return closeEstablished(code, reason);
+}
+
+bool Session::closeEstablished(uint16_t code, const std::string& reason) {
   if (state_ == State::Subscribed && subscription_) {
     subscription_->close(code, reason);
-    return;
+    return true;
   }
-  UPGATE_LOG(info, id_, "{}", why);
   if (state_ == State::Tunnel && tunnel_) {
-    // Both legs get the plugin's code as a close frame; the replies end the session.
+    // Both legs get the code as a close frame; the replies end the session.
     tunnel_->close(code, reason, uv_now(worker_.loop()));
     if (state_ == State::Tunnel) armTunnelTimer();
-    return;
+    return true;
   }
-  finish(why);
+  return false;
 }
 
 // ---- Channel subscribers ---------------------------------------------------------------------

@@ -53,6 +53,9 @@ class Session final : private SubscriptionOwner,
   // The worker is draining: subscribers get a 1001 close frame; tunnels run on until they end
   // or the drain deadline aborts them.
   void drain();
+  // POST /revoke: an established WebSocket (or SSE) session whose id or plugin identity matches
+  // is closed with `code` and `reason`. True if this one is (it was established and matched).
+  bool revoke(uint64_t id, const std::string& user, uint16_t code, const std::string& reason);
   uint64_t id() const { return id_; }
 
   // Intrusive list links owned by the worker's session registry.
@@ -179,6 +182,9 @@ class Session final : private SubscriptionOwner,
 
   // Exits.
   void lingerClose(const std::string& reason, bool flush_upstream = false);
+  // An established WebSocket (or SSE) session: close frames with `code` (a plugin, POST
+  // /revoke); false in any other state.
+  bool closeEstablished(uint16_t code, const std::string& reason);
   void respond(int status, const std::string& reason, const std::string& response);
   void respondError(int status, const std::string& reason, const HeaderList* extra = nullptr);
   void finish(const std::string& reason);

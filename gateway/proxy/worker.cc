@@ -88,11 +88,25 @@ void Worker::run(std::promise<int> ready) {
     UPGATE_LOG(err, 0, "worker {}: loop closed with live handles", index_);
 }
 
-void Worker::post(std::function<void()> task) {
+bool Worker::post(std::function<void()> task) {
   std::lock_guard<std::mutex> lock(inbox_mutex_);
-  if (inbox_closed_) return;  // stopping: nothing will run it
+  if (inbox_closed_) return false;  // stopping: nothing will run it
   inbox_.push_back(std::move(task));
   uv_async_send(&async_);
+  return true;
+}
+
+size_t Worker::revoke(uint64_t id, const std::string& user, uint16_t code,
+                      const std::string& reason) {
+  // Closing starts the session's close handshake; it leaves the list later (handles close
+  // asynchronously), so walking on is safe.
+  size_t n = 0;
+  for (Session* s = sessions_; s != nullptr;) {
+    Session* next = s->next;
+    n += s->revoke(id, user, code, reason);
+    s = next;
+  }
+  return n;
 }
 
 void Worker::onAsync(uv_async_t* a) noexcept {

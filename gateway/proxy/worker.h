@@ -82,8 +82,13 @@ class Worker {
   // `fds` is aligned with the new config's listeners (see ListenFds); running listeners it does
   // not reuse stop accepting (their sessions carry on).
   void reload(GenerationPtr generation, ListenFds fds);
-  // Thread-safe: runs `task` on this worker's loop, in post order.
-  void post(std::function<void()> task);
+  // Thread-safe: runs `task` on this worker's loop, in post order. False if the worker is
+  // stopping and will not run it.
+  bool post(std::function<void()> task);
+  // Loop thread (POST /revoke): closes the established WebSocket and SSE sessions whose id is
+  // `id` (0: none) or whose plugin identity is `user` ("": none) with `code` and `reason`.
+  // Returns how many.
+  size_t revoke(uint64_t id, const std::string& user, uint16_t code, const std::string& reason);
 
   // Loop-thread API for sessions.
   uv_loop_t* loop() { return &loop_; }

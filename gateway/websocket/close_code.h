@@ -36,6 +36,12 @@ constexpr bool isValidWireCloseCode(uint16_t code) {
          (code >= 3000 && code <= 4999);
 }
 
+// True if a server may send `code`: a valid received code but 1010, which only clients send
+// (§7.4.1). The same set as the plugin ABI's UPGATE_CLOSE_CODE_OK.
+constexpr bool isSendableCloseCode(uint16_t code) {
+  return isValidWireCloseCode(code) && code != close_code::kMandatoryExtension;
+}
+
 // How a WebSocket session began to end: who sent the first close frame, with which code. Kept by
 // the relays (tunnels, tcp bridges, channel subscriptions) for the access log, the plugins'
 // on_close and upgate_websocket_closes_total. A session that ends without any close frame is
