@@ -367,9 +367,10 @@ int runServer(std::shared_ptr<const Config> config, std::shared_ptr<const TlsBun
   }
   m.admin = admin.get();
 
+  ConnectionCount connections;
   std::vector<std::unique_ptr<Worker>> pool;
   for (unsigned w = 0; w < workers; ++w) {
-    pool.push_back(std::make_unique<Worker>(w, m.generation, hub, std::move(fds[w])));
+    pool.push_back(std::make_unique<Worker>(w, m.generation, hub, connections, std::move(fds[w])));
   }
   std::vector<Worker*> raw;
   for (auto& w : pool) raw.push_back(w.get());

@@ -206,6 +206,7 @@ struct LimitsConfig {
   size_t max_response_head_bytes = 16 * 1024;  // upstream response head -> 502
   size_t max_error_body_bytes = 64 * 1024;     // relayed non-101 upstream body cap -> 502
   size_t max_message_size = 16 * 1024 * 1024;  // WebSocket message upgate reads itself -> 1009
+  uint64_t max_connections = 0;  // client connections open in the process -> 503; 0 = no cap
 };
 
 struct TimeoutsConfig {

@@ -868,7 +868,7 @@ class Loader {
     LimitsConfig& l = cfg_->limits;
     fields(map,
            {"max_head_bytes", "max_headers", "high_water", "max_response_head_bytes",
-            "max_error_body_bytes", "max_message_size"},
+            "max_error_body_bytes", "max_message_size", "max_connections"},
            {}, [&](const std::string& key, const Field& f) {
              if (key == "max_head_bytes") {
                readSize(f, l.max_head_bytes);
@@ -886,6 +886,10 @@ class Loader {
                readSize(f, l.max_error_body_bytes);
              } else if (key == "max_message_size") {
                readSize(f, l.max_message_size);
+             } else if (key == "max_connections") {
+               int64_t v = 0;
+               if (readInt(f, 0, config_range::kMaxConnections, v))
+                 l.max_connections = static_cast<uint64_t>(v);
              }
            });
   }

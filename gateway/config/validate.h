@@ -20,6 +20,7 @@ namespace upgate {
 // Accepted ranges. Shared with the loader so both report the same bounds.
 namespace config_range {
 inline constexpr unsigned kMaxWorkers = 256;
+inline constexpr int64_t kMaxConnections = 100'000'000;
 inline constexpr int kMinBacklog = 1;
 inline constexpr int kMaxBacklog = 65535;
 inline constexpr size_t kMinHeadBytes = 1024;         // max_head_bytes and

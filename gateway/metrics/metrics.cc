@@ -10,6 +10,10 @@ constexpr std::array<FamilyInfo, static_cast<size_t>(Family::Count)> kFamilies{{
      true},
     {"upgate_connections_open", "gauge",
      "Client connections open: WebSocket sessions, SSE readers, HTTP connections.", false},
+    {"upgate_connections_rejected_total", "counter",
+     "Client connections turned away because limits.max_connections were open, by listener "
+     "(plain: a 503; TLS: closed before the handshake).",
+     true},
     {"upgate_requests_total", "counter",
      "Requests answered, by route and status (101: WebSocket upgrades; route \"\": none "
      "matched).",

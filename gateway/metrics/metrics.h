@@ -25,6 +25,7 @@ namespace upgate::metrics {
 enum class Family {
   ConnectionsAccepted,  // counter {listener}
   ConnectionsOpen,      // gauge
+  ConnectionsRejected,  // counter {listener}: over limits.max_connections
   Requests,             // counter {route, code}: 101 = WebSocket upgrades
   Bytes,                // counter {route, direction}: after the 101 / request and response
   Messages,             // counter {route, direction}: WebSocket data messages

@@ -112,6 +112,19 @@ void Session::start() {
   if (rc != 0) finish(uvReason("client read", rc));
 }
 
+void Session::rejectOverCapacity() {
+  const std::string why = "over limits.max_connections";
+  if (client_tls_) {
+    // No TLS handshake for a connection upgate will not serve: the work a 503 would cost is
+    // what an overloaded gateway cannot spare.
+    finish(why + ": closed before the TLS handshake");
+    return;
+  }
+  // Before the request head: the answer does not depend on it. Read and dropped while lingering.
+  const HeaderList retry{{"Retry-After", "1"}};
+  respond(503, why, errorResponse(503, why, retry), /*log=*/false);
+}
+
 void Session::abort(const char* reason) {
   if (state_ == State::Closing) return;
   if (!started_) {
@@ -1373,11 +1386,14 @@ void Session::respondError(int status, const std::string& reason, const HeaderLi
   respond(status, reason, errorResponse(status, reason, extra ? *extra : HeaderList{}));
 }
 
-void Session::respond(int status, const std::string& reason, const std::string& response) {
+void Session::respond(int status, const std::string& reason, const std::string& response,
+                      bool log) {
   if (state_ == State::Closing || state_ == State::Lingering) return;
   answered(status);
   close_reason_ = reason;
-  if (status >= 500) {
+  if (!log) {
+    UPGATE_LOG(debug, id_, "{} {}", status, reason);
+  } else if (status >= 500) {
     UPGATE_LOG(warn, id_, "{} {}", status, reason);
   } else {
     UPGATE_LOG(info, id_, "{} {}", status, reason);

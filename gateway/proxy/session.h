@@ -58,9 +58,15 @@ class Session final : private SubscriptionOwner,
   bool revoke(uint64_t id, const std::string& user, uint16_t code, const std::string& reason);
   uint64_t id() const { return id_; }
 
-  // Intrusive list links owned by the worker's session registry.
+  // limits.max_connections was reached: a 503 (plain listeners) or a close before any TLS
+  // handshake. Right after start().
+  void rejectOverCapacity();
+
+  // Intrusive list links owned by the worker's session registry, and whether the session holds
+  // a place in the process's connection count (Worker::accept).
   Session* prev = nullptr;
   Session* next = nullptr;
+  bool counted = false;
 
  private:
   enum class State {
@@ -185,7 +191,8 @@ class Session final : private SubscriptionOwner,
   // An established WebSocket (or SSE) session: close frames with `code` (a plugin, POST
   // /revoke); false in any other state.
   bool closeEstablished(uint16_t code, const std::string& reason);
-  void respond(int status, const std::string& reason, const std::string& response);
+  // log: a line for this answer (a flood of 503s for max_connections is said once by the worker).
+  void respond(int status, const std::string& reason, const std::string& response, bool log = true);
   void respondError(int status, const std::string& reason, const HeaderList* extra = nullptr);
   void finish(const std::string& reason);
   void closeHandles();

@@ -27,7 +27,8 @@ ListenFds::~ListenFds() {
   }
 }
 
-Worker::Worker(unsigned index, GenerationPtr generation, Hub& hub, ListenFds fds)
+Worker::Worker(unsigned index, GenerationPtr generation, Hub& hub, ConnectionCount& connections,
+               ListenFds fds)
     : index_(index),
       generation_(std::move(generation)),
       // Made here, before the thread starts (which publishes them); then only the loop writes.
@@ -35,6 +36,7 @@ Worker::Worker(unsigned index, GenerationPtr generation, Hub& hub, ListenFds fds
       subscribers_gauge_(metrics_.get(metrics::Family::ChannelSubscribers)),
       deliveries_(metrics_.get(metrics::Family::ChannelDeliveries)),
       hub_(hub),
+      connections_(connections),
       fds_(std::move(fds)) {}
 
 Worker::~Worker() {
@@ -168,6 +170,28 @@ void Worker::accept(Listener& listener, uv_stream_t* server) {
     return;
   }
   s->start();
+  // Every session holds a place in the count from here until removeSession; one over the cap
+  // gives it back at once and is turned away.
+  const uint64_t cap = generation_->config->limits.max_connections;
+  s->counted = true;
+  if (connections_.open.fetch_add(1, std::memory_order_relaxed) >= cap && cap != 0) {
+    connections_.open.fetch_sub(1, std::memory_order_relaxed);
+    s->counted = false;
+    rejectOverCapacity(listener, *s, cap);
+  }
+}
+
+void Worker::rejectOverCapacity(Listener& listener, Session& s, uint64_t cap) {
+  metrics_
+      .get(metrics::Family::ConnectionsRejected,
+           metrics::labels({{"listener", listener.config().name}}))
+      .add();
+  const uint64_t now = uv_now(&loop_);
+  if (last_reject_log_ms_ == 0 || now - last_reject_log_ms_ >= 1000) {
+    last_reject_log_ms_ = now;
+    UPGATE_LOG(warn, s.id(), "limits.max_connections ({}) reached: turning connections away", cap);
+  }
+  s.rejectOverCapacity();
 }
 
 void Worker::reload(GenerationPtr generation, ListenFds fds) {
@@ -288,6 +312,7 @@ void Worker::removeSession(Session* s) {
   if (sessions_ == s) sessions_ = s->next;
   --session_count_;
   open_connections_.sub();
+  if (s->counted) connections_.open.fetch_sub(1, std::memory_order_relaxed);
   maybeStop();
 }
 

@@ -5,6 +5,7 @@
 
 #include <uv.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <future>
@@ -66,9 +67,16 @@ struct RouteMetrics {
   metrics::Counter& closesWith(FirstClose close, metrics::Registry& registry);
 };
 
+// Client connections open in the process, for limits.max_connections: shared by the workers,
+// one atomic add per accepted connection and one subtract when it ends (never per message).
+struct ConnectionCount {
+  std::atomic<uint64_t> open{0};
+};
+
 class Worker {
  public:
-  Worker(unsigned index, GenerationPtr generation, Hub& hub, ListenFds fds);
+  Worker(unsigned index, GenerationPtr generation, Hub& hub, ConnectionCount& connections,
+         ListenFds fds);
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker();
@@ -134,6 +142,7 @@ class Worker {
   std::unique_ptr<Listener> openListener(const ListenerConfig& config, int fd, int& rc);
   void closeListener(std::unique_ptr<Listener> listener);
   metrics::Counter& acceptedCounter(const std::string& listener);
+  void rejectOverCapacity(Listener& listener, Session& s, uint64_t cap);
   void applyGeneration(GenerationPtr generation, ListenFds& fds);
   void beginDrain();
   void drainDue();
@@ -149,6 +158,8 @@ class Worker {
   metrics::Counter& subscribers_gauge_;
   metrics::Counter& deliveries_;
   Hub& hub_;
+  ConnectionCount& connections_;
+  uint64_t last_reject_log_ms_ = 0;  // over max_connections: one warning a second at most
   std::unique_ptr<HttpClient> http_client_;
   std::unique_ptr<UpstreamPool> upstream_pool_;  // keep-alive connections of http routes
   std::unordered_map<std::string, std::vector<ChannelSubscriber*>> subscribers_;

@@ -4,9 +4,11 @@ Each response must carry `Connection: close` and the gateway must close the sock
 One gateway serves all cases; each misbehaving upstream has its own route."""
 
 import socket
+import ssl
 import time
 import unittest
 
+import bridge_util
 import harness
 from harness import (GatewayTestCase, EchoUpstream, RawClient, RawUpstream, RefusedPort,
                      BlackholeUpstream, ws_request)
@@ -214,6 +216,70 @@ class ErrorsTest(GatewayTestCase):
         entry = self.gw.access_log_for_client(local)
         self.assertEqual(entry["status"], 403, entry)
         self.assertEqual(entry["upstream"], harness.hostport(self.forbidden.addr), entry)
+
+
+class ConnectionCapTest(GatewayTestCase):
+    """limits.max_connections counts client connections in the whole process (both workers,
+    both listeners): beyond it a plain connection gets a 503 with Retry-After at once, a TLS one
+    is closed before its handshake; a place that frees up is taken by the next client."""
+
+    def setUp(self):
+        self.echo = self.start_peer(EchoUpstream())
+        self.gw = self.start_gateway(harness.make_config(
+            {"echo": {"endpoints": [self.echo.addr]}},
+            [{"name": "chat", "match": {"path_prefix": "/"}, "upstream": "echo"}],
+            listeners=[{"name": "public", "address": "127.0.0.1:0"},
+                       {"name": "secure", "address": "127.0.0.1:0", "tls": {}}],
+            limits={"max_connections": 3},
+            admin={"address": "127.0.0.1:0"}))
+
+    def tearDown(self):
+        self.assertGatewayAlive(self.gw)
+
+    def open_session(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/chat")
+        return c
+
+    def test_over_the_cap_is_a_503_then_a_freed_place_is_taken(self):
+        sessions = [self.open_session() for _ in range(3)]
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        resp = c.read_response()  # sent without waiting for a request
+        self.assertEqual(resp.status, 503, resp)
+        self.assertEqual(resp.header("Retry-After"), "1", resp)
+        self.assertEqual(resp.header("Connection"), "close", resp)
+        # The request that follows is read and dropped; the connection ends.
+        c.send(ws_request("/chat"))
+        _, how = c.read_until_closed(SLOW_MARGIN)
+        self.assertIn(how, ("eof", "reset"))
+        # TLS: closed before any handshake work.
+        raw = socket.create_connection(self.gw.addr("secure"), timeout=SLOW_MARGIN)
+        self.addCleanup(raw.close)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with self.assertRaises((ssl.SSLError, OSError)):
+            ctx.wrap_socket(raw, server_hostname="localhost").do_handshake()
+        # One session ends: its place is free again (once the gateway has seen it go).
+        sessions.pop().close()
+        refused = [1]  # 503s on the public listener so far
+
+        def admitted():
+            probe = RawClient(self.gw.addr())
+            self.addCleanup(probe.close)
+            probe.send(ws_request("/chat"))
+            status = probe.read_response().status
+            refused[0] += status == 503
+            return status == 101
+        harness.poll_until(admitted, SLOW_MARGIN, interval=0.1, what="a freed place")
+        entry = self.gw.wait_access_log(lambda e: e.get("status") == 503, 5, what="the 503")
+        self.assertEqual(entry["close"], "over limits.max_connections", entry)
+        metrics = bridge_util.Admin(self.gw).request("GET", "/metrics").body.decode()
+        self.assertIn('upgate_connections_rejected_total{listener="public"} %d' % refused[0],
+                      metrics)
+        self.assertIn('upgate_connections_rejected_total{listener="secure"} 1', metrics)
 
 
 if __name__ == "__main__":

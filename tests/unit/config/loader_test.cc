@@ -92,6 +92,7 @@ TEST_CASE("loader: good fixture loads every key", "[config]") {
   CHECK(c->limits.high_water == 1048576);
   CHECK(c->limits.max_response_head_bytes == 4096);
   CHECK(c->limits.max_error_body_bytes == 1000);
+  CHECK(c->limits.max_connections == 5000);
   CHECK(c->timeouts.head == Millis(5000));
   CHECK(c->timeouts.idle == Millis(3600000));
   CHECK(c->timeouts.half_close == Millis(0));
@@ -512,6 +513,8 @@ TEST_CASE("loader: value ranges", "[config]") {
        "t.yaml:7:10: workers: must be between 0 and 256, got 99999999999999999999"},
       {"limits: {max_headers: 10001}\n",
        "t.yaml:7:23: limits.max_headers: must be between 1 and 10000, got 10001"},
+      {"limits: {max_connections: -1}\n",
+       "t.yaml:7:27: limits.max_connections: must be between 0 and 100000000, got -1"},
       {"limits: {high_water: 1023}\n",
        "t.yaml:7:22: limits.high_water: must be between 1KiB and 1GiB, got 1023"},
       {"limits: {max_head_bytes: 2MiB}\n",
