@@ -11,10 +11,11 @@
 //                             thread's (publishes, reloads), summed
 //   POST /reload              as SIGHUP: 200 {"reloaded":true,"generation":N,
 //                             "restart_needed":[..]}, or 500 with why nothing changed
-//   POST /revoke              body {"user": "..."} and/or {"session": N}, optional "code"
-//                             (default 1008) and "reason" (default "revoked"): every established
-//                             WebSocket or SSE session of that plugin identity (or with that
-//                             access-log id) gets the close frame. 200 {"revoked": N}
+//   POST /revoke              body {"user": "..."} and/or {"session": N} (both: that session if
+//                             it is that user's), optional "code" (default 1008) and "reason"
+//                             (default "revoked"): every established WebSocket or SSE session
+//                             of that plugin identity (or with that access-log id) gets the close
+//                             frame; one still in its upgrade, a 403. 200 {"revoked": N}
 // With `admin.token` set, every request needs "Authorization: Bearer <token>" (else 401).
 // One request per connection (Connection: close): publishers are legacy apps doing plain POSTs.
 

@@ -43,6 +43,8 @@ class Relay {
   virtual bool takeRearm() = 0;
   // The first close frame so far, either way (CloseOrigin::None: none yet).
   virtual FirstClose firstClose() const = 0;
+  // A close handshake has begun (either way), or the relay ended.
+  virtual bool closing() const = 0;
 };
 
 }  // namespace upgate

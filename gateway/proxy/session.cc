@@ -401,10 +401,25 @@ void Session::onPluginClose(uint16_t code, const std::string& reason) {
 
 bool Session::revoke(uint64_t id, const std::string& user, uint16_t code,
                      const std::string& reason) {
-  if ((id == 0 || id != id_) && (user.empty() || user != user_)) return false;
-  if (state_ != State::Tunnel && state_ != State::Subscribed) return false;
-  UPGATE_LOG(info, id_, "revoked through the admin API: closing with {} {}", code, reason);
-  return closeEstablished(code, reason);
+  // Both given: that session, if it is that user's.
+  if ((id != 0 && id != id_) || (!user.empty() && user != user_)) return false;
+  switch (state_) {
+    case State::Tunnel:
+    case State::Subscribed:
+      // One that is closing already keeps its close (and is not counted again).
+      if (tunnel_ ? tunnel_->closing() : subscription_ && subscription_->closeSent()) return false;
+      UPGATE_LOG(info, id_, "revoked through the admin API: closing with {} {}", code, reason);
+      return closeEstablished(code, reason);
+    case State::PluginPaused:
+    case State::Resolving:
+    case State::Connecting:
+    case State::AwaitingSwitch:
+      // Admitted (or being judged) but not upgraded yet: it must not become a session.
+      respondError(403, "revoked through the admin API: " + reason);
+      return true;
+    default:
+      return false;  // reading a head, an HTTP exchange, or ending already
+  }
 }
 
 bool Session::closeEstablished(uint16_t code, const std::string& reason) {

@@ -53,8 +53,9 @@ class Session final : private SubscriptionOwner,
   // The worker is draining: subscribers get a 1001 close frame; tunnels run on until they end
   // or the drain deadline aborts them.
   void drain();
-  // POST /revoke: an established WebSocket (or SSE) session whose id or plugin identity matches
-  // is closed with `code` and `reason`. True if this one is (it was established and matched).
+  // POST /revoke: a session whose id and plugin identity match (those given) is closed with
+  // `code` and `reason` if established, answered 403 if still in its upgrade. True if this one
+  // matched and was not closing already.
   bool revoke(uint64_t id, const std::string& user, uint16_t code, const std::string& reason);
   uint64_t id() const { return id_; }
 

@@ -49,6 +49,7 @@ class TcpBridge final : public Relay, private FrameSink {
     return r;
   }
   FirstClose firstClose() const override { return first_close_; }
+  bool closing() const override { return ended_ || close_sent_ || close_received_; }
 
  private:
   bool onFrameHeader(const FrameHeader& h, const char* raw, size_t raw_len) override;

@@ -204,8 +204,11 @@ void Tunnel::close(uint16_t code, const std::string& reason, uint64_t now_ms) {
   if (ended_) return;
   now_ms_ = now_ms;
   first_close_.note(CloseOrigin::Gateway, code);
+  // A close frame still waiting for its leg's frame boundary keeps the reason it was given.
   // Cut on a character boundary: a close reason must stay valid UTF-8 (RFC 6455 §5.5.1).
-  close_reason_ = reason.substr(0, utf8TruncationPoint(reason, 100));
+  const bool pending = (!client_.close_sent && client_.close_code != 0) ||
+                       (!upstream_.close_sent && upstream_.close_code != 0);
+  if (!pending) close_reason_ = reason.substr(0, utf8TruncationPoint(reason, 100));
   for (bool c : {true, false}) {
     Leg& l = leg(c);
     if (!l.close_sent && l.close_code == 0) l.close_code = code;

@@ -107,6 +107,7 @@ class Tunnel final : public Relay {
     return r;
   }
   FirstClose firstClose() const override { return first_close_; }
+  bool closing() const override { return ended_ || close_deadline_ms_ != 0; }
 
  private:
   // Relays one direction's output to the other leg.

@@ -93,9 +93,8 @@ class Worker {
   // Thread-safe: runs `task` on this worker's loop, in post order. False if the worker is
   // stopping and will not run it.
   bool post(std::function<void()> task);
-  // Loop thread (POST /revoke): closes the established WebSocket and SSE sessions whose id is
-  // `id` (0: none) or whose plugin identity is `user` ("": none) with `code` and `reason`.
-  // Returns how many.
+  // Loop thread (POST /revoke): ends the sessions whose id is `id` (0: any) and whose plugin
+  // identity is `user` ("": any) as Session::revoke does. Returns how many.
   size_t revoke(uint64_t id, const std::string& user, uint16_t code, const std::string& reason);
 
   // Loop-thread API for sessions.

@@ -9,7 +9,8 @@ import os
 import unittest
 
 import harness
-from harness import GatewayTestCase, EchoUpstream, RawClient, OP_TEXT, OP_CLOSE, close_payload
+from harness import (GatewayTestCase, EchoUpstream, RawClient, RawUpstream, OP_TEXT, OP_CLOSE,
+                     close_payload)
 
 import bridge_util
 
@@ -62,11 +63,17 @@ class RevokeTest(RevokeCase):
     @classmethod
     def setUpClass(cls):
         cls.echo = cls.start_class_peer(EchoUpstream())
+        cls.silent = cls.start_class_peer(RawUpstream(harness.silent_handler, name="silent"))
         api_key = [{"name": "api_key", "config": {"keys_file": API_KEYS}}]
-        cls.gw = cls.start_class_gateway(gateway_config(cls.echo, 2, [
+        config = gateway_config(cls.echo, 2, [
             chat_route(api_key),
             {"name": "news", "match": {"path_prefix": "/news/"}, "kind": "channel",
-             "channel": "{path.2}", "plugins": api_key}]))
+             "channel": "{path.2}", "plugins": api_key},
+            {"name": "slow", "match": {"path_prefix": "/slow"}, "upstream": "silent",
+             "plugins": api_key}])
+        config["upstreams"]["silent"] = {"endpoints": [harness.hostport(cls.silent.addr)],
+                                         "handshake_timeout": "60s"}
+        cls.gw = cls.start_class_gateway(config)
         cls.admin = bridge_util.Admin(cls.gw, TOKEN)
 
     def test_every_session_of_a_user_is_closed_on_every_worker(self):
@@ -77,6 +84,9 @@ class RevokeTest(RevokeCase):
         bob = self.session("bob")
         self.assertEqual(self.revoke({"user": "alice", "code": 4001, "reason": "logged out"}),
                          {"revoked": 17})
+        # Closing already (the clients have not answered): not counted again, and the close
+        # under way keeps its code and reason.
+        self.assertEqual(self.revoke({"user": "alice", "code": 4002}), {"revoked": 0})
         for c in alices + [subscriber]:
             self.assert_closed_with(c, 4001, "logged out")
         self.assert_open(bob)
@@ -89,6 +99,25 @@ class RevokeTest(RevokeCase):
         self.assertEqual(workers, {0, 1})
         # Nobody left to revoke.
         self.assertEqual(self.revoke({"user": "alice"}), {"revoked": 0})
+
+    def test_an_upgrade_still_in_its_handshake_gets_a_403(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.send(harness.ws_request("/slow", extra=[("X-API-Key", KEYS["alice"])]))
+        # Admitted: the upstream has the upgrade, and no 101 comes.
+        self.silent.wait_event(lambda e: e[0] == "head", what="the upgrade at the upstream")
+        self.assertEqual(self.revoke({"user": "alice"}), {"revoked": 1})
+        self.assertEqual(c.read_response().status, 403)
+
+    def test_user_and_session_together_mean_that_users_session(self):
+        bob = self.session("bob")
+        bob.send_frame(OP_CLOSE, close_payload(1000))
+        bob.recv_frame()
+        bob_id = self.gw.access_log_for_client(bob.sock.getsockname())["id"]
+        alice = self.session("alice")
+        # bob's id (ended) is no session of alice's; nothing of alice's is touched.
+        self.assertEqual(self.revoke({"user": "alice", "session": bob_id}), {"revoked": 0})
+        self.assert_open(alice)
 
     def test_bad_bodies_are_refused_with_the_reason(self):
         cases = [
