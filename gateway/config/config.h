@@ -109,7 +109,7 @@ enum class RouteKind {
 // A name -> value pair from the config (headers to send, etc.).
 using ConfigHeaders = std::vector<std::pair<std::string, std::string>>;
 
-// Templates ("{query.symbols}", "{path.1}", "{path}", "{header.X-Tenant}", "{cursor}") are
+// Templates ("{query.symbols}", "{path.0}", "{path}", "{header.X-Tenant}", "{cursor}") are
 // expanded per request; see http/template.h.
 struct LongPollConfig {
   std::string channel = "{path}";  // channel key: every subscriber with the same key shares a poll

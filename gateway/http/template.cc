@@ -21,7 +21,7 @@ std::string pathSegment(std::string_view path, size_t n) {
     while (pos < path.size() && path[pos] == '/') ++pos;
     size_t end = path.find('/', pos);
     if (end == std::string_view::npos) end = path.size();
-    if (end > pos && ++index == n) return percentDecode(path.substr(pos, end - pos));
+    if (end > pos && index++ == n) return percentDecode(path.substr(pos, end - pos));
     pos = end;
   }
   return {};
@@ -47,7 +47,6 @@ bool resolve(std::string_view var, const RequestHead* request, std::string& out,
       if (!std::isdigit(static_cast<unsigned char>(c))) return false;
       n = n * 10 + static_cast<size_t>(c - '0');
     }
-    if (n == 0) return false;
     if (request) out = pathSegment(request->path, n);
     return true;
   }

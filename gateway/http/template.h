@@ -1,7 +1,8 @@
 #pragma once
 // Request templates for channel keys and upstream poll targets:
 //   {path}          the request path
-//   {path.N}        the N-th path segment, 1-based ("/news/sports": {path.1}=news, {path.2}=sports)
+//   {path.N}        path segment N, counted from 0 ("/news/sports": {path.0}=news, {path.1}=sports;
+//                   empty segments are skipped, each is percent-decoded)
 //   {query.NAME}    a query parameter's value (percent-decoded)
 //   {header.NAME}   a request header's value
 //   {cursor}        the long-poll cursor (poll targets only; left in place unless given)

@@ -248,13 +248,13 @@ routes:
   - name: fan
     match: { path_prefix: /fan/ }
     kind: channel
-    channel: "{path.2}"
+    channel: "{path.1}"
   - name: longpoll
     match: { path_prefix: /lp/ }
     kind: longpoll
     upstream: legacy
     longpoll:
-      channel: "{path.2}"
+      channel: "{path.1}"
       poll: "/poll?cursor={cursor}"
       cursor: { header: X-Cursor, initial: "0" }
   - name: echo

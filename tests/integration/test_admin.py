@@ -68,7 +68,7 @@ class RevokeTest(RevokeCase):
         config = gateway_config(cls.echo, 2, [
             chat_route(api_key),
             {"name": "news", "match": {"path_prefix": "/news/"}, "kind": "channel",
-             "channel": "{path.2}", "plugins": api_key},
+             "channel": "{path.1}", "plugins": api_key},
             {"name": "slow", "match": {"path_prefix": "/slow"}, "upstream": "silent",
              "plugins": api_key}])
         config["upstreams"]["silent"] = {"endpoints": [harness.hostport(cls.silent.addr)],

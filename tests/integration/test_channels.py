@@ -36,11 +36,11 @@ BIG = 192 * 1024           # message size for the slow-subscriber tests (3 x the
 def channel_routes():
     return [
         {"name": "news", "match": {"path_prefix": "/news/"}, "kind": "channel",
-         "channel": "{path.2}", "sse": True},
+         "channel": "{path.1}", "sse": True},
         {"name": "slow", "match": {"path_prefix": "/slow/"}, "kind": "channel",
-         "channel": "{path.2}", "max_queue_bytes": "64KiB", "overflow": "close"},
+         "channel": "{path.1}", "max_queue_bytes": "64KiB", "overflow": "close"},
         {"name": "drop", "match": {"path_prefix": "/drop/"}, "kind": "channel",
-         "channel": "{path.2}", "max_queue_bytes": "64KiB", "overflow": "drop"},
+         "channel": "{path.1}", "max_queue_bytes": "64KiB", "overflow": "drop"},
     ]
 
 

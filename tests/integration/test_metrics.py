@@ -49,7 +49,7 @@ class MetricsTest(GatewayTestCase):
                     {"name": "page", "match": {"path": "/page"}, "kind": "http",
                      "upstream": "app"},
                     {"name": "news", "match": {"path_prefix": "/news/"}, "kind": "channel",
-                     "channel": "{path.2}"}],
+                     "channel": "{path.1}"}],
             admin={"address": "127.0.0.1:0", "token": TOKEN})
 
     # -- helpers ----------------------------------------------------------------------------

@@ -333,7 +333,7 @@ class JwtTest(GatewayTestCase):
                               "config": jwt_config(leeway="60s", require_exp=False,
                                                    token_from=["header"])}]},
                 {"name": "news", "match": {"path_prefix": "/news/"}, "kind": "channel",
-                 "channel": "{path.2}",
+                 "channel": "{path.1}",
                  "plugins": [{"name": "jwt", "config": jwt_config()}]},
             ]))
 

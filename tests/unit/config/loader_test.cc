@@ -484,12 +484,12 @@ TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
   }
   SECTION("a channel route needs no upstream but needs the admin API") {
     CHECK(
-        oneError(kBase + "routes:\n  - name: n\n    kind: channel\n    channel: \"{path.2}\"\n") ==
+        oneError(kBase + "routes:\n  - name: n\n    kind: channel\n    channel: \"{path.1}\"\n") ==
         "t.yaml:9:11: routes[0].kind: channel routes need the publish API: configure `admin:`");
     auto cfg = loadConfigString(kBase +
                                     "admin: { address: 127.0.0.1:0, token: s3cret }\n"
                                     "routes:\n  - name: n\n    kind: channel\n"
-                                    "    channel: \"{path.2}\"\n    overflow: drop\n",
+                                    "    channel: \"{path.1}\"\n    overflow: drop\n",
                                 "t.yaml");
     CHECK(cfg->admin.enabled);
     CHECK(cfg->admin.token == "s3cret");
