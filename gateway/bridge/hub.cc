@@ -11,7 +11,7 @@ unsigned Hub::ownerOf(const std::string& channel) const {
 }
 
 void Hub::subscribed(unsigned worker, const std::string& channel, const Generation& generation,
-                     const RouteConfig& route, const std::string& poll_target) {
+                     const RouteConfig& route, const PollRequest& poll) {
   std::lock_guard<std::mutex> lock(mutex_);
   Channel& c = channels_[channel];
   if (c.per_worker.empty()) c.per_worker.resize(workers_.size());
@@ -22,8 +22,8 @@ void Hub::subscribed(unsigned worker, const std::string& channel, const Generati
     // The task holds the route's generation: the subscriber may be gone (and a reload done)
     // before it runs.
     const RouteConfig* r = &route;
-    owner->post([owner, channel, g = generation.shared_from_this(), r, poll_target] {
-      owner->acquirePoller(channel, g, *r, poll_target);
+    owner->post([owner, channel, g = generation.shared_from_this(), r, poll] {
+      owner->acquirePoller(channel, g, *r, poll);
     });
   }
 }

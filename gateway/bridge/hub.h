@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "config/config.h"
@@ -46,6 +47,13 @@ class Delivery {
   mutable std::string sse_event_;
 };
 
+// What a long-poll channel's poller sends, taken from the subscriber that starts it: the route's
+// poll target expanded for that request, and the headers of longpoll.poll_forward_headers.
+struct PollRequest {
+  std::string target;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
 // A session subscribed to a channel (loop thread only).
 class ChannelSubscriber {
  public:
@@ -59,11 +67,11 @@ class Hub {
   void setWorkers(std::vector<Worker*> workers) { workers_ = std::move(workers); }
 
   // From `worker`'s loop, after it added the subscriber to its local list. `route` is a
-  // longpoll or channel route of `generation`; `poll_target` is the route's poll target
-  // expanded for this channel (longpoll only) and is used if this subscriber starts the poller,
-  // which then keeps `generation` (and so `route`) for as long as it polls.
+  // longpoll or channel route of `generation`; `poll` is the route's poll request made from
+  // this subscriber's (longpoll only) and is used if it starts the poller, which then keeps
+  // `generation` (and so `route`) for as long as it polls.
   void subscribed(unsigned worker, const std::string& channel, const Generation& generation,
-                  const RouteConfig& route, const std::string& poll_target);
+                  const RouteConfig& route, const PollRequest& poll);
   // From `worker`'s loop, after it removed the subscriber from its local list.
   void unsubscribed(unsigned worker, const std::string& channel);
 

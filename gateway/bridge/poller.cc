@@ -37,12 +37,12 @@ bool looksBinary(const HttpResponse& r) {
 }  // namespace
 
 Poller::Poller(Worker& worker, std::string channel, GenerationPtr generation,
-               const RouteConfig& route, std::string target)
+               const RouteConfig& route, PollRequest poll)
     : worker_(worker),
       channel_(std::move(channel)),
       generation_(std::move(generation)),
       route_(route),
-      target_(std::move(target)),
+      poll_(std::move(poll)),
       cursor_(route.longpoll.cursor_initial) {
   uv_timer_init(worker_.loop(), &retry_timer_);
   uv_timer_init(worker_.loop(), &grace_timer_);
@@ -54,7 +54,7 @@ Poller::~Poller() = default;
 
 void Poller::start() {
   UPGATE_LOG(info, 0, "channel {}: first subscriber, polling upstream {} {}", channel_,
-             route_.upstream, substituteCursor(target_, cursor_));
+             route_.upstream, substituteCursor(poll_.target, cursor_));
   poll();
 }
 
@@ -98,8 +98,9 @@ void Poller::poll() {
   req.endpoint = up.endpoints[worker_.nextEndpoint(up)];
   req.tls = generation_->upstreamTls(up.name);
   if (up.tls && !up.tls->server_name.empty()) req.tls_server_name = up.tls->server_name;
-  req.target = substituteCursor(target_, cursor_);
+  req.target = substituteCursor(poll_.target, cursor_);
   for (const auto& [name, value] : route_.longpoll.headers) req.headers.push_back({name, value});
+  for (const auto& [name, value] : poll_.headers) req.headers.push_back({name, value});
   req.timeout = route_.longpoll.timeout;
   req.max_response_bytes = route_.max_queue_bytes;
   ++polls_;

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 
+#include "bridge/hub.h"
 #include "config/config.h"
 #include "proxy/generation.h"
 #include "proxy/http_client.h"
@@ -24,11 +25,11 @@ class Worker;
 
 class Poller {
  public:
-  // `target` is the route's poll template with every variable but {cursor} expanded. `route`
-  // belongs to `generation`: a reload does not change a running poll, later subscribers of the
-  // channel join it as it is.
+  // `poll.target` is the route's poll template with every variable but {cursor} expanded;
+  // `poll.headers` go with every poll, after the route's own. `route` belongs to `generation`: a
+  // reload does not change a running poll, later subscribers of the channel join it as it is.
   Poller(Worker& worker, std::string channel, GenerationPtr generation, const RouteConfig& route,
-         std::string target);
+         PollRequest poll);
   Poller(const Poller&) = delete;
   Poller& operator=(const Poller&) = delete;
 
@@ -60,7 +61,7 @@ class Poller {
   const std::string channel_;
   const GenerationPtr generation_;
   const RouteConfig& route_;
-  const std::string target_;
+  const PollRequest poll_;
   std::string cursor_;
   std::shared_ptr<HttpClient::Call> call_;  // the in-flight poll (cancelled on stop)
   uv_timer_t retry_timer_{};

@@ -71,12 +71,12 @@ Subscription::~Subscription() {
   if (registered_) worker_.removeSubscriber(channel_, this);
 }
 
-void Subscription::start(std::string poll_target, std::string send_target,
+void Subscription::start(const PollRequest& poll, std::string send_target,
                          HeaderList forward_headers) {
   send_target_ = std::move(send_target);
   forward_headers_ = std::move(forward_headers);
   registered_ = true;
-  worker_.addSubscriber(channel_, generation_, route_, poll_target, this);
+  worker_.addSubscriber(channel_, generation_, route_, poll, this);
 }
 
 void Subscription::deliver(const Delivery& d) {

@@ -57,8 +57,8 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   Subscription& operator=(const Subscription&) = delete;
 
   // Registers with the worker (and so the hub). `send_target` is the route's send target
-  // expanded for this client (longpoll), `poll_target` its poll target (longpoll).
-  void start(std::string poll_target, std::string send_target, HeaderList forward_headers);
+  // expanded for this client (longpoll), `poll` the poll it would start (longpoll).
+  void start(const PollRequest& poll, std::string send_target, HeaderList forward_headers);
   // Bytes from the client (WebSocket frames). The buffer is the loop's read buffer: writable.
   void onClientData(char* data, size_t len);
   // Server-initiated close (drain: 1001, overflow: 1008); waits for the client's close frame

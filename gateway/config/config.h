@@ -122,9 +122,14 @@ struct LongPollConfig {
   std::string cursor_initial = "0";
   bool split_json_array = false;  // true: each element of a JSON array body is one message
   std::string send;               // client messages are POSTed here; empty = not accepted
-  Millis grace{5000};             // stop polling this long after the last subscriber left
-  Millis backoff_initial{500};    // upstream errors: exponential backoff with jitter...
-  Millis backoff_max{30000};      // ...up to this
+  // Headers of the client's upgrade request (after plugins, so with the X-Upgate-User/-Claims
+  // identity they attached) sent on its POSTs, and on the poll of a channel it starts.
+  std::vector<std::string> forward_headers = {"Cookie", "Authorization", "X-Upgate-User",
+                                              "X-Upgate-Claims"};
+  std::vector<std::string> poll_forward_headers;  // for channel keys made per identity
+  Millis grace{5000};           // stop polling this long after the last subscriber left
+  Millis backoff_initial{500};  // upstream errors: exponential backoff with jitter...
+  Millis backoff_max{30000};    // ...up to this
 };
 
 enum class OverflowPolicy { Close, Drop };

@@ -769,7 +769,7 @@ class Loader {
   void loadLongPoll(const Field& map, LongPollConfig& lp) {
     fields(map,
            {"channel", "poll", "method", "headers", "timeout", "cursor", "split", "send", "grace",
-            "backoff"},
+            "backoff", "forward_headers", "poll_forward_headers"},
            {"poll"}, [&](const std::string& key, const Field& f) {
              if (key == "channel") {
                readNonEmptyString(f, lp.channel);
@@ -813,6 +813,14 @@ class Loader {
              } else if (key == "backoff") {
                fields(f, {"initial", "max"}, {}, [&](const std::string& k, const Field& v) {
                  readDuration(v, k == "initial" ? lp.backoff_initial : lp.backoff_max);
+               });
+             } else if (key == "forward_headers" || key == "poll_forward_headers") {
+               std::vector<std::string>& names =
+                   key == "forward_headers" ? lp.forward_headers : lp.poll_forward_headers;
+               names.clear();  // the list replaces the default
+               items(f, [&](const Field& item) {
+                 names.emplace_back();  // kept even if broken: indexes stay aligned
+                 readNonEmptyString(item, names.back());
                });
              }
            });

@@ -435,6 +435,15 @@ class Validator {
         if (lp.backoff_initial.count() <= 0 || lp.backoff_max < lp.backoff_initial) {
           error(base + ".longpoll.backoff", "need 0 < initial <= max");
         }
+        for (const char* key : {"forward_headers", "poll_forward_headers"}) {
+          const auto& list = std::string_view(key) == "forward_headers" ? lp.forward_headers
+                                                                        : lp.poll_forward_headers;
+          for (size_t j = 0; j < list.size(); ++j) {
+            if (!list[j].empty() && !isToken(list[j]))
+              error(base + ".longpoll." + key + "[" + std::to_string(j) + "]",
+                    "invalid header name " + quoted(list[j]));
+          }
+        }
       }
       if (r.kind == RouteKind::Http && r.response_timeout.count() <= 0) {
         error(base + ".response_timeout", "must be greater than 0");

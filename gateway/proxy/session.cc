@@ -483,18 +483,24 @@ void Session::subscribe(bool upgrade) {
                           (error.empty() ? " is empty" : ": " + error) + ")");
     return;
   }
-  std::string poll_target, send_target;
+  PollRequest poll;
+  std::string send_target;
   HeaderList forward;
   if (longpoll) {
-    poll_target = expandTemplate(route_->longpoll.poll, head, TemplateUse::UrlTarget).value_or("");
-    if (!route_->longpoll.send.empty())
-      send_target =
-          expandTemplate(route_->longpoll.send, head, TemplateUse::UrlTarget).value_or("");
-    // The client's credentials go along with its messages: the app authorizes them as before.
-    for (const char* name : {"cookie", "authorization", "x-upgate-user", "x-upgate-claims"}) {
+    const LongPollConfig& lp = route_->longpoll;
+    poll.target = expandTemplate(lp.poll, head, TemplateUse::UrlTarget).value_or("");
+    if (!lp.send.empty())
+      send_target = expandTemplate(lp.send, head, TemplateUse::UrlTarget).value_or("");
+    // The client's credentials (and the identity plugins attached) go along with its messages,
+    // so the app authorizes them as before; on the poll only where configured.
+    for (const std::string& name : lp.forward_headers) {
       if (const std::string* v = findHeader(head.headers, name)) forward.push_back({name, *v});
     }
     forward.push_back({"X-Forwarded-For", hs_->forward.client_ip});
+    for (const std::string& name : lp.poll_forward_headers) {
+      if (const std::string* v = findHeader(head.headers, name))
+        poll.headers.emplace_back(name, *v);
+    }
   }
   std::string response =
       mode == Subscription::Mode::Sse
@@ -514,7 +520,7 @@ void Session::subscribe(bool upgrade) {
   }
   subscription_ = std::make_unique<Subscription>(
       worker_, *generation_, static_cast<SubscriptionOwner&>(*this), *route_, *channel, mode);
-  subscription_->start(std::move(poll_target), std::move(send_target), std::move(forward));
+  subscription_->start(poll, std::move(send_target), std::move(forward));
   UPGATE_LOG(debug, id_, "subscribed to channel {} ({})", *channel,
              mode == Subscription::Mode::Sse ? "SSE" : "WebSocket");
   last_activity_ms_ = uv_now(worker_.loop());

@@ -247,11 +247,11 @@ void Worker::applyGeneration(GenerationPtr generation, ListenFds& fds) {
 }
 
 void Worker::addSubscriber(const std::string& channel, const Generation& generation,
-                           const RouteConfig& route, const std::string& poll_target,
+                           const RouteConfig& route, const PollRequest& poll,
                            ChannelSubscriber* s) {
   subscribers_[channel].push_back(s);
   subscribers_gauge_.add();
-  hub_.subscribed(index_, channel, generation, route, poll_target);
+  hub_.subscribed(index_, channel, generation, route, poll);
 }
 
 void Worker::removeSubscriber(const std::string& channel, ChannelSubscriber* s) {
@@ -280,14 +280,14 @@ void Worker::deliverLocal(const std::string& channel, const MessagePtr& message)
 }
 
 void Worker::acquirePoller(const std::string& channel, GenerationPtr generation,
-                           const RouteConfig& route, const std::string& poll_target) {
+                           const RouteConfig& route, const PollRequest& poll) {
   if (stopping_ || draining_) return;
   auto it = pollers_.find(channel);
   if (it != pollers_.end()) {
     it->second->keep();  // back within the grace period
     return;
   }
-  auto* p = new Poller(*this, channel, std::move(generation), route, poll_target);
+  auto* p = new Poller(*this, channel, std::move(generation), route, poll);
   pollers_[channel] = p;
   p->start();
 }

@@ -121,13 +121,12 @@ class Worker {
   // Channels (loop thread). The worker keeps its own subscriber lists; the hub only counts.
   // `route` belongs to `generation`, which a poller started for the channel keeps.
   void addSubscriber(const std::string& channel, const Generation& generation,
-                     const RouteConfig& route, const std::string& poll_target,
-                     ChannelSubscriber* s);
+                     const RouteConfig& route, const PollRequest& poll, ChannelSubscriber* s);
   void removeSubscriber(const std::string& channel, ChannelSubscriber* s);
   void deliverLocal(const std::string& channel, const MessagePtr& message);
   // Long-poll channels owned by this worker (posted by the hub).
   void acquirePoller(const std::string& channel, GenerationPtr generation, const RouteConfig& route,
-                     const std::string& poll_target);
+                     const PollRequest& poll);
   void releasePoller(const std::string& channel);
   void forgetPoller(const std::string& channel);
 

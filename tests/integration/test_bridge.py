@@ -11,6 +11,7 @@ bundled legacy ticker app (docker/demo/ticker_app.py, started here with a fast t
 """
 
 import json
+import os
 import re
 import socket
 import sys
@@ -30,6 +31,8 @@ FANOUT_WINDOW = 60         # updates the app produces while all 1,000 are subscr
 SOURCES = ["127.0.0.%d" % i for i in range(2, 10)]  # spread clients over source addresses
 BACKOFF_INITIAL_MS = 200
 BACKOFF_MAX_MS = 1600
+API_KEYS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))), "tests", "fixtures", "plugin", "api_keys.txt")
 
 
 def longpoll_route(name="ticker", prefix="/ticker", channel="{query.symbols}",
@@ -595,6 +598,102 @@ class TwoChannelsTest(BridgeTestCase):
                            what="AAPL still polling")
         self.assertEqual(app.stats()["polls"]["GOOG"], goog_polls)
         pool.close_all()
+
+
+class RecordingApp:
+    """A legacy app that records the headers of every poll and POST: polls are answered 204
+    after a short hold, POSTs with "ok"."""
+
+    def __init__(self):
+        self.polls, self.posts = [], []
+        self.cond = threading.Condition()
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _record(self, into):
+                with app.cond:
+                    into.append({k.lower(): v for k, v in self.headers.items()})
+                    app.cond.notify_all()
+
+            def do_GET(self):
+                self._record(app.polls)
+                time.sleep(0.2)
+                self.send_response(204)
+                self.end_headers()
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self._record(app.posts)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.addr = self.server.server_address
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, what, predicate, timeout=10):
+        with self.cond:
+            if not self.cond.wait_for(predicate, timeout):
+                raise AssertionError("no %s: polls %r, posts %r" % (what, self.polls, self.posts))
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class IdentityTest(GatewayTestCase):
+    """Auth plugins run before subscribing; the identity they attach (X-Upgate-User) and the
+    client's credentials go along on the client's POSTs (longpoll.forward_headers) and, where
+    configured, on the poll of a channel it starts (longpoll.poll_forward_headers)."""
+
+    def test_identity_headers_go_on_the_poll_and_posts_where_configured(self):
+        app = RecordingApp()
+        self.addCleanup(app.stop)
+        api_key = [{"name": "api_key", "config": {"keys_file": API_KEYS}}]
+        config = bridge_config(app.addr, routes=[
+            # One channel per user, so its poll may carry that user's identity.
+            {"name": "mine", "match": {"path_prefix": "/mine"}, "kind": "longpoll",
+             "upstream": "legacy", "plugins": api_key,
+             "longpoll": {"channel": "user-{header.X-Upgate-User}",
+                          "poll": "/poll?cursor={cursor}", "send": "/send",
+                          "poll_forward_headers": ["X-Upgate-User"],
+                          "forward_headers": ["X-Upgate-User"]}},
+            # The defaults: credentials and identity on POSTs, nothing of a client on the poll.
+            {"name": "shared", "match": {"path_prefix": "/shared"}, "kind": "longpoll",
+             "upstream": "legacy", "plugins": api_key,
+             "longpoll": {"channel": "shared", "poll": "/poll?cursor={cursor}", "send": "/send"}},
+        ])
+        gw = start_gateway(self, config)
+        for path in ("/mine", "/shared"):
+            c = harness.RawClient(gw.addr())
+            self.addCleanup(c.close)
+            # A client's own X-Upgate-User is dropped: only the plugin's identity goes on.
+            c.handshake(path, extra=[("X-API-Key", "key-alice"), ("Authorization", "Basic eA=="),
+                                     ("X-Upgate-User", "mallory")])
+            count = len(app.posts)
+            c.send_frame(OP_TEXT, b"order")
+            self.assertEqual(c.recv_frame()[1:], (OP_TEXT, b"ok"))
+            app.wait("POST from " + path, lambda: len(app.posts) > count)
+            post = app.posts[count]
+            self.assertEqual(post.get("x-upgate-user"), "alice", post)
+            if path == "/mine":
+                self.assertNotIn("authorization", post)  # not in this route's list
+            else:
+                self.assertEqual(post.get("authorization"), "Basic eA==", post)
+        # Each channel's poll runs on its own; both are under way soon after the subscribe.
+        app.wait("poll with alice's identity (channel user-alice)",
+                 lambda: any(p.get("x-upgate-user") == "alice" for p in app.polls))
+        app.wait("poll without an identity (channel shared)",
+                 lambda: any("x-upgate-user" not in p for p in app.polls))
+        self.assertEqual({p.get("x-upgate-user") for p in app.polls}, {"alice", None}, app.polls)
 
 
 if __name__ == "__main__":

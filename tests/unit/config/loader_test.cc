@@ -513,6 +513,9 @@ TEST_CASE("loader: value ranges", "[config]") {
        "t.yaml:7:10: workers: must be between 0 and 256, got 99999999999999999999"},
       {"limits: {max_headers: 10001}\n",
        "t.yaml:7:23: limits.max_headers: must be between 1 and 10000, got 10001"},
+      {"routes:\n  - name: lp\n    kind: longpoll\n    upstream: chat\n    longpoll:\n"
+       "      poll: /poll\n      forward_headers: [Cookie, \"bad name\"]\n",
+       "t.yaml:13:33: routes[0].longpoll.forward_headers[1]: invalid header name \"bad name\""},
       {"limits: {max_connections: -1}\n",
        "t.yaml:7:27: limits.max_connections: must be between 0 and 100000000, got -1"},
       {"limits: {high_water: 1023}\n",
