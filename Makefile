@@ -1,18 +1,20 @@
 # Thin wrapper: install dependencies, build with CMake, run, test.
 #   make run    install deps, build, start the demo apps and upgate on conf/upgate.yaml
 #   make test   install deps, build (warnings are errors), run every test through ctest
+#   make install  the gateway, the plugin ABI header and its pkg-config file (PREFIX, DESTDIR)
 BUILD      ?= build
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_ARGS ?=
 CTEST_ARGS ?=
 SANITIZE   ?= address,undefined
+PREFIX     ?=
 
 # Debian bookworm packages the build, the tests and the demo need.
 DEPS := cmake make g++ pkg-config libuv1-dev libssl-dev libyaml-cpp-dev catch2 node-llhttp \
         libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev zlib1g-dev python3 python3-websockets python3-prometheus-client openssl curl procps \
         ca-certificates
 
-.PHONY: all deps build run test test-asan clean
+.PHONY: all deps build run test test-asan install clean
 
 all: build
 
@@ -49,6 +51,15 @@ test: build
 test-asan:
 	$(MAKE) test BUILD=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DUPGATE_SANITIZE=$(SANITIZE)" \
 	  CTEST_ARGS="-LE '(container|fuzz|bench)' $(CTEST_ARGS)"
+
+# Installs what $(BUILD) holds (built first; made if there is none, without changing the options
+# of one that exists): bin/upgate, include/upgate/plugin.h and the upgate-plugin.pc that
+# out-of-tree plugins build with. PREFIX overrides the configured prefix (/usr/local);
+# DESTDIR stages the files elsewhere.
+install:
+	@[ -f $(BUILD)/CMakeCache.txt ] || $(MAKE) build
+	cmake --build $(BUILD) -j$$(nproc)
+	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -1,4 +1,4 @@
-"""`cmake --install` as a plugin author meets it: install the build into a staging root
+"""`make install` as a plugin author meets it: install the build into a staging root
 (DESTDIR, so the configured prefix is not where the files end up), find upgate-plugin.pc
 there, build plugins/examples/ with their own Makefiles, the system compiler and -Werror against
 the INSTALLED header only (the example sources are copied out of the tree, so the Makefiles'
@@ -60,7 +60,7 @@ class InstallTest(GatewayTestCase):
         cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
         cls.stage = os.path.join(cls.tmp, "stage")
         env = dict(os.environ, DESTDIR=cls.stage)
-        run(["cmake", "--install", build], env=env)
+        run(["make", "--no-print-directory", "-C", ROOT, "install", "BUILD=" + build], env=env)
 
         pcs = glob.glob(os.path.join(cls.stage, "**", "pkgconfig", "upgate-plugin.pc"),
                         recursive=True)
