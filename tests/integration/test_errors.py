@@ -29,6 +29,13 @@ class ErrorsTest(GatewayTestCase):
             b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nX-Upstream: yes\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(FORBIDDEN_BODY), FORBIDDEN_BODY)),
             name="forbidden"))
+        # A 101 whose Sec-WebSocket-Accept does not answer the key, and an answer that is no
+        # HTTP at all: the real binary must turn both into its own 502.
+        cls.wrong_accept = cls.start_class_peer(RawUpstream(harness.make_response_handler(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"), name="wrong-accept"))
+        cls.garbage = cls.start_class_peer(RawUpstream(harness.make_response_handler(
+            b"SSH-2.0-OpenSSH_9.2\r\n\r\n"), name="garbage"))
         upstreams = {
             "echo": {"endpoints": [cls.echo.addr]},
             "refused": {"endpoints": [p.addr for p in cls.refused], "connect_timeout": "30s"},
@@ -36,6 +43,8 @@ class ErrorsTest(GatewayTestCase):
             "blackhole": {"endpoints": [cls.blackhole.addr], "connect_timeout": "1s"},
             "silent": {"endpoints": [cls.silent.addr], "handshake_timeout": "1s"},
             "forbidden": {"endpoints": [cls.forbidden.addr]},
+            "wrongaccept": {"endpoints": [cls.wrong_accept.addr]},
+            "garbage": {"endpoints": [cls.garbage.addr]},
         }
         routes = [{"name": n, "match": {"path_prefix": "/" + n}, "upstream": n} for n in upstreams]
         cls.gw = cls.start_class_gateway(harness.make_config(
@@ -183,6 +192,13 @@ class ErrorsTest(GatewayTestCase):
         entry = self.gw.access_log_for_client(local)
         self.assertEqual(entry["status"], 502, entry)
         self.assertEqual(entry["route"], "refused", entry)
+
+    def test_502_for_a_101_with_the_wrong_accept_or_an_answer_that_is_no_http(self):
+        for route in ("wrongaccept", "garbage"):
+            with self.subTest(route=route):
+                resp, local = self.assertStatus(ws_request("/" + route), 502)
+                entry = self.gw.access_log_for_client(local)
+                self.assertEqual((entry["status"], entry["route"]), (502, route), entry)
 
     def test_failover_to_next_endpoint(self):
         for i in range(4):  # round robin starts anywhere: every attempt must end up on echo

@@ -147,6 +147,23 @@ TEST_CASE("jwt plugin: valid tokens of every algorithm family", "[plugin]") {
   }
 }
 
+TEST_CASE("jwt plugin: HS384 and HS512 secrets, each pinned to its algorithm", "[plugin]") {
+  const std::string s384(48, 'k'), s512(64, 'm');
+  test::Harness h("jwt", "keys:\n  - { secret: " + s384 + ", alg: HS384 }\n  - { secret: " + s512 +
+                             ", alg: HS512 }\n");
+  for (const auto& [alg, key] : {std::pair<std::string, std::string>{"HS384", s384},
+                                 std::pair<std::string, std::string>{"HS512", s512}}) {
+    INFO(alg);
+    CHECK(h.run({{"Authorization", bearer(sign(json{{"alg", alg}}, claims(), key))}}) ==
+          ChainOutcome::Continue);
+    CHECK(h.chain->identityUser() == "alice");
+  }
+  // The right secret under the other algorithm: no key of that algorithm verifies it.
+  CHECK(h.run({{"Authorization", bearer(sign(json{{"alg", "HS512"}}, claims(), s384))}}) ==
+        ChainOutcome::Reject);
+  CHECK(h.status() == 401);
+}
+
 TEST_CASE("jwt plugin: refused tokens", "[plugin]") {
   test::Harness h("jwt", kConfig);
   auto reason = [&](const std::string& token) {
