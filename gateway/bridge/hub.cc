@@ -17,6 +17,7 @@ void Hub::subscribed(unsigned worker, const std::string& channel, const Generati
   if (c.per_worker.empty()) c.per_worker.resize(workers_.size());
   ++c.per_worker[worker];
   if (c.total++ == 0 && route.kind == RouteKind::LongPoll) {
+    c.polled = true;
     // Posted under the lock: the owner sees start/release in the order the counts changed.
     Worker* owner = workers_[ownerOf(channel)];
     // The task holds the route's generation: the subscriber may be gone (and a reload done)
@@ -34,7 +35,8 @@ void Hub::unsubscribed(unsigned worker, const std::string& channel) {
   if (it == channels_.end() || it->second.per_worker[worker] == 0) return;
   Channel& c = it->second;
   --c.per_worker[worker];
-  if (--c.total != 0) return;
+  if (--c.total != 0 || !c.polled) return;  // channel routes have no poller to release
+  c.polled = false;
   Worker* owner = workers_[ownerOf(channel)];
   owner->post([owner, channel] { owner->releasePoller(channel); });
   // The entry stays (it carries the sequence number); it is tiny.

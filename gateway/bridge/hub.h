@@ -86,6 +86,7 @@ class Hub {
     std::vector<uint32_t> per_worker;  // subscriber counts
     uint64_t total = 0;
     uint64_t seq = 0;
+    bool polled = false;  // a poller was started for it (the owner releases it when it empties)
   };
   unsigned ownerOf(const std::string& channel) const;
 
