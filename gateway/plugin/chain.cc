@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "http/response_writer.h"
 #include "plugin/host.h"
+#include "websocket/close_code.h"
 #include "websocket/utf8.h"
 
 namespace upgate {
@@ -455,8 +456,17 @@ void PluginChain::leave() {
   }
 }
 
+// The ABI's macro and the gateway's own check name one set of codes: checked for every code.
+constexpr bool closeCodeSetsAgree() {
+  for (uint32_t c = 0; c <= UINT16_MAX; ++c) {
+    if (UPGATE_CLOSE_CODE_OK(c) != isSendableCloseCode(static_cast<uint16_t>(c))) return false;
+  }
+  return true;
+}
+static_assert(closeCodeSetsAgree(), "UPGATE_CLOSE_CODE_OK and isSendableCloseCode differ");
+
 bool PluginChain::validCloseCode(uint16_t code) {
-  return UPGATE_CLOSE_CODE_OK(code);
+  return isSendableCloseCode(code);
 }
 
 // ---- Host API ----------------------------------------------------------------------------------

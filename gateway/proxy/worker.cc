@@ -316,28 +316,37 @@ void Worker::removeSession(Session* s) {
   maybeStop();
 }
 
-metrics::Counter& RouteMetrics::requestsWith(int status, metrics::Registry& registry) {
-  for (auto& [code, counter] : requests) {
-    if (code == status) return *counter;
+namespace {
+
+// A short scan of the series seen on this worker; `lookup` makes a new one on first use.
+template <typename Key, typename Lookup>
+metrics::Counter& cachedSeries(std::vector<std::pair<Key, metrics::Counter*>>& cache, Key key,
+                               Lookup lookup) {
+  for (auto& [k, counter] : cache) {
+    if (k == key) return *counter;
   }
-  metrics::Counter& c =
-      registry.get(metrics::Family::Requests,
-                   metrics::labels({{"route", route}, {"code", std::to_string(status)}}));
-  requests.emplace_back(status, &c);
+  metrics::Counter& c = lookup();
+  cache.emplace_back(key, &c);
   return c;
+}
+
+}  // namespace
+
+metrics::Counter& RouteMetrics::requestsWith(int status, metrics::Registry& registry) {
+  return cachedSeries(requests, status, [&]() -> metrics::Counter& {
+    return registry.get(metrics::Family::Requests,
+                        metrics::labels({{"route", route}, {"code", std::to_string(status)}}));
+  });
 }
 
 metrics::Counter& RouteMetrics::closesWith(FirstClose close, metrics::Registry& registry) {
   const uint32_t key = static_cast<uint32_t>(close.code) << 8 | static_cast<uint8_t>(close.by);
-  for (auto& [k, counter] : closes) {
-    if (k == key) return *counter;
-  }
-  metrics::Counter& c = registry.get(metrics::Family::WebSocketCloses,
-                                     metrics::labels({{"route", route},
-                                                      {"code", std::to_string(close.code)},
-                                                      {"by", closeOriginName(close.by)}}));
-  closes.emplace_back(key, &c);
-  return c;
+  return cachedSeries(closes, key, [&]() -> metrics::Counter& {
+    return registry.get(metrics::Family::WebSocketCloses,
+                        metrics::labels({{"route", route},
+                                         {"code", std::to_string(close.code)},
+                                         {"by", closeOriginName(close.by)}}));
+  });
 }
 
 RouteMetrics& Worker::routeMetrics(const std::string& route) {
