@@ -11,11 +11,18 @@
 //
 // Prints "listening HOST:PORT" once bound (and writes the same line to --ready-file, atomically).
 // On SIGTERM/SIGINT prints one JSON line with its totals and exits 0.
+//
+// It is also the benchmark's direct fan-out server (the floor a gateway's fan-out is measured
+// against): a `POST` with a Content-Length body is answered 200 after the body has been sent,
+// as one unmasked binary frame built once, to every upgraded connection, each by one send(2)
+// straight from that frame (a copy is queued only for what a full socket did not take).
 
 #include <arpa/inet.h>
 #include <openssl/evp.h>
+#include <sys/socket.h>
 #include <uv.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -39,6 +46,7 @@ constexpr size_t kResumeBelow = 1024 * 1024;
 char g_read_buffer[kReadBufferSize];
 std::vector<char> g_out;  // one output buffer for the loop, reused by every read callback
 uint64_t g_connections = 0, g_frames = 0, g_bytes = 0, g_handshakes = 0, g_bad = 0;
+uint64_t g_published = 0, g_deliveries = 0;
 
 template <typename T, typename U>
 T* as(U* p) {
@@ -84,17 +92,30 @@ struct Conn {
   uint8_t opcode = 0;
   uint8_t mask[4];
   uint32_t mask_pos = 0;
-  std::string control;  // payload of the control frame being read (<= 125 bytes)
+  std::string control;          // payload of the control frame being read (<= 125 bytes)
+  size_t sub_index = SIZE_MAX;  // position in g_subscribers once upgraded
   uv_shutdown_t shutdown_req;
 };
+
+std::vector<Conn*> g_subscribers;  // every upgraded connection: the fan-out's audience
 
 void onClose(uv_handle_t* h) {
   delete static_cast<Conn*>(h->data);
 }
 
+void unsubscribe(Conn* c) {
+  if (c->sub_index == SIZE_MAX) return;
+  Conn* last = g_subscribers.back();
+  g_subscribers[c->sub_index] = last;
+  last->sub_index = c->sub_index;
+  g_subscribers.pop_back();
+  c->sub_index = SIZE_MAX;
+}
+
 void closeConn(Conn* c) {
   if (c->closing) return;
   c->closing = true;
+  unsubscribe(c);
   uv_close(as<uv_handle_t>(&c->tcp), onClose);
 }
 
@@ -170,8 +191,78 @@ void reject(Conn* c, const char* status) {
   closeConn(c);
 }
 
+void onShutdown(uv_shutdown_t* req, int);
+
+// The value of a header in a request head (names compared case-insensitively), or "".
+std::string headerValue(const std::string& head, size_t end, const char* wanted) {
+  size_t pos = head.find("\r\n") + 2;
+  while (pos < end) {
+    size_t eol = head.find("\r\n", pos);
+    size_t colon = head.find(':', pos);
+    if (colon != std::string::npos && colon < eol &&
+        lower(trim(head.substr(pos, colon - pos))) == wanted)
+      return trim(head.substr(colon + 1, eol - colon - 1));
+    pos = eol + 2;
+  }
+  return "";
+}
+
+// Writes one frame to every subscriber: one send(2) each from the shared frame.
+void fanOut(const std::vector<char>& frame) {
+  ++g_published;
+  for (size_t i = 0; i < g_subscribers.size(); ++i) {
+    Conn* c = g_subscribers[i];
+    ssize_t n = 0;
+    if (c->queued == 0) {
+      uv_os_fd_t fd;
+      if (uv_fileno(as<uv_handle_t>(&c->tcp), &fd) == 0)
+        n = ::send(fd, frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n < 0 && errno != EAGAIN) {
+        closeConn(c);  // swaps the last subscriber into slot i
+        --i;
+        continue;
+      }
+      if (n < 0) n = 0;
+    }
+    ++g_deliveries;
+    size_t done = static_cast<size_t>(n);
+    if (done < frame.size() && !send(c, frame.data() + done, frame.size() - done)) {
+      closeConn(c);
+      --i;
+    }
+  }
+}
+
+// A POST (fan-out mode): waits for the Content-Length body, sends it to every subscriber as
+// one binary frame, answers 200 and closes. Returns 0 while the body is incomplete.
+size_t publish(Conn* c, size_t end) {
+  std::string cl = headerValue(c->head, end, "content-length");
+  char* stop = nullptr;
+  unsigned long long body = std::strtoull(cl.c_str(), &stop, 10);
+  if (cl.empty() || *stop != '\0' || body > kMaxHead) {
+    reject(c, "400 Bad Request");
+    return SIZE_MAX;
+  }
+  if (c->head.size() < end + 4 + body) return 0;
+  std::vector<char> frame;
+  appendFrameHeader(frame, 0x82, body);
+  frame.insert(frame.end(), c->head.begin() + static_cast<long>(end + 4),
+               c->head.begin() + static_cast<long>(end + 4 + body));
+  fanOut(frame);
+  static const char kOk[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+  uv_read_stop(as<uv_stream_t>(&c->tcp));
+  c->reading = false;
+  if (!send(c, kOk, sizeof(kOk) - 1)) {
+    closeConn(c);
+    return SIZE_MAX;
+  }
+  c->shutdown_req.data = c;
+  if (uv_shutdown(&c->shutdown_req, as<uv_stream_t>(&c->tcp), onShutdown) != 0) closeConn(c);
+  return SIZE_MAX;
+}
+
 // Parses the request head; on success answers 101 and returns the count of bytes used.
-// Returns 0 when more is needed, SIZE_MAX after rejecting.
+// Returns 0 when more is needed, SIZE_MAX after rejecting or answering a POST.
 size_t handshake(Conn* c) {
   size_t end = c->head.find("\r\n\r\n");
   if (end == std::string::npos) {
@@ -183,6 +274,7 @@ size_t handshake(Conn* c) {
   }
   std::string key, upgrade, connection, version;
   size_t line_end = c->head.find("\r\n");
+  if (c->head.compare(0, 5, "POST ") == 0) return publish(c, end);
   if (c->head.compare(0, 4, "GET ") != 0) {
     reject(c, "400 Bad Request");
     return SIZE_MAX;
@@ -220,6 +312,8 @@ size_t handshake(Conn* c) {
   }
   ++g_handshakes;
   c->upgraded = true;
+  c->sub_index = g_subscribers.size();
+  g_subscribers.push_back(c);
   size_t used = end + 4;
   return used;
 }
@@ -376,10 +470,11 @@ void onConnection(uv_stream_t* server, int status) {
 void onSignal(uv_signal_t*, int) {
   std::printf(
       "{\"echo_server\":\"stopped\",\"connections\":%llu,\"handshakes\":%llu,\"frames\":%llu,"
-      "\"payload_bytes\":%llu,\"rejected\":%llu}\n",
+      "\"payload_bytes\":%llu,\"rejected\":%llu,\"published\":%llu,\"deliveries\":%llu}\n",
       static_cast<unsigned long long>(g_connections), static_cast<unsigned long long>(g_handshakes),
       static_cast<unsigned long long>(g_frames), static_cast<unsigned long long>(g_bytes),
-      static_cast<unsigned long long>(g_bad));
+      static_cast<unsigned long long>(g_bad), static_cast<unsigned long long>(g_published),
+      static_cast<unsigned long long>(g_deliveries));
   std::fflush(stdout);
   std::_Exit(0);
 }

@@ -22,7 +22,10 @@
 #            at 10/s published by HTTP POST; delivery latency over all subscriber x message
 #            pairs, lost deliveries, proxy CPU per delivery. upgate also through its long-poll
 #            bridge: loadgen plays the legacy app (--serve-poll) and answers the gateway's held
-#            poll with each message; latency runs from that answer to the subscriber
+#            poll with each message; latency runs from that answer to the subscriber. Direct
+#            is the floor: echo_server on the proxy's core as a bare fan-out server (one send(2)
+#            per subscriber from one shared frame, nothing else), what the kernel's loopback
+#            TCP costs before any gateway work
 #
 # Usage: tests/bench/run.sh [--quick] [--reps N] [--duration S] [--warmup S] [--sessions N]
 #                           [--targets "direct upgate nginx haproxy"] [--upgate PATH]
@@ -451,10 +454,25 @@ run_idle() {
   sleep 0.5
 }
 
+# The fan-out floor: a second echo_server, on the proxy's core, as a bare fan-out server.
+start_fanout_floor() {
+  rm -f "$TMP/floor.ready"
+  $PIN_PROXY "$ECHO" --ready-file "$TMP/floor.ready" >>"$TMP/floor.log" 2>&1 &
+  FLOOR_PID=$!
+  ALL_PIDS+=("$FLOOR_PID")
+  wait_file "$TMP/floor.ready" 10 || die "echo_server (fan-out floor) did not start: $(cat "$TMP/floor.log")"
+  FLOOR_ADDR=$(awk '{print $2}' "$TMP/floor.ready")
+}
+
 # run_fanout REP TARGET N: N subscribers on one channel, FAN_MSGS publishes at FAN_RATE/s.
 run_fanout() {
   local rep=$1 target=$2 n=$3 url source watch line limit
   case $target in
+    direct)
+      start_fanout_floor
+      url=ws://$FLOOR_ADDR/fan/bench
+      source=(--publish-url "http://$FLOOR_ADDR/publish/bench")
+      watch=$FLOOR_PID ;;
     upgate)
       ensure_alive upgate
       url=ws://127.0.0.1:${PORT[upgate]}/fan/bench
@@ -480,6 +498,9 @@ run_fanout() {
   if [ "$target" = nginx ]; then
     stop_pid "$NCHAN_PID"
     untrack "$NCHAN_PID"
+  elif [ "$target" = direct ]; then
+    stop_pid "$FLOOR_PID"
+    untrack "$FLOOR_PID"
   fi
   [ -n "$line" ] && echo "$rep fanout$n $target $line" >>"$RESULTS"
   sleep 1  # let the subscribers' closes settle
@@ -635,14 +656,15 @@ REPORT=$TMP/report.md
   done
   if [ -n "$FANOUT" ]; then
     echo
-    echo "Fan-out: $FAN_MSGS messages at $FAN_RATE/s published by HTTP POST to one channel (long-poll bridge: each message is the legacy app's answer to the gateway's held poll); latency from the publisher's send time (bridge: the legacy app's answer) to receipt, over all subscriber x message pairs (medians of the reps):"
+    echo "Fan-out: $FAN_MSGS messages at $FAN_RATE/s published by HTTP POST to one channel (long-poll bridge: each message is the legacy app's answer to the gateway's held poll); latency from the publisher's send time (bridge: the legacy app's answer) to receipt, over all subscriber x message pairs (medians of the reps). Direct is echo_server on the proxy's core as a bare fan-out server, one send(2) per subscriber from one shared frame: the floor any gateway on this kernel starts from:"
     echo
     echo "| target | subscribers | p50 ms | p99 ms | max ms | lost (all reps) | proxy CPU µs per delivery |"
     echo "|---|---|---|---|---|---|---|"
     for n in $FANOUT; do
-      for t in upgate upgate_lp nginx; do
+      for t in direct upgate upgate_lp nginx; do
         [ "$(med "fanout$n" "$t" deliveries)" = "-" ] && continue
         name=$t
+        [ "$t" = direct ] && name="direct (bare send loop: the floor)"
         [ "$t" = nginx ] && name="nginx + Nchan"
         [ "$t" = upgate_lp ] && name="upgate, long-poll bridge"
         lost=$(lost_sum "fanout$n" "$t")
@@ -677,7 +699,8 @@ REPORT=$TMP/report.md
         -v uti="$(med idle_tls upgate kib_per_session)" \
         -v fp="$(med fanout5000 upgate lat_p99_us)" -v fc="$(med fanout5000 upgate cpu_us_per_delivery)" \
         -v fl="$(lost_sum fanout5000 upgate)" -v lp="$(med fanout5000 upgate_lp lat_p99_us)" \
-        -v lc="$(med fanout5000 upgate_lp cpu_us_per_delivery)" -v ll="$(lost_sum fanout5000 upgate_lp)" '
+        -v lc="$(med fanout5000 upgate_lp cpu_us_per_delivery)" -v ll="$(lost_sum fanout5000 upgate_lp)" \
+        -v dp="$(med fanout5000 direct lat_p99_us)" -v dc="$(med fanout5000 direct cpu_us_per_delivery)" '
       function ok(c) { return c ? "met" : "MISSED" }
       function best(a, b) { if (a == "-") return b; if (b == "-") return a; return a > b ? a : b }
       function least(a, b) { if (a == "-") return b; if (b == "-") return a; return a < b ? a : b }
@@ -692,6 +715,7 @@ REPORT=$TMP/report.md
         if (uti != "-") printf "- idle TLS session <= 8 KiB: %.2f KiB, %s\n", uti, ok(uti <= 8)
         if (fp != "-") printf "- fan-out, 5,000 subscribers: p99 <= 25 ms: %.1f ms, %s; CPU per delivery <= 5 us: %.2f us, %s; 0 lost: %d, %s\n", fp / 1000, ok(fp <= 25000), fc, ok(fc <= 5), fl, ok(fl == 0)
         if (lp != "-") printf "- the same through the long-poll bridge: p99 %.1f ms, %s; %.2f us per delivery, %s; %d lost, %s\n", lp / 1000, ok(lp <= 25000), lc, ok(lc <= 5), ll, ok(ll == 0)
+        if (dp != "-" && fp != "-") printf "  (the floor in this run, a bare send loop: p99 %.1f ms, %.2f us per delivery; upgate %.2fx its p99, %.2fx its CPU)\n", dp / 1000, dc, fp / dp, (dc > 0 ? fc / dc : 0)
       }'
   fi
 } >"$REPORT"

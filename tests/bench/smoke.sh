@@ -4,7 +4,9 @@
 # through upgate (workers: 1, passthrough), with --verify (every echoed byte checked), plus a
 # short connect-mode run through upgate, then the same over wss:// through a TLS listener of
 # upgate (ECDSA P-256 certificate made here with the openssl CLI, verified by loadgen with --ca);
-# passes when messages and handshakes flowed without errors.
+# passes when messages and handshakes flowed without errors. Last, a small fan-out (40
+# subscribers, 5 messages) against the echo server's bare fan-out mode (run.sh's floor) and
+# through upgate's channel route and publish API: every delivery must arrive.
 #
 #   smoke.sh LOADGEN ECHO_SERVER UPGATE
 set -euo pipefail
@@ -70,10 +72,15 @@ upstreams:
   echo:
     endpoints: [$ECHO_ADDR]
 routes:
+  - name: fan
+    match: { path_prefix: /fan/ }
+    kind: channel
+    channel: "{path.1}"
   - name: echo
     kind: websocket
     upstream: echo
     mode: passthrough
+admin: { address: 127.0.0.1:0 }
 log: { level: warn, access_log: false }
 EOF
 "$UPGATE" -c "$TMP/upgate.yaml" --ready-file "$TMP/upgate.ready" >"$TMP/upgate.log" 2>&1 &
@@ -81,6 +88,7 @@ PIDS+=($!)
 wait_file "$TMP/upgate.ready" 10 || fail "upgate did not start"
 UPGATE_ADDR=$(awk '$1 == "bench" {print $2}' "$TMP/upgate.ready")
 UPGATE_TLS_ADDR=$(awk '$1 == "bench-tls" {print $2}' "$TMP/upgate.ready")
+ADMIN_ADDR=$(awk '$1 == "admin" {print $2}' "$TMP/upgate.ready")
 
 run() {  # run LABEL ARGS...: one loadgen run, its JSON line in $LINE
   local label=$1
@@ -108,4 +116,13 @@ for size in 64 70000; do
 done
 run upgate-tls-connect connect --url "wss://$UPGATE_TLS_ADDR/" --ca "$TMP/cert.pem" -c 4 -t 0.5 -w 0.1
 [ "$(json_num "$LINE" handshakes)" -gt 0 ] || fail "no TLS handshakes through upgate"
+
+fanout() {  # fanout LABEL URL PUBLISH_URL: 40 subscribers, 5 messages, none lost
+  run "$1" fanout --url "$2" --publish-url "$3" -n 40 --messages 5 --rate 20
+  [ "$(json_num "$LINE" deliveries)" -eq 200 ] || fail "$1: $(json_num "$LINE" deliveries) of 200 deliveries"
+  [ "$(json_num "$LINE" lost)" -eq 0 ] && [ "$(json_num "$LINE" errors)" -eq 0 ] ||
+    fail "$1: deliveries lost or errors"
+}
+fanout direct-fanout "ws://$ECHO_ADDR/fan/smoke" "http://$ECHO_ADDR/publish/smoke"
+fanout upgate-fanout "ws://$UPGATE_ADDR/fan/smoke" "http://$ADMIN_ADDR/publish/smoke?binary=1"
 echo "bench.smoke: OK"
