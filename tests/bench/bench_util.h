@@ -1,8 +1,11 @@
 #pragma once
-// Small text and handshake helpers shared by the load generator and the echo server.
+// Small text, handshake and server-start helpers shared by the benchmark's tools.
 
+#include <arpa/inet.h>
 #include <openssl/evp.h>
+#include <uv.h>
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -34,6 +37,40 @@ inline std::string websocketAccept(const std::string& key) {
   unsigned int md_len = 0;
   EVP_Digest(in.data(), in.size(), md, &md_len, EVP_sha1(), nullptr);
   return base64(md, md_len);
+}
+
+// Binds and listens on HOST:PORT (PORT 0: any), then prints "listening HOST:PORT" and writes the
+// same line to `ready_file` (when given) atomically, so scripts can wait for it. Returns false
+// after saying why on stderr, prefixed with `prog`.
+inline bool listenAndAnnounce(uv_loop_t* loop, uv_tcp_t* server, const std::string& host, int port,
+                              const std::string& ready_file, const char* prog,
+                              uv_connection_cb on_connection) {
+  uv_tcp_init(loop, server);
+  sockaddr_in addr{};
+  int rc = uv_ip4_addr(host.c_str(), port, &addr);
+  if (rc == 0) rc = uv_tcp_bind(server, reinterpret_cast<const sockaddr*>(&addr), 0);
+  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(server), 4096, on_connection);
+  if (rc != 0) {
+    std::fprintf(stderr, "%s: cannot listen on %s:%d: %s\n", prog, host.c_str(), port,
+                 uv_strerror(rc));
+    return false;
+  }
+  sockaddr_in bound{};
+  int blen = sizeof(bound);
+  uv_tcp_getsockname(server, reinterpret_cast<sockaddr*>(&bound), &blen);
+  char line[128];
+  std::snprintf(line, sizeof(line), "listening %s:%d\n", host.c_str(), ntohs(bound.sin_port));
+  std::fputs(line, stdout);
+  std::fflush(stdout);
+  if (ready_file.empty()) return true;
+  std::string tmp = ready_file + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr || std::fputs(line, f) < 0 || std::fclose(f) != 0 ||
+      std::rename(tmp.c_str(), ready_file.c_str()) != 0) {
+    std::fprintf(stderr, "%s: cannot write %s\n", prog, ready_file.c_str());
+    return false;
+  }
+  return true;
 }
 
 }  // namespace bench

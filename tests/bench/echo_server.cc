@@ -507,32 +507,8 @@ int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
   uv_loop_t* loop = uv_default_loop();
   uv_tcp_t server;
-  uv_tcp_init(loop, &server);
-  sockaddr_in addr{};
-  if (uv_ip4_addr(host.c_str(), port, &addr) != 0) usage();
-  int rc = uv_tcp_bind(&server, as<const sockaddr>(&addr), 0);
-  if (rc == 0) rc = uv_listen(as<uv_stream_t>(&server), 4096, onConnection);
-  if (rc != 0) {
-    std::fprintf(stderr, "echo_server: cannot listen on %s:%d: %s\n", host.c_str(), port,
-                 uv_strerror(rc));
+  if (!bench::listenAndAnnounce(loop, &server, host, port, ready_file, "echo_server", onConnection))
     return 1;
-  }
-  sockaddr_in bound{};
-  int blen = sizeof(bound);
-  uv_tcp_getsockname(&server, as<sockaddr>(&bound), &blen);
-  char line[128];
-  std::snprintf(line, sizeof(line), "listening %s:%d\n", host.c_str(), ntohs(bound.sin_port));
-  std::fputs(line, stdout);
-  std::fflush(stdout);
-  if (!ready_file.empty()) {
-    std::string tmp = ready_file + ".tmp";
-    FILE* f = std::fopen(tmp.c_str(), "w");
-    if (f == nullptr || std::fputs(line, f) < 0 || std::fclose(f) != 0 ||
-        std::rename(tmp.c_str(), ready_file.c_str()) != 0) {
-      std::fprintf(stderr, "echo_server: cannot write %s\n", ready_file.c_str());
-      return 1;
-    }
-  }
   uv_signal_t sigterm, sigint;
   uv_signal_init(loop, &sigterm);
   uv_signal_start(&sigterm, onSignal, SIGTERM);

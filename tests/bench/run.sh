@@ -2,6 +2,8 @@
 # upgate benchmark (targets: README "Performance"). ONE run measures, with
 # interleaved repetitions and medians:
 #   direct   the load generator straight to the echo upstream (the ceiling)
+#   relay    bare_relay: a bare read/send(2) TCP relay in front of the echo upstream, no proxy
+#            logic at all: the floor any user-space proxy starts from (no TLS, no fan-out)
 #   upgate   workers: 1, passthrough
 #   nginx    Debian's nginx, 1 worker, WebSocket proxy (Upgrade/Connection headers)
 #   haproxy  Debian's HAProxy, nbthread 1, mode http (WebSocket tunnel after the 101)
@@ -28,13 +30,13 @@
 #            TCP costs before any gateway work
 #
 # Usage: tests/bench/run.sh [--quick] [--reps N] [--duration S] [--warmup S] [--sessions N]
-#                           [--targets "direct upgate nginx haproxy"] [--upgate PATH]
+#                           [--targets "direct relay upgate nginx haproxy"] [--upgate PATH]
 #                           [--bench-dir DIR] [--out FILE] [--raw FILE] [--no-install]
 #   --quick      1.5 s runs, 0.5 s warmup, 2000 idle sessions, 3 reps (about 3.5 minutes)
 #   default      10 s runs, 2 s warmup, 5000 idle sessions, 3 reps (about 13 minutes)
 #                (noisy runs measured again add time: see --retry-noisy)
 #   --upgate     the gateway binary (default: build/gateway/upgate)
-#   --bench-dir  where loadgen and echo_server are (default build-bench/tests/bench; built
+#   --bench-dir  where loadgen, echo_server and bare_relay are (default build-bench/tests/bench; built
 #                there with cmake if missing)
 #   --out FILE   also write the markdown report to FILE; --raw FILE keeps every JSON line
 #   --wait-quiet S  before each rep, wait up to S seconds for other jobs to leave both cores
@@ -52,7 +54,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=proxy_conf.sh
 . "$ROOT/tests/bench/proxy_conf.sh"
 REPS=3 DURATION=10 WARMUP=2 SESSIONS=5000
-TARGETS="direct upgate nginx haproxy"
+TARGETS="direct relay upgate nginx haproxy"
 UPGATE=${UPGATE:-$ROOT/build/gateway/upgate}
 BENCH_DIR=$ROOT/build-bench/tests/bench
 OUT="" RAW="" INSTALL=1 NICE=0 WAIT_QUIET=0 RETRY_NOISY=2 NOISE_MAX=0.10 REPORT_FROM=""
@@ -105,11 +107,13 @@ command -v taskset >/dev/null || die "taskset (util-linux) is required"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (client core and proxy core)"
 LOADGEN=$BENCH_DIR/loadgen
 ECHO=$BENCH_DIR/echo_server
-if [ ! -x "$LOADGEN" ] || [ ! -x "$ECHO" ]; then
-  log "building loadgen and echo_server in $ROOT/build-bench"
+RELAY=$BENCH_DIR/bare_relay
+if [ ! -x "$LOADGEN" ] || [ ! -x "$ECHO" ] || [ ! -x "$RELAY" ]; then
+  log "building loadgen, echo_server and bare_relay in $ROOT/build-bench"
   cmake -S "$ROOT" -B "$ROOT/build-bench" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$ROOT/build-bench" -j2 --target loadgen echo_server >/dev/null
-  LOADGEN=$ROOT/build-bench/tests/bench/loadgen ECHO=$ROOT/build-bench/tests/bench/echo_server
+  cmake --build "$ROOT/build-bench" -j2 --target loadgen echo_server bare_relay >/dev/null
+  B=$ROOT/build-bench/tests/bench
+  LOADGEN=$B/loadgen ECHO=$B/echo_server RELAY=$B/bare_relay
 fi
 for t in $TARGETS; do
   case $t in
@@ -120,7 +124,7 @@ for t in $TARGETS; do
         log "installing Debian's $t"
         apt-get install -y "$t" >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1; apt-get install -y "$t" >/dev/null; }
       fi ;;
-    direct) ;;
+    direct|relay) ;;
     *) die "unknown target $t" ;;
   esac
 done
@@ -337,9 +341,22 @@ start_haproxy() {
   TPORT[haproxy]=$tport
 }
 
+start_relay() {
+  rm -f "$TMP/relay.ready"
+  $PIN_PROXY "$RELAY" --upstream "$ECHO_ADDR" --ready-file "$TMP/relay.ready" >>"$TMP/relay.log" 2>&1 &
+  PID[relay]=$!
+  ALL_PIDS+=("${PID[relay]}")
+  wait_file "$TMP/relay.ready" 10 || die "bare_relay did not start: $(cat "$TMP/relay.log")"
+  PORT[relay]=$(awk '{print $2}' "$TMP/relay.ready" | cut -d: -f2)
+}
+
+# no_tls TARGET: true for the targets that speak no TLS (the echo server and the bare relay).
+no_tls() { [ "$1" = direct ] || [ "$1" = relay ]; }
+
 start_target() {
   case $1 in
     direct) PID[direct]=$ECHO_PID; PORT[direct]=$ECHO_PORT ;;
+    relay) start_relay ;;
     upgate) start_upgate ;;
     nginx) start_nginx ;;
     haproxy) start_haproxy ;;
@@ -576,13 +593,13 @@ for ((rep = 1; rep <= REPS; rep++)); do
     [ "$t" = direct ] || run_idle "$rep" "$t"
   done
   for t in "${order[@]}"; do
-    [ "$t" = direct ] || run_idle "$rep" "$t" idle_tls
+    no_tls "$t" || run_idle "$rep" "$t" idle_tls
   done
   for t in "${order[@]}"; do run_load "$rep" echo64 "$t" echo -c $C_SMALL -d $D -s 64; done
   for t in "${order[@]}"; do run_load "$rep" echo16k "$t" echo -c $C_LARGE -d $D -s 16384; done
   for t in "${order[@]}"; do run_load "$rep" connect "$t" connect -c $C_CONNECT; done
   for t in "${order[@]}"; do
-    [ "$t" = direct ] || run_load "$rep" connect_tls "$t" connect -c $C_CONNECT
+    no_tls "$t" || run_load "$rep" connect_tls "$t" connect -c $C_CONNECT
   done
   for n in $FANOUT; do
     for t in "${order[@]}"; do
@@ -651,8 +668,9 @@ REPORT=$TMP/report.md
     idle=$(med idle "$t" kib_per_session)
     ths=$(med connect_tls "$t" handshakes_per_s) tcpu=$(med connect_tls "$t" cpu_us_per_handshake)
     tidle=$(med idle_tls "$t" kib_per_session)
-    [ "$t" = direct ] && idle="—" ths="—" tcpu="—" tidle="—"  # the echo server speaks no TLS
-    echo "| $t$([ "$t" = direct ] && echo ' (echo server own cost)') | $(fmt "$m") ($(ratio "$m" "$d64")) | $(fmt "$(med echo64 "$t" lat_p50_us)") / $(fmt "$(med echo64 "$t" lat_p99_us)") | $(fmt "$(med echo64 "$t" cpu_us_per_msg)" 2) | $(fmt "$mb") ($(ratio "$mb" "$d16")) | $(fmt "$(med echo16k "$t" cpu_us_per_msg)" 2) | $(fmt "$hs") ($(ratio "$hs" "$dhs")) | $(fmt "$(med connect "$t" cpu_us_per_handshake)" 1) | $(fmt "$idle" 1) | $(fmt "$ths") | $(fmt "$tcpu" 1) | $(fmt "$tidle" 1) |"
+    [ "$t" = direct ] && idle="—"
+    no_tls "$t" && ths="—" tcpu="—" tidle="—"  # the echo server and the bare relay speak no TLS
+    echo "| $t$([ "$t" = direct ] && echo ' (echo server own cost)')$([ "$t" = relay ] && echo ' (bare read/send relay: the floor)') | $(fmt "$m") ($(ratio "$m" "$d64")) | $(fmt "$(med echo64 "$t" lat_p50_us)") / $(fmt "$(med echo64 "$t" lat_p99_us)") | $(fmt "$(med echo64 "$t" cpu_us_per_msg)" 2) | $(fmt "$mb") ($(ratio "$mb" "$d16")) | $(fmt "$(med echo16k "$t" cpu_us_per_msg)" 2) | $(fmt "$hs") ($(ratio "$hs" "$dhs")) | $(fmt "$(med connect "$t" cpu_us_per_handshake)" 1) | $(fmt "$idle" 1) | $(fmt "$ths") | $(fmt "$tcpu" 1) | $(fmt "$tidle" 1) |"
   done
   if [ -n "$FANOUT" ]; then
     echo
@@ -676,7 +694,7 @@ REPORT=$TMP/report.md
   echo
   echo "Cores busy during the measured windows (/proc/stat, medians; client core / proxy core):"
   for t in "${TLIST[@]}"; do
-    echo "- $t: 64 B $(busy echo64 "$t" "$CPU_CLIENT") / $(busy echo64 "$t" "$CPU_PROXY"), 16 KiB $(busy echo16k "$t" "$CPU_CLIENT") / $(busy echo16k "$t" "$CPU_PROXY"), connect $(busy connect "$t" "$CPU_CLIENT") / $(busy connect "$t" "$CPU_PROXY")$([ "$t" = direct ] || echo ", TLS connect $(busy connect_tls "$t" "$CPU_CLIENT") / $(busy connect_tls "$t" "$CPU_PROXY")")"
+    echo "- $t: 64 B $(busy echo64 "$t" "$CPU_CLIENT") / $(busy echo64 "$t" "$CPU_PROXY"), 16 KiB $(busy echo16k "$t" "$CPU_CLIENT") / $(busy echo16k "$t" "$CPU_PROXY"), connect $(busy connect "$t" "$CPU_CLIENT") / $(busy connect "$t" "$CPU_PROXY")$(no_tls "$t" || echo ", TLS connect $(busy connect_tls "$t" "$CPU_CLIENT") / $(busy connect_tls "$t" "$CPU_PROXY")")"
   done
   echo "(The proxy core is busy in direct runs only with other jobs' work: a noisy machine shows here."
   echo "In TLS connect runs the client core also does the load generator's half of every handshake: when it is near 100 % busy, TLS handshakes/s is the client's limit and proxy CPU per TLS handshake is the figure to compare.)"
@@ -692,6 +710,7 @@ REPORT=$TMP/report.md
     echo "Targets (performance.md) for upgate, in this run:"
     awk -v um="$(med echo64 upgate msgs_per_s)" -v nm="$(med echo64 nginx msgs_per_s)" -v hm="$(med echo64 haproxy msgs_per_s)" \
         -v uc="$(med echo64 upgate cpu_us_per_msg)" -v nc="$(med echo64 nginx cpu_us_per_msg)" -v hc="$(med echo64 haproxy cpu_us_per_msg)" \
+        -v rc="$(med echo64 relay cpu_us_per_msg)" \
         -v ub="$(med echo16k upgate mb_per_s)" -v db="$d16" \
         -v uh="$(med connect upgate handshakes_per_s)" -v nh="$(med connect nginx handshakes_per_s)" -v hh="$(med connect haproxy handshakes_per_s)" \
         -v ui="$(med idle upgate kib_per_session)" \
@@ -708,6 +727,7 @@ REPORT=$TMP/report.md
         bm = best(nm, hm); bc = least(nc, hc); bh = best(nh, hh)
         if (um != "-" && bm != "-") printf "- 64 B msgs/s >= best anchor (%.0f): %.0f, %s\n", bm, um, ok(um >= bm)
         if (uc != "-" && bc != "-") printf "- CPU per 64 B round trip <= 0.75 x %.2f = %.2f us: %.2f us, %s\n", bc, 0.75 * bc, uc, ok(uc <= 0.75 * bc)
+        if (uc != "-" && bc != "-" && rc != "-") printf "  (the floor in this run, a bare read/send relay: %.2f us; upgate %.2fx it)\n", rc, uc / rc
         if (ub != "-" && db != "-") printf "- 16 KiB >= 0.80 x direct (%.0f MB/s): %.0f MB/s = %.2f x direct, %s\n", 0.8 * db, ub, ub / db, ok(ub >= 0.8 * db)
         if (uh != "-" && bh != "-") printf "- handshakes/s >= best anchor (%.0f): %.0f, %s\n", bh, uh, ok(uh >= bh)
         if (ui != "-") printf "- idle plain session <= 2 KiB: %.2f KiB, %s\n", ui, ok(ui <= 2)

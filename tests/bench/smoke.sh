@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # bench.smoke (ctest, label bench): a correctness smoke for the benchmark tools, not a timing.
-# Runs the load generator for a couple of seconds directly against the echo server and then
-# through upgate (workers: 1, passthrough), with --verify (every echoed byte checked), plus a
+# Runs the load generator for a couple of seconds directly against the echo server, through
+# the bare relay (run.sh's floor for a proxy) and through upgate (workers: 1, passthrough), with
+# --verify (every echoed byte checked), plus a
 # short connect-mode run through upgate, then the same over wss:// through a TLS listener of
 # upgate (ECDSA P-256 certificate made here with the openssl CLI, verified by loadgen with --ca);
 # passes when messages and handshakes flowed without errors. Last, a small fan-out (40
 # subscribers, 5 messages) against the echo server's bare fan-out mode (run.sh's floor) and
 # through upgate's channel route and publish API: every delivery must arrive.
 #
-#   smoke.sh LOADGEN ECHO_SERVER UPGATE
+#   smoke.sh LOADGEN ECHO_SERVER UPGATE BARE_RELAY
 set -euo pipefail
 
 LOADGEN=${1:?loadgen path}
 ECHO=${2:?echo_server path}
 UPGATE=${3:?upgate path}
+RELAY=${4:?bare_relay path}
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TMP=$(mktemp -d /tmp/upgate-bench-smoke.XXXXXX)
@@ -56,6 +58,10 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 PIDS+=($!)
 wait_file "$TMP/echo.ready" 10 || fail "echo_server did not start"
 ECHO_ADDR=$(awk '{print $2}' "$TMP/echo.ready")
+"$RELAY" --upstream "$ECHO_ADDR" --ready-file "$TMP/relay.ready" >"$TMP/relay.log" 2>&1 &
+PIDS+=($!)
+wait_file "$TMP/relay.ready" 10 || fail "bare_relay did not start"
+RELAY_ADDR=$(awk '{print $2}' "$TMP/relay.ready")
 
 cat >"$TMP/upgate.yaml" <<EOF
 workers: 1
@@ -100,6 +106,9 @@ run() {  # run LABEL ARGS...: one loadgen run, its JSON line in $LINE
 for size in 64 20000 70000; do  # 7-, 16- and 64-bit frame lengths
   run "direct-$size" echo --url "ws://$ECHO_ADDR/" -c 8 -d 2 -s $size -t 1 -w 0.2 --verify
   [ "$(json_num "$LINE" msgs)" -gt 0 ] || fail "no messages echoed directly (size $size)"
+  run "relay-$size" echo --url "ws://$RELAY_ADDR/" -c 8 -d 2 -s $size -t 0.5 -w 0.1 --verify
+  [ "$(json_num "$LINE" msgs)" -gt 0 ] || fail "no messages echoed through the bare relay (size $size)"
+  [ "$(json_num "$LINE" errors)" -eq 0 ] || fail "errors through the bare relay (size $size)"
   run "upgate-$size" echo --url "ws://$UPGATE_ADDR/" -c 8 -d 2 -s $size -t 1 -w 0.2 --verify
   [ "$(json_num "$LINE" msgs)" -gt 0 ] || fail "no messages echoed through upgate (size $size)"
   [ "$(json_num "$LINE" errors)" -eq 0 ] || fail "errors through upgate (size $size)"
