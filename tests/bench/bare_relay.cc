@@ -137,9 +137,11 @@ void onRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
   size_t len = static_cast<size_t>(nread);
   *from->counter += len;
   uv_os_fd_t fd;
-  ssize_t n = -1;
-  if (uv_fileno(as<uv_handle_t>(&to->tcp), &fd) == 0)
-    n = ::send(fd, g_read_buffer, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (uv_fileno(as<uv_handle_t>(&to->tcp), &fd) != 0) {
+    closePair(p);
+    return;
+  }
+  ssize_t n = ::send(fd, g_read_buffer, len, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (n < 0 && errno != EAGAIN) {
     closePair(p);
     return;

@@ -14,8 +14,9 @@
 //
 // It is also the benchmark's direct fan-out server (the floor a gateway's fan-out is measured
 // against): a `POST` with a Content-Length body is answered 200 after the body has been sent,
-// as one unmasked binary frame built once, to every upgraded connection, each by one send(2)
-// straight from that frame (a copy is queued only for what a full socket did not take).
+// as one unmasked binary frame built once, to every connection upgraded on a /fan/ path, each
+// by one send(2) straight from that frame (a copy is queued only for what a full socket did not
+// take). Subscribers listen only: a message could land inside the echo of a long frame.
 
 #include <arpa/inet.h>
 #include <openssl/evp.h>
@@ -224,12 +225,13 @@ void fanOut(const std::vector<char>& frame) {
       }
       if (n < 0) n = 0;
     }
-    ++g_deliveries;
     size_t done = static_cast<size_t>(n);
     if (done < frame.size() && !send(c, frame.data() + done, frame.size() - done)) {
       closeConn(c);
       --i;
+      continue;
     }
+    ++g_deliveries;
   }
 }
 
@@ -312,8 +314,10 @@ size_t handshake(Conn* c) {
   }
   ++g_handshakes;
   c->upgraded = true;
-  c->sub_index = g_subscribers.size();
-  g_subscribers.push_back(c);
+  if (c->head.compare(4, 5, "/fan/") == 0) {  // a fan-out subscriber, not an echo session
+    c->sub_index = g_subscribers.size();
+    g_subscribers.push_back(c);
+  }
   size_t used = end + 4;
   return used;
 }
@@ -334,6 +338,7 @@ bool controlFrame(Conn* c) {
     appendFrameHeader(g_out, 0x88, c->control.size());
     g_out.insert(g_out.end(), c->control.begin(), c->control.end());
     c->close_sent = true;
+    unsubscribe(c);  // nothing may follow the close frame
     return false;
   }
   return true;  // pong: ignored
