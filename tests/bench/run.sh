@@ -33,7 +33,7 @@
 #                           [--targets "direct relay upgate nginx haproxy"] [--upgate PATH]
 #                           [--bench-dir DIR] [--out FILE] [--raw FILE] [--no-install]
 #   --quick      1.5 s runs, 0.5 s warmup, 2000 idle sessions, 3 reps (about 3.5 minutes)
-#   default      10 s runs, 2 s warmup, 5000 idle sessions, 3 reps (about 13 minutes)
+#   default      10 s runs, 2 s warmup, 5000 idle sessions, 3 reps (about 18 minutes)
 #                (noisy runs measured again add time: see --retry-noisy)
 #   --upgate     the gateway binary (default: build/gateway/upgate)
 #   --bench-dir  where loadgen, echo_server and bare_relay are (default build-bench/tests/bench; built
