@@ -23,7 +23,6 @@
 #include <uv.h>
 
 #include <cerrno>
-#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -243,15 +242,5 @@ int main(int argc, char** argv) {
       uv_ip4_addr(upstream.substr(0, colon).c_str(), std::atoi(upstream.c_str() + colon + 1),
                   &g_upstream) != 0)
     usage("--upstream needs IPV4:PORT");
-  std::signal(SIGPIPE, SIG_IGN);
-  uv_loop_t* loop = uv_default_loop();
-  uv_tcp_t server;
-  if (!bench::listenAndAnnounce(loop, &server, host, port, ready_file, "bare_relay", onConnection))
-    return 1;
-  uv_signal_t sigterm, sigint;
-  uv_signal_init(loop, &sigterm);
-  uv_signal_start(&sigterm, onSignal, SIGTERM);
-  uv_signal_init(loop, &sigint);
-  uv_signal_start(&sigint, onSignal, SIGINT);
-  return uv_run(loop, UV_RUN_DEFAULT);
+  return bench::serve(host, port, ready_file, "bare_relay", onConnection, onSignal);
 }

@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <uv.h>
 
+#include <csignal>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -39,38 +40,48 @@ inline std::string websocketAccept(const std::string& key) {
   return base64(md, md_len);
 }
 
-// Binds and listens on HOST:PORT (PORT 0: any), then prints "listening HOST:PORT" and writes the
-// same line to `ready_file` (when given) atomically, so scripts can wait for it. Returns false
-// after saying why on stderr, prefixed with `prog`.
-inline bool listenAndAnnounce(uv_loop_t* loop, uv_tcp_t* server, const std::string& host, int port,
-                              const std::string& ready_file, const char* prog,
-                              uv_connection_cb on_connection) {
-  uv_tcp_init(loop, server);
+// Runs a benchmark server until SIGTERM or SIGINT: ignores SIGPIPE (a peer that resets while
+// we write costs an EPIPE, not the process), binds and listens on HOST:PORT (PORT 0: any), prints
+// "listening HOST:PORT" and writes the same line to `ready_file` (when given) atomically, so
+// scripts can wait for it, then runs the loop; `on_signal` reports and exits. Returns 1 after
+// saying on stderr, prefixed with `prog`, why it could not start.
+inline int serve(const std::string& host, int port, const std::string& ready_file, const char* prog,
+                 uv_connection_cb on_connection, uv_signal_cb on_signal) {
+  std::signal(SIGPIPE, SIG_IGN);
+  uv_loop_t* loop = uv_default_loop();
+  static uv_tcp_t server;
+  uv_tcp_init(loop, &server);
   sockaddr_in addr{};
   int rc = uv_ip4_addr(host.c_str(), port, &addr);
-  if (rc == 0) rc = uv_tcp_bind(server, reinterpret_cast<const sockaddr*>(&addr), 0);
-  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(server), 4096, on_connection);
+  if (rc == 0) rc = uv_tcp_bind(&server, reinterpret_cast<const sockaddr*>(&addr), 0);
+  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&server), 4096, on_connection);
   if (rc != 0) {
     std::fprintf(stderr, "%s: cannot listen on %s:%d: %s\n", prog, host.c_str(), port,
                  uv_strerror(rc));
-    return false;
+    return 1;
   }
   sockaddr_in bound{};
   int blen = sizeof(bound);
-  uv_tcp_getsockname(server, reinterpret_cast<sockaddr*>(&bound), &blen);
+  uv_tcp_getsockname(&server, reinterpret_cast<sockaddr*>(&bound), &blen);
   char line[128];
   std::snprintf(line, sizeof(line), "listening %s:%d\n", host.c_str(), ntohs(bound.sin_port));
   std::fputs(line, stdout);
   std::fflush(stdout);
-  if (ready_file.empty()) return true;
-  std::string tmp = ready_file + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr || std::fputs(line, f) < 0 || std::fclose(f) != 0 ||
-      std::rename(tmp.c_str(), ready_file.c_str()) != 0) {
-    std::fprintf(stderr, "%s: cannot write %s\n", prog, ready_file.c_str());
-    return false;
+  if (!ready_file.empty()) {
+    std::string tmp = ready_file + ".tmp";
+    FILE* f = std::fopen(tmp.c_str(), "w");
+    if (f == nullptr || std::fputs(line, f) < 0 || std::fclose(f) != 0 ||
+        std::rename(tmp.c_str(), ready_file.c_str()) != 0) {
+      std::fprintf(stderr, "%s: cannot write %s\n", prog, ready_file.c_str());
+      return 1;
+    }
   }
-  return true;
+  static uv_signal_t sigterm, sigint;
+  uv_signal_init(loop, &sigterm);
+  uv_signal_start(&sigterm, on_signal, SIGTERM);
+  uv_signal_init(loop, &sigint);
+  uv_signal_start(&sigint, on_signal, SIGINT);
+  return uv_run(loop, UV_RUN_DEFAULT);
 }
 
 }  // namespace bench

@@ -24,7 +24,6 @@
 #include <uv.h>
 
 #include <cerrno>
-#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -507,17 +506,5 @@ int main(int argc, char** argv) {
       usage();
   }
   g_out.reserve(kReadBufferSize * 2);
-  // A peer that resets while we write must cost an EPIPE, not the process (libuv leaves
-  // SIGPIPE to the application).
-  std::signal(SIGPIPE, SIG_IGN);
-  uv_loop_t* loop = uv_default_loop();
-  uv_tcp_t server;
-  if (!bench::listenAndAnnounce(loop, &server, host, port, ready_file, "echo_server", onConnection))
-    return 1;
-  uv_signal_t sigterm, sigint;
-  uv_signal_init(loop, &sigterm);
-  uv_signal_start(&sigterm, onSignal, SIGTERM);
-  uv_signal_init(loop, &sigint);
-  uv_signal_start(&sigint, onSignal, SIGINT);
-  return uv_run(loop, UV_RUN_DEFAULT);
+  return bench::serve(host, port, ready_file, "echo_server", onConnection, onSignal);
 }
