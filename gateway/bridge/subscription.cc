@@ -106,10 +106,12 @@ void Subscription::deliver(const Delivery& d) {
 }
 
 bool Subscription::writeFrame(uint8_t op, const char* data, size_t len) {
-  char header[kMaxFrameHeader];
-  size_t n = writeFrameHeader(header, op, true, false, len, nullptr);
-  Stream& out = owner_.clientStream();
-  return out.write(header, n) == 0 && (len == 0 || out.write(data, len) == 0);
+  // Header and payload in one write: one segment (one TLS record) rather than a header alone.
+  std::string frame(kMaxFrameHeader + len, '\0');
+  size_t n = writeFrameHeader(frame.data(), op, true, false, len, nullptr);
+  std::memcpy(frame.data() + n, data, len);
+  frame.resize(n + len);
+  return owner_.clientStream().write(frame.data(), frame.size()) == 0;
 }
 
 void Subscription::close(uint16_t code, const std::string& reason) {
