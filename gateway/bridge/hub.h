@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "http/request_head.h"
 
 namespace upgate {
 
@@ -52,6 +53,8 @@ class Delivery {
 struct PollRequest {
   std::string target;
   std::vector<std::pair<std::string, std::string>> headers;
+  // The subscriber's request it was made from: a reload makes the poll again from it.
+  std::shared_ptr<const RequestHead> origin;
 };
 
 // A session subscribed to a channel (loop thread only).

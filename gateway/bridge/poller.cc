@@ -1,6 +1,7 @@
 #include "bridge/poller.h"
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 
 #include "bridge/hub.h"
@@ -36,12 +37,23 @@ bool looksBinary(const HttpResponse& r) {
 
 }  // namespace
 
+PollRequest makePollRequest(const LongPollConfig& lp, std::shared_ptr<const RequestHead> origin) {
+  PollRequest poll;
+  poll.target = expandTemplate(lp.poll, *origin, TemplateUse::UrlTarget).value_or("");
+  for (const std::string& name : lp.poll_forward_headers) {
+    if (const std::string* v = findHeader(origin->headers, name))
+      poll.headers.emplace_back(name, *v);
+  }
+  poll.origin = std::move(origin);
+  return poll;
+}
+
 Poller::Poller(Worker& worker, std::string channel, GenerationPtr generation,
                const RouteConfig& route, PollRequest poll)
     : worker_(worker),
       channel_(std::move(channel)),
       generation_(std::move(generation)),
-      route_(route),
+      route_(&route),
       poll_(std::move(poll)),
       cursor_(route.longpoll.cursor_initial) {
   uv_timer_init(worker_.loop(), &retry_timer_);
@@ -54,7 +66,7 @@ Poller::~Poller() = default;
 
 void Poller::start() {
   UPGATE_LOG(info, 0, "channel {}: first subscriber, polling upstream {} {}", channel_,
-             route_.upstream, substituteCursor(poll_.target, cursor_));
+             route_->upstream, substituteCursor(poll_.target, cursor_));
   poll();
 }
 
@@ -63,14 +75,14 @@ void Poller::keep() {
 }
 
 void Poller::releaseAfterGrace() {
-  uv_timer_start(&grace_timer_, onGraceTimer, static_cast<uint64_t>(route_.longpoll.grace.count()),
+  uv_timer_start(&grace_timer_, onGraceTimer, static_cast<uint64_t>(route_->longpoll.grace.count()),
                  0);
 }
 
 void Poller::onGraceTimer(uv_timer_t* t) noexcept {
   auto* self = ownerOf<Poller>(t);
   UPGATE_LOG(info, 0, "channel {}: no subscribers for {} ms, polling stopped after {} polls",
-             self->channel_, self->route_.longpoll.grace.count(), self->polls_);
+             self->channel_, self->route_->longpoll.grace.count(), self->polls_);
   self->worker_.forgetPoller(self->channel_);  // calls destroy()
 }
 
@@ -83,6 +95,56 @@ void Poller::destroy() {
   uv_close(asHandle(&grace_timer_), onClosed);
 }
 
+void Poller::follow(const GenerationPtr& generation) {
+  // Forward only: a subscriber's task may carry an older generation than its owner worker's.
+  if (stopping_ || !poll_.origin || generation->number <= generation_->number) return;
+  const RouteConfig* next = nullptr;
+  for (const RouteConfig& r : generation->config->routes) {
+    if (r.name == route_->name) {
+      next = &r;
+      break;
+    }
+  }
+  std::optional<std::string> key;
+  if (next && next->kind == RouteKind::LongPoll)
+    key = expandTemplate(next->longpoll.channel, *poll_.origin, TemplateUse::ChannelKey);
+  if (!key || *key != channel_) {
+    UPGATE_LOG(info, 0,
+               "channel {}: the new configuration has no long-poll route {} for this channel; "
+               "polling goes on as before",
+               channel_, route_->name);
+    return;
+  }
+  std::string before = signature();
+  generation_ = generation;
+  route_ = next;
+  poll_ = makePollRequest(next->longpoll, poll_.origin);
+  if (signature() == before) return;  // the next poll picks up the rest
+  UPGATE_LOG(info, 0, "channel {}: configuration generation {}: now polling upstream {} {}",
+             channel_, generation_->number, route_->upstream,
+             substituteCursor(poll_.target, cursor_));
+  if (!call_ && !uv_is_active(asHandle(&retry_timer_))) return;
+  if (call_) HttpClient::cancel(call_);  // its callback never runs
+  call_.reset();
+  uv_timer_stop(&retry_timer_);
+  failures_ = 0;
+  poll();
+}
+
+std::string Poller::signature() const {
+  const LongPollConfig& lp = route_->longpoll;
+  std::string s = route_->upstream + '\n' + lp.method + ' ' + poll_.target + '\n';
+  auto up = generation_->config->upstreams.find(route_->upstream);  // there: validated
+  if (up != generation_->config->upstreams.end()) {
+    for (const HostPort& e : up->second.endpoints) s += e.text() + ' ';
+    s += up->second.tls ? "tls " + up->second.tls->server_name : "plain";
+  }
+  s += '\n' + std::to_string(lp.timeout.count()) + ' ' + std::to_string(route_->max_queue_bytes);
+  for (const auto& [name, value] : lp.headers) s += '\n' + name + ": " + value;
+  for (const auto& [name, value] : poll_.headers) s += '\n' + name + ": " + value;
+  return s;
+}
+
 void Poller::onClosed(uv_handle_t* h) noexcept {
   auto* self = ownerOf<Poller>(h);
   if (--self->open_timers_ == 0) delete self;
@@ -91,18 +153,18 @@ void Poller::onClosed(uv_handle_t* h) noexcept {
 void Poller::poll() {
   if (stopping_) return;
   const Config& cfg = *generation_->config;
-  auto it = cfg.upstreams.find(route_.upstream);
+  auto it = cfg.upstreams.find(route_->upstream);
   const UpstreamConfig& up = it->second;
   HttpRequest req;
-  req.method = route_.longpoll.method;
+  req.method = route_->longpoll.method;
   req.endpoint = up.endpoints[worker_.nextEndpoint(up)];
   req.tls = generation_->upstreamTls(up.name);
   if (up.tls && !up.tls->server_name.empty()) req.tls_server_name = up.tls->server_name;
   req.target = substituteCursor(poll_.target, cursor_);
-  for (const auto& [name, value] : route_.longpoll.headers) req.headers.push_back({name, value});
+  for (const auto& [name, value] : route_->longpoll.headers) req.headers.push_back({name, value});
   for (const auto& [name, value] : poll_.headers) req.headers.push_back({name, value});
-  req.timeout = route_.longpoll.timeout;
-  req.max_response_bytes = route_.max_queue_bytes;
+  req.timeout = route_->longpoll.timeout;
+  req.max_response_bytes = route_->max_queue_bytes;
   ++polls_;
   call_ =
       worker_.httpClient().send(std::move(req), [this](const std::string& error, HttpResponse& r) {
@@ -114,7 +176,7 @@ void Poller::poll() {
 void Poller::count(const char* result) {
   worker_.metrics()
       .get(metrics::Family::LongPolls,
-           metrics::labels({{"route", route_.name}, {"result", result}}))
+           metrics::labels({{"route", route_->name}, {"result", result}}))
       .add();
 }
 
@@ -152,8 +214,8 @@ void Poller::onResponse(const std::string& error, HttpResponse& r) {
                "channel {}: the poll answer carried no cursor ({}); the next poll repeats "
                "cursor \"{}\"",
                channel_,
-               route_.longpoll.cursor_header.empty() ? route_.longpoll.cursor_json
-                                                     : "header " + route_.longpoll.cursor_header,
+               route_->longpoll.cursor_header.empty() ? route_->longpoll.cursor_json
+                                                      : "header " + route_->longpoll.cursor_header,
                cursor_);
   }
   poll();
@@ -161,7 +223,7 @@ void Poller::onResponse(const std::string& error, HttpResponse& r) {
 
 void Poller::publishBody(const HttpResponse& r) {
   Hub& hub = worker_.hub();
-  if (!route_.longpoll.split_json_array) {
+  if (!route_->longpoll.split_json_array) {
     // Text frames must be UTF-8: a body that is not goes out as a binary message.
     hub.publish(channel_, r.body, looksBinary(r) || !isValidUtf8(r.body));
     return;
@@ -182,7 +244,7 @@ void Poller::publishBody(const HttpResponse& r) {
 }
 
 bool Poller::advanceCursor(const HttpResponse& r) {
-  const LongPollConfig& lp = route_.longpoll;
+  const LongPollConfig& lp = route_->longpoll;
   if (!lp.cursor_header.empty()) {
     const std::string* v = findHeader(r.headers, lp.cursor_header);
     if (v == nullptr) return false;
@@ -198,7 +260,7 @@ bool Poller::advanceCursor(const HttpResponse& r) {
 }
 
 void Poller::backoff(const std::string& why) {
-  const LongPollConfig& lp = route_.longpoll;
+  const LongPollConfig& lp = route_->longpoll;
   uint64_t base = static_cast<uint64_t>(lp.backoff_initial.count());
   uint64_t cap = static_cast<uint64_t>(lp.backoff_max.count());
   uint64_t delay = base << std::min(failures_, 20u);

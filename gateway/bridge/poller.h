@@ -23,11 +23,14 @@ namespace upgate {
 
 class Worker;
 
+// The poll a subscriber's request starts under a long-poll route: the route's poll template
+// expanded (all but {cursor}) and the request's `poll_forward_headers`, with `origin` kept.
+PollRequest makePollRequest(const LongPollConfig& lp, std::shared_ptr<const RequestHead> origin);
+
 class Poller {
  public:
-  // `poll.target` is the route's poll template with every variable but {cursor} expanded;
-  // `poll.headers` go with every poll, after the route's own. `route` belongs to `generation`: a
-  // reload does not change a running poll, later subscribers of the channel join it as it is.
+  // `poll` comes from makePollRequest; its headers go with every poll, after the route's own.
+  // `route` belongs to `generation`.
   Poller(Worker& worker, std::string channel, GenerationPtr generation, const RouteConfig& route,
          PollRequest poll);
   Poller(const Poller&) = delete;
@@ -40,6 +43,13 @@ class Poller {
   void releaseAfterGrace();
   // Stops at once and deletes itself once its timers are closed (no callback runs after).
   void destroy();
+  // A reload: poll as `generation`'s route of the same name says from now on, the poll made
+  // again from the first subscriber's request. When that changes what is polled, or from where,
+  // the poll in flight or a backoff wait is given up and the next poll goes out at once (the
+  // cursor stays, so nothing is skipped). Kept as it was when that route is gone, is no longer
+  // a long-poll route, or keys the request to another channel, and when `generation` is not
+  // newer than the one it polls with.
+  void follow(const GenerationPtr& generation);
 
   const std::string& cursor() const { return cursor_; }
   uint64_t polls() const { return polls_; }
@@ -56,12 +66,14 @@ class Poller {
   void publishBody(const HttpResponse& response);
   bool advanceCursor(const HttpResponse& response);
   void backoff(const std::string& why);
+  // What the next poll's request depends on, as text: equal when two configurations poll alike.
+  std::string signature() const;
 
   Worker& worker_;
   const std::string channel_;
-  const GenerationPtr generation_;
-  const RouteConfig& route_;
-  const PollRequest poll_;
+  GenerationPtr generation_;
+  const RouteConfig* route_;  // in generation_
+  PollRequest poll_;
   std::string cursor_;
   std::shared_ptr<HttpClient::Call> call_;  // the in-flight poll (cancelled on stop)
   uv_timer_t retry_timer_{};

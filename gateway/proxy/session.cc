@@ -7,6 +7,7 @@
 #include <cassert>
 #include <cstring>
 
+#include "bridge/poller.h"
 #include "bridge/subscription.h"
 #include "core/handle.h"
 #include "core/log.h"
@@ -488,7 +489,7 @@ void Session::subscribe(bool upgrade) {
   HeaderList forward;
   if (longpoll) {
     const LongPollConfig& lp = route_->longpoll;
-    poll.target = expandTemplate(lp.poll, head, TemplateUse::UrlTarget).value_or("");
+    poll = makePollRequest(lp, std::make_shared<const RequestHead>(head));
     if (!lp.send.empty())
       send_target = expandTemplate(lp.send, head, TemplateUse::UrlTarget).value_or("");
     // The client's credentials (and the identity plugins attached) go along with its messages,
@@ -497,10 +498,6 @@ void Session::subscribe(bool upgrade) {
       if (const std::string* v = findHeader(head.headers, name)) forward.push_back({name, *v});
     }
     forward.push_back({"X-Forwarded-For", hs_->forward.client_ip});
-    for (const std::string& name : lp.poll_forward_headers) {
-      if (const std::string* v = findHeader(head.headers, name))
-        poll.headers.emplace_back(name, *v);
-    }
   }
   std::string response =
       mode == Subscription::Mode::Sse

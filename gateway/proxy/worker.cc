@@ -244,6 +244,7 @@ void Worker::applyGeneration(GenerationPtr generation, ListenFds& fds) {
   }
   listeners_ = std::move(next);
   generation_ = std::move(generation);
+  for (auto& [channel, p] : pollers_) p->follow(generation_);
 }
 
 void Worker::addSubscriber(const std::string& channel, const Generation& generation,
@@ -289,6 +290,7 @@ void Worker::acquirePoller(const std::string& channel, GenerationPtr generation,
   }
   auto* p = new Poller(*this, channel, std::move(generation), route, poll);
   pollers_[channel] = p;
+  p->follow(generation_);  // a subscriber from before this worker's last reload
   p->start();
 }
 

@@ -7,12 +7,14 @@ bundled legacy ticker app (docker/demo/ticker_app.py, started here with a fast t
 - 500s from the app: upgate backs off exponentially, keeps its cursor, loses nothing;
 - an upstream restart on the same port with its history continuing: no gap, no duplicate;
 - the poll loop stops a grace period after the last subscriber leaves;
+- a reload moves a running poll to the app's new address at once; an unchanged route keeps it;
 - two channels get independent polls and messages.
 """
 
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -531,6 +533,59 @@ class PollStopTest(BridgeTestCase):
         starts = bridge_util.gateway_messages(gw, r"channel GOOG: first subscriber, polling")
         self.assertEqual(len(starts), 2, [e["msg"] for e, _ in starts])
         pool.close_all()
+
+
+class ReloadTest(BridgeTestCase):
+    """A reload moves a channel's running poll to the new configuration (here: the legacy app
+    moved to another address) without waiting for its subscribers to leave; a reload that
+    changes nothing the poll depends on leaves the poll in flight alone."""
+
+    def write_config(self, gw, config):
+        tmp = gw.config_path + ".new"
+        with open(tmp, "w") as f:
+            f.write(harness.to_yaml(config) + "\n")
+        os.replace(tmp, gw.config_path)
+
+    def reload(self, gw, config, generation):
+        self.write_config(gw, config)
+        gw.signal(signal.SIGHUP)
+        bridge_util.wait_gateway_message(gw, r"configuration generation %d" % generation)
+
+    def test_a_reload_moves_the_running_poll_to_the_new_upstream(self):
+        old_app = self.start_app(symbols="GOOG", tick=0.05)
+        new_app = self.start_app(symbols="GOOG", tick=0.05, seed=11)
+        gw = start_gateway(self, bridge_config(old_app.addr))
+        pool = self.pool(gw)
+        sub = pool.connect_ws("/ticker?symbols=GOOG", 1)[0]
+        pool.wait(lambda: len(sub.messages) >= 3, 15, "updates from the first app")
+        harness.poll_until(lambda: old_app.stats()["in_flight"].get("GOOG") == 1, 10,
+                           what="a poll held by the first app")
+
+        # The same file again (a log-level-only change would do the same): nothing to move.
+        self.reload(gw, bridge_config(old_app.addr), 2)
+        self.assertEqual(bridge_util.gateway_messages(gw, r"now polling upstream"), [],
+                         "an unchanged route moved the poll")
+
+        # The app moved: the subscriber stays, the poll follows at once (the held poll at the
+        # old address is given up, not waited for: it could be held for the 20 s timeout).
+        moved_at = time.monotonic()
+        self.reload(gw, bridge_config(new_app.addr), 3)
+        bridge_util.wait_gateway_message(gw, r"channel GOOG: configuration generation 3: "
+                                             r"now polling upstream legacy /poll\?symbols=GOOG")
+        harness.poll_until(lambda: new_app.stats()["polls"].get("GOOG", 0) >= 1, 10,
+                           what="a poll at the new address")
+        self.assertLess(time.monotonic() - moved_at, 10)
+        count = len(sub.messages)
+        pool.wait(lambda: len(sub.messages) >= count + 3, 15,
+                  "updates from the new address for the subscriber that was already there")
+        # ...and none at the old one any more (bounded watch).
+        polls = old_app.stats()["polls"]["GOOG"]
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            self.assertEqual(old_app.stats()["polls"]["GOOG"], polls,
+                             "the old address is still polled")
+            time.sleep(0.1)
+        self.assertGatewayAlive(gw)
 
 
 class TwoChannelsTest(BridgeTestCase):
