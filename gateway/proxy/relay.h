@@ -45,6 +45,10 @@ class Relay {
   virtual FirstClose firstClose() const = 0;
   // A close handshake has begun (either way), or the relay ended.
   virtual bool closing() const = 0;
+  // The owner stopped reading that leg (backpressure: the other leg is slow) or resumed. A
+  // paused leg's pongs wait unread in its socket, so it is not pinged or judged by the keepalive
+  // while paused, and an unanswered ping gets a full timeout again from the resume.
+  virtual void readsPaused(bool client, bool paused, uint64_t now_ms) = 0;
 };
 
 }  // namespace upgate

@@ -1151,8 +1151,11 @@ void Session::pump(Stream& from, Stream& to, const char* data, size_t len, bool 
     from.readStop();
     const bool from_client = &from == client_;
     bool& paused = from_client ? client_paused_ : upstream_paused_;
-    if (!paused && route_metrics_)
-      (from_client ? route_metrics_->client_pauses : route_metrics_->upstream_pauses)->add();
+    if (!paused) {
+      if (route_metrics_)
+        (from_client ? route_metrics_->client_pauses : route_metrics_->upstream_pauses)->add();
+      if (tunnel_) tunnel_->readsPaused(from_client, true, last_activity_ms_);
+    }
     paused = true;
   }
 }
@@ -1169,6 +1172,10 @@ void Session::onLegDrain(bool is_client) {
   bool source_eof = is_client ? upstream_eof_ : client_eof_;
   if (!paused) return;
   paused = false;
+  if (tunnel_) {
+    tunnel_->readsPaused(!is_client, false, uv_now(worker_.loop()));
+    if (tunnel_->takeRearm()) armTunnelTimer();
+  }
   if (source_eof) return;
   int rc = source.readStart();
   if (rc != 0) finish(uvReason(is_client ? "upstream read" : "client read", rc));

@@ -50,6 +50,7 @@ class TcpBridge final : public Relay, private FrameSink {
   }
   FirstClose firstClose() const override { return first_close_; }
   bool closing() const override { return ended_ || close_sent_ || close_received_; }
+  void readsPaused(bool client, bool paused, uint64_t now_ms) override;
 
  private:
   bool onFrameHeader(const FrameHeader& h, const char* raw, size_t raw_len) override;
@@ -80,6 +81,7 @@ class TcpBridge final : public Relay, private FrameSink {
   bool close_sent_ = false;
   bool close_received_ = false;
   bool ended_ = false;
+  bool client_paused_ = false;  // the session does not read the client (the service is slow)
   bool rearm_ = false;
 };
 

@@ -250,7 +250,7 @@ void Tunnel::onTimer(uint64_t now_ms) {
     const uint64_t timeout = ping_timeout_ms_;
     for (bool c : {true, false}) {
       Leg& l = leg(c);
-      if (l.close_sent || l.close_received) continue;
+      if (l.close_sent || l.close_received || l.paused) continue;
       if (l.ping_sent_ms != 0 && now_ms >= l.ping_sent_ms + timeout) {
         legDead(c, now_ms);
         return;
@@ -266,12 +266,21 @@ uint64_t Tunnel::nextDue() const {
   uint64_t due = close_deadline_ms_ != 0 ? close_deadline_ms_ : UINT64_MAX;
   if (ping_interval_ms_ == 0 || ended_) return due;
   for (const Leg* l : {&client_, &upstream_}) {
-    if (l->close_sent || l->close_received || l->want_ping) continue;
+    if (l->close_sent || l->close_received || l->want_ping || l->paused) continue;
     uint64_t at = l->ping_sent_ms != 0 ? l->ping_sent_ms + ping_timeout_ms_
                                        : l->last_rx_ms + ping_interval_ms_;
     due = std::min(due, at);
   }
   return due;
+}
+
+void Tunnel::readsPaused(bool client, bool paused, uint64_t now_ms) {
+  Leg& l = leg(client);
+  if (l.paused == paused) return;
+  l.paused = paused;
+  if (paused) return;
+  if (l.ping_sent_ms != 0) l.ping_sent_ms = now_ms;  // its pong may have waited unread
+  rearm_ = true;
 }
 
 void Tunnel::legDead(bool client, uint64_t now_ms) {

@@ -108,6 +108,7 @@ class Tunnel final : public Relay {
   }
   FirstClose firstClose() const override { return first_close_; }
   bool closing() const override { return ended_ || close_deadline_ms_ != 0; }
+  void readsPaused(bool client, bool paused, uint64_t now_ms) override;
 
  private:
   // Relays one direction's output to the other leg.
@@ -132,6 +133,7 @@ class Tunnel final : public Relay {
     bool close_sent = false;      // a close frame went to this leg: nothing more is written to it
     bool close_received = false;  // this leg sent its close frame: nothing more is read
     bool pong_due = false;        // peer_pings answer: Frames::pong[leg] is to be sent
+    bool paused = false;          // the owner does not read this leg (backpressure)
   };
 
   // Frames mode only, allocated with the tunnel: the relays and what they need.

@@ -7,7 +7,10 @@ when the flood starts (a bound on growth, so that a sanitizer build's larger bas
 matter; the flood is 1 GiB, so unbounded buffering cannot hide under it). Then the client reads
 again: every message arrives, in order, intact, and the session still echoes.
 
-Client -> upstream: the same with the roles swapped (the upstream stops reading)."""
+Client -> upstream: the same with the roles swapped (the upstream stops reading).
+
+Keepalive under backpressure: a leg upgate stops reading is not declared dead for a ping it
+cannot read the answer to."""
 
 import os
 import socket
@@ -283,6 +286,138 @@ class BackpressureTest(GatewayTestCase):
         _, how = c.read_until_closed(10)
         self.assertIn(how, ("eof", "reset"))
         self.assertEqual(up.errors, [])
+
+
+KEEPALIVE_HOLD = 3.5      # > keepalive interval (1 s) + timeout (1 s), with room
+STEADY_MSGS = 256         # 16 MiB: more than the kernel buffers on the way can hold
+
+
+def steady_flood_handler(state):
+    """Accepts the upgrade, sends STEADY_MSGS binary messages and "END" from a writer thread
+    while the handler reads what the client sends: pings are answered (between the writer's
+    frames, so after the flood when the socket is full), a text frame is echoed once the flood
+    is out, a close frame is answered."""
+
+    def handler(conn, up):
+        harness.websocket_accept(conn, up)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lock = threading.Lock()  # one frame at a time on the wire
+
+        def writer():
+            deadline = time.monotonic() + FLOOD_SECONDS
+            try:
+                for seq in range(STEADY_MSGS):
+                    with lock:
+                        if not send_fully(conn, unmasked_frame(harness.OP_BINARY,
+                                                               msg_payload(seq, state.base)),
+                                          deadline):
+                            state.error = "flood: message %d not sent before the deadline" % seq
+                            return
+                    state.sent_msgs = seq + 1
+                with lock:
+                    if not send_fully(conn, unmasked_frame(harness.OP_TEXT, b"END"), deadline):
+                        state.error = "flood: END not sent before the deadline"
+            finally:
+                state.finished.set()
+
+        threading.Thread(target=writer, daemon=True, name="steady-flood").start()
+        reader = harness.FrameReader()
+        quiet_until = time.monotonic() + FLOOD_SECONDS
+        for _ in range(10 ** 6):
+            frame = reader.next_frame()
+            if frame is None:
+                try:  # the writer's send_fully sets the socket's (shared) timeout
+                    chunk = conn.recv(65536)
+                except socket.timeout:
+                    if time.monotonic() > quiet_until:
+                        return
+                    continue
+                if not chunk:
+                    return
+                reader.feed(chunk)
+                continue
+            fin, op, payload = frame
+            if op == harness.OP_PING:
+                with lock:
+                    conn.sendall(unmasked_frame(harness.OP_PONG, payload))
+            elif op == harness.OP_TEXT and payload == b"still alive":
+                state.finished.wait(FLOOD_SECONDS)
+                with lock:
+                    conn.sendall(unmasked_frame(harness.OP_TEXT, payload))
+            elif op == harness.OP_CLOSE:
+                state.finished.wait(FLOOD_SECONDS)
+                with lock:
+                    conn.sendall(unmasked_frame(harness.OP_CLOSE, payload))
+                return  # the server closes the TCP connection first (RFC 6455 7.1.1)
+
+    return handler
+
+
+class KeepaliveUnderBackpressureTest(GatewayTestCase):
+    """A leg upgate stops reading for backpressure cannot be judged by the keepalive: its pong
+    waits unread behind what it sent. Here the upstream floods a client that reads nothing for
+    longer than keepalive interval + timeout while it keeps talking (so it is plainly alive);
+    the session must survive and deliver everything once the client reads again."""
+
+    def run_route(self, mode):
+        state = Flood()
+        up = self.start_peer(RawUpstream(steady_flood_handler(state), name="steady-flood"))
+        gw = self.start_gateway(harness.make_config(
+            upstreams={"flood": {"endpoints": [up.addr]}},
+            routes=[{"name": "flood", "match": {"path_prefix": "/flood"}, "upstream": "flood",
+                     "mode": mode, "keepalive": {"interval": "1s", "timeout": "1s"}}],
+            limits={"high_water": "256KiB"}))
+        c = RawClient(gw.addr(), rcvbuf=4096)
+        self.addCleanup(c.close)
+        c.handshake("/flood")
+        # Read nothing for KEEPALIVE_HOLD seconds; say something every 300 ms.
+        hold_until = time.monotonic() + KEEPALIVE_HOLD
+        pacer = threading.Event()  # never set: wait() only paces
+        while time.monotonic() < hold_until:
+            c.send_frame(harness.OP_TEXT, b"tick")
+            pacer.wait(0.3)
+        self.assertFalse(state.finished.is_set(),
+                         "the flood was not held back: the upstream's leg was never paused")
+
+        expected = 0
+        drain_deadline = time.monotonic() + 60
+        for _ in range(STEADY_MSGS + 10):
+            self.assertLess(time.monotonic(), drain_deadline, "draining took over 60s")
+            fin, op, payload = c.recv_frame(timeout=30)
+            if op == harness.OP_PING:  # upgate's keepalive may ask once reads resume
+                c.send_frame(harness.OP_PONG, payload)
+                continue
+            if op == harness.OP_PONG:  # passthrough: the upstream's answer to upgate's ping
+                continue
+            self.assertNotEqual(op, harness.OP_CLOSE,
+                                "closed after %d messages: %r" % (expected, payload))
+            if op == harness.OP_TEXT:
+                self.assertEqual(payload, b"END")
+                break
+            self.assertEqual(op, harness.OP_BINARY)
+            seq = struct.unpack("!Q", payload[:8])[0]
+            self.assertEqual(seq, expected, "messages lost or reordered")
+            expected += 1
+        self.assertEqual(expected, STEADY_MSGS)
+        self.assertIsNone(state.error)
+        c.send_frame(harness.OP_TEXT, b"still alive")
+        for _ in range(10):
+            fin, op, payload = c.recv_frame(timeout=10)
+            if op == harness.OP_PING:
+                c.send_frame(harness.OP_PONG, payload)
+            elif op != harness.OP_PONG:
+                break
+        self.assertEqual((op, payload), (harness.OP_TEXT, b"still alive"))
+        c.send_frame(harness.OP_CLOSE, harness.close_payload(1000))
+        self.assertEqual(c.recv_frame(timeout=10)[1], harness.OP_CLOSE)
+        self.assertNotRegex(gw.stderr_text(), r"did not answer a ping")
+        self.assertEqual(up.errors, [])
+
+    def test_passthrough(self):
+        self.run_route("passthrough")
+
+    def test_frames(self):
+        self.run_route("frames")
 
 
 if __name__ == "__main__":

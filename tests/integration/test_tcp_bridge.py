@@ -1,7 +1,8 @@
 """`kind: tcp` routes: upgate answers the WebSocket handshake itself and bridges the client to a
 plain TCP upstream (websockify-style). Client data messages become a byte stream; upstream bytes
 come back as binary messages; the close handshake is mediated (upstream FIN <-> close frames);
-protocol errors get their close codes; keepalive pings the client. Clients are Debian's
+protocol errors get their close codes; keepalive pings the client, but not while a slow
+service holds it back. Clients are Debian's
 python3-websockets and hand-written frames; the upstream is a plain TCP server."""
 
 import asyncio
@@ -260,22 +261,34 @@ class TcpBridgeTest(GatewayTestCase):
         self.assertEqual(c.read_response().status, 426)
 
 
+def silent_service(tc):
+    """A listening socket nobody accepts on yet: a TCP service that reads nothing until the test
+    accepts (the kernel completes the handshake and buffers what arrives)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tc.addCleanup(listener.close)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    return listener
+
+
+def stuck_config(listener, keepalive=None, **overrides):
+    """One tcp route, /stuck, to the silent service."""
+    route = {"name": "stuck", "match": {"path": "/stuck"}, "kind": "tcp", "upstream": "stuck"}
+    if keepalive:
+        route["keepalive"] = keepalive
+    return harness.make_config(upstreams={"stuck": {"endpoints": [listener.getsockname()]}},
+                               routes=[route], **overrides)
+
+
 class StuckUpstreamTest(GatewayTestCase):
     """A service that stops reading. After the client's close, upgate writes what it holds for
     the service for up to timeouts.half_close, then ends the session and says how many bytes it
     dropped: exactly those the service never got."""
 
     def setUp(self):
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(self.listener.close)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(4)
-        self.gw = self.start_gateway(harness.make_config(
-            upstreams={"stuck": {"endpoints": [self.listener.getsockname()]}},
-            routes=[{"name": "stuck", "match": {"path": "/stuck"}, "kind": "tcp",
-                     "upstream": "stuck"}],
-            limits={"high_water": "8MiB"},
-            timeouts={"half_close": "1s"}))
+        self.listener = silent_service(self)
+        self.gw = self.start_gateway(stuck_config(self.listener, limits={"high_water": "8MiB"},
+                                                  timeouts={"half_close": "1s"}))
 
     def tearDown(self):
         self.assertGatewayAlive(self.gw)
@@ -309,6 +322,59 @@ class StuckUpstreamTest(GatewayTestCase):
                 break
             got += len(data)
         self.assertEqual(got + dropped, total)
+
+
+class KeepaliveUnderBackpressureTest(GatewayTestCase):
+    """The client floods a service that reads nothing for longer than keepalive interval +
+    timeout: upgate stops reading the client (backpressure), so the client's pongs wait unread
+    behind its data and cannot prove it alive; it must not be dropped for that. When the service
+    reads, every byte arrives and the session closes normally."""
+
+    HOLD = 1.5  # > interval + timeout (300 ms each), with room
+
+    def setUp(self):
+        self.listener = silent_service(self)
+        self.gw = self.start_gateway(stuck_config(
+            self.listener, keepalive={"interval": "300ms", "timeout": "300ms"},
+            limits={"high_water": "256KiB"}))
+
+    def tearDown(self):
+        self.assertGatewayAlive(self.gw)
+
+    def read_service(self, total):
+        self.listener.settimeout(IO)
+        conn, _ = self.listener.accept()
+        self.addCleanup(conn.close)
+        conn.settimeout(IO)
+        got = 0
+        while got < total:
+            data = conn.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+        return got
+
+    def test_a_client_held_back_by_a_slow_service_is_not_dropped(self):
+        total = 48 << 20  # past every buffer on the way (kernel ones autotune to several MiB)
+
+        async def run():
+            async with ws_connect(self.gw.url("/stuck")) as ws:
+                async def flood():
+                    for _ in range(0, total, 65536):
+                        await ws.send(b"s" * 65536)
+                sending = asyncio.ensure_future(flood())
+                await asyncio.sleep(self.HOLD)  # the scenario: the service reads nothing
+                held = not sending.done()
+                got = await asyncio.get_running_loop().run_in_executor(
+                    None, self.read_service, total)
+                await asyncio.wait_for(sending, IO)
+                await ws.close(1000, "done")
+                return held, got, ws.close_code
+        held, got, code = self.run_async(run(), timeout=60)
+        self.assertTrue(held, "the client's sends were never held back: no backpressure")
+        self.assertEqual(got, total)
+        self.assertEqual(code, 1000)
+        self.assertNotRegex(self.gw.stderr_text(), r"did not answer a ping")
 
 
 if __name__ == "__main__":
