@@ -72,7 +72,7 @@ class Hub {
   // From `worker`'s loop, after it added the subscriber to its local list. `route` is a
   // longpoll or channel route of `generation`; `poll` is the route's poll request made from
   // this subscriber's (longpoll only) and is used if it starts the poller, which then keeps
-  // `generation` (and so `route`) for as long as it polls.
+  // `generation` (and so `route`) until a reload moves it to a newer one (Poller::follow).
   void subscribed(unsigned worker, const std::string& channel, const Generation& generation,
                   const RouteConfig& route, const PollRequest& poll);
   // From `worker`'s loop, after it removed the subscriber from its local list.

@@ -98,6 +98,7 @@ void Poller::destroy() {
 void Poller::follow(const GenerationPtr& generation) {
   // Forward only: a subscriber's task may carry an older generation than its owner worker's.
   if (stopping_ || !poll_.origin || generation->number <= generation_->number) return;
+  // The route of the same name, else (renamed) the one the new table picks for the request.
   const RouteConfig* next = nullptr;
   for (const RouteConfig& r : generation->config->routes) {
     if (r.name == route_->name) {
@@ -105,13 +106,14 @@ void Poller::follow(const GenerationPtr& generation) {
       break;
     }
   }
+  if (next == nullptr) next = generation->routes.match(*poll_.origin);
   std::optional<std::string> key;
   if (next && next->kind == RouteKind::LongPoll)
     key = expandTemplate(next->longpoll.channel, *poll_.origin, TemplateUse::ChannelKey);
   if (!key || *key != channel_) {
     UPGATE_LOG(info, 0,
-               "channel {}: the new configuration has no long-poll route {} for this channel; "
-               "polling goes on as before",
+               "channel {}: the new configuration has no long-poll route ({} or one matching "
+               "the request) for this channel; polling goes on as before",
                channel_, route_->name);
     return;
   }
@@ -137,7 +139,12 @@ std::string Poller::signature() const {
   auto up = generation_->config->upstreams.find(route_->upstream);  // there: validated
   if (up != generation_->config->upstreams.end()) {
     for (const HostPort& e : up->second.endpoints) s += e.text() + ' ';
-    s += up->second.tls ? "tls " + up->second.tls->server_name : "plain";
+    if (const auto& tls = up->second.tls) {
+      s += "tls " + tls->server_name + ' ' + tls->ca + ' ' + (tls->verify ? "verify " : "") +
+           tls->cert + ' ' + tls->key;
+    } else {
+      s += "plain";
+    }
   }
   s += '\n' + std::to_string(lp.timeout.count()) + ' ' + std::to_string(route_->max_queue_bytes);
   for (const auto& [name, value] : lp.headers) s += '\n' + name + ": " + value;

@@ -43,12 +43,12 @@ class Poller {
   void releaseAfterGrace();
   // Stops at once and deletes itself once its timers are closed (no callback runs after).
   void destroy();
-  // A reload: poll as `generation`'s route of the same name says from now on, the poll made
-  // again from the first subscriber's request. When that changes what is polled, or from where,
-  // the poll in flight or a backoff wait is given up and the next poll goes out at once (the
-  // cursor stays, so nothing is skipped). Kept as it was when that route is gone, is no longer
-  // a long-poll route, or keys the request to another channel, and when `generation` is not
-  // newer than the one it polls with.
+  // A reload: poll as `generation`'s route of the same name (or, renamed, the route it picks for
+  // the first subscriber's request) says from now on, the poll made again from that request.
+  // When that changes what is polled, or from where (upstream, its endpoints or TLS settings,
+  // target, headers, timeout), the poll in flight or a backoff wait is given up and the next
+  // poll goes out at once with the same cursor. Kept as it was when there is no such long-poll
+  // route, it keys the request to another channel, or `generation` is not newer than its own.
   void follow(const GenerationPtr& generation);
 
   const std::string& cursor() const { return cursor_; }
