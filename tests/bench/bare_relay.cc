@@ -210,37 +210,23 @@ void onSignal(uv_signal_t*, int) {
   std::_Exit(0);
 }
 
-[[noreturn]] void usage(const char* why) {
-  if (why != nullptr) std::fprintf(stderr, "bare_relay: %s\n", why);
-  std::fprintf(stderr,
-               "usage: bare_relay --upstream HOST:PORT [--host 127.0.0.1] [--port 0] "
-               "[--ready-file PATH]\n");
-  std::exit(2);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string host = "127.0.0.1", ready_file, upstream;
-  int port = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (i + 1 >= argc) usage("every option takes a value");
-    if (a == "--host")
-      host = argv[++i];
-    else if (a == "--port")
-      port = std::atoi(argv[++i]);
-    else if (a == "--ready-file")
-      ready_file = argv[++i];
-    else if (a == "--upstream")
-      upstream = argv[++i];
-    else
-      usage(("unknown option " + a).c_str());
-  }
+  CLI::App app{
+      "bare_relay: the benchmark's floor for a proxy, one read and one send per chunk between "
+      "two sockets"};
+  bench::ServerOptions options;
+  bench::addServerOptions(app, options);
+  std::string upstream;
+  app.add_option("--upstream", upstream, "IPV4:PORT to relay every connection to")->required();
+  bench::parseOrExit(app, argc, argv);
   size_t colon = upstream.rfind(':');
-  if (upstream.empty() || colon == std::string::npos ||
+  if (colon == std::string::npos ||
       uv_ip4_addr(upstream.substr(0, colon).c_str(), std::atoi(upstream.c_str() + colon + 1),
-                  &g_upstream) != 0)
-    usage("--upstream needs IPV4:PORT");
-  return bench::serve(host, port, ready_file, "bare_relay", onConnection, onSignal);
+                  &g_upstream) != 0) {
+    std::fprintf(stderr, "bare_relay: --upstream needs IPV4:PORT, not %s\n", upstream.c_str());
+    return 2;
+  }
+  return bench::serve(options, "bare_relay", onConnection, onSignal);
 }

@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <uv.h>
 
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
 #include <string>
@@ -40,13 +41,40 @@ inline std::string websocketAccept(const std::string& key) {
   return base64(md, md_len);
 }
 
+// Where a benchmark server listens, from its command line.
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;
+  std::string ready_file;
+};
+
+// Adds --host, --port and --ready-file to `app`.
+inline void addServerOptions(CLI::App& app, ServerOptions& o) {
+  app.add_option("--host", o.host, "IPv4 address to listen on")->capture_default_str();
+  app.add_option("--port", o.port, "port (0: any free one)")->capture_default_str();
+  app.add_option("--ready-file", o.ready_file,
+                 "write \"listening HOST:PORT\" here once bound (atomically)");
+}
+
+// Parses the command line; --help prints and exits 0, a bad option exits 2 with CLI11's message.
+inline void parseOrExit(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e) == 0 ? 0 : 2);
+  }
+}
+
 // Runs a benchmark server until SIGTERM or SIGINT: ignores SIGPIPE (a peer that resets while
 // we write costs an EPIPE, not the process), binds and listens on HOST:PORT (PORT 0: any), prints
 // "listening HOST:PORT" and writes the same line to `ready_file` (when given) atomically, so
 // scripts can wait for it, then runs the loop; `on_signal` reports and exits. Returns 1 after
 // saying on stderr, prefixed with `prog`, why it could not start.
-inline int serve(const std::string& host, int port, const std::string& ready_file, const char* prog,
-                 uv_connection_cb on_connection, uv_signal_cb on_signal) {
+inline int serve(const ServerOptions& o, const char* prog, uv_connection_cb on_connection,
+                 uv_signal_cb on_signal) {
+  const std::string& host = o.host;
+  const std::string& ready_file = o.ready_file;
+  const int port = o.port;
   std::signal(SIGPIPE, SIG_IGN);
   uv_loop_t* loop = uv_default_loop();
   static uv_tcp_t server;

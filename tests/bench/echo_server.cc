@@ -483,28 +483,15 @@ void onSignal(uv_signal_t*, int) {
   std::_Exit(0);
 }
 
-void usage() {
-  std::fprintf(stderr, "usage: echo_server [--host 127.0.0.1] [--port 0] [--ready-file PATH]\n");
-  std::exit(2);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string host = "127.0.0.1", ready_file;
-  int port = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (i + 1 >= argc) usage();
-    if (a == "--host")
-      host = argv[++i];
-    else if (a == "--port")
-      port = std::atoi(argv[++i]);
-    else if (a == "--ready-file")
-      ready_file = argv[++i];
-    else
-      usage();
-  }
+  CLI::App app{
+      "echo_server: the benchmark's WebSocket echo upstream, and its bare fan-out server (POST "
+      "a body: it goes to every connection upgraded on a /fan/ path)"};
+  bench::ServerOptions options;
+  bench::addServerOptions(app, options);
+  bench::parseOrExit(app, argc, argv);
   g_out.reserve(kReadBufferSize * 2);
-  return bench::serve(host, port, ready_file, "echo_server", onConnection, onSignal);
+  return bench::serve(options, "echo_server", onConnection, onSignal);
 }
