@@ -46,8 +46,9 @@ class Relay {
   // A close handshake has begun (either way), or the relay ended.
   virtual bool closing() const = 0;
   // The owner stopped reading that leg (backpressure: the other leg is slow) or resumed. A
-  // paused leg's pongs wait unread in its socket, so it is not pinged or judged by the keepalive
-  // while paused, and an unanswered ping gets a full timeout again from the resume.
+  // paused leg's pongs wait unread in its socket, so the keepalive does not judge it while
+  // paused (an unanswered ping gets a full timeout again from the resume); it judges the other
+  // leg instead, which is dead when the pause outlasts interval + timeout.
   virtual void readsPaused(bool client, bool paused, uint64_t now_ms) = 0;
 };
 

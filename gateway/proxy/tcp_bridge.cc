@@ -164,7 +164,18 @@ void TcpBridge::onTimer(uint64_t now_ms) {
     end("the client did not answer the close frame in time");
     return;
   }
-  if (ping_interval_ms_ == 0 || close_sent_ || client_paused_) return;
+  if (ping_interval_ms_ == 0 || close_sent_) return;
+  if (client_paused_ms_ != 0) {
+    // The client is held back by the service, which has taken nothing since: it is stuck.
+    if (now_ms >= client_paused_ms_ + ping_interval_ms_ + ping_timeout_ms_) {
+      UPGATE_LOG(info, session_id_,
+                 "upstream took no data for {} ms while the client waited: closing",
+                 ping_interval_ms_ + ping_timeout_ms_);
+      sendClose(close_code::kGoingAway, "upstream did not read", now_ms);
+      end("upstream did not read");
+    }
+    return;
+  }
   if (ping_sent_ms_ != 0 && now_ms >= ping_sent_ms_ + ping_timeout_ms_) {
     sendClose(close_code::kGoingAway, "client did not answer a ping", now_ms);
     end("client did not answer a ping");
@@ -178,19 +189,18 @@ void TcpBridge::onTimer(uint64_t now_ms) {
 
 uint64_t TcpBridge::nextDue() const {
   uint64_t due = close_deadline_ms_ != 0 ? close_deadline_ms_ : UINT64_MAX;
-  if (ping_interval_ms_ != 0 && !close_sent_ && !client_paused_) {
-    due = std::min(due, ping_sent_ms_ != 0 ? ping_sent_ms_ + ping_timeout_ms_
-                                           : last_rx_ms_ + ping_interval_ms_);
-  }
-  return due;
+  if (ping_interval_ms_ == 0 || close_sent_) return due;
+  if (client_paused_ms_ != 0)
+    return std::min(due, client_paused_ms_ + ping_interval_ms_ + ping_timeout_ms_);
+  return std::min(
+      due, ping_sent_ms_ != 0 ? ping_sent_ms_ + ping_timeout_ms_ : last_rx_ms_ + ping_interval_ms_);
 }
 
 void TcpBridge::readsPaused(bool client, bool paused, uint64_t now_ms) {
-  if (!client || client_paused_ == paused) return;  // the service has no pings
-  client_paused_ = paused;
-  if (paused) return;
-  if (ping_sent_ms_ != 0) ping_sent_ms_ = now_ms;  // its pong may have waited unread
-  rearm_ = true;
+  if (!client || (client_paused_ms_ != 0) == paused) return;  // the service has no pings
+  client_paused_ms_ = paused ? now_ms : 0;
+  if (!paused && ping_sent_ms_ != 0) ping_sent_ms_ = now_ms;  // its pong may have waited unread
+  rearm_ = true;                                              // a deadline moved
 }
 
 }  // namespace upgate

@@ -81,7 +81,7 @@ class TcpBridge final : public Relay, private FrameSink {
   bool close_sent_ = false;
   bool close_received_ = false;
   bool ended_ = false;
-  bool client_paused_ = false;  // the session does not read the client (the service is slow)
+  uint64_t client_paused_ms_ = 0;  // the session stopped reading the client then (0: reading)
   bool rearm_ = false;
 };
 

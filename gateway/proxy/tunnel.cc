@@ -250,7 +250,15 @@ void Tunnel::onTimer(uint64_t now_ms) {
     const uint64_t timeout = ping_timeout_ms_;
     for (bool c : {true, false}) {
       Leg& l = leg(c);
-      if (l.close_sent || l.close_received || l.paused) continue;
+      if (l.close_sent || l.close_received) continue;
+      if (l.paused_ms != 0) {
+        // Held back by the other leg, which has taken nothing since: that one is stuck.
+        if (!leg(!c).close_sent && now_ms >= l.paused_ms + interval + timeout) {
+          legDead(!c, now_ms, /*stalled=*/true);
+          return;
+        }
+        continue;
+      }
       if (l.ping_sent_ms != 0 && now_ms >= l.ping_sent_ms + timeout) {
         legDead(c, now_ms);
         return;
@@ -265,8 +273,15 @@ void Tunnel::onTimer(uint64_t now_ms) {
 uint64_t Tunnel::nextDue() const {
   uint64_t due = close_deadline_ms_ != 0 ? close_deadline_ms_ : UINT64_MAX;
   if (ping_interval_ms_ == 0 || ended_) return due;
-  for (const Leg* l : {&client_, &upstream_}) {
-    if (l->close_sent || l->close_received || l->want_ping || l->paused) continue;
+  for (bool c : {true, false}) {
+    const Leg* l = &leg(c);
+    if (l->close_sent || l->close_received) continue;
+    if (l->paused_ms != 0) {
+      if (!leg(!c).close_sent)
+        due = std::min(due, l->paused_ms + ping_interval_ms_ + ping_timeout_ms_);
+      continue;
+    }
+    if (l->want_ping) continue;
     uint64_t at = l->ping_sent_ms != 0 ? l->ping_sent_ms + ping_timeout_ms_
                                        : l->last_rx_ms + ping_interval_ms_;
     due = std::min(due, at);
@@ -276,29 +291,42 @@ uint64_t Tunnel::nextDue() const {
 
 void Tunnel::readsPaused(bool client, bool paused, uint64_t now_ms) {
   Leg& l = leg(client);
-  if (l.paused == paused) return;
-  l.paused = paused;
-  if (paused) return;
-  if (l.ping_sent_ms != 0) l.ping_sent_ms = now_ms;  // its pong may have waited unread
-  rearm_ = true;
+  if ((l.paused_ms != 0) == paused) return;
+  l.paused_ms = paused ? now_ms : 0;
+  if (!paused && l.ping_sent_ms != 0) l.ping_sent_ms = now_ms;  // its pong may have waited unread
+  rearm_ = true;  // a deadline moved: the other leg's (paused) or this one's (resumed)
 }
 
-void Tunnel::legDead(bool client, uint64_t now_ms) {
-  UPGATE_LOG(info, session_id_, "{} did not answer a ping within {} ms: closing", legName(client),
-             ping_timeout_ms_);
+void Tunnel::legDead(bool client, uint64_t now_ms, bool stalled) {
+  if (stalled) {
+    UPGATE_LOG(info, session_id_, "{} took no data for {} ms while the other side waited: closing",
+               legName(client), ping_interval_ms_ + ping_timeout_ms_);
+  } else {
+    UPGATE_LOG(info, session_id_, "{} did not answer a ping within {} ms: closing", legName(client),
+               ping_timeout_ms_);
+  }
   // Nothing more is written to a dead leg, nor expected from it; the other one gets 1001.
   Leg& dead = leg(client);
   dead.close_sent = dead.close_received = true;
   dead_leg_ = client ? 1 : 0;
-  close(close_code::kGoingAway, std::string(legName(client)) + " did not answer a ping", now_ms);
+  dead_stalled_ = stalled;
+  close(close_code::kGoingAway, deadReason(), now_ms);
+  // The other leg is the one upgate stopped reading for this one's sake: its answer to the close
+  // would wait unread until timeouts.close. Its close frame is queued; end now (the owner still
+  // flushes what is queued before TCP closes).
+  if (stalled && !ended_) end(deadReason());
+}
+
+std::string Tunnel::deadReason() const {
+  return std::string(legName(dead_leg_ == 1)) +
+         (dead_stalled_ ? " did not read" : " did not answer a ping");
 }
 
 void Tunnel::checkDone() {
   if (ended_) return;
   if (client_.close_sent && client_.close_received && upstream_.close_sent &&
       upstream_.close_received) {
-    end(dead_leg_ < 0 ? std::string("close handshake complete")
-                      : std::string(legName(dead_leg_ == 1)) + " did not answer a ping");
+    end(dead_leg_ < 0 ? std::string("close handshake complete") : deadReason());
   }
 }
 

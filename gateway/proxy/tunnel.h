@@ -124,7 +124,7 @@ class Tunnel final : public Relay {
     bool from_client_;
   };
 
-  // Per leg: 24 bytes.
+  // Per leg: 32 bytes.
   struct Leg {
     uint64_t last_rx_ms = 0;      // bytes last arrived from this leg
     uint64_t ping_sent_ms = 0;    // our ping is unanswered since (0: none)
@@ -133,7 +133,7 @@ class Tunnel final : public Relay {
     bool close_sent = false;      // a close frame went to this leg: nothing more is written to it
     bool close_received = false;  // this leg sent its close frame: nothing more is read
     bool pong_due = false;        // peer_pings answer: Frames::pong[leg] is to be sent
-    bool paused = false;          // the owner does not read this leg (backpressure)
+    uint64_t paused_ms = 0;       // the owner stopped reading this leg then (0: reading)
   };
 
   // Frames mode only, allocated with the tunnel: the relays and what they need.
@@ -156,7 +156,9 @@ class Tunnel final : public Relay {
   bool flushInjections(uint64_t now_ms);
   void closeSentTo(Leg& l, uint64_t now_ms);
   void fail(bool from_client, ParseError e);
-  void legDead(bool client, uint64_t now_ms);
+  // stalled: it took no data for interval + timeout while the other leg waited on it.
+  void legDead(bool client, uint64_t now_ms, bool stalled = false);
+  std::string deadReason() const;
   void checkDone();
   void end(const std::string& reason);
   void countMessages(bool from_client, uint32_t n);
@@ -178,7 +180,8 @@ class Tunnel final : public Relay {
   uint32_t close_timeout_ms_;
   const bool answer_pings_;
   FirstClose first_close_;
-  int8_t dead_leg_ = -1;  // 1: the client, 0: the upstream did not answer a ping
+  int8_t dead_leg_ = -1;  // 1: the client, 0: the upstream did not answer a ping (or read)
+  bool dead_stalled_ = false;
   bool ended_ = false;
   bool rearm_ = false;
 };

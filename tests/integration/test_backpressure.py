@@ -10,7 +10,7 @@ again: every message arrives, in order, intact, and the session still echoes.
 Client -> upstream: the same with the roles swapped (the upstream stops reading).
 
 Keepalive under backpressure: a leg upgate stops reading is not declared dead for a ping it
-cannot read the answer to."""
+cannot read the answer to; the side that takes no data is."""
 
 import os
 import socket
@@ -288,7 +288,8 @@ class BackpressureTest(GatewayTestCase):
         self.assertEqual(up.errors, [])
 
 
-KEEPALIVE_HOLD = 3.5      # > keepalive interval (1 s) + timeout (1 s), with room
+SHORT_HOLD = 1.2          # < keepalive interval (1 s) + timeout (1 s)
+LONG_HOLD = 4.0           # > interval + timeout, with room
 STEADY_MSGS = 256         # 16 MiB: more than the kernel buffers on the way can hold
 
 
@@ -317,6 +318,8 @@ def steady_flood_handler(state):
                 with lock:
                     if not send_fully(conn, unmasked_frame(harness.OP_TEXT, b"END"), deadline):
                         state.error = "flood: END not sent before the deadline"
+            except OSError as exc:  # the gateway hung up (expected when it ends the session)
+                state.error = "flood: %s after %d messages" % (exc, state.sent_msgs)
             finally:
                 state.finished.set()
 
@@ -354,70 +357,103 @@ def steady_flood_handler(state):
 
 
 class KeepaliveUnderBackpressureTest(GatewayTestCase):
-    """A leg upgate stops reading for backpressure cannot be judged by the keepalive: its pong
-    waits unread behind what it sent. Here the upstream floods a client that reads nothing for
-    longer than keepalive interval + timeout while it keeps talking (so it is plainly alive);
-    the session must survive and deliver everything once the client reads again."""
+    """The upstream floods a client that reads nothing for a while but keeps talking. upgate
+    stops reading the upstream (backpressure), so the upstream's pongs wait unread behind its
+    data: the keepalive must not take the upstream for dead. A stall shorter than interval +
+    timeout is survived with nothing lost; a longer one ends the session naming the client,
+    which is the side that took no data (a quiet dead client behind a chatty upstream is found
+    the same way)."""
 
-    def run_route(self, mode):
-        state = Flood()
-        up = self.start_peer(RawUpstream(steady_flood_handler(state), name="steady-flood"))
-        gw = self.start_gateway(harness.make_config(
-            upstreams={"flood": {"endpoints": [up.addr]}},
+    def start(self, mode):
+        self.state = Flood()
+        self.up = self.start_peer(RawUpstream(steady_flood_handler(self.state),
+                                              name="steady-flood"))
+        self.gw = self.start_gateway(harness.make_config(
+            upstreams={"flood": {"endpoints": [self.up.addr]}},
             routes=[{"name": "flood", "match": {"path_prefix": "/flood"}, "upstream": "flood",
                      "mode": mode, "keepalive": {"interval": "1s", "timeout": "1s"}}],
             limits={"high_water": "256KiB"}))
-        c = RawClient(gw.addr(), rcvbuf=4096)
-        self.addCleanup(c.close)
-        c.handshake("/flood")
-        # Read nothing for KEEPALIVE_HOLD seconds; say something every 300 ms.
-        hold_until = time.monotonic() + KEEPALIVE_HOLD
-        pacer = threading.Event()  # never set: wait() only paces
-        while time.monotonic() < hold_until:
-            c.send_frame(harness.OP_TEXT, b"tick")
-            pacer.wait(0.3)
-        self.assertFalse(state.finished.is_set(),
-                         "the flood was not held back: the upstream's leg was never paused")
+        self.c = RawClient(self.gw.addr(), rcvbuf=4096)
+        self.addCleanup(self.c.close)
+        self.c.handshake("/flood")
 
+    def stall(self, seconds, talk=True):
+        """Read nothing for `seconds`; with `talk`, say something every 300 ms (the client is
+        plainly alive), else stay silent too (as a client whose host vanished)."""
+        until = time.monotonic() + seconds
+        pacer = threading.Event()  # never set: wait() only paces
+        for _ in range(1000):
+            if time.monotonic() >= until:
+                break
+            try:
+                if talk:
+                    self.c.send_frame(harness.OP_TEXT, b"tick")
+            except OSError:
+                return  # the gateway hung up: the caller finds out why
+            pacer.wait(0.3)
+
+    def recv_data(self, timeout):
+        """The next data or close frame; pings are answered, pongs skipped (in passthrough the
+        upstream's answer to upgate's ping comes on to the client)."""
+        for _ in range(100):
+            fin, op, payload = self.c.recv_frame(timeout=timeout)
+            if op == harness.OP_PING:
+                self.c.send_frame(harness.OP_PONG, payload)
+            elif op != harness.OP_PONG:
+                return op, payload
+        self.fail("only control frames")
+
+    def short_stall_survives(self, mode):
+        self.start(mode)
+        self.stall(SHORT_HOLD)
+        self.assertFalse(self.state.finished.is_set(),
+                         "the flood was not held back: the upstream's leg was never paused")
         expected = 0
-        drain_deadline = time.monotonic() + 60
-        for _ in range(STEADY_MSGS + 10):
-            self.assertLess(time.monotonic(), drain_deadline, "draining took over 60s")
-            fin, op, payload = c.recv_frame(timeout=30)
-            if op == harness.OP_PING:  # upgate's keepalive may ask once reads resume
-                c.send_frame(harness.OP_PONG, payload)
-                continue
-            if op == harness.OP_PONG:  # passthrough: the upstream's answer to upgate's ping
-                continue
+        for _ in range(STEADY_MSGS + 1):
+            op, payload = self.recv_data(30)
             self.assertNotEqual(op, harness.OP_CLOSE,
                                 "closed after %d messages: %r" % (expected, payload))
             if op == harness.OP_TEXT:
                 self.assertEqual(payload, b"END")
                 break
             self.assertEqual(op, harness.OP_BINARY)
-            seq = struct.unpack("!Q", payload[:8])[0]
-            self.assertEqual(seq, expected, "messages lost or reordered")
+            self.assertEqual(struct.unpack("!Q", payload[:8])[0], expected,
+                             "messages lost or reordered")
             expected += 1
         self.assertEqual(expected, STEADY_MSGS)
-        self.assertIsNone(state.error)
-        c.send_frame(harness.OP_TEXT, b"still alive")
-        for _ in range(10):
-            fin, op, payload = c.recv_frame(timeout=10)
-            if op == harness.OP_PING:
-                c.send_frame(harness.OP_PONG, payload)
-            elif op != harness.OP_PONG:
-                break
-        self.assertEqual((op, payload), (harness.OP_TEXT, b"still alive"))
-        c.send_frame(harness.OP_CLOSE, harness.close_payload(1000))
-        self.assertEqual(c.recv_frame(timeout=10)[1], harness.OP_CLOSE)
-        self.assertNotRegex(gw.stderr_text(), r"did not answer a ping")
-        self.assertEqual(up.errors, [])
+        self.assertIsNone(self.state.error)
+        self.c.send_frame(harness.OP_TEXT, b"still alive")
+        self.assertEqual(self.recv_data(10), (harness.OP_TEXT, b"still alive"))
+        self.c.send_frame(harness.OP_CLOSE, harness.close_payload(1000))
+        self.assertEqual(self.recv_data(10)[0], harness.OP_CLOSE)
+        self.assertNotRegex(self.gw.stderr_text(), r"did not answer a ping|did not read")
+        self.assertEqual(self.up.errors, [])
 
-    def test_passthrough(self):
-        self.run_route("passthrough")
+    def long_stall_names_the_client(self, mode, talk=True):
+        self.start(mode)
+        started = time.monotonic()
+        self.stall(LONG_HOLD, talk)
+        entry = self.gw.wait_access_log(lambda e: e.get("route") == "flood", 15,
+                                        what="the session's access-log line")
+        self.assertRegex(entry.get("close", ""), r"^client did not read", entry)
+        self.assertLess(time.monotonic() - started, LONG_HOLD + 15)
+        self.assertNotRegex(self.gw.stderr_text(), r"upstream did not answer a ping")
+        self.assertRegex(self.gw.stderr_text(), r"client took no data for 2000 ms")
 
-    def test_frames(self):
-        self.run_route("frames")
+    def test_short_stall_passthrough(self):
+        self.short_stall_survives("passthrough")
+
+    def test_short_stall_frames(self):
+        self.short_stall_survives("frames")
+
+    def test_long_stall_passthrough(self):
+        self.long_stall_names_the_client("passthrough")
+
+    def test_long_stall_frames(self):
+        self.long_stall_names_the_client("frames")
+
+    def test_silent_stalled_client_is_found(self):
+        self.long_stall_names_the_client("passthrough", talk=False)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """`kind: tcp` routes: upgate answers the WebSocket handshake itself and bridges the client to a
 plain TCP upstream (websockify-style). Client data messages become a byte stream; upstream bytes
 come back as binary messages; the close handshake is mediated (upstream FIN <-> close frames);
-protocol errors get their close codes; keepalive pings the client, but not while a slow
-service holds it back. Clients are Debian's
+protocol errors get their close codes; keepalive pings the client, and names the service when
+a stuck service holds the client back. Clients are Debian's
 python3-websockets and hand-written frames; the upstream is a plain TCP server."""
 
 import asyncio
@@ -325,17 +325,17 @@ class StuckUpstreamTest(GatewayTestCase):
 
 
 class KeepaliveUnderBackpressureTest(GatewayTestCase):
-    """The client floods a service that reads nothing for longer than keepalive interval +
-    timeout: upgate stops reading the client (backpressure), so the client's pongs wait unread
-    behind its data and cannot prove it alive; it must not be dropped for that. When the service
-    reads, every byte arrives and the session closes normally."""
+    """The client floods a service that reads nothing for a while: upgate stops reading the
+    client (backpressure), so the client's pongs wait unread behind its data and cannot prove it
+    alive. A stall shorter than keepalive interval + timeout is survived and every byte arrives;
+    a longer one ends the session naming the service, the side that took no data."""
 
-    HOLD = 1.5  # > interval + timeout (300 ms each), with room
+    TOTAL = 48 << 20  # past every buffer on the way (kernel ones autotune to several MiB)
 
     def setUp(self):
         self.listener = silent_service(self)
         self.gw = self.start_gateway(stuck_config(
-            self.listener, keepalive={"interval": "300ms", "timeout": "300ms"},
+            self.listener, keepalive={"interval": "1s", "timeout": "1s"},
             limits={"high_water": "256KiB"}))
 
     def tearDown(self):
@@ -354,27 +354,47 @@ class KeepaliveUnderBackpressureTest(GatewayTestCase):
             got += len(data)
         return got
 
-    def test_a_client_held_back_by_a_slow_service_is_not_dropped(self):
-        total = 48 << 20  # past every buffer on the way (kernel ones autotune to several MiB)
+    async def flood_and_stall(self, ws, hold, then_read):
+        async def flood():
+            for _ in range(0, self.TOTAL, 65536):
+                await ws.send(b"s" * 65536)
+        sending = asyncio.ensure_future(flood())
+        # The scenario: the service reads nothing for `hold` seconds. Within the first second
+        # (before any keepalive verdict) the client must be held back.
+        await asyncio.sleep(min(hold, 1.0))
+        held = not sending.done()
+        await asyncio.sleep(hold - min(hold, 1.0))
+        got = None
+        if then_read:
+            got = await asyncio.get_running_loop().run_in_executor(None, self.read_service,
+                                                                   self.TOTAL)
+            await asyncio.wait_for(sending, IO)
+        else:
+            sending.cancel()
+        return held, got
 
+    def test_a_short_stall_of_the_service_is_survived(self):
         async def run():
             async with ws_connect(self.gw.url("/stuck")) as ws:
-                async def flood():
-                    for _ in range(0, total, 65536):
-                        await ws.send(b"s" * 65536)
-                sending = asyncio.ensure_future(flood())
-                await asyncio.sleep(self.HOLD)  # the scenario: the service reads nothing
-                held = not sending.done()
-                got = await asyncio.get_running_loop().run_in_executor(
-                    None, self.read_service, total)
-                await asyncio.wait_for(sending, IO)
+                held, got = await self.flood_and_stall(ws, 1.2, then_read=True)
                 await ws.close(1000, "done")
                 return held, got, ws.close_code
         held, got, code = self.run_async(run(), timeout=60)
         self.assertTrue(held, "the client's sends were never held back: no backpressure")
-        self.assertEqual(got, total)
+        self.assertEqual(got, self.TOTAL)
         self.assertEqual(code, 1000)
-        self.assertNotRegex(self.gw.stderr_text(), r"did not answer a ping")
+        self.assertNotRegex(self.gw.stderr_text(), r"did not answer a ping|did not read")
+
+    def test_a_long_stall_names_the_service(self):
+        async def run():
+            async with ws_connect(self.gw.url("/stuck")) as ws:
+                held, _ = await self.flood_and_stall(ws, 3.0, then_read=False)
+                await asyncio.wait_for(ws.wait_closed(), IO)
+                return held, ws.close_code, ws.close_reason
+        held, code, reason = self.run_async(run(), timeout=60)
+        self.assertTrue(held, "the client's sends were never held back: no backpressure")
+        self.assertEqual((code, reason), (1001, "upstream did not read"))
+        self.assertNotRegex(self.gw.stderr_text(), r"client did not answer a ping")
 
 
 if __name__ == "__main__":
