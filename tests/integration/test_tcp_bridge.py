@@ -335,7 +335,7 @@ class KeepaliveUnderBackpressureTest(GatewayTestCase):
     def setUp(self):
         self.listener = silent_service(self)
         self.gw = self.start_gateway(stuck_config(
-            self.listener, keepalive={"interval": "1s", "timeout": "1s"},
+            self.listener, keepalive={"interval": "2s", "timeout": "2s"},
             limits={"high_water": "256KiB"}))
 
     def tearDown(self):
@@ -388,7 +388,7 @@ class KeepaliveUnderBackpressureTest(GatewayTestCase):
     def test_a_long_stall_names_the_service(self):
         async def run():
             async with ws_connect(self.gw.url("/stuck")) as ws:
-                held, _ = await self.flood_and_stall(ws, 3.0, then_read=False)
+                held, _ = await self.flood_and_stall(ws, 5.0, then_read=False)
                 await asyncio.wait_for(ws.wait_closed(), IO)
                 return held, ws.close_code, ws.close_reason
         held, code, reason = self.run_async(run(), timeout=60)
