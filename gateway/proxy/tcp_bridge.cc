@@ -169,7 +169,8 @@ void TcpBridge::onTimer(uint64_t now_ms) {
     // The client is held back by the service, which has taken nothing since: it is stuck.
     if (now_ms >= client_paused_ms_ + ping_interval_ms_ + ping_timeout_ms_) {
       UPGATE_LOG(info, session_id_,
-                 "upstream took no data for {} ms while the client waited: closing",
+                 "upstream did not take half of what upgate held for it within {} ms while the "
+                 "client waited: closing",
                  ping_interval_ms_ + ping_timeout_ms_);
       sendClose(close_code::kGoingAway, "upstream did not read", now_ms);
       end("upstream did not read");

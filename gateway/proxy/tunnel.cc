@@ -242,7 +242,8 @@ void Tunnel::onTimer(uint64_t now_ms) {
   if (ended_) return;
   now_ms_ = now_ms;
   if (close_deadline_ms_ != 0 && now_ms >= close_deadline_ms_) {
-    end("close handshake not completed within timeouts.close");
+    end(dead_leg_ < 0 ? std::string("close handshake not completed within timeouts.close")
+                      : deadReason() + "; no close reply within timeouts.close");
     return;
   }
   if (ping_interval_ms_ > 0) {
@@ -299,7 +300,9 @@ void Tunnel::readsPaused(bool client, bool paused, uint64_t now_ms) {
 
 void Tunnel::legDead(bool client, uint64_t now_ms, bool stalled) {
   if (stalled) {
-    UPGATE_LOG(info, session_id_, "{} took no data for {} ms while the other side waited: closing",
+    UPGATE_LOG(info, session_id_,
+               "{} did not take half of what upgate held for it within {} ms while the other "
+               "side waited: closing",
                legName(client), ping_interval_ms_ + ping_timeout_ms_);
   } else {
     UPGATE_LOG(info, session_id_, "{} did not answer a ping within {} ms: closing", legName(client),
@@ -311,10 +314,10 @@ void Tunnel::legDead(bool client, uint64_t now_ms, bool stalled) {
   dead_leg_ = client ? 1 : 0;
   dead_stalled_ = stalled;
   close(close_code::kGoingAway, deadReason(), now_ms);
-  // The other leg is the one upgate stopped reading for this one's sake: its answer to the close
-  // would wait unread until timeouts.close. Its close frame is queued; end now (the owner still
-  // flushes what is queued before TCP closes).
-  if (stalled && !ended_) end(deadReason());
+  // When upgate stopped reading the other leg for this one's sake (so always for a stall), its
+  // answer to the close would wait unread until timeouts.close. Its close frame is queued; end
+  // now (the owner still flushes what is queued before TCP closes).
+  if (leg(!client).paused_ms != 0 && !ended_) end(deadReason());
 }
 
 std::string Tunnel::deadReason() const {

@@ -293,8 +293,9 @@ LONG_HOLD = 6.0           # > interval + timeout, with room
 STEADY_MSGS = 256         # 16 MiB: more than the kernel buffers on the way can hold
 
 
-def steady_flood_handler(state):
-    """Accepts the upgrade, sends STEADY_MSGS binary messages and "END" from a writer thread
+def steady_flood_handler(state, size=MSG, count=STEADY_MSGS):
+    """Accepts the upgrade, sends `count` binary messages of `size` bytes (the first 8: the
+    sequence number) and "END" from a writer thread
     while the handler reads what the client sends: pings are answered (between the writer's
     frames, so after the flood when the socket is full), a text frame is echoed once the flood
     is out, a close frame is answered."""
@@ -307,10 +308,10 @@ def steady_flood_handler(state):
         def writer():
             deadline = time.monotonic() + FLOOD_SECONDS
             try:
-                for seq in range(STEADY_MSGS):
+                for seq in range(count):
                     with lock:
                         if not send_fully(conn, unmasked_frame(harness.OP_BINARY,
-                                                               msg_payload(seq, state.base)),
+                                                               msg_payload(seq, state.base)[:size]),
                                           deadline):
                             state.error = "flood: message %d not sent before the deadline" % seq
                             return
@@ -362,11 +363,12 @@ class KeepaliveUnderBackpressureTest(GatewayTestCase):
     data: the keepalive must not take the upstream for dead. A stall shorter than interval +
     timeout is survived with nothing lost; a longer one ends the session naming the client,
     which is the side that took no data (a quiet dead client behind a chatty upstream is found
-    the same way)."""
+    the same way). The short stalls guard against regressions: the old code survived them too;
+    the long ones named the wrong side (or hung) before."""
 
-    def start(self, mode):
+    def start(self, mode, **flood):
         self.state = Flood()
-        self.up = self.start_peer(RawUpstream(steady_flood_handler(self.state),
+        self.up = self.start_peer(RawUpstream(steady_flood_handler(self.state, **flood),
                                               name="steady-flood"))
         self.gw = self.start_gateway(harness.make_config(
             upstreams={"flood": {"endpoints": [self.up.addr]}},
@@ -438,7 +440,8 @@ class KeepaliveUnderBackpressureTest(GatewayTestCase):
         self.assertRegex(entry.get("close", ""), r"^client did not read", entry)
         self.assertLess(time.monotonic() - started, LONG_HOLD + 15)
         self.assertNotRegex(self.gw.stderr_text(), r"upstream did not answer a ping")
-        self.assertRegex(self.gw.stderr_text(), r"client took no data for 4000 ms")
+        self.assertRegex(self.gw.stderr_text(),
+                         r"client did not take half of what upgate held for it within 4000 ms")
 
     def test_short_stall_passthrough(self):
         self.short_stall_survives("passthrough")
@@ -454,6 +457,19 @@ class KeepaliveUnderBackpressureTest(GatewayTestCase):
 
     def test_silent_stalled_client_is_found(self):
         self.long_stall_names_the_client("passthrough", talk=False)
+
+    def test_silent_client_behind_small_messages_is_found_at_once(self):
+        # Small messages: the paused direction stops at a frame boundary, so the silent client
+        # is pinged and found by the ping (interval + timeout after its handshake), before the
+        # stall verdict. The upstream, which must answer the close, is not being read: upgate
+        # ends the session then, not at timeouts.close (5 s later).
+        self.start("passthrough", size=1020, count=16384)
+        started = time.monotonic()
+        entry = self.gw.wait_access_log(lambda e: e.get("route") == "flood", 30,
+                                        what="the session's access-log line")
+        self.assertRegex(entry.get("close", ""), r"^client did not (answer a ping|read)$", entry)
+        self.assertLess(time.monotonic() - started, 4.0 + 4.0,
+                        "ended long after interval + timeout: waited for timeouts.close?")
 
 
 if __name__ == "__main__":
