@@ -1,6 +1,6 @@
 #include "bridge/subscription.h"
 
-#include <cstring>
+#include <string>
 
 #include "core/log.h"
 #include "proxy/worker.h"
@@ -107,10 +107,12 @@ void Subscription::deliver(const Delivery& d) {
 
 bool Subscription::writeFrame(uint8_t op, const char* data, size_t len) {
   // Header and payload in one write: one segment (one TLS record) rather than a header alone.
-  std::string frame(kMaxFrameHeader + len, '\0');
-  size_t n = writeFrameHeader(frame.data(), op, true, false, len, nullptr);
-  std::memcpy(frame.data() + n, data, len);
-  frame.resize(n + len);
+  // Only pongs and the app's answers come here (deliveries share a frame built once).
+  char header[kMaxFrameHeader];
+  size_t n = writeFrameHeader(header, op, true, false, len, nullptr);
+  std::string frame;
+  frame.reserve(n + len);
+  frame.append(header, n).append(data, len);
   return owner_.clientStream().write(frame.data(), frame.size()) == 0;
 }
 

@@ -180,8 +180,8 @@ class Tunnel final : public Relay {
   uint32_t close_timeout_ms_;
   const bool answer_pings_;
   FirstClose first_close_;
-  int8_t dead_leg_ = -1;  // 1: the client, 0: the upstream did not answer a ping (or read)
-  bool dead_stalled_ = false;
+  int8_t dead_leg_ = -1;       // 1: the client, 0: the upstream did not answer a ping (or read)
+  bool dead_stalled_ = false;  // the dead leg did not read (rather than not answer a ping)
   bool ended_ = false;
   bool rearm_ = false;
 };
