@@ -166,7 +166,7 @@ void TcpBridge::onTimer(uint64_t now_ms) {
   }
   if (ping_interval_ms_ == 0 || close_sent_) return;
   if (client_paused_ms_ != 0) {
-    // The client is held back by the service, which has taken nothing since: it is stuck.
+    // The client is held back by the service, whose queue has not drained to half since.
     if (now_ms >= client_paused_ms_ + ping_interval_ms_ + ping_timeout_ms_) {
       UPGATE_LOG(info, session_id_,
                  "upstream did not take half of what upgate held for it within {} ms while the "

@@ -253,8 +253,8 @@ void Tunnel::onTimer(uint64_t now_ms) {
       Leg& l = leg(c);
       if (l.close_sent || l.close_received) continue;
       if (l.paused_ms != 0) {
-        // Held back by the other leg, which has taken nothing since: that one is stuck.
-        if (!leg(!c).close_sent && now_ms >= l.paused_ms + interval + timeout) {
+        // Held back by the other leg, whose queue has not drained to half since: it is stuck.
+        if (!leg(!c).close_sent && now_ms >= stallDue(l)) {
           legDead(!c, now_ms, /*stalled=*/true);
           return;
         }
@@ -278,8 +278,7 @@ uint64_t Tunnel::nextDue() const {
     const Leg* l = &leg(c);
     if (l->close_sent || l->close_received) continue;
     if (l->paused_ms != 0) {
-      if (!leg(!c).close_sent)
-        due = std::min(due, l->paused_ms + ping_interval_ms_ + ping_timeout_ms_);
+      if (!leg(!c).close_sent) due = std::min(due, stallDue(*l));
       continue;
     }
     if (l->want_ping) continue;

@@ -158,6 +158,10 @@ class Tunnel final : public Relay {
   void fail(bool from_client, ParseError e);
   // stalled: it took no data for interval + timeout while the other leg waited on it.
   void legDead(bool client, uint64_t now_ms, bool stalled = false);
+  // When a leg paused since l.paused_ms makes the other one dead (legDead, stalled).
+  uint64_t stallDue(const Leg& l) const {
+    return l.paused_ms + ping_interval_ms_ + ping_timeout_ms_;
+  }
   std::string deadReason() const;
   void checkDone();
   void end(const std::string& reason);
