@@ -44,6 +44,11 @@ class Stream {
     if (rc == 0) shutdown();
     return rc;
   }
+  // writeLast() towards a peer that will send nothing more (its WebSocket close frame came): a
+  // transport may close at once when the kernel takes every byte, since close(2) sends them and
+  // the FIN as shutdown(2) would and the peer's FIN then needs no read. isOpen() tells the caller
+  // which happened.
+  virtual int writeFinal(const char* data, size_t len) { return writeLast(data, len); }
   // Pending bytes above `high` arm one onDrain() upcall for when they fall to high / 2.
   virtual void setHighWater(size_t high) = 0;
   // Idempotent; onClosed() follows from the loop.

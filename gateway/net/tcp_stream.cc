@@ -122,15 +122,19 @@ int TcpStream::write(const char* data, size_t len) {
   return queue(data + done, len - done);
 }
 
-int TcpStream::writeLast(const char* data, size_t len) {
+int TcpStream::sendLast(const char* data, size_t len, bool close_when_sent) {
   if (closing_ || shutdown_sent_) return UV_EPIPE;
-  // MSG_MORE keeps the bytes in the socket until the shutdown(2) right below, which sends them
-  // with the FIN in one segment (tcp_send_fin puts the FIN on an unsent tail). Nothing else runs
-  // in between, so the hold never outlasts this call.
+  // MSG_MORE keeps the bytes in the socket until the shutdown(2) or close(2) right below, which
+  // sends them with the FIN in one segment (tcp_send_fin puts the FIN on an unsent tail).
+  // Nothing else runs in between, so the hold never outlasts this call.
   ssize_t n = len == 0 ? 0 : sendNow(data, len, MSG_MORE);
   if (n < 0) return static_cast<int>(n);
   auto done = static_cast<size_t>(n);
   bytes_written_ += done;
+  if (done == len && pending_ == 0 && close_when_sent) {
+    close();  // the kernel owns the bytes now: uv_close cancels only what libuv queued
+    return 0;
+  }
   if (done < len) {
     int rc = queue(data + done, len - done);
     if (rc != 0) return rc;

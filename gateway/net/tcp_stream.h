@@ -41,7 +41,8 @@ class TcpStream final : public Stream {
   int readStart() override;
   void readStop() override;
   int write(const char* data, size_t len) override;
-  int writeLast(const char* data, size_t len) override;
+  int writeLast(const char* data, size_t len) override { return sendLast(data, len, false); }
+  int writeFinal(const char* data, size_t len) override { return sendLast(data, len, true); }
   size_t pendingBytes() const override { return pending_; }
   void shutdown() override;
   void close() override;
@@ -66,6 +67,8 @@ class TcpStream final : public Stream {
   void handleClosed();
   // send(2) without blocking when nothing is queued: bytes taken, or a negative UV code.
   ssize_t sendNow(const char* data, size_t len, int flags);
+  // writeLast, or writeFinal (close_when_sent): the bytes with the FIN.
+  int sendLast(const char* data, size_t len, bool close_when_sent);
   // Copies [data, data + len) into a uv_write request (the socket took the rest).
   int queue(const char* data, size_t len);
 

@@ -38,6 +38,10 @@ class Relay {
   virtual uint64_t nextDue() const = 0;
   // That leg sent its close frame (or was declared dead): it sends nothing more.
   virtual bool closeReceivedFrom(bool client) const = 0;
+  // What that leg sends from now on goes nowhere (the leg it fed was sent its close frame): the
+  // owner needs no backpressure on it and resumes its reads if paused, so that its close reply
+  // or FIN is seen instead of waiting unread until timeouts.close.
+  virtual bool discardsFrom(bool client) const = 0;
   // Something was scheduled earlier than nextDue() said before: the owner re-arms its timer.
   // Clears the flag.
   virtual bool takeRearm() = 0;

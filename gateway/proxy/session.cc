@@ -432,6 +432,7 @@ bool Session::closeEstablished(uint16_t code, const std::string& reason) {
     // Both legs get the code as a close frame; the replies end the session.
     tunnel_->close(code, reason, uv_now(worker_.loop()));
     if (state_ == State::Tunnel) armTunnelTimer();
+    resumeDiscarded();
     return true;
   }
   return false;
@@ -557,6 +558,7 @@ void Session::lingerClose(const std::string& reason, bool flush_upstream) {
   close_reason_ = reason;
   state_ = State::Lingering;
   client_->shutdown();
+  bool await_upstream_fin = false;
   if (!flush_upstream) {
     if (upstream_->isOpen()) upstream_->close();
   } else if (tunnel_ && tunnel_->closeReceivedFrom(false) && !upstream_tls_) {
@@ -568,11 +570,19 @@ void Session::lingerClose(const std::string& reason, bool flush_upstream) {
       upstreamFinished();
     } else if (upstream_->readStart() != 0) {
       upstream_->close();
+    } else {
+      await_upstream_fin = true;
     }
   } else {
     upstream_->shutdown();  // its queued close frame goes out first; closed at finish()
   }
-  if (client_->readStart() != 0) {
+  if (!client_->isOpen()) {
+    // Closed with its last bytes (tunnelWriteLast): the upstream's FIN, if awaited, ends it.
+    if (!await_upstream_fin) {
+      finish(reason);
+      return;
+    }
+  } else if (client_->readStart() != 0) {
     finish(reason);
     return;
   }
@@ -620,6 +630,7 @@ void Session::drain() {
     // replies end the session, or timeouts.close / the drain deadline does.
     tunnel_->close(close_code::kGoingAway, "server going away", uv_now(worker_.loop()));
     if (state_ == State::Tunnel) armTunnelTimer();
+    resumeDiscarded();
     return;
   }
   // (Subscribers: Subscription::close -> subscriptionClosing() bounds the wait for the reply.)
@@ -1000,7 +1011,9 @@ void Session::tunnelData(bool from_client, const char* data, size_t len) {
   // frames mode unmasks in place. Any read, pongs included, counts as activity.
   last_activity_ms_ = uv_now(worker_.loop());
   tunnel_->onData(from_client, const_cast<char*>(data), len, last_activity_ms_);
-  if (state_ == State::Tunnel && tunnel_->takeRearm()) armTunnelTimer();
+  if (state_ != State::Tunnel) return;
+  if (tunnel_->takeRearm()) armTunnelTimer();
+  resumeDiscarded();  // a close frame went to a leg that held back the other one
 }
 
 void Session::countTunnelBytes(bool to_client, size_t len) {
@@ -1022,9 +1035,16 @@ bool Session::tunnelWrite(bool to_client, const char* data, size_t len) {
 bool Session::tunnelWriteLast(bool to_client, const char* data, size_t len) {
   countTunnelBytes(to_client, len);
   // Towards the client upgate is the server, which closes first (RFC 6455 §7.1.1): its FIN goes
-  // with the last frame. Towards the upstream it is the client and waits for the server's FIN.
-  pump(to_client ? *upstream_ : *client_, to_client ? *client_ : *upstream_, data, len,
-       /*last=*/to_client);
+  // with the last frame. The client's close frame came before this answer, so it sends nothing
+  // more: its socket is closed with the bytes (close(2) sends the FIN) and its FIN needs no read.
+  // Not with a TLS upstream, whose end lingerClose leaves to the client's FIN, nor while the
+  // client's reads are paused: close(2) over unread bytes would send a reset, which can destroy
+  // the close frame before the client reads it. Towards the upstream upgate is the client and
+  // waits for the server's FIN.
+  const WriteEnd end = !to_client                        ? WriteEnd::None
+                       : upstream_tls_ || client_paused_ ? WriteEnd::Fin
+                                                         : WriteEnd::Close;
+  pump(to_client ? *upstream_ : *client_, to_client ? *client_ : *upstream_, data, len, end);
   return state_ == State::Tunnel;
 }
 
@@ -1132,10 +1152,12 @@ void Session::tcpUpstreamFailed(const std::string& reason) {
   lingerClose(reason);
 }
 
-void Session::pump(Stream& from, Stream& to, const char* data, size_t len, bool last) {
+void Session::pump(Stream& from, Stream& to, const char* data, size_t len, WriteEnd end) {
   last_activity_ms_ = uv_now(worker_.loop());
   // The FIN that lingerClose would send next goes out with the bytes (one segment, not two).
-  int rc = last ? to.writeLast(data, len) : to.write(data, len);
+  int rc = end == WriteEnd::Close ? to.writeFinal(data, len)
+           : end == WriteEnd::Fin ? to.writeLast(data, len)
+                                  : to.write(data, len);
   if (rc != 0) {
     noteTransportEnd(&to == client_);  // the peer is gone (reset, broken pipe)
     if (&to == upstream_ && state_ == State::Tunnel && route_->kind == RouteKind::Tcp) {
@@ -1166,19 +1188,29 @@ void Session::onLegDrain(bool is_client) {
     return;
   }
   if (state_ != State::Tunnel) return;
-  // `is_client` names the destination that drained; resume its source.
-  Stream& source = is_client ? *upstream_ : *client_;
-  bool& paused = is_client ? upstream_paused_ : client_paused_;
-  bool source_eof = is_client ? upstream_eof_ : client_eof_;
+  resumeSource(/*from_client=*/!is_client);  // `is_client` names the destination that drained
+}
+
+void Session::resumeSource(bool from_client) {
+  Stream& source = from_client ? *client_ : *upstream_;
+  bool& paused = from_client ? client_paused_ : upstream_paused_;
   if (!paused) return;
   paused = false;
   if (tunnel_) {
-    tunnel_->readsPaused(!is_client, false, uv_now(worker_.loop()));
+    tunnel_->readsPaused(from_client, false, uv_now(worker_.loop()));
     if (tunnel_->takeRearm()) armTunnelTimer();
   }
-  if (source_eof) return;
+  if (from_client ? client_eof_ : upstream_eof_) return;
   int rc = source.readStart();
-  if (rc != 0) finish(uvReason(is_client ? "upstream read" : "client read", rc));
+  if (rc != 0) finish(uvReason(from_client ? "client read" : "upstream read", rc));
+}
+
+void Session::resumeDiscarded() {
+  for (bool from_client : {true, false}) {
+    if (state_ != State::Tunnel) return;
+    if ((from_client ? client_paused_ : upstream_paused_) && tunnel_->discardsFrom(from_client))
+      resumeSource(from_client);
+  }
 }
 
 void Session::noteTransportEnd(bool is_client) {
@@ -1216,6 +1248,9 @@ void Session::onLegEof(bool is_client) {
       } else if (!upstream_tls_) {
         upstream_eof_ = true;
         upstreamFinished();
+        // The client was closed first: done, unless bytes for the upstream are still being
+        // written (the linger timer ends it then).
+        if (!client_->isOpen() && upstream_->pendingBytes() == 0) finish(close_reason_);
       }
       return;
     case State::Subscribed:
@@ -1229,6 +1264,7 @@ void Session::onLegEof(bool is_client) {
       if (!is_client && !client_eof_ && tunnel_->upstreamEnded(uv_now(worker_.loop()))) {
         upstream_eof_ = true;
         if (state_ == State::Tunnel) armTunnelTimer();
+        if (state_ == State::Tunnel) resumeDiscarded();  // the client's reply must be read
         return;
       }
       break;
@@ -1360,6 +1396,7 @@ void Session::handleTimer() {
       break;
     case State::Tunnel:
       tunnel_->onTimer(uv_now(worker_.loop()));
+      if (state_ == State::Tunnel) resumeDiscarded();  // a close frame sent at a frame boundary
       if (state_ != State::Tunnel) return;
       break;
     case State::Exchanging:

@@ -136,11 +136,17 @@ class Session final : private SubscriptionOwner,
 
   // Tunnel phase.
   void tunnelData(bool from_client, const char* data, size_t len);
-  // last: the bytes complete the close handshake; `to` gets its FIN with them.
-  void pump(Stream& from, Stream& to, const char* data, size_t len, bool last = false);
+  // How a write ends its leg: Fin, the bytes complete the close handshake and `to` gets its FIN
+  // with them; Close, the same and `to` sends nothing more, so it may be closed (writeFinal).
+  enum class WriteEnd : uint8_t { None, Fin, Close };
+  void pump(Stream& from, Stream& to, const char* data, size_t len, WriteEnd end = WriteEnd::None);
   void addClientCertHeaders(RequestHead& head);
   std::string legError(bool is_client, int uv_err) const;
   void onLegEof(bool is_client);
+  // Reads the leg again if backpressure paused it (its destination drained, or takes no more).
+  void resumeSource(bool from_client);
+  // resumeSource for every paused leg whose bytes now go nowhere (Relay::discardsFrom).
+  void resumeDiscarded();
   void noteTransportEnd(bool is_client);  // a leg's EOF or error: transport_end_
   void upstreamFinished();
   void onLegError(bool is_client, int uv_err);

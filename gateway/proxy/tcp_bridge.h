@@ -43,6 +43,8 @@ class TcpBridge final : public Relay, private FrameSink {
   uint64_t nextDue() const override;
   // The upstream has no close frame: only the client's counts.
   bool closeReceivedFrom(bool client) const override { return client && close_received_; }
+  // After upgate's close frame the upstream's bytes are not sent on, nor the client's payloads.
+  bool discardsFrom(bool) const override { return close_sent_; }
   bool takeRearm() override {
     bool r = rearm_;
     rearm_ = false;

@@ -242,8 +242,14 @@ void Tunnel::onTimer(uint64_t now_ms) {
   if (ended_) return;
   now_ms_ = now_ms;
   if (close_deadline_ms_ != 0 && now_ms >= close_deadline_ms_) {
-    end(dead_leg_ < 0 ? std::string("close handshake not completed within timeouts.close")
-                      : deadReason() + "; no close reply within timeouts.close");
+    // Named by who was waited on: a leg still owes its close frame.
+    const bool c = !client_.close_received, u = !upstream_.close_received;
+    end(dead_leg_ >= 0 ? deadReason() + "; no close reply within timeouts.close"
+                       : std::string("close handshake not completed within timeouts.close: no "
+                                     "close frame from ") +
+                             (c && u ? "either side"
+                              : c    ? "the client"
+                                     : "the upstream"));
     return;
   }
   if (ping_interval_ms_ > 0) {

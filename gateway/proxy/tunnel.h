@@ -99,6 +99,8 @@ class Tunnel final : public Relay {
   bool ended() const { return ended_; }
   // That leg's close frame arrived (or the leg was declared dead): it sends nothing more.
   bool closeReceivedFrom(bool client) const override { return leg(client).close_received; }
+  // Nothing more is written to a leg after its close frame.
+  bool discardsFrom(bool client) const override { return leg(!client).close_sent; }
   // Something was scheduled earlier than nextDue() said before (a close deadline, a ping sent
   // while relaying): the owner re-arms its timer. Clears the flag.
   bool takeRearm() override {

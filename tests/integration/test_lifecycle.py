@@ -100,7 +100,8 @@ def read_to_end(conn, reader, up, tag):
 
 def close_handshake_handler(conn, up):
     """/ch/client-*: answers the client's close frame and keeps its own FIN until it sees the
-    gateway's. /ch/upstream-*: sends the first close frame, then waits for the reply. Events are
+    gateway's. /ch/server-closes*: answers it and closes at once, as a server should (RFC 6455
+    §7.1.1). /ch/upstream-*: sends the first close frame, then waits for the reply. Events are
     tagged with the path."""
     head, leftover = harness.websocket_accept(conn, up)
     tag = head.split(b" ")[1].decode()
@@ -117,6 +118,8 @@ def close_handshake_handler(conn, up):
             up.event("frame", tag, frame[1], frame[2])
             if frame[1] == harness.OP_CLOSE:
                 conn.sendall(harness.encode_frame(harness.OP_CLOSE, frame[2], mask=False))
+                if tag.startswith("/ch/server-closes"):
+                    conn.shutdown(socket.SHUT_WR)
                 read_to_end(conn, reader, up, tag)
                 return
             continue
@@ -233,6 +236,25 @@ class TunnelEndTest(GatewayTestCase):
         self.ch.wait_event(lambda e: e == ("frame", tag, harness.OP_CLOSE, b"\x03\xe8done"))
         self.assertEqual(self.ch.wait_event(lambda e: e[:2] == ("end", tag), what="upstream's end"),
                          ("end", tag, "eof"))
+
+    def test_session_ends_without_waiting_for_the_clients_fin(self):
+        # After the client's close frame it sends nothing more (RFC 6455 §5.5.1): once the reply
+        # and the FIN are on their way to it and the upstream has closed, the session is over,
+        # while this client keeps its end open. The gateway's linger for a FIN is 2 s.
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/ch/server-closes")
+        c.send_frame(harness.OP_CLOSE, b"\x03\xe8done")
+        self.assertEqual(c.recv_frame(), (True, harness.OP_CLOSE, b"\x03\xe8done"))
+        data, how = c.read_until_closed(5)
+        self.assertEqual((bytes(c.frames.buf) + data, how), (b"", "eof"))
+        entry = self.gw.access_log_for_client(c.local, timeout=1.0)
+        self.assertEqual((entry["status"], entry.get("close_code"), entry.get("close_by")),
+                         (101, 1000, "client"), entry)
+        tag = "/ch/server-closes"
+        self.assertEqual(self.ch.wait_event(lambda e: e[:2] == ("end", tag), what="upstream's end"),
+                         ("end", tag, "eof"))
+        c.sock.shutdown(socket.SHUT_WR)  # late, and harmless: the gateway's socket is gone
 
     def test_upstream_initiated_close_handshake(self):
         # The client's reply is the last thing the upstream gets, then EOF.

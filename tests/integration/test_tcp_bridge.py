@@ -8,6 +8,7 @@ python3-websockets and hand-written frames; the upstream is a plain TCP server."
 import asyncio
 import os
 import re
+import signal
 import socket
 import struct
 import threading
@@ -16,6 +17,7 @@ import unittest
 
 import websockets
 
+import bridge_util
 import harness
 from harness import GatewayTestCase, RawClient, RefusedPort, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING
 
@@ -322,6 +324,51 @@ class StuckUpstreamTest(GatewayTestCase):
                 break
             got += len(data)
         self.assertEqual(got + dropped, total)
+
+
+class DrainWhileHeldBackTest(GatewayTestCase):
+    """A drain reaches a client that upgate stopped reading for a service that reads nothing.
+    Once upgate's close frame is out, what the client sends goes nowhere, so upgate reads it
+    again: the client's reply, behind the data it had sent, ends the session, instead of being
+    left unread until timeouts.close and the client blamed for not answering."""
+
+    def test_reply_behind_held_back_data_ends_the_session(self):
+        listener = silent_service(self)
+        gw = self.start_gateway(stuck_config(
+            listener, limits={"high_water": "256KiB"},
+            timeouts={"close": "4s", "half_close": "1s"}, drain_timeout="20s",
+            admin={"address": "127.0.0.1:0", "token": "t0ken"}))
+        admin = bridge_util.Admin(gw, "t0ken")
+        c = RawClient(gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/stuck")
+        frame = harness.encode_frame(OP_BINARY, b"s" * 65536)
+        # Send until upgate stops reading and every buffer on the way is full (nothing moves for
+        # a second), keeping the unsent tail of the last frame.
+        c.sock.settimeout(1.0)
+        rest = b""
+        for _ in range(2000):
+            view = memoryview(frame)
+            try:
+                while view:
+                    view = view[c.sock.send(view):]
+            except socket.timeout:
+                rest = bytes(view)
+                break
+        self.assertTrue(rest, "the client's sends never blocked")
+        metrics = admin.request("GET", "/metrics").body.decode()
+        self.assertRegex(metrics, r'upgate_read_pauses_total\{[^}]*side="client"[^}]*\} [1-9]',
+                         "upgate never stopped reading the client")
+        gw.signal(signal.SIGTERM)
+        self.assertEqual(c.recv_frame(timeout=IO), (True, OP_CLOSE, struct.pack("!H", 1001)
+                                                    + b"server going away"))
+        c.sock.settimeout(IO)  # upgate reads again now: this does not block for long
+        c.sock.sendall(rest + harness.encode_frame(OP_CLOSE, struct.pack("!H", 1001)))
+        entry = gw.wait_access_log(lambda e: e.get("route") == "stuck", IO,
+                                   what="the session's access-log line")
+        # Not "the client did not answer the close frame in time" after timeouts.close.
+        self.assertRegex(entry.get("close", ""), r"^client closed \(1001\)", entry)
+        self.assertEqual(gw.proc.wait(IO), 0)
 
 
 class KeepaliveUnderBackpressureTest(GatewayTestCase):

@@ -608,7 +608,43 @@ TEST_CASE("Tunnel: timeouts.close bounds the wait for a reply", "[proxy][tunnel]
   CHECK_FALSE(o.ended);
   t.onTimer(1010);
   CHECK(o.ended);
-  CHECK(o.end_reason == "close handshake not completed within timeouts.close");
+  CHECK(o.end_reason ==
+        "close handshake not completed within timeouts.close: no close frame from either side");
+}
+
+TEST_CASE("Tunnel: the close deadline names the leg that did not answer", "[proxy][tunnel]") {
+  Owner o;
+  TunnelSetup setup;
+  setup.close_timeout_ms = 1000;
+  Tunnel t(o, setup, 0);
+  CHECK_FALSE(t.discardsFrom(true));
+  CHECK_FALSE(t.discardsFrom(false));
+  t.close(close_code::kGoingAway, "bye", 10);
+  // Both legs were at a frame boundary and got their close frame: nothing more goes to them, so
+  // what either sends now goes nowhere.
+  CHECK(t.discardsFrom(true));
+  CHECK(t.discardsFrom(false));
+  feed(t, false, sframe(opcode::kClose, std::string("\x03\xe9", 2)), 20);  // only one answer
+  t.onTimer(1010);
+  CHECK(o.ended);
+  CHECK(o.end_reason ==
+        "close handshake not completed within timeouts.close: no close frame from the client");
+}
+
+TEST_CASE("Tunnel: a leg mid-frame keeps receiving until its close frame can go",
+          "[proxy][tunnel]") {
+  auto mode = GENERATE(TunnelMode::Passthrough, TunnelMode::Frames);
+  Owner o;
+  TunnelSetup setup;
+  setup.mode = mode;
+  Tunnel t(o, setup, 0);
+  const std::string big = sframe(opcode::kBinary, std::string(100, 'x'));
+  feed(t, false, big.substr(0, 10), 5);  // the upstream is inside a frame towards the client
+  t.close(close_code::kGoingAway, "bye", 10);
+  CHECK(t.discardsFrom(true));         // the upstream got its close frame
+  CHECK_FALSE(t.discardsFrom(false));  // the rest of the frame still goes to the client
+  feed(t, false, big.substr(10), 20);
+  CHECK(t.discardsFrom(false));  // then the client's close frame, and nothing after it
 }
 
 TEST_CASE("Tunnel: keepalive pings quiet legs and closes a dead one", "[proxy][tunnel]") {
