@@ -179,6 +179,9 @@ bool Tunnel::inject(bool to_client, uint64_t now_ms) {
     if (!write(to_client, f.data(), f.size())) return false;
   }
   if (l.close_code != 0) {
+    // Counted when it goes out: a frame that never found its leg's frame boundary was not sent,
+    // and the session ends without one (1006) unless a peer's close came first.
+    first_close_.note(CloseOrigin::Gateway, l.close_code);
     std::string f = closeFrame(l.close_code, close_reason_, masked);
     if (!write(to_client, f.data(), f.size())) return false;
     closeSentTo(l, now_ms);
@@ -203,7 +206,6 @@ void Tunnel::closeSentTo(Leg& l, uint64_t now_ms) {
 void Tunnel::close(uint16_t code, const std::string& reason, uint64_t now_ms) {
   if (ended_) return;
   now_ms_ = now_ms;
-  first_close_.note(CloseOrigin::Gateway, code);
   // A close frame still waiting for its leg's frame boundary keeps the reason it was given.
   // Cut on a character boundary: a close reason must stay valid UTF-8 (RFC 6455 §5.5.1).
   const bool pending = (!client_.close_sent && client_.close_code != 0) ||
@@ -229,10 +231,10 @@ void Tunnel::fail(bool from_client, ParseError e) {
   // the client failed, 1011 towards the client when the upstream did. Frames that cannot be
   // placed (a leg left inside a frame) are not sent: TCP closes anyway.
   close_reason_ = e.reason;
-  first_close_.note(CloseOrigin::Gateway, e.code);
   leg(from_client).close_code = e.code;
   leg(!from_client).close_code = from_client ? close_code::kGoingAway : close_code::kInternalError;
-  if (!flushInjections(now_ms_)) return;
+  // The offender's frame first: the session's close is counted with the code it got.
+  if (!inject(from_client, now_ms_) || !inject(!from_client, now_ms_)) return;
   end(reason);
 }
 

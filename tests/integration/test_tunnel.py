@@ -337,6 +337,36 @@ class DeadUpstreamTest(GatewayTestCase):
         self.assertLess(elapsed, INTERVAL + PING_TIMEOUT + SLACK)
         self.assertRegex(gw.stderr_text(), r"upstream did not answer a ping")
 
+    def test_upstream_dead_inside_a_frame(self):
+        # The upstream sends the start of a frame and then nothing, pongs included. It is found
+        # dead, but the client's 1001 cannot go inside that frame: the client's connection just
+        # ends, and the session is counted as what the client saw, 1006, not as a 1001.
+        def half_frame(conn, up):
+            harness.websocket_accept(conn, up)
+            conn.sendall(harness.encode_frame(harness.OP_BINARY, b"x" * 1000, mask=False)[:100])
+            conn.settimeout(30)
+            try:
+                while conn.recv(65536):  # pings are read and not answered
+                    pass
+            except OSError:
+                pass
+
+        up = self.start_peer(RawUpstream(half_frame, name="half-frame"))
+        gw = self.start_gateway(harness.make_config(
+            upstreams={"half": {"endpoints": [up.addr]}},
+            routes=[route("half", "/half", "half", keepalive=KEEPALIVE)],
+            timeouts={"close": "1s"}))
+        c = RawClient(gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/half")
+        data, how = c.read_until_closed(INTERVAL + PING_TIMEOUT + CLOSE_TIMEOUT + SLACK + 5)
+        self.assertEqual(how, "eof")
+        self.assertEqual(len(bytes(c.frames.buf) + data), 100, "only the start of the frame")
+        entry = gw.access_log_for_client(c.local)
+        self.assertEqual((entry.get("close_code"), entry.get("close_by")), (1006, "gateway"),
+                         entry)
+        self.assertRegex(entry.get("close", ""), r"^upstream did not answer a ping", entry)
+
     def test_frozen_upstream_passthrough(self):
         self.freeze_and_expect_1001("/pt/frozen")
 

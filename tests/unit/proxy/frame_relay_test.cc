@@ -647,6 +647,21 @@ TEST_CASE("Tunnel: a leg mid-frame keeps receiving until its close frame can go"
   CHECK(t.discardsFrom(false));  // then the client's close frame, and nothing after it
 }
 
+TEST_CASE("Tunnel: a close frame that never went out is not counted", "[proxy][tunnel]") {
+  Owner o;
+  TunnelSetup setup;  // passthrough
+  setup.close_timeout_ms = 1000;
+  Tunnel t(o, setup, 0);
+  // Both peers are inside a frame when upgate decides to close: neither close frame can go.
+  feed(t, false, sframe(opcode::kBinary, std::string(1000, 'x')).substr(0, 100), 1);
+  feed(t, true, cframe(opcode::kBinary, std::string(1000, 'y')).substr(0, 100), 2);
+  t.close(close_code::kGoingAway, "server going away", 3);
+  CHECK(t.firstClose().by == CloseOrigin::None);  // the session counts a 1006
+  t.onTimer(1003);
+  CHECK(o.ended);
+  CHECK(t.firstClose().by == CloseOrigin::None);
+}
+
 TEST_CASE("Tunnel: keepalive pings quiet legs and closes a dead one", "[proxy][tunnel]") {
   auto mode = GENERATE(TunnelMode::Passthrough, TunnelMode::Frames);
   Owner o;
