@@ -554,7 +554,8 @@ void Session::subscriptionClosing() {
 
 void Session::lingerClose(const std::string& reason, bool flush_upstream) {
   if (state_ == State::Closing || state_ == State::Lingering) return;
-  // Let what is queued (a close frame) reach the client, then wait for its FIN.
+  // Let what is queued (a close frame) reach the client, then wait for its FIN (unless the
+  // client leg was closed with its last bytes already: tunnelWriteLast).
   close_reason_ = reason;
   state_ = State::Lingering;
   client_->shutdown();
@@ -1264,7 +1265,7 @@ void Session::onLegEof(bool is_client) {
       if (!is_client && !client_eof_ && tunnel_->upstreamEnded(uv_now(worker_.loop()))) {
         upstream_eof_ = true;
         if (state_ == State::Tunnel) armTunnelTimer();
-        if (state_ == State::Tunnel) resumeDiscarded();  // the client's reply must be read
+        resumeDiscarded();  // the client's reply must be read
         return;
       }
       break;
@@ -1396,7 +1397,6 @@ void Session::handleTimer() {
       break;
     case State::Tunnel:
       tunnel_->onTimer(uv_now(worker_.loop()));
-      if (state_ == State::Tunnel) resumeDiscarded();  // a close frame sent at a frame boundary
       if (state_ != State::Tunnel) return;
       break;
     case State::Exchanging:

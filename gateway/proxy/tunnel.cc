@@ -189,8 +189,8 @@ bool Tunnel::inject(bool to_client, uint64_t now_ms) {
   return true;
 }
 
-bool Tunnel::flushInjections(uint64_t now_ms) {
-  return inject(true, now_ms) && inject(false, now_ms);
+bool Tunnel::flushInjections(uint64_t now_ms, bool first_to_client) {
+  return inject(first_to_client, now_ms) && inject(!first_to_client, now_ms);
 }
 
 void Tunnel::closeSentTo(Leg& l, uint64_t now_ms) {
@@ -234,7 +234,7 @@ void Tunnel::fail(bool from_client, ParseError e) {
   leg(from_client).close_code = e.code;
   leg(!from_client).close_code = from_client ? close_code::kGoingAway : close_code::kInternalError;
   // The offender's frame first: the session's close is counted with the code it got.
-  if (!inject(from_client, now_ms_) || !inject(!from_client, now_ms_)) return;
+  if (!flushInjections(now_ms_, /*first_to_client=*/from_client)) return;
   end(reason);
 }
 
@@ -244,14 +244,21 @@ void Tunnel::onTimer(uint64_t now_ms) {
   if (ended_) return;
   now_ms_ = now_ms;
   if (close_deadline_ms_ != 0 && now_ms >= close_deadline_ms_) {
-    // Named by who was waited on: a leg still owes its close frame.
-    const bool c = !client_.close_received, u = !upstream_.close_received;
-    end(dead_leg_ >= 0 ? deadReason() + "; no close reply within timeouts.close"
-                       : std::string("close handshake not completed within timeouts.close: no "
-                                     "close frame from ") +
-                             (c && u ? "either side"
-                              : c    ? "the client"
-                                     : "the upstream"));
+    // Named by who was waited on: a leg that was sent a close frame and sent none back, or
+    // else the frame that found no frame boundary to go out at.
+    const bool c = client_.close_sent && !client_.close_received;
+    const bool u = upstream_.close_sent && !upstream_.close_received;
+    const std::string prefix = "close handshake not completed within timeouts.close: ";
+    if (dead_leg_ >= 0) {
+      end(deadReason() + "; no close reply within timeouts.close");
+    } else if (c || u) {
+      end(prefix + "no close frame from " +
+          (c && u ? "either side"
+           : c    ? "the client"
+                  : "the upstream"));
+    } else {
+      end(prefix + "upgate's close frame found no frame boundary to go out at");
+    }
     return;
   }
   if (ping_interval_ms_ > 0) {
@@ -322,8 +329,9 @@ void Tunnel::legDead(bool client, uint64_t now_ms, bool stalled) {
   dead_stalled_ = stalled;
   close(close_code::kGoingAway, deadReason(), now_ms);
   // When upgate stopped reading the other leg for this one's sake (so always for a stall), its
-  // answer to the close would wait unread until timeouts.close. Its close frame is queued; end
-  // now (the owner still flushes what is queued before TCP closes).
+  // answer to the close would come only behind everything it had queued while held back, which
+  // would have to be read and dropped first. Its close frame is queued; end now (the owner
+  // still flushes what is queued before TCP closes).
   if (leg(!client).paused_ms != 0 && !ended_) end(deadReason());
 }
 

@@ -41,7 +41,8 @@ class TunnelOwner {
   // Writes to one leg, with backpressure. Returns false if the session ended.
   virtual bool tunnelWrite(bool to_client, const char* data, size_t len) = 0;
   // The same for the close frame that completes the close handshake: nothing more goes to that
-  // leg, and tunnelEnd follows, so the owner may send the leg's FIN with these bytes.
+  // leg, nor comes from it (its own close frame came first), and tunnelEnd follows, so the owner
+  // may send the leg's FIN with these bytes, or close it.
   virtual bool tunnelWriteLast(bool to_client, const char* data, size_t len) {
     return tunnelWrite(to_client, data, len);
   }
@@ -155,7 +156,8 @@ class Tunnel final : public Relay {
   // last: these bytes complete the close handshake (tunnelWriteLast).
   bool write(bool to_client, const char* data, size_t len, bool last = false);
   bool inject(bool to_client, uint64_t now_ms);
-  bool flushInjections(uint64_t now_ms);
+  // Both legs' injections, `first_to_client`'s first.
+  bool flushInjections(uint64_t now_ms, bool first_to_client = true);
   void closeSentTo(Leg& l, uint64_t now_ms);
   void fail(bool from_client, ParseError e);
   // stalled: it took no data for interval + timeout while the other leg waited on it.

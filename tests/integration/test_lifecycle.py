@@ -254,7 +254,6 @@ class TunnelEndTest(GatewayTestCase):
         tag = "/ch/server-closes"
         self.assertEqual(self.ch.wait_event(lambda e: e[:2] == ("end", tag), what="upstream's end"),
                          ("end", tag, "eof"))
-        c.sock.shutdown(socket.SHUT_WR)  # late, and harmless: the gateway's socket is gone
 
     def test_upstream_initiated_close_handshake(self):
         # The client's reply is the last thing the upstream gets, then EOF.

@@ -168,6 +168,35 @@ TEST_CASE("tcp_stream: writeLast behind queued bytes keeps their order", "[net]"
   CHECK(p.rb.data == sent + "end");
 }
 
+TEST_CASE("tcp_stream: writeFinal closes with the bytes when the kernel takes them", "[net]") {
+  Pair p;
+  REQUIRE(p.b.readStart() == 0);
+  REQUIRE(p.a.writeFinal("close", 5) == 0);
+  CHECK_FALSE(p.a.isOpen());  // closed: the peer's FIN needs no read
+  CHECK(p.a.bytesWritten() == 5);
+  // Bytes then EOF at the peer, not a reset (nothing unread on our side).
+  p.runUntil([&] { return p.rb.eofs == 1 || p.rb.error != 0; });
+  CHECK(p.rb.error == 0);
+  CHECK(p.rb.data == "close");
+}
+
+TEST_CASE("tcp_stream: writeFinal behind queued bytes falls back to writeLast", "[net]") {
+  Pair p;
+  std::string chunk = pattern(256 * 1024);
+  std::string sent;
+  for (int i = 0; i < 64 && p.a.pendingBytes() == 0; ++i) {
+    REQUIRE(p.a.write(chunk.data(), chunk.size()) == 0);
+    sent += chunk;
+  }
+  REQUIRE(p.a.pendingBytes() > 0);
+  REQUIRE(p.a.writeFinal("end", 3) == 0);
+  CHECK(p.a.isOpen());  // closing now would drop what is queued: FIN after it instead
+  CHECK(p.a.write("x", 1) == UV_EPIPE);
+  REQUIRE(p.b.readStart() == 0);
+  p.runUntil([&] { return p.rb.eofs == 1; });
+  CHECK(p.rb.data == sent + "end");
+}
+
 TEST_CASE("tcp_stream: quickAck turns TCP_QUICKACK back on", "[net]") {
   Pair p;
   int zero = 0;

@@ -660,6 +660,9 @@ TEST_CASE("Tunnel: a close frame that never went out is not counted", "[proxy][t
   t.onTimer(1003);
   CHECK(o.ended);
   CHECK(t.firstClose().by == CloseOrigin::None);
+  CHECK(o.end_reason ==
+        "close handshake not completed within timeouts.close: upgate's close frame found no "
+        "frame boundary to go out at");
 }
 
 TEST_CASE("Tunnel: keepalive pings quiet legs and closes a dead one", "[proxy][tunnel]") {
@@ -838,7 +841,11 @@ TEST_CASE("TcpBridge: the upstream's end is a 1000 close awaiting the client's r
   Owner o;
   TcpBridge b(o, bridgeSetup(), 10);
   CHECK(b.nextDue() == UINT64_MAX);
+  CHECK_FALSE(b.discardsFrom(true));
+  CHECK_FALSE(b.discardsFrom(false));
   CHECK(b.upstreamEnded(20));
+  CHECK(b.discardsFrom(true));  // after upgate's close frame nothing is relayed either way
+  CHECK(b.discardsFrom(false));
   auto down = decode(o.to_client_, Role::Server);
   REQUIRE(down.size() == 1);
   CHECK(closeCodeOf(down[0]) == 1000);
