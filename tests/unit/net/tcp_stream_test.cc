@@ -117,6 +117,19 @@ std::string pattern(size_t n) {
   return s;
 }
 
+// Writes 256 KiB chunks to `s`, whose peer is not reading, until the kernel's buffers are full
+// and the stream queues the rest; returns what was written.
+std::string fillUntilQueued(TcpStream& s) {
+  const std::string chunk = pattern(256 * 1024);
+  std::string sent;
+  for (int i = 0; i < 64 && s.pendingBytes() == 0; ++i) {
+    REQUIRE(s.write(chunk.data(), chunk.size()) == 0);
+    sent += chunk;
+  }
+  REQUIRE(s.pendingBytes() > 0);
+  return sent;
+}
+
 }  // namespace
 
 TEST_CASE("tcp_stream: bytes arrive in order and EOF follows shutdown", "[net]") {
@@ -154,14 +167,7 @@ TEST_CASE("tcp_stream: writeLast sends the bytes and the FIN in one segment", "[
 
 TEST_CASE("tcp_stream: writeLast behind queued bytes keeps their order", "[net]") {
   Pair p;
-  std::string chunk = pattern(256 * 1024);
-  std::string sent;
-  // The peer is not reading: the kernel buffers fill and the rest is queued.
-  for (int i = 0; i < 64 && p.a.pendingBytes() == 0; ++i) {
-    REQUIRE(p.a.write(chunk.data(), chunk.size()) == 0);
-    sent += chunk;
-  }
-  REQUIRE(p.a.pendingBytes() > 0);
+  const std::string sent = fillUntilQueued(p.a);
   REQUIRE(p.a.writeLast("end", 3) == 0);
   REQUIRE(p.b.readStart() == 0);
   p.runUntil([&] { return p.rb.eofs == 1; });
@@ -182,13 +188,7 @@ TEST_CASE("tcp_stream: writeFinal closes with the bytes when the kernel takes th
 
 TEST_CASE("tcp_stream: writeFinal behind queued bytes falls back to writeLast", "[net]") {
   Pair p;
-  std::string chunk = pattern(256 * 1024);
-  std::string sent;
-  for (int i = 0; i < 64 && p.a.pendingBytes() == 0; ++i) {
-    REQUIRE(p.a.write(chunk.data(), chunk.size()) == 0);
-    sent += chunk;
-  }
-  REQUIRE(p.a.pendingBytes() > 0);
+  const std::string sent = fillUntilQueued(p.a);
   REQUIRE(p.a.writeFinal("end", 3) == 0);
   CHECK(p.a.isOpen());  // closing now would drop what is queued: FIN after it instead
   CHECK(p.a.write("x", 1) == UV_EPIPE);
