@@ -3,6 +3,7 @@
 // TLS leg (a Stream decorator over TcpStream) and a plain TCP leg look the same to it.
 
 #include <cstddef>
+#include <cstdint>
 
 namespace upgate {
 
@@ -51,6 +52,11 @@ class Stream {
   virtual int writeFinal(const char* data, size_t len) { return writeLast(data, len); }
   // Pending bytes above `high` arm one onDrain() upcall for when they fall to high / 2.
   virtual void setHighWater(size_t high) = 0;
+  // Lets the transport find a dead peer by itself, for when the protocol above cannot ask it
+  // (a ping held back behind a frame in progress): bytes written and not acknowledged within
+  // timeout_ms end the stream with onError(UV_ETIMEDOUT). Stays on. A transport without such a
+  // mechanism ignores it.
+  virtual void watchPeer(uint32_t timeout_ms) { (void)timeout_ms; }
   // Idempotent; onClosed() follows from the loop.
   virtual void close() = 0;
   virtual bool isClosing() const = 0;

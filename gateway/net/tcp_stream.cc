@@ -4,8 +4,10 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -51,6 +53,15 @@ void TcpStream::quickAck() {
   if (!initialized_ || closing_ || uv_fileno(asHandle(&tcp_), &fd) != 0) return;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+}
+
+void TcpStream::watchPeer(uint32_t timeout_ms) {
+  uv_os_fd_t fd;
+  if (!initialized_ || closing_ || uv_fileno(asHandle(&tcp_), &fd) != 0) return;
+  // Bytes sent and still unacknowledged after the user timeout end the connection (ETIMEDOUT)
+  // instead of after the kernel's retransmission limit (about 15 minutes by default).
+  const int ms = static_cast<int>(std::min<uint32_t>(timeout_ms, INT32_MAX));
+  setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
 }
 
 void TcpStream::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {

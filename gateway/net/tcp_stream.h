@@ -37,6 +37,8 @@ class TcpStream final : public Stream {
   uv_tcp_t* handle() { return &tcp_; }
   void setListener(StreamListener* listener) { listener_ = listener; }
   void setHighWater(size_t high) override { high_water_ = high; }
+  // TCP_USER_TIMEOUT.
+  void watchPeer(uint32_t timeout_ms) override;
 
   int readStart() override;
   void readStop() override;

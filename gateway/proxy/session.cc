@@ -1054,6 +1054,10 @@ void Session::tunnelEnd(const std::string& reason) {
   lingerClose(reason, /*flush_upstream=*/true);
 }
 
+void Session::tunnelWatchPeer(bool client, uint32_t timeout_ms) {
+  (client ? client_ : upstream_)->watchPeer(timeout_ms);
+}
+
 MessageVerdict Session::tunnelMessage(bool from_client, uint8_t opcode,
                                       const std::string& payload) {
   return chain_->onMessage(from_client ? UPGATE_CLIENT_TO_UPSTREAM : UPGATE_UPSTREAM_TO_CLIENT,
@@ -1322,6 +1326,16 @@ void Session::onLegError(bool is_client, int uv_err) {
       if (!is_client && route_->kind == RouteKind::Tcp) {
         tcpUpstreamFailed(reason);
         return;
+      }
+      if (uv_err == UV_ETIMEDOUT) {
+        // TCP gave up on that peer (keepalive's watchPeer, or retransmissions): the leg is dead
+        // and closed now; a websocket relay closes the other one cleanly (1001) and ends.
+        (is_client ? client_ : upstream_)->close();
+        if (tunnel_ && tunnel_->peerLost(is_client, uv_now(worker_.loop()))) {
+          if (state_ == State::Tunnel) armTunnelTimer();
+          resumeDiscarded();
+          return;
+        }
       }
       break;
     default:

@@ -160,6 +160,7 @@ class Session final : private SubscriptionOwner,
   void tunnelEnd(const std::string& reason) override;
   MessageVerdict tunnelMessage(bool from_client, uint8_t opcode,
                                const std::string& payload) override;
+  void tunnelWatchPeer(bool client, uint32_t timeout_ms) override;
 
   // Channel subscribers (SubscriptionOwner).
   void subscribe(bool upgrade);

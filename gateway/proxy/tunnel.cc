@@ -270,19 +270,34 @@ void Tunnel::onTimer(uint64_t now_ms) {
       if (l.paused_ms != 0) {
         // Held back by the other leg, whose queue has not drained to half since: it is stuck.
         if (!leg(!c).close_sent && now_ms >= stallDue(l)) {
-          legDead(!c, now_ms, /*stalled=*/true);
+          legDead(!c, now_ms, Death::Stalled);
           return;
         }
         continue;
       }
       if (l.ping_sent_ms != 0 && now_ms >= l.ping_sent_ms + timeout) {
-        legDead(c, now_ms);
+        legDead(c, now_ms, Death::Ping);
         return;
       }
       if (l.ping_sent_ms == 0 && now_ms >= l.last_rx_ms + interval) l.want_ping = true;
     }
   }
   if (!flushInjections(now_ms)) return;
+  // A ping still wanted found no frame boundary towards its leg: the other leg is in the middle
+  // of a frame. While that frame goes on (a peer trickling a long one) the ping cannot go out,
+  // so the leg's TCP connection judges it instead: what upgate relays to it must be
+  // acknowledged within interval + timeout (the time a stalled leg gets), or peerLost() follows.
+  // Should the frame stall instead, its sender is the one that is pinged and found dead.
+  for (bool c : {true, false}) {
+    Leg& l = leg(c);
+    if (l.want_ping && !l.peer_watched) {
+      l.peer_watched = true;
+      UPGATE_LOG(debug, session_id_,
+                 "keepalive ping to the {} waits for a frame boundary: TCP watches it meanwhile",
+                 legName(c));
+      owner_.tunnelWatchPeer(c, relayMs(uint64_t{ping_interval_ms_} + ping_timeout_ms_));
+    }
+  }
   checkDone();
 }
 
@@ -312,8 +327,19 @@ void Tunnel::readsPaused(bool client, bool paused, uint64_t now_ms) {
   rearm_ = true;  // a deadline moved: the other leg's (paused) or this one's (resumed)
 }
 
-void Tunnel::legDead(bool client, uint64_t now_ms, bool stalled) {
-  if (stalled) {
+bool Tunnel::peerLost(bool client, uint64_t now_ms) {
+  if (ended_) return false;
+  now_ms_ = now_ms;
+  legDead(client, now_ms, Death::Transport);
+  return true;
+}
+
+void Tunnel::legDead(bool client, uint64_t now_ms, Death why) {
+  if (why == Death::Transport) {
+    UPGATE_LOG(
+        info, session_id_, "{}'s TCP connection timed out{}: closing", legName(client),
+        leg(client).peer_watched ? " while a keepalive ping waited for a frame boundary" : "");
+  } else if (why == Death::Stalled) {
     UPGATE_LOG(info, session_id_,
                "{} did not take half of what upgate held for it within {} ms while the other "
                "side waited: closing",
@@ -326,7 +352,7 @@ void Tunnel::legDead(bool client, uint64_t now_ms, bool stalled) {
   Leg& dead = leg(client);
   dead.close_sent = dead.close_received = true;
   dead_leg_ = client ? 1 : 0;
-  dead_stalled_ = stalled;
+  dead_why_ = why;
   close(close_code::kGoingAway, deadReason(), now_ms);
   // When upgate stopped reading the other leg for this one's sake (so always for a stall), its
   // answer to the close would come only behind everything it had queued while held back, which
@@ -336,8 +362,10 @@ void Tunnel::legDead(bool client, uint64_t now_ms, bool stalled) {
 }
 
 std::string Tunnel::deadReason() const {
-  return std::string(legName(dead_leg_ == 1)) +
-         (dead_stalled_ ? " did not read" : " did not answer a ping");
+  const char* what = dead_why_ == Death::Stalled     ? " did not read"
+                     : dead_why_ == Death::Transport ? " stopped acknowledging TCP"
+                                                     : " did not answer a ping";
+  return std::string(legName(dead_leg_ == 1)) + what;
 }
 
 void Tunnel::checkDone() {

@@ -52,6 +52,13 @@ class TunnelOwner {
   // A complete message for the plugins' on_message hooks (frames mode, hooks configured).
   virtual MessageVerdict tunnelMessage(bool from_client, uint8_t opcode,
                                        const std::string& payload) = 0;
+  // Keepalive cannot ping that leg (a frame in progress towards it has not ended): its transport
+  // is to judge the peer instead (Stream::watchPeer); a peer it gives up on comes back as
+  // peerLost(). Once per leg.
+  virtual void tunnelWatchPeer(bool client, uint32_t timeout_ms) {
+    (void)client;
+    (void)timeout_ms;
+  }
 };
 
 // Payload of upgate's keepalive pings (tunnels and tcp bridges): the pong that echoes it is
@@ -112,6 +119,7 @@ class Tunnel final : public Relay {
   FirstClose firstClose() const override { return first_close_; }
   bool closing() const override { return ended_ || close_deadline_ms_ != 0; }
   void readsPaused(bool client, bool paused, uint64_t now_ms) override;
+  bool peerLost(bool client, uint64_t now_ms) override;
 
  private:
   // Relays one direction's output to the other leg.
@@ -127,6 +135,9 @@ class Tunnel final : public Relay {
     bool from_client_;
   };
 
+  // Why a leg was declared dead.
+  enum class Death : uint8_t { Ping, Stalled, Transport };
+
   // Per leg: 32 bytes.
   struct Leg {
     uint64_t last_rx_ms = 0;      // bytes last arrived from this leg
@@ -136,6 +147,7 @@ class Tunnel final : public Relay {
     bool close_sent = false;      // a close frame went to this leg: nothing more is written to it
     bool close_received = false;  // this leg sent its close frame: nothing more is read
     bool pong_due = false;        // peer_pings answer: Frames::pong[leg] is to be sent
+    bool peer_watched = false;    // a ping found no frame boundary: TCP judges it (watchPeer)
     uint64_t paused_ms = 0;       // the owner stopped reading this leg then (0: reading)
   };
 
@@ -160,8 +172,9 @@ class Tunnel final : public Relay {
   bool flushInjections(uint64_t now_ms, bool first_to_client = true);
   void closeSentTo(Leg& l, uint64_t now_ms);
   void fail(bool from_client, ParseError e);
-  // stalled: it took no data for interval + timeout while the other leg waited on it.
-  void legDead(bool client, uint64_t now_ms, bool stalled = false);
+  // Ping: no answer within timeout; Stalled: it took no data for interval + timeout while the
+  // other leg waited on it; Transport: its TCP connection gave up on the peer.
+  void legDead(bool client, uint64_t now_ms, Death why);
   // When a leg paused since l.paused_ms makes the other one dead (legDead, stalled).
   uint64_t stallDue(const Leg& l) const {
     return l.paused_ms + ping_interval_ms_ + ping_timeout_ms_;
@@ -188,8 +201,8 @@ class Tunnel final : public Relay {
   uint32_t close_timeout_ms_;
   const bool answer_pings_;
   FirstClose first_close_;
-  int8_t dead_leg_ = -1;       // 1: the client, 0: the upstream did not answer a ping (or read)
-  bool dead_stalled_ = false;  // the dead leg did not read (rather than not answer a ping)
+  int8_t dead_leg_ = -1;  // 1: the client, 0: the upstream was declared dead (legDead)
+  Death dead_why_ = Death::Ping;
   bool ended_ = false;
   bool rearm_ = false;
 };

@@ -206,6 +206,15 @@ TEST_CASE("tcp_stream: quickAck turns TCP_QUICKACK back on", "[net]") {
   CHECK(tcpOption(fdOf(p.b), TCP_QUICKACK) == 1);
 }
 
+TEST_CASE("tcp_stream: watchPeer sets TCP_USER_TIMEOUT", "[net]") {
+  Pair p;
+  CHECK(tcpOption(fdOf(p.a), TCP_USER_TIMEOUT) == 0);  // the kernel's retransmission limit
+  p.a.watchPeer(2500);
+  CHECK(tcpOption(fdOf(p.a), TCP_USER_TIMEOUT) == 2500);
+  p.a.watchPeer(UINT32_MAX);  // clamped to what the option holds
+  CHECK(tcpOption(fdOf(p.a), TCP_USER_TIMEOUT) == INT32_MAX);
+}
+
 TEST_CASE("tcp_stream: queue above high water drains with one onDrain upcall", "[net]") {
   Pair p;
   p.a.setHighWater(64 * 1024);

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "proxy/tcp_bridge.h"
@@ -481,6 +482,10 @@ class Owner final : public TunnelOwner {
     end_reason = reason;
   }
   MessageVerdict tunnelMessage(bool, uint8_t, const std::string&) override { return {}; }
+  void tunnelWatchPeer(bool client, uint32_t timeout_ms) override {
+    watched.push_back({client, timeout_ms});
+  }
+  std::vector<std::pair<bool, uint32_t>> watched;  // tunnelWatchPeer calls
   std::string to_client_;
   std::string to_upstream;
   std::string last_to_client;  // what went through tunnelWriteLast
@@ -700,6 +705,68 @@ TEST_CASE("Tunnel: keepalive pings quiet legs and closes a dead one", "[proxy][t
   feed(t, true, cframe(opcode::kClose, std::string("\x03\xe9", 2)), 1600);
   CHECK(o.ended);
   CHECK(o.end_reason == "upstream did not answer a ping");
+}
+
+TEST_CASE("Tunnel: a ping held back behind a frame leaves the leg to TCP", "[proxy][tunnel]") {
+  auto mode = GENERATE(TunnelMode::Passthrough, TunnelMode::Frames);
+  Owner o;
+  TunnelSetup setup;
+  setup.mode = mode;
+  setup.keepalive.interval = Millis{1000};
+  setup.keepalive.timeout = Millis{500};
+  Tunnel t(o, setup, 0);
+  // The upstream trickles a long frame to the quiet client: the client's ping has no boundary.
+  std::string big = sframe(opcode::kBinary, std::string(1000, 'x'));
+  feed(t, false, big.substr(0, 100), 0);
+  t.onTimer(1000);
+  auto up = decode(o.to_upstream, Role::Client);
+  REQUIRE(up.size() == 1);  // both are quiet: the upstream is pinged at its boundary...
+  CHECK(up[0].op == opcode::kPing);
+  CHECK(o.to_client_ == big.substr(0, 100));  // ...the client cannot be
+  REQUIRE(o.watched.size() == 1);
+  CHECK(o.watched[0] == std::pair<bool, uint32_t>{true, 1500});  // interval + timeout
+  feed(t, false, big.substr(100, 100), 1100);                    // the upstream is alive
+  t.onTimer(1900);
+  CHECK(o.watched.size() == 1);  // once per leg
+  CHECK_FALSE(o.ended);
+  SECTION("the frame ends: the ping goes out after it") {
+    feed(t, false, big.substr(200), 2000);
+    auto down = decode(o.to_client_, Role::Server);
+    REQUIRE(down.size() == 2);
+    CHECK(down[1].op == opcode::kPing);
+  }
+  SECTION("TCP gives up on the client: the upstream gets 1001, its reply ends the session") {
+    REQUIRE(t.peerLost(/*client=*/true, 2000));
+    std::string before = o.to_client_;
+    up = decode(o.to_upstream, Role::Client);
+    REQUIRE(up.size() == 2);
+    CHECK(closeCodeOf(up[1]) == 1001);
+    CHECK(up[1].payload.substr(2) == "client stopped acknowledging TCP");
+    CHECK(t.firstClose().by == CloseOrigin::Gateway);
+    CHECK(t.discardsFrom(false));  // what the upstream still sends goes nowhere...
+    feed(t, false, big.substr(200), 2100);
+    CHECK(o.to_client_ == before);  // ...not to the dead client
+    CHECK_FALSE(o.ended);
+    feed(t, false, sframe(opcode::kClose, std::string("\x03\xe9", 2)), 2200);
+    CHECK(o.ended);
+    CHECK(o.end_reason == "client stopped acknowledging TCP");
+  }
+}
+
+TEST_CASE("Tunnel: a leg lost while the other one is done ends the session", "[proxy][tunnel]") {
+  Owner o;
+  TunnelSetup setup;  // passthrough, no keepalive: TCP's own retransmission limit
+  Tunnel t(o, setup, 0);
+  // The client's close frame went on to the upstream, whose reply is awaited when TCP gives up
+  // on it: the client's answer is upgate's 1001, and nothing is left to wait for.
+  feed(t, true, cframe(opcode::kClose, std::string("\x03\xe8", 2)), 1);
+  CHECK_FALSE(o.ended);
+  REQUIRE(t.peerLost(/*client=*/false, 2));
+  auto down = decode(o.to_client_, Role::Server);
+  REQUIRE(down.size() == 1);
+  CHECK(closeCodeOf(down[0]) == 1001);
+  CHECK(o.ended);
+  CHECK(o.end_reason == "upstream stopped acknowledging TCP");
 }
 
 TEST_CASE("Tunnel: peer_pings answer (frames mode)", "[proxy][tunnel]") {
