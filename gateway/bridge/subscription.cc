@@ -62,7 +62,7 @@ Subscription::Subscription(Worker& worker, const Generation& generation, Subscri
       route_(route),
       channel_(std::move(channel)),
       mode_(mode),
-      messages_(worker.routeMetrics(route.name).messages),
+      metrics_(worker.routeMetrics(route.name)),
       parser_(Role::Client, FrameParser::Limits{generation.config->limits.max_message_size}, false),
       validator_(generation.config->limits.max_message_size) {}
 
@@ -84,9 +84,11 @@ void Subscription::deliver(const Delivery& d) {
   Stream& out = owner_.clientStream();
   if (out.pendingBytes() > route_.max_queue_bytes) {
     if (route_.overflow == OverflowPolicy::Drop) {
+      // Counted, and said once per subscriber here and again in its access-log line.
       if (dropped_++ == 0)
         UPGATE_LOG(warn, owner_.sessionId(), "channel {}: subscriber too slow, dropping messages",
                    channel_);
+      metrics_.channelDropped(worker_.metrics()).add();
       return;
     }
     UPGATE_LOG(warn, owner_.sessionId(), "channel {}: subscriber too slow ({} bytes queued)",
@@ -102,7 +104,7 @@ void Subscription::deliver(const Delivery& d) {
     return;
   }
   worker_.deliveries().add();
-  messages_.down->add();
+  metrics_.messages.down->add();
 }
 
 bool Subscription::writeFrame(uint8_t op, const char* data, size_t len) {
@@ -205,7 +207,7 @@ bool Subscription::onFrameEnd(const FrameHeader& h) {
   }
   if (!h.fin) return true;
   owner_.countBytes(message_.size(), 0);
-  messages_.up->add();
+  metrics_.messages.up->add();
   onClientMessage();
   return !ended_;
 }
@@ -268,7 +270,7 @@ void Subscription::sendNext() {
             fail(close_code::kAbnormal, "client write failed");
             return;
           }
-          messages_.down->add();
+          metrics_.messages.down->add();
         }
         sendNext();
       });

@@ -27,6 +27,7 @@
 namespace upgate {
 
 class Worker;
+struct RouteMetrics;
 
 // What a subscription needs from the session that owns the client connection.
 class SubscriptionOwner {
@@ -70,6 +71,8 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   const std::string& channel() const { return channel_; }
   // The first close frame of the WebSocket, either way (CloseOrigin::None: none yet; SSE).
   FirstClose firstClose() const { return first_close_; }
+  // Messages this subscriber was not sent (overflow: drop).
+  uint64_t dropped() const { return dropped_; }
 
   void deliver(const Delivery& d) override;
 
@@ -90,7 +93,7 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   const RouteConfig& route_;
   const std::string channel_;
   const Mode mode_;
-  const MessageCounters messages_;  // the route's, on this worker
+  RouteMetrics& metrics_;  // the route's, on this worker
   bool registered_ = false;
   FrameParser parser_;
 
@@ -104,7 +107,7 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   std::deque<std::string> outbox_;
   std::shared_ptr<HttpClient::Call> send_call_;
 
-  uint64_t dropped_ = 0;
+  uint64_t dropped_ = 0;  // messages not sent: over max_queue_bytes with overflow: drop
   PendingPong pong_;
   bool close_sent_ = false;
   std::string close_description_;

@@ -38,6 +38,10 @@ constexpr std::array<FamilyInfo, static_cast<size_t>(Family::Count)> kFamilies{{
     {"upgate_channel_subscribers", "gauge", "Channel and long-poll subscribers.", false},
     {"upgate_channel_deliveries_total", "counter",
      "Channel messages delivered (one per subscriber and message).", false},
+    {"upgate_channel_dropped_total", "counter",
+     "Channel messages not sent to a subscriber whose unsent bytes were over max_queue_bytes "
+     "(overflow: drop), by route (one per subscriber and message).",
+     true},
     {"upgate_published_messages_total", "counter", "Messages published with POST /publish.", false},
     {"upgate_longpoll_polls_total", "counter",
      "Upstream long-polls finished, by route and result (data; empty: no change, or the poll "

@@ -34,6 +34,7 @@ enum class Family {
   WebSocketCloses,      // counter {route, code, by}: how each WebSocket session began to end
   ChannelSubscribers,   // gauge
   ChannelDeliveries,    // counter
+  ChannelDropped,       // counter {route}: not sent to a subscriber over max_queue_bytes (drop)
   Published,            // counter: messages published through POST /publish
   LongPolls,            // counter {route, result}
   Reloads,              // counter {result}

@@ -1492,6 +1492,10 @@ void Session::finish(const std::string& reason) {
   if (state_ == State::Closing) return;
   if (state_ != State::Lingering) close_reason_ = reason;
   state_ = State::Closing;
+  if (subscription_ && subscription_->dropped() != 0) {
+    close_reason_ += "; " + std::to_string(subscription_->dropped()) +
+                     " channel messages not sent (over max_queue_bytes, overflow: drop)";
+  }
   UPGATE_LOG(debug, id_, "closing: {}", close_reason_);
   const FirstClose ws_close = firstClose();
   if (ws_close.by != CloseOrigin::None) {

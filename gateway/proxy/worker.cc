@@ -341,6 +341,14 @@ metrics::Counter& RouteMetrics::requestsWith(int status, metrics::Registry& regi
   });
 }
 
+metrics::Counter& RouteMetrics::channelDropped(metrics::Registry& registry) {
+  if (channel_dropped == nullptr) {
+    channel_dropped =
+        &registry.get(metrics::Family::ChannelDropped, metrics::labels({{"route", route}}));
+  }
+  return *channel_dropped;
+}
+
 metrics::Counter& RouteMetrics::closesWith(FirstClose close, metrics::Registry& registry) {
   const uint32_t key = static_cast<uint32_t>(close.code) << 8 | static_cast<uint8_t>(close.by);
   return cachedSeries(closes, key, [&]() -> metrics::Counter& {

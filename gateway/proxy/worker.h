@@ -60,11 +60,14 @@ struct RouteMetrics {
   metrics::Counter* upstream_pauses = nullptr;
   std::vector<std::pair<int, metrics::Counter*>> requests;     // by status, in first-use order
   std::vector<std::pair<uint32_t, metrics::Counter*>> closes;  // by code and origin, the same
+  metrics::Counter* channel_dropped = nullptr;  // made at the first drop (overflow: drop routes)
 
   // upgate_requests_total{route, code}: a short scan once the code was seen on this worker.
   metrics::Counter& requestsWith(int status, metrics::Registry& registry);
   // upgate_websocket_closes_total{route, code, by}, likewise.
   metrics::Counter& closesWith(FirstClose close, metrics::Registry& registry);
+  // upgate_channel_dropped_total{route}.
+  metrics::Counter& channelDropped(metrics::Registry& registry);
 };
 
 // Client connections open in the process, for limits.max_connections: shared by the workers,

@@ -436,7 +436,7 @@ class ChannelTest(GatewayTestCase):
         pool = self.pool(name="drop")
         fast = pool.connect_ws("/drop/dropchan", 3)
         slow = self._slow_client("/drop/dropchan")
-        warm_up(self.admin, "dropchan", 4)
+        warm = warm_up(self.admin, "dropchan", 4)
         n = self._publish_until_logged("dropchan", fast, pool,
                                        r"channel dropchan: subscriber too slow, dropping", 1)
         for i in range(n, n + 10):
@@ -498,6 +498,22 @@ class ChannelTest(GatewayTestCase):
         slow.send_frame(OP_CLOSE, harness.close_payload(1000))
         fin, op, payload = slow.recv_frame()
         self.assertEqual(op, OP_CLOSE)
+
+        # What was skipped is counted, exactly: in the metric and in the session's log line.
+        published = warm + total + (k + 1) + 1
+        dropped = published - sum(1 for _, op, _ in frames if op in (OP_TEXT, OP_BINARY))
+        self.assertGreater(dropped, 0)
+        series = r'^upgate_channel_dropped_total\{route="drop"\} (\d+)$'
+
+        def counted():
+            m = re.search(series, self.admin.request("GET", "/metrics").body.decode(), re.M)
+            return m is not None and int(m.group(1)) == dropped
+
+        harness.poll_until(counted, 5, interval=0.05,
+                           what="upgate_channel_dropped_total{route=\"drop\"} %d" % dropped)
+        entry = self.gw.access_log_for_client(slow.local, timeout=10)
+        self.assertIn("; %d channel messages not sent (over max_queue_bytes, overflow: drop)"
+                      % dropped, entry.get("close"), entry)
         pool.close_all()
 
 
