@@ -670,14 +670,19 @@ TEST_CASE("Tunnel: a close frame that never went out is not counted", "[proxy][t
         "frame boundary to go out at");
 }
 
-TEST_CASE("Tunnel: keepalive pings quiet legs and closes a dead one", "[proxy][tunnel]") {
-  auto mode = GENERATE(TunnelMode::Passthrough, TunnelMode::Frames);
-  Owner o;
+// A tunnel in `mode` whose keepalive pings after 1000 ms of quiet and waits 500 ms for a pong.
+TunnelSetup keepaliveSetup(TunnelMode mode) {
   TunnelSetup setup;
   setup.mode = mode;
   setup.keepalive.interval = Millis{1000};
   setup.keepalive.timeout = Millis{500};
-  Tunnel t(o, setup, 0);
+  return setup;
+}
+
+TEST_CASE("Tunnel: keepalive pings quiet legs and closes a dead one", "[proxy][tunnel]") {
+  auto mode = GENERATE(TunnelMode::Passthrough, TunnelMode::Frames);
+  Owner o;
+  Tunnel t(o, keepaliveSetup(mode), 0);
   CHECK(t.nextDue() == 1000);
   t.onTimer(1000);
   auto up = decode(o.to_upstream, Role::Client);
@@ -710,11 +715,7 @@ TEST_CASE("Tunnel: keepalive pings quiet legs and closes a dead one", "[proxy][t
 TEST_CASE("Tunnel: a ping held back behind a frame leaves the leg to TCP", "[proxy][tunnel]") {
   auto mode = GENERATE(TunnelMode::Passthrough, TunnelMode::Frames);
   Owner o;
-  TunnelSetup setup;
-  setup.mode = mode;
-  setup.keepalive.interval = Millis{1000};
-  setup.keepalive.timeout = Millis{500};
-  Tunnel t(o, setup, 0);
+  Tunnel t(o, keepaliveSetup(mode), 0);
   // The upstream trickles a long frame to the quiet client: the client's ping has no boundary.
   std::string big = sframe(opcode::kBinary, std::string(1000, 'x'));
   feed(t, false, big.substr(0, 100), 0);
