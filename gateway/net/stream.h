@@ -54,8 +54,8 @@ class Stream {
   virtual void setHighWater(size_t high) = 0;
   // Lets the transport find a dead peer by itself, for when the protocol above cannot ask it
   // (a ping held back behind a frame in progress): bytes written and not acknowledged within
-  // timeout_ms end the stream with onError(UV_ETIMEDOUT). Stays on. A transport without such a
-  // mechanism ignores it.
+  // timeout_ms end the stream with an error (UV_ETIMEDOUT, from a read or a write). 0 turns it
+  // off again. A transport without such a mechanism ignores it.
   virtual void watchPeer(uint32_t timeout_ms) { (void)timeout_ms; }
   // Idempotent; onClosed() follows from the loop.
   virtual void close() = 0;

@@ -59,7 +59,8 @@ void TcpStream::watchPeer(uint32_t timeout_ms) {
   uv_os_fd_t fd;
   if (!initialized_ || closing_ || uv_fileno(asHandle(&tcp_), &fd) != 0) return;
   // Bytes sent and still unacknowledged after the user timeout end the connection (ETIMEDOUT)
-  // instead of after the kernel's retransmission limit (about 15 minutes by default).
+  // instead of after the kernel's retransmission limit (about 15 minutes by default); so does a
+  // zero window that long. 0 is the kernel's default again.
   const int ms = static_cast<int>(std::min<uint32_t>(timeout_ms, INT32_MAX));
   setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
 }

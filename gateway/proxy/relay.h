@@ -54,10 +54,9 @@ class Relay {
   // paused (an unanswered ping gets a full timeout again from the resume); it judges the other
   // leg instead, which is dead when the pause outlasts interval + timeout.
   virtual void readsPaused(bool client, bool paused, uint64_t now_ms) = 0;
-  // That leg's TCP connection gave up on its peer (ETIMEDOUT: unacknowledged bytes or keepalive
-  // probes). True: the relay takes the leg as dead, writes nothing more to it and closes the
-  // other one cleanly (the owner closes the dead leg's stream); false: the owner ends the
-  // session as for any transport error.
+  // That leg's TCP connection gave up on its peer (ETIMEDOUT: bytes left unacknowledged for the
+  // user timeout or the kernel's retransmission limit); the owner has closed it. True: the relay
+  // takes the leg as dead and closes the other one cleanly; false: the owner ends the session.
   virtual bool peerLost(bool client, uint64_t now_ms) {
     (void)client;
     (void)now_ms;

@@ -1160,10 +1160,15 @@ void Session::tcpUpstreamFailed(const std::string& reason) {
 void Session::pump(Stream& from, Stream& to, const char* data, size_t len, WriteEnd end) {
   last_activity_ms_ = uv_now(worker_.loop());
   // The FIN that lingerClose would send next goes out with the bytes (one segment, not two).
+  if (!to.isOpen() && lost_leg_ >= 0) return;  // a leg lost (loseLeg) takes nothing more
   int rc = end == WriteEnd::Close ? to.writeFinal(data, len)
            : end == WriteEnd::Fin ? to.writeLast(data, len)
                                   : to.write(data, len);
   if (rc != 0) {
+    if (rc == UV_ETIMEDOUT && state_ == State::Tunnel && route_->kind != RouteKind::Tcp) {
+      loseLeg(&to == client_);  // the kernel reports the dead peer to the write before the read
+      return;
+    }
     noteTransportEnd(&to == client_);  // the peer is gone (reset, broken pipe)
     if (&to == upstream_ && state_ == State::Tunnel && route_->kind == RouteKind::Tcp) {
       tcpUpstreamFailed(legError(false, rc));
@@ -1174,7 +1179,7 @@ void Session::pump(Stream& from, Stream& to, const char* data, size_t len, Write
   }
   // Backpressure (design.md §3): the destination is over high water -> stop reading the source
   // until onDrain says it fell to half.
-  if (to.pendingBytes() > config().limits.high_water) {
+  if (to.pendingBytes() > config().limits.high_water && from.isOpen()) {
     from.readStop();
     const bool from_client = &from == client_;
     bool& paused = from_client ? client_paused_ : upstream_paused_;
@@ -1205,7 +1210,7 @@ void Session::resumeSource(bool from_client) {
     tunnel_->readsPaused(from_client, false, uv_now(worker_.loop()));
     if (tunnel_->takeRearm()) armTunnelTimer();
   }
-  if (from_client ? client_eof_ : upstream_eof_) return;
+  if ((from_client ? client_eof_ : upstream_eof_) || !source.isOpen()) return;
   int rc = source.readStart();
   if (rc != 0) finish(uvReason(from_client ? "client read" : "upstream read", rc));
 }
@@ -1278,6 +1283,11 @@ void Session::onLegEof(bool is_client) {
   }
   // Half-close: pass the FIN on once the queue is written, keep the other direction going.
   (is_client ? client_eof_ : upstream_eof_) = true;
+  if (lost_leg_ >= 0) {
+    // The other leg is gone (loseLeg): nothing is left to pass on or wait for.
+    finish(close_reason_ + "; " + (is_client ? "client" : "upstream") + " closed");
+    return;
+  }
   if (client_eof_ && upstream_eof_) {
     // Both FINs are in: closing sends ours to each side; a shutdown first would be a wasted
     // system call (queued bytes are dropped by the close either way).
@@ -1328,14 +1338,8 @@ void Session::onLegError(bool is_client, int uv_err) {
         return;
       }
       if (uv_err == UV_ETIMEDOUT) {
-        // TCP gave up on that peer (keepalive's watchPeer, or retransmissions): the leg is dead
-        // and closed now; a websocket relay closes the other one cleanly (1001) and ends.
-        (is_client ? client_ : upstream_)->close();
-        if (tunnel_ && tunnel_->peerLost(is_client, uv_now(worker_.loop()))) {
-          if (state_ == State::Tunnel) armTunnelTimer();
-          resumeDiscarded();
-          return;
-        }
+        loseLeg(is_client);
+        return;
       }
       break;
     default:
@@ -1362,8 +1366,28 @@ void Session::addClientCertHeaders(RequestHead& head) {
   if (!names.fingerprint.empty()) h.push_back({names.fingerprint, id.fingerprint});
 }
 
+void Session::loseLeg(bool is_client) {
+  // TCP gave up on that peer (watchPeer's user timeout, or the kernel's retransmission limit):
+  // the leg is dead. Nothing more is read from or written to it; the relay hears of it when the
+  // handle has closed and closes the other leg cleanly (1001). Tcp routes end as on any error.
+  if (lost_leg_ >= 0) return;
+  noteTransportEnd(is_client);
+  lost_leg_ = is_client ? 1 : 0;
+  (is_client ? client_paused_ : upstream_paused_) = false;
+  close_reason_ = std::string(is_client ? "client" : "upstream") + " stopped acknowledging TCP";
+  (is_client ? client_ : upstream_)->close();
+}
+
 void Session::onLegClosed(bool is_client) {
   --open_handles_;
+  if (state_ == State::Tunnel && lost_leg_ == (is_client ? 1 : 0)) {
+    if (tunnel_->peerLost(is_client, uv_now(worker_.loop()))) {
+      if (state_ == State::Tunnel) armTunnelTimer();
+      resumeDiscarded();
+    } else {
+      finish(close_reason_);
+    }
+  }
   if (!is_client && state_ == State::Connecting) {
     connectNextEndpoint();  // the failed attempt's handle is gone; try the next endpoint
     return;

@@ -147,6 +147,9 @@ class Session final : private SubscriptionOwner,
   void resumeSource(bool from_client);
   // resumeSource for every paused leg whose bytes now go nowhere (Relay::discardsFrom).
   void resumeDiscarded();
+  // A websocket tunnel's leg whose TCP connection timed out (ETIMEDOUT): closed now, and the
+  // relay told once its handle is closed (onLegClosed), outside any relay call in progress.
+  void loseLeg(bool is_client);
   void noteTransportEnd(bool is_client);  // a leg's EOF or error: transport_end_
   void upstreamFinished();
   void onLegError(bool is_client, int uv_err);
@@ -257,6 +260,7 @@ class Session final : private SubscriptionOwner,
   std::string upstream_addr_;
   std::string close_reason_;
   int status_ = 0;
+  int8_t lost_leg_ = -1;  // 1: the client, 0: the upstream timed out in the tunnel (loseLeg)
   uint64_t started_ms_ = 0;
   uint64_t last_activity_ms_ = 0;
   uint64_t half_close_deadline_ms_ = 0;

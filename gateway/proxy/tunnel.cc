@@ -174,6 +174,10 @@ bool Tunnel::inject(bool to_client, uint64_t now_ms) {
   if (l.want_ping) {
     l.want_ping = false;
     l.ping_sent_ms = now_ms;
+    if (l.peer_watched) {
+      l.peer_watched = false;  // the ping judges the leg again
+      owner_.tunnelWatchPeer(to_client, 0);
+    }
     rearm_ = true;
     std::string f = pingFrame(kKeepalivePing, masked);
     if (!write(to_client, f.data(), f.size())) return false;
@@ -330,6 +334,13 @@ void Tunnel::readsPaused(bool client, bool paused, uint64_t now_ms) {
 bool Tunnel::peerLost(bool client, uint64_t now_ms) {
   if (ended_) return false;
   now_ms_ = now_ms;
+  if (dead_leg_ >= 0) {
+    // A leg was declared dead already, and keeps that reason: if it was this one, its 1001 went
+    // to the other leg, whose reply is still awaited; if it was the other, this one was all the
+    // session waited for.
+    if (dead_leg_ != (client ? 1 : 0)) end(deadReason());
+    return true;
+  }
   legDead(client, now_ms, Death::Transport);
   return true;
 }

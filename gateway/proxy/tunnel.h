@@ -54,7 +54,7 @@ class TunnelOwner {
                                        const std::string& payload) = 0;
   // Keepalive cannot ping that leg (a frame in progress towards it has not ended): its transport
   // is to judge the peer instead (Stream::watchPeer); a peer it gives up on comes back as
-  // peerLost(). Once per leg.
+  // peerLost(). timeout_ms 0: the ping went out after all, and the watch ends.
   virtual void tunnelWatchPeer(bool client, uint32_t timeout_ms) {
     (void)client;
     (void)timeout_ms;

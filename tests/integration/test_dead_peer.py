@@ -35,13 +35,14 @@ def nft(*args):
     subprocess.run(["nft"] + list(args), check=True, timeout=10)
 
 
-def drop_packets_to(port):
-    """From now on nothing reaches `port` on this namespace's loopback: what is sent to the
-    socket there goes unacknowledged, as if the host behind it had vanished."""
+def drop_packets_to(test, port):
+    """From now on nothing sent to `port` on this namespace's loopback arrives: it leaves its
+    sender and is dropped on input, so it goes unacknowledged and is sent again until TCP gives
+    up, as if the host behind the port had vanished. Undone when the test ends."""
     nft("add", "table", "inet", "dead_peer")
-    nft("add", "chain", "inet", "dead_peer", "out",
-        "{ type filter hook output priority 0; }")
-    nft("add", "rule", "inet", "dead_peer", "out", "tcp", "dport", str(port), "drop")
+    test.addCleanup(nft, "delete", "table", "inet", "dead_peer")
+    nft("add", "chain", "inet", "dead_peer", "in", "{ type filter hook input priority 0; }")
+    nft("add", "rule", "inet", "dead_peer", "in", "tcp", "dport", str(port), "drop")
 
 
 def frame_start(mask):
@@ -183,11 +184,15 @@ class DeadPeerBehindAFrame:
 
     def test_client_that_stops_acknowledging_is_found_dead(self):
         self.start_upstream_trickling()
-        drop_packets_to(self.client.local[1])
+        drop_packets_to(self, self.client.local[1])
         started = time.monotonic()
         got = self.up.wait_event(lambda e: e[0] in ENDED, timeout=FOUND_WITHIN + 5,
                                  what="the end of the session")
         self.assert_found_dead("client", got, time.monotonic() - started)
+        # The upstream, inside its frame, cannot answer the close frame; it closes its socket
+        # instead, and with the client gone that ends the session at once.
+        entry = self.gw.access_log_for_client(self.client.local)
+        self.assertEqual(entry.get("close"), "client stopped acknowledging TCP; upstream closed")
 
     def test_live_client_behind_the_frame_is_left_alone(self):
         self.start_upstream_trickling()
@@ -221,7 +226,7 @@ class DeadPeerBehindAFrame:
         client.start()
         client.wait_event(lambda e: e[0] == "frame-started", 10, "the frame's start")
         time.sleep(TRICKLE * 5)  # a few pieces reach the upstream
-        drop_packets_to(port)
+        drop_packets_to(self, port)
         started = time.monotonic()
         got = client.wait_event(lambda e: e[0] in ENDED, FOUND_WITHIN + 5, "the end of the session")
         self.assert_found_dead("upstream", got, time.monotonic() - started)

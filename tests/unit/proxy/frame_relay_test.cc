@@ -730,11 +730,13 @@ TEST_CASE("Tunnel: a ping held back behind a frame leaves the leg to TCP", "[pro
   t.onTimer(1900);
   CHECK(o.watched.size() == 1);  // once per leg
   CHECK_FALSE(o.ended);
-  SECTION("the frame ends: the ping goes out after it") {
+  SECTION("the frame ends: the ping goes out after it, and TCP's watch ends") {
     feed(t, false, big.substr(200), 2000);
     auto down = decode(o.to_client_, Role::Server);
     REQUIRE(down.size() == 2);
     CHECK(down[1].op == opcode::kPing);
+    REQUIRE(o.watched.size() == 2);
+    CHECK(o.watched[1] == std::pair<bool, uint32_t>{true, 0});
   }
   SECTION("TCP gives up on the client: the upstream gets 1001, its reply ends the session") {
     REQUIRE(t.peerLost(/*client=*/true, 2000));
@@ -752,6 +754,27 @@ TEST_CASE("Tunnel: a ping held back behind a frame leaves the leg to TCP", "[pro
     CHECK(o.ended);
     CHECK(o.end_reason == "client stopped acknowledging TCP");
   }
+}
+
+TEST_CASE("Tunnel: a leg lost after a keepalive death keeps the first reason", "[proxy][tunnel]") {
+  Owner o;
+  Tunnel t(o, keepaliveSetup(TunnelMode::Passthrough), 0);
+  t.onTimer(1000);  // both pinged
+  feed(t, true, cframe(opcode::kPong, "upgate-keepalive"), 1100);
+  t.onTimer(1500);  // the upstream did not answer: 1001 to the client
+  REQUIRE(closeCodeOf(decode(o.to_client_, Role::Server).back()) == 1001);
+  CHECK_FALSE(o.ended);
+  SECTION("the dead leg's TCP gives up too: the client's reply is still awaited") {
+    REQUIRE(t.peerLost(/*client=*/false, 1600));
+    CHECK_FALSE(o.ended);
+    feed(t, true, cframe(opcode::kClose, std::string("\x03\xe9", 2)), 1700);
+    CHECK(o.ended);
+  }
+  SECTION("the client's TCP gives up: nothing is left to wait for") {
+    REQUIRE(t.peerLost(/*client=*/true, 1600));
+    CHECK(o.ended);
+  }
+  CHECK(o.end_reason == "upstream did not answer a ping");
 }
 
 TEST_CASE("Tunnel: a leg lost while the other one is done ends the session", "[proxy][tunnel]") {
