@@ -1160,7 +1160,7 @@ void Session::tcpUpstreamFailed(const std::string& reason) {
 void Session::pump(Stream& from, Stream& to, const char* data, size_t len, WriteEnd end) {
   last_activity_ms_ = uv_now(worker_.loop());
   // The FIN that lingerClose would send next goes out with the bytes (one segment, not two).
-  if (!to.isOpen() && lost_leg_ >= 0) return;  // a leg lost (loseLeg) takes nothing more
+  if (lost_leg_ >= 0 && !to.isOpen()) return;  // a leg lost (loseLeg) takes nothing more
   int rc = end == WriteEnd::Close ? to.writeFinal(data, len)
            : end == WriteEnd::Fin ? to.writeLast(data, len)
                                   : to.write(data, len);
@@ -1284,8 +1284,15 @@ void Session::onLegEof(bool is_client) {
   // Half-close: pass the FIN on once the queue is written, keep the other direction going.
   (is_client ? client_eof_ : upstream_eof_) = true;
   if (lost_leg_ >= 0) {
-    // The other leg is gone (loseLeg): nothing is left to pass on or wait for.
-    finish(close_reason_ + "; " + (is_client ? "client" : "upstream") + " closed");
+    // The other leg is gone (loseLeg): nothing is left to pass on or wait for once what is
+    // queued for this one (its 1001, behind any backlog) is written; timeouts.close bounds that.
+    close_reason_ += std::string("; ") + (is_client ? "client" : "upstream") + " closed";
+    Stream& survivor = is_client ? *client_ : *upstream_;
+    if (survivor.pendingBytes() == 0) {
+      finish(close_reason_);
+    } else {
+      survivor.shutdown();
+    }
     return;
   }
   if (client_eof_ && upstream_eof_) {
@@ -1337,7 +1344,7 @@ void Session::onLegError(bool is_client, int uv_err) {
         tcpUpstreamFailed(reason);
         return;
       }
-      if (uv_err == UV_ETIMEDOUT) {
+      if (uv_err == UV_ETIMEDOUT && route_->kind != RouteKind::Tcp) {
         loseLeg(is_client);
         return;
       }
@@ -1369,12 +1376,16 @@ void Session::addClientCertHeaders(RequestHead& head) {
 void Session::loseLeg(bool is_client) {
   // TCP gave up on that peer (watchPeer's user timeout, or the kernel's retransmission limit):
   // the leg is dead. Nothing more is read from or written to it; the relay hears of it when the
-  // handle has closed and closes the other leg cleanly (1001). Tcp routes end as on any error.
-  if (lost_leg_ >= 0) return;
+  // handle has closed and closes the other leg cleanly (1001). Websocket routes only.
+  const std::string who = is_client ? "client" : "upstream";
+  if (lost_leg_ >= 0) {
+    if (lost_leg_ != (is_client ? 1 : 0)) finish(close_reason_ + "; " + who + " too");
+    return;
+  }
   noteTransportEnd(is_client);
   lost_leg_ = is_client ? 1 : 0;
   (is_client ? client_paused_ : upstream_paused_) = false;
-  close_reason_ = std::string(is_client ? "client" : "upstream") + " stopped acknowledging TCP";
+  close_reason_ = who + " stopped acknowledging TCP";
   (is_client ? client_ : upstream_)->close();
 }
 

@@ -75,6 +75,7 @@ void Tunnel::onData(bool from_client, char* data, size_t len, uint64_t now_ms) {
   src.last_rx_ms = now_ms;
   src.ping_sent_ms = 0;  // anything at all proves the leg is alive
   src.want_ping = false;
+  if (src.peer_watched) unwatch(from_client);
   if (src.close_received) return;  // nothing after a close frame is read (RFC 6455 §5.5.1)
   if (frames_) {
     FrameRelay& relay = from_client ? frames_->up : frames_->down;
@@ -174,10 +175,7 @@ bool Tunnel::inject(bool to_client, uint64_t now_ms) {
   if (l.want_ping) {
     l.want_ping = false;
     l.ping_sent_ms = now_ms;
-    if (l.peer_watched) {
-      l.peer_watched = false;  // the ping judges the leg again
-      owner_.tunnelWatchPeer(to_client, 0);
-    }
+    if (l.peer_watched) unwatch(to_client);
     rearm_ = true;
     std::string f = pingFrame(kKeepalivePing, masked);
     if (!write(to_client, f.data(), f.size())) return false;
@@ -197,8 +195,16 @@ bool Tunnel::flushInjections(uint64_t now_ms, bool first_to_client) {
   return inject(first_to_client, now_ms) && inject(!first_to_client, now_ms);
 }
 
+void Tunnel::unwatch(bool client) {
+  // The ping that TCP stood in for went out, or is no longer wanted: keepalive judges the leg
+  // by itself again.
+  leg(client).peer_watched = false;
+  owner_.tunnelWatchPeer(client, 0);
+}
+
 void Tunnel::closeSentTo(Leg& l, uint64_t now_ms) {
   l.close_sent = true;
+  if (l.peer_watched) unwatch(&l == &client_);
   l.want_ping = l.pong_due = false;
   l.ping_sent_ms = 0;
   if (close_deadline_ms_ == 0) {

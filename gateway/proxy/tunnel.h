@@ -171,6 +171,9 @@ class Tunnel final : public Relay {
   // Both legs' injections, `first_to_client`'s first.
   bool flushInjections(uint64_t now_ms, bool first_to_client = true);
   void closeSentTo(Leg& l, uint64_t now_ms);
+  // Ends the transport's watch (tunnelWatchPeer 0) of a leg whose held-back ping went out or is
+  // no longer wanted.
+  void unwatch(bool client);
   void fail(bool from_client, ParseError e);
   // Ping: no answer within timeout; Stalled: it took no data for interval + timeout while the
   // other leg waited on it; Transport: its TCP connection gave up on the peer.

@@ -738,6 +738,13 @@ TEST_CASE("Tunnel: a ping held back behind a frame leaves the leg to TCP", "[pro
     REQUIRE(o.watched.size() == 2);
     CHECK(o.watched[1] == std::pair<bool, uint32_t>{true, 0});
   }
+  SECTION("the client sends something: no ping is wanted, and TCP's watch ends") {
+    feed(t, true, cframe(opcode::kText, "hi"), 2000);
+    REQUIRE(o.watched.size() == 2);
+    CHECK(o.watched[1] == std::pair<bool, uint32_t>{true, 0});
+    feed(t, false, big.substr(200), 2100);  // the frame ends: the client is not quiet, no ping
+    CHECK(decode(o.to_client_, Role::Server).size() == 1);
+  }
   SECTION("TCP gives up on the client: the upstream gets 1001, its reply ends the session") {
     REQUIRE(t.peerLost(/*client=*/true, 2000));
     std::string before = o.to_client_;
