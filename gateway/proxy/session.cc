@@ -1018,6 +1018,7 @@ void Session::tunnelData(bool from_client, const char* data, size_t len) {
 }
 
 void Session::countTunnelBytes(bool to_client, size_t len) {
+  if (lost_leg_ == (to_client ? 1 : 0)) return;  // pump drops them: that leg is gone (loseLeg)
   if (to_client) {
     bytes_down_ += len;
     route_metrics_->bytes_down->add(len);
