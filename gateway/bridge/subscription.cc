@@ -13,6 +13,21 @@ namespace {
 // Client messages waiting to be POSTed (one is in flight): beyond this the client is too fast.
 constexpr size_t kMaxOutbox = 64;
 
+// Each line of the payload becomes its own data: field; EventSource joins them with \n. A line
+// ends at CRLF, LF or a lone CR (the SSE grammar treats all three as line ends). Ends the event.
+void appendSseData(std::string& out, std::string_view rest) {
+  for (;;) {
+    size_t end = rest.find_first_of("\r\n");
+    out += "data: ";
+    out.append(rest.substr(0, end));
+    out += '\n';
+    if (end == std::string_view::npos) break;
+    size_t skip = (rest[end] == '\r' && end + 1 < rest.size() && rest[end + 1] == '\n') ? 2 : 1;
+    rest.remove_prefix(end + skip);
+  }
+  out += '\n';
+}
+
 }  // namespace
 
 std::string encodeWsFrame(const ChannelMessage& m) {
@@ -27,21 +42,30 @@ std::string encodeWsFrame(const ChannelMessage& m) {
 }
 
 std::string encodeSseEvent(const ChannelMessage& m) {
-  // Each line of the payload becomes its own data: field; EventSource joins them with \n. A line
-  // ends at CRLF, LF or a lone CR (the SSE grammar treats all three as line ends).
   std::string out = "id: " + std::to_string(m.seq) + "\n";
-  std::string_view rest(m.payload);
-  for (;;) {
-    size_t end = rest.find_first_of("\r\n");
-    out += "data: ";
-    out.append(rest.substr(0, end));
-    out += '\n';
-    if (end == std::string_view::npos) break;
-    size_t skip = (rest[end] == '\r' && end + 1 < rest.size() && rest[end + 1] == '\n') ? 2 : 1;
-    rest.remove_prefix(end + skip);
-  }
-  out += '\n';
+  appendSseData(out, m.payload);
   return out;
+}
+
+std::string encodeOverflowNotice(std::string_view notice, uint64_t count, bool sse) {
+  const std::string n = std::to_string(count);
+  constexpr std::string_view kCount = "{count}";
+  std::string text;
+  for (size_t at = 0;;) {
+    size_t next = notice.find(kCount, at);
+    text.append(notice.substr(at, next - at));
+    if (next == std::string_view::npos) break;
+    text += n;
+    at = next + kCount.size();
+  }
+  if (sse) {
+    std::string out = "event: overflow\n";
+    appendSseData(out, text);
+    return out;
+  }
+  char header[kMaxFrameHeader];
+  size_t len = writeFrameHeader(header, opcode::kText, true, false, text.size(), nullptr);
+  return std::string(header, len) + text;
 }
 
 const std::string& Delivery::wsFrame() const {
@@ -88,6 +112,7 @@ void Subscription::deliver(const Delivery& d) {
       if (dropped_++ == 0)
         UPGATE_LOG(warn, owner_.sessionId(), "channel {}: subscriber too slow, dropping messages",
                    channel_);
+      ++unannounced_;
       metrics_.channelDropped(worker_.metrics()).add();
       return;
     }
@@ -95,6 +120,17 @@ void Subscription::deliver(const Delivery& d) {
                channel_, out.pendingBytes());
     close(close_code::kPolicyViolation, "subscriber too slow");
     return;
+  }
+  if (unannounced_ != 0 && !route_.overflow_notice.empty()) {
+    // Before the first message after the gap: how many went missing.
+    std::string notice =
+        encodeOverflowNotice(route_.overflow_notice, unannounced_, mode_ == Mode::Sse);
+    unannounced_ = 0;
+    if (out.write(notice.data(), notice.size()) != 0) {
+      ended_ = true;
+      owner_.subscriptionEnded(close_code::kAbnormal, "client write failed");
+      return;
+    }
   }
   const std::string& bytes = mode_ == Mode::WebSocket ? d.wsFrame() : d.sseEvent();
   owner_.countBytes(0, d.message.payload.size());

@@ -13,6 +13,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "bridge/hub.h"
 #include "config/config.h"
@@ -46,6 +47,9 @@ class SubscriptionOwner {
 
 std::string encodeWsFrame(const ChannelMessage& m);
 std::string encodeSseEvent(const ChannelMessage& m);
+// A route's overflow_notice for `count` skipped messages: "{count}" replaced, then a text frame
+// (WebSocket) or an `overflow` event (SSE).
+std::string encodeOverflowNotice(std::string_view notice, uint64_t count, bool sse);
 
 class Subscription final : public ChannelSubscriber, private FrameSink {
  public:
@@ -107,7 +111,8 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   std::deque<std::string> outbox_;
   std::shared_ptr<HttpClient::Call> send_call_;
 
-  uint64_t dropped_ = 0;  // messages not sent: over max_queue_bytes with overflow: drop
+  uint64_t dropped_ = 0;      // messages not sent: over max_queue_bytes with overflow: drop
+  uint64_t unannounced_ = 0;  // ...of which overflow_notice has not told yet
   PendingPong pong_;
   bool close_sent_ = false;
   std::string close_description_;

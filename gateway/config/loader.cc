@@ -625,7 +625,8 @@ class Loader {
   void loadRoute(const Field& item, RouteConfig& r) {
     fields(item,
            {"name", "match", "kind", "upstream", "mode", "response_timeout", "longpoll", "channel",
-            "max_queue_bytes", "overflow", "sse", "plugins", "keepalive", "compression"},
+            "max_queue_bytes", "overflow", "overflow_notice", "sse", "plugins", "keepalive",
+            "compression"},
            {"name"}, [&](const std::string& key, const Field& f) {
              if (key == "name") {
                readString(f, r.name);
@@ -681,6 +682,8 @@ class Loader {
                  error(f.mark, f.path,
                        "unknown overflow policy " + quoted(s) + " (expected close or drop)");
                }
+             } else if (key == "overflow_notice") {
+               readString(f, r.overflow_notice);
              } else if (key == "sse") {
                readBool(f, r.sse);
              } else if (key == "plugins") {

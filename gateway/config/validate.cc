@@ -9,6 +9,7 @@
 
 #include "http/template.h"
 #include "websocket/deflate.h"
+#include "websocket/utf8.h"
 
 namespace upgate {
 
@@ -451,6 +452,16 @@ class Validator {
       if ((r.kind == RouteKind::Channel || r.kind == RouteKind::LongPoll) &&
           r.max_queue_bytes < 1024) {
         error(base + ".max_queue_bytes", "must be at least 1KiB");
+      }
+      if (!r.overflow_notice.empty()) {
+        if (r.kind != RouteKind::Channel && r.kind != RouteKind::LongPoll) {
+          error(base + ".overflow_notice", "only channel and longpoll routes have subscribers");
+        } else if (r.overflow != OverflowPolicy::Drop) {
+          error(base + ".overflow_notice",
+                "needs overflow: drop (with overflow: close nothing is skipped)");
+        } else if (!isValidUtf8(r.overflow_notice)) {
+          error(base + ".overflow_notice", "must be valid UTF-8 (it goes as a text message)");
+        }
       }
     }
   }

@@ -13,6 +13,7 @@
 """
 
 import asyncio
+import json
 import re
 import signal
 import struct
@@ -31,6 +32,7 @@ TOKEN = "it-s3cret-token"
 SOURCES = ["127.0.0.%d" % i for i in range(2, 10)]
 QUEUE = 64 * 1024          # max_queue_bytes of the slow-subscriber routes
 BIG = 192 * 1024           # message size for the slow-subscriber tests (3 x the queue limit)
+NOTICE = '{"type":"overflow","missed":{count}}'  # overflow_notice of the dropnote route
 
 
 def channel_routes():
@@ -41,6 +43,9 @@ def channel_routes():
          "channel": "{path.1}", "max_queue_bytes": "64KiB", "overflow": "close"},
         {"name": "drop", "match": {"path_prefix": "/drop/"}, "kind": "channel",
          "channel": "{path.1}", "max_queue_bytes": "64KiB", "overflow": "drop"},
+        {"name": "dropnote", "match": {"path_prefix": "/dropnote/"}, "kind": "channel",
+         "channel": "{path.1}", "max_queue_bytes": "64KiB", "overflow": "drop",
+         "overflow_notice": NOTICE},
     ]
 
 
@@ -433,14 +438,20 @@ class ChannelTest(GatewayTestCase):
         pool.close_all()
 
     def test_overflow_drop_keeps_slow_subscriber_and_others_get_everything(self):
-        pool = self.pool(name="drop")
-        fast = pool.connect_ws("/drop/dropchan", 3)
-        slow = self._slow_client("/drop/dropchan")
-        warm = warm_up(self.admin, "dropchan", 4)
-        n = self._publish_until_logged("dropchan", fast, pool,
-                                       r"channel dropchan: subscriber too slow, dropping", 1)
+        self._overflow_drop("drop", "dropchan")
+
+    def test_overflow_notice_tells_the_slow_subscriber_what_it_missed(self):
+        self._overflow_drop("dropnote", "notechan", notice=True)
+
+    def _overflow_drop(self, route, channel, notice=False):
+        pool = self.pool(name=route)
+        fast = pool.connect_ws("/%s/%s" % (route, channel), 3)
+        slow = self._slow_client("/%s/%s" % (route, channel))
+        warm = warm_up(self.admin, channel, 4)
+        n = self._publish_until_logged(channel, fast, pool,
+                                       r"channel %s: subscriber too slow, dropping" % channel, 1)
         for i in range(n, n + 10):
-            self.admin.publish("dropchan", big_message(i))
+            self.admin.publish(channel, big_message(i))
         total = n + 10
         self._check_fast(pool, fast, total)
 
@@ -471,7 +482,7 @@ class ChannelTest(GatewayTestCase):
 
         answer = None
         for k in range(60):
-            answer = self.admin.publish("dropchan", "final-%d" % k)
+            answer = self.admin.publish(channel, "final-%d" % k)
             try:
                 harness.poll_until(got_final, 1.0, interval=0.02, what="a final message")
                 break
@@ -480,13 +491,26 @@ class ChannelTest(GatewayTestCase):
         self.assertTrue(got_final(), "the slow subscriber never caught up: %r %r"
                         % (reader_errors, [(op, p[:10]) for _, op, p in frames[-5:]]))
         self.assertEqual(answer["subscribers"], 4, "the slow subscriber should still count")
-        self.admin.publish("dropchan", "after")
+        self.admin.publish(channel, "after")
         reader.join(15)
         self.assertFalse(reader.is_alive(), "no 'after' message at the slow subscriber")
         self.assertEqual(reader_errors, [])
         self.assertEqual(frames[-1][2], b"after")
         self.assertNotIn(OP_CLOSE, {op for _, op, _ in frames},
                          "overflow: drop must not close the subscriber")
+        # The notices (dropnote) come apart from the messages: each just before the first message
+        # after a gap, saying how many went missing; together, every message skipped.
+        notices = [json.loads(p) for _, op, p in frames if p.startswith(b'{"type":"overflow"')]
+        if notice:
+            self.assertTrue(notices, "no overflow notice reached the slow subscriber")
+            for i, (_, op, p) in enumerate(frames):
+                if p.startswith(b'{"type":"overflow"'):
+                    self.assertEqual(op, OP_TEXT)
+                    self.assertLess(i + 1, len(frames), "a notice with no message after it")
+                    self.assertFalse(frames[i + 1][2].startswith(b'{"type":"overflow"'))
+        else:
+            self.assertEqual(notices, [])
+        frames = [f for f in frames if not f[2].startswith(b'{"type":"overflow"')]
         tags = [tag_of(p) for _, op, p in frames if tag_of(p) is not None]
         self.assertEqual(tags, sorted(set(tags)), "what the slow subscriber got is in order")
         self.assertLess(len(tags), total, "some messages should have been dropped")
@@ -503,14 +527,18 @@ class ChannelTest(GatewayTestCase):
         published = warm + total + (k + 1) + 1
         dropped = published - sum(1 for _, op, _ in frames if op in (OP_TEXT, OP_BINARY))
         self.assertGreater(dropped, 0)
-        series = r'^upgate_channel_dropped_total\{route="drop"\} (\d+)$'
+        if notice:
+            # All of them but those skipped after the last message it got (none: "after" was
+            # published once it was reading again).
+            self.assertEqual(sum(x["missed"] for x in notices), dropped, notices)
+        series = r'^upgate_channel_dropped_total\{route="%s"\} (\d+)$' % route
 
         def counted():
             m = re.search(series, self.admin.request("GET", "/metrics").body.decode(), re.M)
             return m is not None and int(m.group(1)) == dropped
 
         harness.poll_until(counted, 5, interval=0.05,
-                           what="upgate_channel_dropped_total{route=\"drop\"} %d" % dropped)
+                           what="upgate_channel_dropped_total{route=\"%s\"} %d" % (route, dropped))
         entry = self.gw.access_log_for_client(slow.local, timeout=10)
         self.assertIn("; %d channel messages not sent (over max_queue_bytes, overflow: drop)"
                       % dropped, entry.get("close"), entry)

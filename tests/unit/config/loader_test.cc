@@ -495,6 +495,25 @@ TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
     CHECK(cfg->admin.token == "s3cret");
     CHECK(cfg->routes.at(0).overflow == OverflowPolicy::Drop);
   }
+  SECTION("overflow_notice: channel and longpoll routes, with overflow: drop, in UTF-8") {
+    const std::string admin = "admin: { address: 127.0.0.1:0, token: s3cret }\n";
+    const std::string channel = "routes:\n  - name: n\n    kind: channel\n";
+    auto cfg = loadConfigString(
+        kBase + admin + channel + "    overflow: drop\n    overflow_notice: 'missed {count}'\n",
+        "t.yaml");
+    CHECK(cfg->routes.at(0).overflow_notice == "missed {count}");
+    CHECK(oneError(kBase + admin + channel + "    overflow_notice: 'missed {count}'\n") ==
+          "t.yaml:11:22: routes[0].overflow_notice: needs overflow: drop (with overflow: close "
+          "nothing is skipped)");
+    CHECK(oneError(kBase + admin + channel +
+                   "    overflow: drop\n    overflow_notice: a\xff\xfe\n") ==  // raw bytes
+          "t.yaml:12:22: routes[0].overflow_notice: must be valid UTF-8 (it goes as a text "
+          "message)");
+    CHECK(oneError(kBase + "routes:\n  - name: w\n    upstream: chat\n"
+                           "    overflow_notice: 'missed {count}'\n") ==
+          "t.yaml:10:22: routes[0].overflow_notice: only channel and longpoll routes have "
+          "subscribers");
+  }
   SECTION("other routes still need an upstream") {
     CHECK(oneError(kBase + "routes:\n  - name: r\n    kind: http\n") ==
           "t.yaml:8:5: routes[0].upstream: required key is missing");
