@@ -683,7 +683,7 @@ class Loader {
                        "unknown overflow policy " + quoted(s) + " (expected close or drop)");
                }
              } else if (key == "overflow_notice") {
-               readString(f, r.overflow_notice);
+               readNonEmptyString(f, r.overflow_notice);
              } else if (key == "sse") {
                readBool(f, r.sse);
              } else if (key == "plugins") {

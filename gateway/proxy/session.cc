@@ -1285,15 +1285,9 @@ void Session::onLegEof(bool is_client) {
   // Half-close: pass the FIN on once the queue is written, keep the other direction going.
   (is_client ? client_eof_ : upstream_eof_) = true;
   if (lost_leg_ >= 0) {
-    // The other leg is gone (loseLeg): nothing is left to pass on or wait for once what is
-    // queued for this one (its 1001, behind any backlog) is written; timeouts.close bounds that.
-    close_reason_ += std::string("; ") + (is_client ? "client" : "upstream") + " closed";
-    Stream& survivor = is_client ? *client_ : *upstream_;
-    if (survivor.pendingBytes() == 0) {
-      finish(close_reason_);
-    } else {
-      survivor.shutdown();
-    }
+    // The other leg is gone (loseLeg): nothing is left to pass on or wait for. As when both
+    // sides closed, what is still queued for this one is dropped: it sends nothing more.
+    finish(close_reason_ + "; " + (is_client ? "client" : "upstream") + " closed");
     return;
   }
   if (client_eof_ && upstream_eof_) {

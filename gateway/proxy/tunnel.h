@@ -54,7 +54,8 @@ class TunnelOwner {
                                        const std::string& payload) = 0;
   // Keepalive cannot ping that leg (a frame in progress towards it has not ended): its transport
   // is to judge the peer instead (Stream::watchPeer); a peer it gives up on comes back as
-  // peerLost(). timeout_ms 0: the ping went out after all, and the watch ends.
+  // peerLost(). timeout_ms 0: the ping went out after all, or is no longer wanted (the leg spoke,
+  // or was sent its close frame): the watch ends.
   virtual void tunnelWatchPeer(bool client, uint32_t timeout_ms) {
     (void)client;
     (void)timeout_ms;

@@ -502,6 +502,9 @@ TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
         kBase + admin + channel + "    overflow: drop\n    overflow_notice: 'missed {count}'\n",
         "t.yaml");
     CHECK(cfg->routes.at(0).overflow_notice == "missed {count}");
+    CHECK(oneError(kBase + admin + channel + "    overflow: drop\n    overflow_notice: ''\n") ==
+          "t.yaml:12:22: routes[0].overflow_notice: must not be empty (leave the key out for the "
+          "default)");
     CHECK(oneError(kBase + admin + channel + "    overflow_notice: 'missed {count}'\n") ==
           "t.yaml:11:22: routes[0].overflow_notice: needs overflow: drop (with overflow: close "
           "nothing is skipped)");
