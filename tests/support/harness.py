@@ -18,6 +18,7 @@ Pieces:
 
 import asyncio
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -374,9 +375,18 @@ class Gateway:
         return found[0]
 
     def access_log_for_client(self, client_addr, timeout=5.0):
+        """The line of the session from `client_addr`. The kernel hands a client's port out again
+        once it is closed, so for a RawClient's address only lines written after it connected
+        count: an earlier session from the same port is someone else's."""
         want = hostport(client_addr)
-        return self.wait_access_log(lambda e: e.get("client") == want, timeout,
-                                    what="access-log line for client %s" % want)
+        since = _connected_at.get(tuple(client_addr[:2]))
+
+        def mine(e):
+            # Half a millisecond of slack for the float round trip of equal milliseconds.
+            return e.get("client") == want and (
+                since is None or _log_time(e) >= since - 0.0005)
+
+        return self.wait_access_log(mine, timeout, what="access-log line for client %s" % want)
 
     # -- resources ------------------------------------------------------------------------
     def rss_kib(self):
@@ -972,6 +982,20 @@ class Response:
                                                 self.body[:200])
 
 
+# When each RawClient connected (wall clock, whole milliseconds down, as the access log's "ts"),
+# by its local address: access_log_for_client tells its session from an earlier one on the port.
+_connected_at = {}
+
+
+def _log_time(entry):
+    ts = entry.get("ts", "")
+    try:
+        return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return float("inf")  # not a time: never taken for an earlier session's
+
+
 class RawClient:
     """A client socket for hand-written traffic."""
 
@@ -983,6 +1007,7 @@ class RawClient:
         self.sock.settimeout(IO_TIMEOUT)
         self.sock.connect(tuple(addr))
         self.local = self.sock.getsockname()
+        _connected_at[tuple(self.local[:2])] = int(time.time() * 1000) / 1000.0
         self.pending = b""
         self.frames = FrameReader()
 
