@@ -21,6 +21,10 @@ struct MessageCounters {
   metrics::Counter* down = nullptr;  // ...to the client
 };
 
+// How a leg whose TCP connection timed out is named in close reasons ("client" + this): the
+// tunnel's 1001 and the session's own reason say the same.
+inline constexpr const char* kLostLegReason = " stopped acknowledging TCP";
+
 class Relay {
  public:
   virtual ~Relay() = default;

@@ -1380,7 +1380,7 @@ void Session::loseLeg(bool is_client) {
   noteTransportEnd(is_client);
   lost_leg_ = is_client ? 1 : 0;
   (is_client ? client_paused_ : upstream_paused_) = false;
-  close_reason_ = who + " stopped acknowledging TCP";
+  close_reason_ = who + kLostLegReason;
   (is_client ? client_ : upstream_)->close();
 }
 

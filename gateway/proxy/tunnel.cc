@@ -380,7 +380,7 @@ void Tunnel::legDead(bool client, uint64_t now_ms, Death why) {
 
 std::string Tunnel::deadReason() const {
   const char* what = dead_why_ == Death::Stalled     ? " did not read"
-                     : dead_why_ == Death::Transport ? " stopped acknowledging TCP"
+                     : dead_why_ == Death::Transport ? kLostLegReason
                                                      : " did not answer a ping";
   return std::string(legName(dead_leg_ == 1)) + what;
 }
