@@ -673,14 +673,16 @@ class Loader {
                readSize(f, r.max_queue_bytes);
              } else if (key == "overflow") {
                std::string s;
-               if (!readString(f, s)) return;
-               if (s == "close") {
-                 r.overflow = OverflowPolicy::Close;
-               } else if (s == "drop") {
-                 r.overflow = OverflowPolicy::Drop;
+               bool read = readString(f, s);
+               if (read && (s == "close" || s == "drop")) {
+                 r.overflow = s == "drop" ? OverflowPolicy::Drop : OverflowPolicy::Close;
                } else {
-                 error(f.mark, f.path,
-                       "unknown overflow policy " + quoted(s) + " (expected close or drop)");
+                 if (read) {
+                   error(f.mark, f.path,
+                         "unknown overflow policy " + quoted(s) + " (expected close or drop)");
+                 }
+                 // overflow_notice is checked against this value: not knowing it, say nothing.
+                 blocked_.push_back(parentPath(f.path) + ".overflow_notice");
                }
              } else if (key == "overflow_notice") {
                readNonEmptyString(f, r.overflow_notice);

@@ -512,6 +512,14 @@ TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
                    "    overflow: drop\n    overflow_notice: a\xff\xfe\n") ==  // raw bytes
           "t.yaml:12:22: routes[0].overflow_notice: must be valid UTF-8 (it goes as a text "
           "message)");
+    // A mistyped policy is the one error: the notice is not also said to need drop.
+    CHECK(oneError(kBase + admin + channel +
+                   "    overflow: dorp\n    overflow_notice: 'missed {count}'\n") ==
+          "t.yaml:11:15: routes[0].overflow: unknown overflow policy \"dorp\" (expected close or "
+          "drop)");
+    CHECK(oneError(kBase + admin + channel +
+                   "    overflow: [drop]\n    overflow_notice: 'missed {count}'\n") ==
+          "t.yaml:11:15: routes[0].overflow: expected a string, got a sequence");
     CHECK(oneError(kBase + "routes:\n  - name: w\n    upstream: chat\n"
                            "    overflow_notice: 'missed {count}'\n") ==
           "t.yaml:10:22: routes[0].overflow_notice: only channel and longpoll routes have "
