@@ -121,17 +121,7 @@ void Subscription::deliver(const Delivery& d) {
     close(close_code::kPolicyViolation, "subscriber too slow");
     return;
   }
-  if (unannounced_ != 0 && !route_.overflow_notice.empty()) {
-    // Before the first message after the gap: how many went missing.
-    std::string notice =
-        encodeOverflowNotice(route_.overflow_notice, unannounced_, mode_ == Mode::Sse);
-    unannounced_ = 0;
-    if (out.write(notice.data(), notice.size()) != 0) {
-      ended_ = true;
-      owner_.subscriptionEnded(close_code::kAbnormal, "client write failed");
-      return;
-    }
-  }
+  if (!announceGap()) return;  // before the first message after a gap
   const std::string& bytes = mode_ == Mode::WebSocket ? d.wsFrame() : d.sseEvent();
   owner_.countBytes(0, d.message.payload.size());
   if (out.write(bytes.data(), bytes.size()) != 0) {
@@ -141,6 +131,24 @@ void Subscription::deliver(const Delivery& d) {
   }
   worker_.deliveries().add();
   metrics_.messages.down->add();
+}
+
+void Subscription::onClientDrain() {
+  if (ended_ || close_sent_) return;
+  announceGap();  // the backlog went down to half: tell the gap now, not at the next message
+}
+
+bool Subscription::announceGap() {
+  if (unannounced_ == 0 || route_.overflow_notice.empty()) return true;
+  std::string notice =
+      encodeOverflowNotice(route_.overflow_notice, unannounced_, mode_ == Mode::Sse);
+  unannounced_ = 0;
+  if (owner_.clientStream().write(notice.data(), notice.size()) != 0) {
+    ended_ = true;
+    owner_.subscriptionEnded(close_code::kAbnormal, "client write failed");
+    return false;
+  }
+  return true;
 }
 
 bool Subscription::writeFrame(uint8_t op, const char* data, size_t len) {

@@ -79,6 +79,10 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   uint64_t dropped() const { return dropped_; }
 
   void deliver(const Delivery& d) override;
+  // The client's queue fell to half of max_queue_bytes (the owner sets the stream's high water
+  // to it): a gap in what it was sent is told now (overflow_notice) rather than only before the
+  // next message, which may never come.
+  void onClientDrain();
 
  private:
   bool onFrameHeader(const FrameHeader& h, const char* raw, size_t raw_len) override;
@@ -90,6 +94,9 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   bool writeFrame(uint8_t opcode, const char* data, size_t len);
   void onClientMessage();
   void sendNext();
+  // Writes the overflow notice for the messages skipped since the last one told, if any and if
+  // the route has one. False when the write failed (the subscription has ended).
+  bool announceGap();
 
   Worker& worker_;
   const Generation& generation_;

@@ -192,8 +192,9 @@ struct RouteConfig {
   // longpoll and channel: per-subscriber queue of unsent bytes, and what happens beyond it
   size_t max_queue_bytes = 1024 * 1024;
   OverflowPolicy overflow = OverflowPolicy::Close;  // Close: 1008; Drop: skip messages
-  // overflow: drop: sent to the subscriber before the first message after a gap, "{count}"
-  // replaced by how many it missed (WebSocket: a text message; SSE: an `overflow` event).
+  // overflow: drop: sent to the subscriber after a gap, when its backlog is down to half or
+  // before its next message, "{count}" replaced by how many it missed (WebSocket: a text
+  // message; SSE: an `overflow` event).
   // Empty: none.
   std::string overflow_notice;
   bool sse = true;  // also serve text/event-stream to non-WebSocket GETs

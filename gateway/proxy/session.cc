@@ -511,7 +511,9 @@ void Session::subscribe(bool upgrade) {
   answered(mode == Subscription::Mode::Sse ? 200 : 101);
   upstream_addr_.clear();
   state_ = State::Subscribed;
-  client_->setHighWater(config().limits.high_water);
+  // Nothing is read on behalf of a subscriber's queue, so limits.high_water has no use here; at
+  // the route's max_queue_bytes the drain upcall tells the subscription its backlog went down.
+  client_->setHighWater(route_->max_queue_bytes);
   if (client_->write(response.data(), response.size()) != 0) {
     finish("client write failed");
     return;
@@ -1196,6 +1198,10 @@ void Session::pump(Stream& from, Stream& to, const char* data, size_t len, Write
 void Session::onLegDrain(bool is_client) {
   if (state_ == State::Exchanging) {
     if (is_client) exchange_->onClientDrain();
+    return;
+  }
+  if (state_ == State::Subscribed) {
+    if (is_client && subscription_) subscription_->onClientDrain();
     return;
   }
   if (state_ != State::Tunnel) return;

@@ -443,7 +443,45 @@ class ChannelTest(GatewayTestCase):
     def test_overflow_notice_tells_the_slow_subscriber_what_it_missed(self):
         self._overflow_drop("dropnote", "notechan", notice=True)
 
+    def test_overflow_notice_comes_when_the_backlog_drains(self):
+        # The last messages published are skipped for the slow subscriber, and nothing is
+        # published after them: the notice must not wait for a next message that never comes.
+        pool = self.pool(name="drain-notice")
+        fast = pool.connect_ws("/dropnote/tailchan", 1)
+        slow = self._slow_client("/dropnote/tailchan")
+        warm_up(self.admin, "tailchan", 2)  # how many of these the slow one got may vary
+        n = self._publish_until_logged("tailchan", fast, pool,
+                                       r"channel tailchan: subscriber too slow, dropping", 1)
+        for i in range(n, n + 3):
+            self.admin.publish("tailchan", big_message(i))
+        self._check_fast(pool, fast, n + 3)
+        published = n + 3
+
+        def told_everything(frames):
+            got = sum(1 for _, _, p in frames if tag_of(p) is not None)
+            told = sum(json.loads(p)["missed"] for _, op, p in frames
+                       if p.startswith(b'{"type":"overflow"'))
+            return got + told == published
+
+        frames = self._read_all(slow, told_everything, timeout=30)
+        self.assertTrue(frames[-1][2].startswith(b'{"type":"overflow"'),
+                        "the last skipped messages should be told last: %r" % frames[-1][2][:40])
+        tags = [tag_of(p) for _, _, p in frames if tag_of(p) is not None]
+        self.assertEqual(tags, sorted(set(tags)))
+        self.assertLess(tags[-1], n + 2, "the last messages should have been skipped")
+        slow.send_frame(OP_CLOSE, harness.close_payload(1000))
+        _, op, _ = slow.recv_frame()
+        self.assertEqual(op, OP_CLOSE)
+        pool.close_all()
+
+    def _dropped_total(self, route):
+        """upgate_channel_dropped_total{route=...}: 0 before the route's first skip."""
+        series = r'^upgate_channel_dropped_total\{route="%s"\} (\d+)$' % route
+        m = re.search(series, self.admin.request("GET", "/metrics").body.decode(), re.M)
+        return int(m.group(1)) if m else 0
+
     def _overflow_drop(self, route, channel, notice=False):
+        dropped_before = self._dropped_total(route)  # other tests of the class use the route
         pool = self.pool(name=route)
         fast = pool.connect_ws("/%s/%s" % (route, channel), 3)
         slow = self._slow_client("/%s/%s" % (route, channel))
@@ -531,14 +569,9 @@ class ChannelTest(GatewayTestCase):
             # Every skip comes before some message it got ("after" came last), so every one was
             # told of.
             self.assertEqual(sum(x["missed"] for x in notices), dropped, notices)
-        series = r'^upgate_channel_dropped_total\{route="%s"\} (\d+)$' % route
-
-        def counted():
-            m = re.search(series, self.admin.request("GET", "/metrics").body.decode(), re.M)
-            return m is not None and int(m.group(1)) == dropped
-
-        harness.poll_until(counted, 5, interval=0.05,
-                           what="upgate_channel_dropped_total{route=\"%s\"} %d" % (route, dropped))
+        harness.poll_until(lambda: self._dropped_total(route) - dropped_before == dropped, 5,
+                           interval=0.05, what="upgate_channel_dropped_total{route=\"%s\"} %d "
+                           "more than before" % (route, dropped))
         entry = self.gw.access_log_for_client(slow.local, timeout=10)
         self.assertIn("; %d channel messages not sent (over max_queue_bytes, overflow: drop)"
                       % dropped, entry.get("close"), entry)
