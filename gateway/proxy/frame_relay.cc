@@ -212,7 +212,7 @@ bool FrameRelay::onFramePayload(const FrameHeader& h, char* data, size_t len, ui
     return true;
   }
   size_t before = message_.size();
-  e = codecError(inflater_->decompress(data, len, false, validator_.inflateBudget(), &message_));
+  e = codecError(inflater_->decompress(data, len, false, validator_.maxMessageSize(), &message_));
   if (!e) e = validator_.onInflatedPayload(message_.data() + before, message_.size() - before);
   return e ? fail(e) : true;
 }
@@ -221,7 +221,7 @@ bool FrameRelay::onFrameEnd(const FrameHeader& h) {
   if (whole_messages_ && !isControlOpcode(h.opcode) && h.fin && validator_.messageCompressed()) {
     size_t before = message_.size();
     ParseError e =
-        codecError(inflater_->decompress(nullptr, 0, true, validator_.inflateBudget(), &message_));
+        codecError(inflater_->decompress(nullptr, 0, true, validator_.maxMessageSize(), &message_));
     if (!e) e = validator_.onInflatedPayload(message_.data() + before, message_.size() - before);
     if (e) return fail(e);
   }

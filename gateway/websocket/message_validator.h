@@ -65,10 +65,9 @@ class MessageValidator {
   bool messageCompressed() const { return message_compressed_; }
   uint64_t messageBytes() const { return message_compressed_ ? inflated_bytes_ : wire_bytes_; }
 
-  // Output cap to give the Inflater for the rest of the current compressed message.
-  uint64_t inflateBudget() const {
-    return inflated_bytes_ >= max_message_size_ ? 0 : max_message_size_ - inflated_bytes_;
-  }
+  // The cap on a whole message (inflated bytes, for a compressed one): the Inflater's
+  // max_message_out, which it compares with all it produced for the message so far.
+  uint64_t maxMessageSize() const { return max_message_size_; }
 
   // Payload of the last control frame, complete after its onFrameEnd (e.g. to answer a ping);
   // valid until the next control frame's header. Pointer into this object.

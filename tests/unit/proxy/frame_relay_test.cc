@@ -409,6 +409,29 @@ TEST_CASE("FrameRelay: bad compressed input fails with the right code",
     FrameRelay r(o, s);
     CHECK(r.feed(&input[0], input.size()).code == close_code::kMessageTooBig);
   }
+  SECTION("a message of exactly max_message_size once inflated passes, one byte more -> 1009") {
+    // Split over fragments and reads, so the cap is checked against the whole message, not
+    // against what each call inflates (nor the rest of it twice).
+    o.max_message_size = 1000;
+    for (size_t size : {size_t{1000}, size_t{1001}}) {
+      std::string payload = deflated(std::string(size, 'a'));
+      std::string input = cframe(opcode::kBinary, payload.substr(0, 4), false, true) +
+                          cframe(opcode::kContinuation, payload.substr(4), true);
+      for (size_t at = 0; at <= input.size(); ++at) {
+        Sink s;
+        FrameRelay r(o, s);
+        ParseError e = feedSplit(r, input, at);
+        if (size == 1000) {
+          REQUIRE_FALSE(e);
+          auto out = decode(s.out, Role::Client);
+          REQUIRE(out.size() == 1);
+          REQUIRE(out[0].payload == std::string(size, 'a'));
+        } else {
+          REQUIRE(e.code == close_code::kMessageTooBig);
+        }
+      }
+    }
+  }
   SECTION("invalid UTF-8 once inflated -> 1007") {
     std::string input = cframe(opcode::kText, deflated("ok \xed\xa0\x80"), true, true);
     Sink s;

@@ -261,9 +261,7 @@ TEST_CASE("message_validator: compressed text is checked on the inflated bytes",
   SECTION("inflated size over the limit") {
     MessageValidator v(10);
     REQUIRE(v.onFrameHeader(first).code == 0);
-    CHECK(v.inflateBudget() == 10);
     CHECK(v.onInflatedPayload("123456", 6).code == 0);
-    CHECK(v.inflateBudget() == 4);
     CHECK(v.onInflatedPayload("12345", 5).code == close_code::kMessageTooBig);
   }
 }
