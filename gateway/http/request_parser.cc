@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "http/llhttp_callbacks.h"
+#include "http/llhttp_strict.h"
 
 namespace upgate {
 
@@ -12,6 +13,7 @@ namespace {
 
 constexpr const char* kFoldReason =
     "obs-fold (header line starting with whitespace) is not allowed";
+constexpr const char* kNameSpaceReason = "whitespace between header field name and colon";
 
 }  // namespace
 
@@ -46,7 +48,7 @@ void splitTarget(std::string_view target, std::string& path, std::string& query)
 
 RequestParser::RequestParser(size_t max_head_bytes, size_t max_headers)
     : max_head_bytes_(max_head_bytes), max_headers_(max_headers) {
-  llhttp_init(&parser_, HTTP_REQUEST, &settings());
+  llhttpInitStrict(&parser_, HTTP_REQUEST, &settings());
   parser_.data = this;
 }
 
@@ -80,7 +82,7 @@ ParseResult RequestParser::feed(const char* data, size_t len) {
   if (n == 0) {
     return len == 0 ? ParseResult::NeedMore : failTooLarge();
   }
-  const llhttp_errno_t err = llhttp_execute(&parser_, data, n);
+  const llhttp_errno_t err = llhttpExecuteStrict(&parser_, data, n);
   switch (err) {
     case HPE_OK:
       if (scanForFold(data, n)) {
@@ -110,6 +112,9 @@ ParseResult RequestParser::feed(const char* data, size_t len) {
       }
       if (cb_status_ != 0) {
         return fail(cb_status_, std::move(cb_reason_));
+      }
+      if (err == HPE_INVALID_HEADER_TOKEN && stop && (*stop == ' ' || *stop == '\t')) {
+        return fail(400, kNameSpaceReason);  // strict mode stops at the space itself
       }
       const char* why = llhttp_get_error_reason(&parser_);
       return fail(400, std::string("malformed request: ") + (why ? why : llhttp_errno_name(err)));
@@ -157,9 +162,10 @@ int RequestParser::onHeaderField(const char* at, size_t len) noexcept {
 }
 
 int RequestParser::onHeaderFieldComplete() noexcept {
-  // llhttp's loose mode keeps "Host :" as the name "Host "; RFC 7230 §3.2.4 demands a 400.
+  // RFC 7230 §3.2.4 demands a 400. llhttp's strict mode stops at the space (see feed()); this
+  // holds whichever machine runs.
   if (!isToken(field_)) {
-    return reject(400, "whitespace between header field name and colon");
+    return reject(400, kNameSpaceReason);
   }
   if (head_.headers.size() >= max_headers_) {
     return reject(431, "more than " + std::to_string(max_headers_) + " header fields");

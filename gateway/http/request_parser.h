@@ -9,9 +9,10 @@
 //     llhttp skips before the request line), counted across feeds: exceeding -> 431, even when
 //     the head never completes;
 //   - header field count: more than max_headers -> 431;
-//   - anything llhttp rejects in its default (non-lenient) mode -> 400 (bad request line, invalid
-//     token or value characters, bare CR, bare LF inside a value, Content-Length together with
-//     Transfer-Encoding, duplicate Content-Length, Transfer-Encoding without final "chunked");
+//   - anything llhttp rejects in its strict mode (http/llhttp_strict.h) -> 400 (bad request line,
+//     raw control or non-ASCII bytes in the target, invalid token or value characters, a CR not
+//     followed by LF, bare LF inside a value, Content-Length together with Transfer-Encoding,
+//     duplicate Content-Length, Transfer-Encoding without final "chunked");
 //   - checks llhttp does not make, RFC 7230 §3.2.4 and §3 -> 400: whitespace between a field name
 //     and the colon, obs-fold (a header line starting with SP/HTAB), an HTTP/0.9 request line
 //     without a version;

@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "http/forwarding.h"
 #include "http/headers.h"
+#include "http/llhttp_strict.h"
 #include "proxy/worker.h"
 
 namespace upgate {
@@ -256,10 +257,10 @@ size_t HttpExchange::start(const char* early, size_t len) {
       req_done_ = body_left_ == 0;
       break;
     case RequestFraming::Body::Chunked:
-      llhttp_init(&req_parser_, HTTP_REQUEST, &requestSettings());
+      llhttpInitStrict(&req_parser_, HTTP_REQUEST, &requestSettings());
       req_parser_.data = this;
       // Cannot fail: a constant, valid head. Its header bytes are not trailer bytes.
-      llhttp_execute(&req_parser_, kChunkedPrime.data(), kChunkedPrime.size());
+      llhttpExecuteStrict(&req_parser_, kChunkedPrime.data(), kChunkedPrime.size());
       trailer_bytes_ = 0;
       break;
   }
@@ -287,7 +288,7 @@ bool HttpExchange::consumeBody(const char* data, size_t len, size_t* used) {
     req_done_ = body_left_ == 0;
     *used = n;
   } else {
-    const llhttp_errno_t err = llhttp_execute(&req_parser_, data, len);
+    const llhttp_errno_t err = llhttpExecuteStrict(&req_parser_, data, len);
     if (err == HPE_PAUSED) {  // reqMessageComplete: the body ended inside this read
       *used = static_cast<size_t>(llhttp_get_error_pos(&req_parser_) - data);
     } else if (err == HPE_OK) {

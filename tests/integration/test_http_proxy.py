@@ -373,6 +373,15 @@ class HttpProxyTest(GatewayTestCase):
                                       b"zz\r\nabc\r\n0\r\n\r\n"),
             "chunk-overflow": request("POST", "/chunkbody/2", [("Transfer-Encoding", "chunked")],
                                       b"fffffffffffffffffff\r\nabc\r\n0\r\n\r\n"),
+            # Chunk data must end in CRLF: a parser that skips any two bytes there reads
+            # "3\r\nabc\n1" + "00\r\n" as a last chunk, and what follows as another request.
+            "chunk-data-lf": request("POST", "/chunkbody/3", [("Transfer-Encoding", "chunked")],
+                                     b"3\r\nabc\n100\r\n\r\nGET /smuggle/13 HTTP/1.1\r\n"
+                                     b"Host: a\r\n\r\n" + b"x" * 212 + b"\r\n0\r\n\r\n"),
+            "chunk-data-xx": request("POST", "/chunkbody/4", [("Transfer-Encoding", "chunked")],
+                                     b"5\r\nhelloXX0\r\n\r\n"),
+            "head-cr-x": b"GET /smuggle/14 HTTP/1.1\r\nHost: a\r\n\rX",
+            "raw-utf8-target": b"GET /smuggle/caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
         }
         for name, data in shapes.items():
             with self.subTest(shape=name):
