@@ -1105,8 +1105,31 @@ bool Session::negotiateExtensions(ResponseHead& head, TunnelSetup& setup) {
     answer.append(x.value);
   }
   if (!terminatesExtensions()) {
-    // Passed through: in frames mode RSV1 then marks messages the peers compressed (RFC 7692).
-    setup.end_to_end_deflate = answer.find("permessage-deflate") != std::string::npos;
+    // Passed through. Passthrough mode reads no RSV bit: what the peers agreed is theirs.
+    if (route_->mode != TunnelMode::Frames) return true;
+    // Frames mode checks every frame, so it must know what RSV1 means: only permessage-deflate
+    // (RSV1 marks a compressed message, RFC 7692), and only as the client offered it (RFC 6455
+    // §4.1: the client would fail the connection; better a 502 now than a 1002 later).
+    std::vector<Extension> accepted;
+    std::vector<Extension> offered;
+    if (!parseExtensions(answer, &accepted)) {
+      respondError(502, "upstream's Sec-WebSocket-Extensions answer is malformed");
+      return false;
+    }
+    parseExtensions(joinValues(hs_->request.head().headers, "Sec-WebSocket-Extensions"), &offered);
+    for (const Extension& e : accepted) {
+      bool was_offered = std::any_of(offered.begin(), offered.end(),
+                                     [&](const Extension& o) { return o.name == e.name; });
+      const char* why = !was_offered                     ? "which the client did not offer"
+                        : e.name != "permessage-deflate" ? "which frames mode cannot check"
+                        : setup.end_to_end_deflate       ? "twice"
+                                                         : nullptr;
+      if (why) {
+        respondError(502, "upstream accepted extension " + e.name + ", " + why);
+        return false;
+      }
+      setup.end_to_end_deflate = true;
+    }
     return true;
   }
   if (route_->compression.upstream) {
@@ -1118,6 +1141,10 @@ bool Session::negotiateExtensions(ResponseHead& head, TunnelSetup& setup) {
       return false;
     }
     if (r == NegotiationResult::Accepted) setup.upstream_deflate = a;
+  } else if (answer.find_first_not_of(" \t,") != std::string::npos) {
+    // Nothing was offered upstream (compression.upstream: off), so nothing may be accepted.
+    respondError(502, "upstream accepted an extension upgate did not offer: " + answer);
+    return false;
   }
   h.erase(
       std::remove_if(h.begin(), h.end(),

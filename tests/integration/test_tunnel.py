@@ -181,8 +181,9 @@ class UpConn:
             self.conn.sendall(encode(OP_CLOSE, struct.pack("!H", code), mask=False))
 
 
-def accept_upgrade(conn, up, deflate):
-    """Server side of the handshake; accepts a permessage-deflate offer when `deflate`."""
+def accept_upgrade(conn, up, deflate, answer_extensions=None):
+    """Server side of the handshake; accepts a permessage-deflate offer when `deflate`, or
+    answers `answer_extensions` as Sec-WebSocket-Extensions whatever was offered."""
     head, leftover = harness.read_head(conn)
     start, headers = harness.parse_head(head)
     key = harness.header_values(headers, "Sec-WebSocket-Key")
@@ -194,19 +195,21 @@ def accept_upgrade(conn, up, deflate):
     agreed = deflate and "permessage-deflate" in offers
     if agreed:
         resp += "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    elif answer_extensions:
+        resp += "Sec-WebSocket-Extensions: %s\r\n" % answer_extensions
     conn.sendall((resp + "\r\n").encode())
     path = start.split(" ")[1]
     up.event("head", path, head.decode("latin-1"))
     return UpConn(conn, path, agreed), leftover
 
 
-def make_upstream(echo=True, answer_close=True, deflate=False):
+def make_upstream(echo=True, answer_close=True, deflate=False, answer_extensions=None):
     """A RawUpstream handler: records ("frame", path, wire.Frame) and ("message", path, opcode,
     payload, compressed) events, answers pings, echoes messages (compressed when deflate was
     agreed), answers a close frame unless told not to, and records ("eof", path)."""
 
     def handler(conn, up):
-        uc, leftover = accept_upgrade(conn, up, deflate)
+        uc, leftover = accept_upgrade(conn, up, deflate, answer_extensions)
         up.event("conn", uc.path, uc)
         reader = wire.FrameStream()
         frames = reader.feed(leftover)
@@ -600,18 +603,30 @@ class CompressionTest(GatewayTestCase):
         cls.plain_raw = cls.start_class_peer(RawUpstream(make_upstream(), name="plain-raw"))
         cls.deflate_raw = cls.start_class_peer(RawUpstream(make_upstream(deflate=True),
                                                            name="deflate-raw"))
+        # Accepts permessage-deflate, or another extension, whether offered or not.
+        cls.rogue_pmd = cls.start_class_peer(RawUpstream(
+            make_upstream(answer_extensions="permessage-deflate"), name="rogue-pmd"))
+        cls.rogue_other = cls.start_class_peer(RawUpstream(
+            make_upstream(answer_extensions="x-not-permessage-deflate"), name="rogue-other"))
         client_only = {"client": "on", "upstream": "off"}
         upstream_only = {"client": "off", "upstream": "on"}
         cls.gw = cls.start_class_gateway(harness.make_config(
             upstreams={"plain-ws": {"endpoints": [cls.plain_ws.addr]},
                        "deflate-ws": {"endpoints": [cls.deflate_ws.addr]},
                        "plain-raw": {"endpoints": [cls.plain_raw.addr]},
-                       "deflate-raw": {"endpoints": [cls.deflate_raw.addr]}},
+                       "deflate-raw": {"endpoints": [cls.deflate_raw.addr]},
+                       "rogue-pmd": {"endpoints": [cls.rogue_pmd.addr]},
+                       "rogue-other": {"endpoints": [cls.rogue_other.addr]}},
             routes=[route("c-ws", "/c-ws", "plain-ws", mode="frames", compression=client_only),
                     route("c-raw", "/c-raw", "plain-raw", mode="frames", compression=client_only),
                     route("u-ws", "/u-ws", "deflate-ws", mode="frames", compression=upstream_only),
                     route("u-raw", "/u-raw", "deflate-raw", mode="frames",
-                          compression=upstream_only)],
+                          compression=upstream_only),
+                    route("c-rogue", "/c-rogue", "rogue-pmd", mode="frames",
+                          compression=client_only),
+                    route("f-rogue", "/f-rogue", "rogue-pmd", mode="frames"),
+                    route("f-other", "/f-other", "rogue-other", mode="frames"),
+                    route("p-other", "/p-other", "rogue-other")],
             # The 1 MiB messages of roundtrip() are over half of it: the cap is the whole
             # message's, however much of it was already inflated.
             limits={"max_message_size": "1536KiB"}))
@@ -619,6 +634,7 @@ class CompressionTest(GatewayTestCase):
     def tearDown(self):
         self.assertGatewayAlive(self.gw)
         self.assertEqual(self.plain_raw.errors + self.deflate_raw.errors, [])
+        self.assertEqual(self.rogue_pmd.errors + self.rogue_other.errors, [])
         self.assertEqual(self.plain_ws.errors + self.deflate_ws.errors, [])
 
     async def roundtrip(self, ws):
@@ -726,6 +742,33 @@ class CompressionTest(GatewayTestCase):
         data_frames = [f for f in upstream_frames(self.deflate_raw, path)
                        if f.opcode in (OP_TEXT, OP_BINARY)]
         self.assertTrue(all(f.masked and len(f.payload) < 2000 for f in data_frames), data_frames)
+
+    def test_extension_accepted_unasked_is_502(self):
+        # RFC 6455 §4.1: a client fails the connection when the server accepts an extension it
+        # did not offer. Towards the upstream upgate is that client; in frames mode it also has
+        # to know what RSV1 means, so only permessage-deflate the client offered passes.
+        cases = [
+            ("/c-rogue/x", "permessage-deflate", "upgate did not offer"),  # nothing offered up
+            ("/f-rogue/x", None, "permessage-deflate, which the client did not offer"),
+            ("/f-other/x", "permessage-deflate",
+             "x-not-permessage-deflate, which the client did not offer"),
+            ("/f-other/y", "x-not-permessage-deflate",
+             "x-not-permessage-deflate, which frames mode cannot check"),
+        ]
+        for path, offer, reason in cases:
+            with self.subTest(path=path, offer=offer):
+                c = RawClient(self.gw.addr())
+                self.addCleanup(c.close)
+                extra = [("Sec-WebSocket-Extensions", offer)] if offer else []
+                c.send(harness.ws_request(path, extra=extra))
+                resp = c.read_response()
+                self.assertEqual(resp.status, 502, resp)
+                entry = self.gw.access_log_for_client(c.local)
+                self.assertIn(reason, entry.get("close", ""), entry)
+        # Passthrough leaves the extensions to the peers: the client gets the 101 as it came.
+        c = WireClient(self, self.gw.addr())
+        resp = c.handshake("/p-other/x")
+        self.assertEqual(resp.header("Sec-WebSocket-Extensions"), "x-not-permessage-deflate")
 
     def test_corrupt_deflate_from_client_gets_1007(self):
         path = "/c-raw/corrupt"
