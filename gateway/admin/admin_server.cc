@@ -307,6 +307,8 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
     if (method != "POST") return errorResponse(405, "use POST", {{"Allow", "POST"}});
     std::string channel = percentDecode(std::string_view(path).substr(kPublish.size()));
     if (channel.empty()) return errorResponse(400, "no channel name after /publish/");
+    if (!isValidChannelName(channel))
+      return errorResponse(400, "a channel name must not contain control characters");
     bool binary = (content_type && content_type->find("application/octet-stream") == 0) ||
                   queryParam(query, "binary").value_or("") == "1";
     // A text frame must be UTF-8 (RFC 6455 §5.6), or every subscriber's client fails the

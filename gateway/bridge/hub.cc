@@ -1,10 +1,37 @@
 #include "bridge/hub.h"
 
+#include <algorithm>
 #include <functional>
 
 #include "proxy/worker.h"
 
 namespace upgate {
+
+namespace {
+constexpr char kScope = '\x1f';  // a control character: never in a valid name
+}
+
+bool isValidChannelName(std::string_view name) {
+  return !name.empty() && std::none_of(name.begin(), name.end(), [](char c) {
+    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+  });
+}
+
+std::string hubChannelKey(const RouteConfig& route, std::string_view name) {
+  if (route.kind != RouteKind::LongPoll) return std::string(name);
+  std::string key;
+  key.reserve(route.name.size() + name.size() + 2);
+  key.append(1, kScope).append(route.name).append(1, kScope).append(name);
+  return key;
+}
+
+std::string channelForLog(std::string_view key) {
+  if (key.empty() || key[0] != kScope) return std::string(key);
+  std::string shown(key.substr(1));
+  size_t cut = shown.find(kScope);
+  if (cut != std::string::npos) shown[cut] = ':';
+  return shown;
+}
 
 unsigned Hub::ownerOf(const std::string& channel) const {
   return static_cast<unsigned>(std::hash<std::string>{}(channel) % workers_.size());

@@ -7,12 +7,13 @@
 // on every worker, whichever thread published them.
 //
 // Long-poll channels: the first subscriber in the process starts the channel's poller on its
-// owner worker (hash of the name); when the last one leaves, the owner stops it after a grace.
+// owner worker (hash of the key); when the last one leaves, the owner stops it after a grace.
 
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -24,6 +25,19 @@ namespace upgate {
 
 class Worker;
 struct Generation;
+
+// Channel names, as a request's template or the publish API give them, are text: not empty, no
+// control characters (they also go into logs as they are).
+bool isValidChannelName(std::string_view name);
+
+// The hub's key for channel `name` of `route`. Channel routes share one namespace with the
+// publish API: a message published to "sports" reaches every channel route keyed "sports". A
+// long-poll channel belongs to its route, whose upstream alone feeds it, so its key also names
+// the route, in a form no valid name can take ("\x1f" + route + "\x1f" + name): subscribers of
+// another route, and publishers, cannot reach it.
+std::string hubChannelKey(const RouteConfig& route, std::string_view name);
+// A key as logs show it: the name itself, or "route:name" for a long-poll channel.
+std::string channelForLog(std::string_view key);
 
 struct ChannelMessage {
   std::string payload;

@@ -65,8 +65,8 @@ Poller::Poller(Worker& worker, std::string channel, GenerationPtr generation,
 Poller::~Poller() = default;
 
 void Poller::start() {
-  UPGATE_LOG(info, 0, "channel {}: first subscriber, polling upstream {} {}", channel_,
-             route_->upstream, substituteCursor(poll_.target, cursor_));
+  UPGATE_LOG(info, 0, "channel {}: first subscriber, polling upstream {} {}",
+             channelForLog(channel_), route_->upstream, substituteCursor(poll_.target, cursor_));
   poll();
 }
 
@@ -82,7 +82,7 @@ void Poller::releaseAfterGrace() {
 void Poller::onGraceTimer(uv_timer_t* t) noexcept {
   auto* self = ownerOf<Poller>(t);
   UPGATE_LOG(info, 0, "channel {}: no subscribers for {} ms, polling stopped after {} polls",
-             self->channel_, self->route_->longpoll.grace.count(), self->polls_);
+             channelForLog(self->channel_), self->route_->longpoll.grace.count(), self->polls_);
   self->worker_.forgetPoller(self->channel_);  // calls destroy()
 }
 
@@ -110,11 +110,11 @@ void Poller::follow(const GenerationPtr& generation) {
   std::optional<std::string> key;
   if (next && next->kind == RouteKind::LongPoll)
     key = expandTemplate(next->longpoll.channel, *poll_.origin, TemplateUse::ChannelKey);
-  if (!key || *key != channel_) {
+  if (!key || hubChannelKey(*next, *key) != channel_) {
     UPGATE_LOG(info, 0,
                "channel {}: the new configuration has no long-poll route ({} or one matching "
                "the request) for this channel; polling goes on as before",
-               channel_, route_->name);
+               channelForLog(channel_), route_->name);
     return;
   }
   std::string before = signature();
@@ -123,7 +123,7 @@ void Poller::follow(const GenerationPtr& generation) {
   poll_ = makePollRequest(next->longpoll, poll_.origin);
   if (signature() == before) return;  // the next poll picks up the rest
   UPGATE_LOG(info, 0, "channel {}: configuration generation {}: now polling upstream {} {}",
-             channel_, generation_->number, route_->upstream,
+             channelForLog(channel_), generation_->number, route_->upstream,
              substituteCursor(poll_.target, cursor_));
   if (!call_ && !uv_is_active(asHandle(&retry_timer_))) return;
   if (call_) HttpClient::cancel(call_);  // its callback never runs
@@ -220,7 +220,7 @@ void Poller::onResponse(const std::string& error, HttpResponse& r) {
     UPGATE_LOG(warn, 0,
                "channel {}: the poll answer carried no cursor ({}); the next poll repeats "
                "cursor \"{}\"",
-               channel_,
+               channelForLog(channel_),
                route_->longpoll.cursor_header.empty() ? route_->longpoll.cursor_json
                                                       : "header " + route_->longpoll.cursor_header,
                cursor_);
@@ -240,7 +240,7 @@ void Poller::publishBody(const HttpResponse& r) {
     UPGATE_LOG(warn, 0,
                "channel {}: split: json_array, but the body is not a JSON array; "
                "published whole",
-               channel_);
+               channelForLog(channel_));
     hub.publish(channel_, r.body, false);
     return;
   }
@@ -277,7 +277,7 @@ void Poller::backoff(const std::string& why) {
   static thread_local std::minstd_rand rng{std::random_device{}()};
   delay = delay / 2 + rng() % (delay / 2 + 1);
   UPGATE_LOG(warn, 0, "channel {}: poll failed ({}); retry {} in {} ms, cursor \"{}\" kept",
-             channel_, why, failures_, delay, cursor_);
+             channelForLog(channel_), why, failures_, delay, cursor_);
   uv_timer_start(&retry_timer_, onRetryTimer, delay, 0);
 }
 

@@ -111,13 +111,13 @@ void Subscription::deliver(const Delivery& d) {
       // Counted, and said once per subscriber here and again in its access-log line.
       if (dropped_++ == 0)
         UPGATE_LOG(warn, owner_.sessionId(), "channel {}: subscriber too slow, dropping messages",
-                   channel_);
+                   channelForLog(channel_));
       ++unannounced_;
       metrics_.channelDropped(worker_.metrics()).add();
       return;
     }
     UPGATE_LOG(warn, owner_.sessionId(), "channel {}: subscriber too slow ({} bytes queued)",
-               channel_, out.pendingBytes());
+               channelForLog(channel_), out.pendingBytes());
     close(close_code::kPolicyViolation, "subscriber too slow");
     return;
   }
@@ -185,7 +185,8 @@ void Subscription::close(uint16_t code, const std::string& reason) {
 
 void Subscription::fail(uint16_t code, const std::string& reason) {
   if (ended_) return;
-  UPGATE_LOG(info, owner_.sessionId(), "channel {}: closing with {}: {}", channel_, code, reason);
+  UPGATE_LOG(info, owner_.sessionId(), "channel {}: closing with {}: {}", channelForLog(channel_),
+             code, reason);
   // 1006 means the client connection broke (a failed write): no frame can carry it (§7.4.1).
   if (!close_sent_ && code != close_code::kAbnormal) {
     close_sent_ = true;
@@ -302,8 +303,8 @@ void Subscription::sendNext() {
         if (!error.empty() || r.status < 200 || r.status > 299) {
           std::string why =
               error.empty() ? "application answered " + std::to_string(r.status) : error;
-          UPGATE_LOG(warn, owner_.sessionId(), "channel {}: send to {} failed: {}", channel_,
-                     send_target_, why);
+          UPGATE_LOG(warn, owner_.sessionId(), "channel {}: send to {} failed: {}",
+                     channelForLog(channel_), send_target_, why);
           fail(close_code::kInternalError, "the application did not accept the message");
           return;
         }

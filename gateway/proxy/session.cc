@@ -485,6 +485,12 @@ void Session::subscribe(bool upgrade) {
                           (error.empty() ? " is empty" : ": " + error) + ")");
     return;
   }
+  if (!isValidChannelName(*channel)) {
+    respondError(
+        400, "the channel name from this request (" + key_template + ") has control characters");
+    return;
+  }
+  *channel = hubChannelKey(*route_, *channel);
   PollRequest poll;
   std::string send_target;
   HeaderList forward;

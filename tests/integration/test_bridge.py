@@ -229,8 +229,8 @@ class BackoffTest(BridgeTestCase):
 
         app.fail(self.FAILS)
         bridge_util.wait_gateway_message(
-            gw, r'channel GOOG: poll failed \(upstream answered 500\); retry %d in' % self.FAILS,
-            timeout=30)
+            gw, r'channel ticker:GOOG: poll failed \(upstream answered 500\); retry %d in'
+            % self.FAILS, timeout=30)
         self.assertEqual(app.stats()["fail_pending"], 0)
         resumed_at = app.stats()["seq"]
         pool.wait(lambda: all(last_seq(c) >= resumed_at for c in subs), 20,
@@ -240,8 +240,8 @@ class BackoffTest(BridgeTestCase):
 
         # upgate's own account: retries 1..N, each delay within [base/2, base] where base
         # doubles from backoff.initial up to backoff.max, and the cursor kept throughout.
-        rx = (r'channel GOOG: poll failed \(upstream answered 500\); retry (\d+) in (\d+) ms, '
-              r'cursor "(\d+)" kept')
+        rx = (r'channel ticker:GOOG: poll failed \(upstream answered 500\); '
+              r'retry (\d+) in (\d+) ms, cursor "(\d+)" kept')
         lines = bridge_util.gateway_messages(gw, rx)
         retries = [int(m.group(1)) for _, m in lines]
         delays = [int(m.group(2)) for _, m in lines]
@@ -459,7 +459,7 @@ class UpstreamRestartTest(BridgeTestCase):
         before_cursor = top
 
         app.stop()
-        bridge_util.wait_gateway_message(gw, r"channel /feed: poll failed .*cursor \"%d\" kept"
+        bridge_util.wait_gateway_message(gw, r"channel feed:/feed: poll failed .*cursor \"%d\" kept"
                                          % before_cursor, timeout=15)
         top = app.add(3)  # written to the app's store while it was down
         app.start()
@@ -497,7 +497,8 @@ class PollStopTest(BridgeTestCase):
         left_at = time.time()
         pool.close_all()
         stopped = bridge_util.wait_gateway_message(
-            gw, r"channel GOOG: no subscribers for 1000 ms, polling stopped after (\d+) polls",
+            gw, r"channel ticker:GOOG: no subscribers for 1000 ms, "
+            r"polling stopped after (\d+) polls",
             timeout=15)
         event, match = stopped[0]
         harness.poll_until(lambda: app.stats()["in_flight"].get("GOOG", 0) == 0, 10,
@@ -530,7 +531,7 @@ class PollStopTest(BridgeTestCase):
         # A new subscriber starts a new loop.
         again = pool.connect_ws("/ticker?symbols=GOOG", 1)[0]
         pool.wait(lambda: len(again.messages) >= 2, 15, "updates for a new subscriber")
-        starts = bridge_util.gateway_messages(gw, r"channel GOOG: first subscriber, polling")
+        starts = bridge_util.gateway_messages(gw, r"channel ticker:GOOG: first subscriber, polling")
         self.assertEqual(len(starts), 2, [e["msg"] for e, _ in starts])
         pool.close_all()
 
@@ -636,17 +637,19 @@ class TwoChannelsTest(BridgeTestCase):
             lambda: (lambda f: f.get("GOOG") == 1 and f.get("AAPL") == 1)(
                 app.stats()["in_flight"]), 10, what="both single-symbol polls held at once")
         starts = bridge_util.gateway_messages(gw, r"channel (\S+): first subscriber, polling")
-        self.assertEqual(sorted(m.group(1) for _, m in starts), ["AAPL", "GOOG", "GOOG,AAPL"])
+        self.assertEqual(sorted(m.group(1) for _, m in starts),
+                         ["ticker:AAPL", "ticker:GOOG", "ticker:GOOG,AAPL"])
 
         # Stopping one channel leaves the other polling and delivering.
         for c in goog:
             pool.send_close(c)
         pool.wait(lambda: all(c.eof for c in goog), 10, "GOOG subscribers closed")
-        bridge_util.wait_gateway_message(gw, r"channel GOOG: no subscribers .* polling stopped",
-                                         timeout=15)
+        bridge_util.wait_gateway_message(
+            gw, r"channel ticker:GOOG: no subscribers .* polling stopped", timeout=15)
         harness.poll_until(lambda: app.stats()["in_flight"].get("GOOG", 0) == 0, 10,
                            what="no GOOG poll in flight")
-        self.assertEqual(bridge_util.gateway_messages(gw, r"channel AAPL: .*polling stopped"), [])
+        self.assertEqual(
+            bridge_util.gateway_messages(gw, r"channel ticker:AAPL: .*polling stopped"), [])
         later = app.tick("AAPL")[0]["seq"]
         pool.wait(lambda: all(last_seq(c) >= later for c in aapl), 10,
                   "AAPL update %d after GOOG stopped" % later)
@@ -655,6 +658,109 @@ class TwoChannelsTest(BridgeTestCase):
         harness.poll_until(lambda: app.stats()["in_flight"].get("AAPL") == 1, 10,
                            what="AAPL still polling")
         self.assertEqual(app.stats()["polls"]["GOOG"], goog_polls)
+        pool.close_all()
+
+
+class TaggedApp:
+    """A legacy app whose first poll answer (cursor 0), held until release is set, is one message
+    naming the app; later polls are held briefly and answered 204. Counts the polls it gets."""
+
+    def __init__(self, tag):
+        self.polls = 0
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with app.lock:
+                    app.polls += 1
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                if query.get("cursor") == ["0"] and app.release.wait(harness.IO_TIMEOUT):
+                    body = json.dumps(["from %s" % tag]).encode()
+                    self.send_response(200)
+                    self.send_header("X-Cursor", "1")
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                time.sleep(0.3)
+                self.send_response(204)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.addr = self.server.server_address
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RouteScopeTest(BridgeTestCase):
+    """A long-poll channel belongs to its route: two routes with the same channel key poll their
+    own upstreams and feed only their own subscribers; a channel route (the publish API's
+    namespace) with that key neither gets their messages nor keeps their polls from starting."""
+
+    def test_same_channel_key_on_two_longpoll_routes_and_a_channel_route(self):
+        apps = {}
+        for tag in ("app-a", "app-b"):
+            apps[tag] = TaggedApp(tag)
+            self.addCleanup(apps[tag].stop)
+        routes = []
+        for name, tag in (("a", "app-a"), ("b", "app-b")):
+            r = longpoll_route(name=name, prefix="/" + name, channel="{query.q}",
+                               poll="/poll?cursor={cursor}")
+            r["upstream"] = tag
+            routes.append(r)
+        routes.append({"name": "news", "match": {"path_prefix": "/news/"}, "kind": "channel",
+                       "channel": "{path.1}"})
+        gw = start_gateway(self, harness.make_config(
+            upstreams={tag: {"endpoints": [app.addr]} for tag, app in apps.items()},
+            routes=routes, admin={"address": "127.0.0.1:0"}, workers=2))
+        admin = bridge_util.Admin(gw)
+        pool = self.pool(gw)
+        # The channel route's subscriber comes first: it must not stand in for a poller.
+        news = pool.connect_ws("/news/X", 1)[0]
+        a = pool.connect_ws("/a?q=X", 2)
+        b = pool.connect_ws("/b?q=X", 2)
+        for app in apps.values():  # every subscriber is registered once its 101 came
+            app.release.set()
+
+        def texts(c):
+            return [p for _, p in c.messages]
+
+        pool.wait(lambda: all(texts(c) == [b'from app-a'] for c in a) and
+                  all(texts(c) == [b'from app-b'] for c in b), 15,
+                  "each route's subscribers getting their own app's message")
+        self.assertGreater(apps["app-a"].polls, 0)
+        self.assertGreater(apps["app-b"].polls, 0)
+        answer = admin.publish("X", "published")
+        self.assertEqual(answer["subscribers"], 1, "only the channel route's subscriber: %r"
+                         % answer)
+        pool.wait(lambda: texts(news) == [b"published"], 10, "the publish at the channel route")
+        time.sleep(0.5)  # nothing more may arrive anywhere
+        with pool.cond:
+            self.assertEqual(texts(news), [b"published"])
+            self.assertEqual([texts(c) for c in a], [[b"from app-a"]] * 2)
+            self.assertEqual([texts(c) for c in b], [[b"from app-b"]] * 2)
+        starts = bridge_util.gateway_messages(gw, r"channel (\S+): first subscriber, polling")
+        self.assertEqual(sorted(m.group(1) for _, m in starts), ["a:X", "b:X"])
+
+        # Channel names are text: control characters are refused on both doors.
+        answer = admin.publish("a\x1fX", "x", check=False)
+        self.assertEqual(answer.status, 400, answer)
+        c = harness.RawClient(gw.addr())
+        self.addCleanup(c.close)
+        c.send(harness.ws_request("/news/%1Fa%1FX"))
+        self.assertEqual(c.read_response().status, 400)
         pool.close_all()
 
 

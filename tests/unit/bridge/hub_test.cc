@@ -40,3 +40,29 @@ TEST_CASE("hub: each channel numbers its messages from 1", "[bridge]") {
   CHECK(hub.publish("b", "z", true) == 1);
   CHECK(hub.publish("a", "w", false) == 3);
 }
+
+TEST_CASE("hub: long-poll channels are keyed by route, channel routes share names", "[bridge]") {
+  RouteConfig channel_route;
+  channel_route.kind = RouteKind::Channel;
+  channel_route.name = "news";
+  RouteConfig ticker;
+  ticker.kind = RouteKind::LongPoll;
+  ticker.name = "ticker";
+  RouteConfig other = ticker;
+  other.name = "other";
+  CHECK(hubChannelKey(channel_route, "GOOG") == "GOOG");  // the publish API's namespace
+  CHECK(hubChannelKey(ticker, "GOOG") != hubChannelKey(other, "GOOG"));
+  CHECK(hubChannelKey(ticker, "GOOG") != "GOOG");
+  CHECK_FALSE(isValidChannelName(hubChannelKey(ticker, "GOOG")));  // no request can name it
+  CHECK(channelForLog(hubChannelKey(ticker, "GOOG")) == "ticker:GOOG");
+  CHECK(channelForLog("GOOG") == "GOOG");
+}
+
+TEST_CASE("hub: channel names are text", "[bridge]") {
+  CHECK(isValidChannelName("sports"));
+  CHECK(isValidChannelName("caf\xc3\xa9 / ticker:GOOG"));
+  CHECK_FALSE(isValidChannelName(""));
+  CHECK_FALSE(isValidChannelName("a\nb"));
+  CHECK_FALSE(isValidChannelName(std::string("a\0b", 3)));
+  CHECK_FALSE(isValidChannelName("a\x7f"));
+}
