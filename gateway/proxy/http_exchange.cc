@@ -448,7 +448,9 @@ void HttpExchange::upstreamData(const char* data, size_t len) {
     extra = static_cast<size_t>(data + len - llhttp_get_error_pos(&resp_parser_));
   } else if (err != HPE_OK) {
     const char* reason = llhttp_get_error_reason(&resp_parser_);
-    std::string why = err == HPE_USER ? resp_error_ : reason ? reason : llhttp_errno_name(err);
+    // A callback that refused says why; llhttp reports those refusals as HPE_USER from a data
+    // callback but as HPE_CB_* from an event callback (on_headers_complete).
+    std::string why = !resp_error_.empty() ? resp_error_ : reason ? reason : llhttp_errno_name(err);
     out_.clear();  // a head parsed in this read but not sent yet is dropped with the rest
     failOrAbort(502, "malformed upstream response: " + why);
     return;

@@ -919,6 +919,10 @@ TEST_CASE("http_exchange: upstream failures", "[proxy]") {
     FakeClient& c = h.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     REQUIRE(h.runUntil([&] { return c.ended(); }));
     CHECK(c.failed_status == 502);
+    // The reason the head callback gave, not llhttp's "User callback error".
+    CHECK(c.reason ==
+          "malformed upstream response: 101 Switching Protocols to a request without "
+          "Upgrade");
   }
   SECTION("closed before answering: 502") {
     answer = "";
