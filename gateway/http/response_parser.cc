@@ -19,6 +19,10 @@ constexpr int kNoBody = 1;
 
 }  // namespace
 
+bool isThreeDigitStatus(int status) {
+  return status >= 100 && status <= 999;
+}
+
 ResponseParser::ResponseParser(size_t max_head_bytes, size_t max_body_bytes)
     : max_head_bytes_(max_head_bytes), max_body_bytes_(max_body_bytes) {
   llhttp_init(&parser_, HTTP_RESPONSE, &settings());
@@ -153,9 +157,8 @@ int ResponseParser::onHeaderValueComplete() noexcept {
 }
 
 int ResponseParser::onHeadersComplete() noexcept {
-  // llhttp 8.1 accepts an empty or short status code ("HTTP/1.1 \r\n" is status 0, "020" is
-  // 20); RFC 9110 §15 wants three digits, and a relayed "HTTP/1.1 0" would be nonsense.
-  if (parser_.status_code < 100 || parser_.status_code > 999) {
+  // A relayed "HTTP/1.1 0" would be nonsense.
+  if (!isThreeDigitStatus(parser_.status_code)) {
     return reject("malformed upstream response: status code " +
                   std::to_string(parser_.status_code) + " is not three digits");
   }

@@ -38,6 +38,11 @@ struct ResponseHead {
   HeaderList headers;  // wire order, names trimmed of whitespace, values OWS-trimmed
 };
 
+// True if `status` is a status code a response may carry: three digits (RFC 9110 §15). llhttp
+// 8.1 accepts an empty or short one ("HTTP/1.1 \r\n" is status 0, "020" is 20); both readers of
+// upstream responses (ResponseParser, HttpExchange) refuse the rest as malformed.
+bool isThreeDigitStatus(int status);
+
 class ResponseParser {
  public:
   // max_head_bytes: bytes of the status line and header section (interim responses included)

@@ -9,6 +9,7 @@
 #include "http/forwarding.h"
 #include "http/headers.h"
 #include "http/llhttp_strict.h"
+#include "http/response_parser.h"
 #include "proxy/worker.h"
 
 namespace upgate {
@@ -648,6 +649,11 @@ int HttpExchange::onResponseHead() {
   const int status = resp_parser_.status_code;
   if (resp_parser_.http_major != 1) {
     resp_error_ = "not HTTP/1.x";
+    return HPE_USER;
+  }
+  // Anything below 100 would otherwise pass for an interim answer and reach the client as one.
+  if (!isThreeDigitStatus(status)) {
+    resp_error_ = "status code " + std::to_string(status) + " is not three digits";
     return HPE_USER;
   }
   if (status == 101) {  // we never forward Upgrade, so nothing may switch

@@ -6,11 +6,14 @@ chunk reaches the client while the app still holds the rest); keep-alive from th
 requests on one client connection, also pipelined) over one pooled upstream connection; 2 MB
 POST bodies (Content-Length and chunked) arrive intact; Expect: 100-continue; request-smuggling
 shapes get 400 and never reach the app; upstream down -> 502; response timeout -> 504.
+A scripted app misbehaves: a status code that is not three digits -> 502 (never relayed as an
+interim answer).
 """
 
 import hashlib
 import http.server
 import json
+import socket
 import threading
 import time
 import unittest
@@ -399,6 +402,61 @@ class HttpProxyTest(GatewayTestCase):
         resp = self.roundtrip(c, request("GET", "/down/anything"))
         self.assertEqual(resp.status, 502, resp)
         self.assertClosedAfter(c, resp)
+
+
+def scripted_app(conn, upstream):
+    """An app misbehaving as the request's path says (one request per connection):
+      /status/<code>     answers "<code> Odd", then a 200 (a status llhttp reads but no 1xx)"""
+    head, _ = harness.read_head(conn)
+    path = head.split(b" ", 2)[1].decode("latin-1")
+    upstream.event("head", path)
+    if path.startswith("/status/"):
+        # Never pooled, whatever the gateway makes of it: the next request gets a fresh app.
+        conn.sendall(b"HTTP/1.1 %s Odd\r\nContent-Length: 0\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                     % path[8:].encode())
+        conn.shutdown(socket.SHUT_WR)
+    if harness.wait_peer_close(conn, 30, upstream.stopping):
+        upstream.event("peer-closed", path)
+
+
+class MisbehavingUpstreamTest(GatewayTestCase):
+    """Answers the gateway must not relay as they are: the client gets upgate's own status."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.app = cls.start_class_peer(harness.RawUpstream(scripted_app, name="scripted-app"))
+        cls.gw = cls.start_class_gateway(harness.make_config(
+            {"app": {"endpoints": [cls.app.addr]}},
+            [{"name": "scripted", "match": {"path_prefix": "/"}, "kind": "http",
+              "upstream": "app", "response_timeout": "1s"}]))
+
+    def tearDown(self):
+        self.assertGatewayAlive(self.gw)
+        self.assertEqual(self.app.errors, [])
+
+    def client(self):
+        c = RawClient(self.gw.addr())
+        self.addCleanup(c.close)
+        return c
+
+    def assertClosedAfter(self, c, resp):
+        c.read_body(resp)
+        self.assertIn("close", resp.tokens("Connection"), "no Connection: close in %r" % resp)
+        extra, how = c.read_until_closed(5.0)
+        self.assertIn(how, ("eof", "reset"), "socket still open 5s after %r" % resp)
+        self.assertEqual(extra, b"", "bytes after the response: %r" % extra[:200])
+
+    def test_status_code_not_three_digits_is_502(self):
+        # llhttp reads "099" as 99, "0" as 0 and "020" as 20: below 200, but none is a 1xx
+        # the client may be sent as an interim answer.
+        for code in ("099", "0", "020"):
+            with self.subTest(status=code):
+                c = self.client()
+                c.send(request("GET", "/status/" + code))
+                resp = read_response(c)
+                self.assertEqual(resp.status, 502, resp)
+                self.assertClosedAfter(c, resp)
 
 
 class KeepAliveTimeoutTest(GatewayTestCase):

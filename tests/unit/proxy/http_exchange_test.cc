@@ -914,6 +914,20 @@ TEST_CASE("http_exchange: upstream failures", "[proxy]") {
     CHECK(c.failed_status == 502);
     CHECK(c.received.empty());
   }
+  SECTION("a status code that is not three digits: 502, never relayed as interim") {
+    // llhttp reads these as 99, 0 and 20: each is below 200 but no 1xx.
+    for (const char* status : {"099 Weird", "0 Zero", "020 Short"}) {
+      INFO(status);
+      answer = std::string("HTTP/1.1 ") + status +
+               "\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+      FakeClient& c = h.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+      REQUIRE(h.runUntil([&] { return c.ended(); }));
+      CHECK(c.failed_status == 502);
+      INFO(c.reason);
+      CHECK(c.reason.find("not three digits") != std::string::npos);
+      CHECK(c.received.empty());
+    }
+  }
   SECTION("101 to a plain request: 502") {
     answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
     FakeClient& c = h.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
