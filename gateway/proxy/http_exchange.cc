@@ -573,7 +573,8 @@ bool HttpExchange::flushClient() {
   if (out_.empty()) return true;
   const int rc = owner_.clientStream().write(out_.data(), out_.size());
   bytes_out_ += out_.size();
-  resp_started_ = true;
+  // Interim heads alone do not start the response: a 502 or 504 may still follow them.
+  if (final_head_) resp_started_ = true;
   if (out_.capacity() > 2 * LoopContext::kReadBufferSize) {
     std::string().swap(out_);  // one large read (many chunks) should not pin its buffer
   } else {

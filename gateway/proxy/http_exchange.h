@@ -23,7 +23,8 @@
 // worker.nextEndpoint(), the next one on a connect failure, then 504 if any attempt timed out
 // else 502. route.response_timeout bounds the wait for the first response byte after the request
 // was sent (restarted by request-body progress: 504, or 408 when the client stalls its body) and
-// then every silence of the upstream while reading its response (the connection is aborted).
+// then every silence of the upstream while reading its response (504 after interim answers
+// only; once the final head went out the connection is aborted).
 // Reuse: the upstream connection goes back to the pool only after a complete, keep-alive response
 // to a completely sent request with nothing extra on the wire. A pooled connection that fails
 // before any response byte is retried once on a fresh connection when the request is idempotent
@@ -69,10 +70,11 @@ class HttpExchangeOwner {
   // read, the response was delimited). bytes_in: request body bytes read from the client (framing
   // included); bytes_out: response bytes written to the client (interim heads included).
   virtual void exchangeDone(bool keep_alive, int status, uint64_t bytes_in, uint64_t bytes_out) = 0;
-  // Failed before any response byte went to the client: the owner answers `status` (400, 405,
-  // 408, 501, 502, 504) with Connection: close, and closes.
+  // Failed before any byte of the final response went to the client (interim 1xx heads may
+  // have): the owner answers `status` (400, 405, 408, 501, 502, 504) with Connection: close, and
+  // closes.
   virtual void exchangeFailed(int status, const std::string& reason) = 0;
-  // Failed after the response started: the owner closes the client connection at once.
+  // Failed after the final response started: the owner closes the client connection at once.
   virtual void exchangeAborted(const std::string& reason) = 0;
 };
 
@@ -267,7 +269,7 @@ class HttpExchange final : private UpstreamUser {
   bool interim_ = false;
   bool final_head_ = false;  // the final head was parsed (and queued in out_)
   bool resp_complete_ = false;
-  bool resp_started_ = false;  // some byte went to the client
+  bool resp_started_ = false;  // some byte of the final response went to the client
   bool got_response_byte_ = false;
   bool client_ka_ = false;        // what the final head told the client
   bool upstream_paused_ = false;  // we stopped upstream reads (client above high water)

@@ -7,7 +7,7 @@ requests on one client connection, also pipelined) over one pooled upstream conn
 POST bodies (Content-Length and chunked) arrive intact; Expect: 100-continue; request-smuggling
 shapes get 400 and never reach the app; upstream down -> 502; response timeout -> 504.
 A scripted app misbehaves: a status code that is not three digits -> 502 (never relayed as an
-interim answer).
+interim answer); a timeout or a close after a relayed 100 Continue -> 504 or 502, then close.
 """
 
 import hashlib
@@ -406,7 +406,9 @@ class HttpProxyTest(GatewayTestCase):
 
 def scripted_app(conn, upstream):
     """An app misbehaving as the request's path says (one request per connection):
-      /status/<code>     answers "<code> Odd", then a 200 (a status llhttp reads but no 1xx)"""
+      /status/<code>     answers "<code> Odd", then a 200 (a status llhttp reads but no 1xx)
+      /continue/silent   answers 100 Continue, then nothing until the gateway closes
+      /continue/close    answers 100 Continue, then closes its side"""
     head, _ = harness.read_head(conn)
     path = head.split(b" ", 2)[1].decode("latin-1")
     upstream.event("head", path)
@@ -416,6 +418,10 @@ def scripted_app(conn, upstream):
                      b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
                      % path[8:].encode())
         conn.shutdown(socket.SHUT_WR)
+    elif path.startswith("/continue/"):
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if path == "/continue/close":
+            conn.shutdown(socket.SHUT_WR)  # a FIN, not a reset: the body may still be unread
     if harness.wait_peer_close(conn, 30, upstream.stopping):
         upstream.event("peer-closed", path)
 
@@ -457,6 +463,28 @@ class MisbehavingUpstreamTest(GatewayTestCase):
                 resp = read_response(c)
                 self.assertEqual(resp.status, 502, resp)
                 self.assertClosedAfter(c, resp)
+
+    def test_timeout_after_100_continue_is_504(self):
+        c = self.client()
+        started = time.monotonic()
+        c.send(request("POST", "/continue/silent",
+                       [("Expect", "100-continue"), ("Content-Length", "2")], b"hi"))
+        interim = read_response(c)
+        self.assertEqual(interim.status, 100, interim)
+        resp = read_response(c)
+        self.assertEqual(resp.status, 504, resp)
+        self.assertLess(time.monotonic() - started, 1 + SLOW_MARGIN)
+        self.assertClosedAfter(c, resp)
+
+    def test_upstream_closing_after_100_continue_is_502(self):
+        c = self.client()
+        c.send(request("POST", "/continue/close",
+                       [("Expect", "100-continue"), ("Content-Length", "2")], b"hi"))
+        interim = read_response(c)
+        self.assertEqual(interim.status, 100, interim)
+        resp = read_response(c)
+        self.assertEqual(resp.status, 502, resp)
+        self.assertClosedAfter(c, resp)
 
 
 class KeepAliveTimeoutTest(GatewayTestCase):

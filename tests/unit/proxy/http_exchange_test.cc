@@ -828,6 +828,39 @@ TEST_CASE("http_exchange: Expect: 100-continue is relayed", "[proxy]") {
   CHECK(v.body == "body data");
 }
 
+TEST_CASE("http_exchange: a failure after only interim answers still gets a status", "[proxy]") {
+  // A 100 Continue is no final response: the client must still learn how the request ended.
+  Harness h;
+  bool close_after = false;
+  Origin& o = h.origin([](Origin&, OriginConn&, const OriginRequest&) {});  // never answers
+  o.on_head = [&](Origin& srv, OriginConn& c, const OriginRequest&) {
+    srv.write(c, "HTTP/1.1 100 Continue\r\n\r\n");
+    if (close_after) srv.closeConn(c);
+  };
+  h.upstream.endpoints = {o.endpoint()};
+  h.route.response_timeout = Millis(300);
+
+  SECTION("the upstream goes silent: 504") {
+    FakeClient& c =
+        h.send("PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+    REQUIRE(h.runUntil([&] { return c.received.find("100 Continue") != std::string::npos; }));
+    REQUIRE(c.exchange);
+    CHECK(c.exchange->onClientData("data", 4) == 4);
+    REQUIRE(h.runUntil([&] { return c.ended(); }, 5000));
+    CHECK_FALSE(c.aborted);
+    CHECK(c.failed_status == 504);
+  }
+  SECTION("the upstream closes: 502") {
+    close_after = true;
+    FakeClient& c =
+        h.send("PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+    REQUIRE(h.runUntil([&] { return c.ended(); }));
+    CHECK_FALSE(c.aborted);
+    CHECK(c.failed_status == 502);
+    CHECK(parseClient(c.received).interim.size() == 1);
+  }
+}
+
 TEST_CASE("http_exchange: bodies the framing rules leave out or delimit by close", "[proxy]") {
   Harness h;
   std::string answer;
