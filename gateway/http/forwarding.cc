@@ -1,5 +1,7 @@
 #include "http/forwarding.h"
 
+#include <algorithm>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -13,9 +15,16 @@ bool startsWithI(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
 }
 
-// "Connection: host" from a client must not strip what the upstream handshake needs.
-bool isProtected(std::string_view name) {
-  return iequals(name, "Host") || startsWithI(name, "Sec-WebSocket-");
+// Whether dropConnectionNominated() removes `h`. "Connection: host" must not strip what the
+// upstream needs, nor what upgate reads itself (the forwarders drop or re-send those anyway).
+bool isDroppedNomination(const std::vector<std::string_view>& nominated, const Header& h,
+                         bool upgrade) {
+  if (isHopByHop(h.name) || iequals(h.name, "Content-Length") || iequals(h.name, "Host") ||
+      isProxyHeader(h.name)) {
+    return false;
+  }
+  if (upgrade && startsWithI(h.name, "Sec-WebSocket-")) return false;
+  return hasToken(nominated, h.name);
 }
 
 // Appends all values of `name`, in order, joined by ", " (RFC 9110 §5.3 list combination),
@@ -61,6 +70,24 @@ void appendForwardedNode(std::string& out, std::string_view ip) {
 
 }  // namespace
 
+void dropConnectionNominated(HeaderList& headers, bool upgrade) {
+  std::vector<std::string_view> nominated = connectionTokens(headers);
+  if (nominated.empty()) return;
+  // The usual Connection (keep-alive, close, Upgrade) names nothing that goes.
+  if (std::none_of(headers.begin(), headers.end(),
+                   [&](const Header& h) { return isDroppedNomination(nominated, h, upgrade); })) {
+    return;
+  }
+  // The views point into the Connection values, which erasing moves (a short string's bytes
+  // move with it): the names are copied first.
+  const std::vector<std::string> names(nominated.begin(), nominated.end());
+  nominated.assign(names.begin(), names.end());
+  headers.erase(
+      std::remove_if(headers.begin(), headers.end(),
+                     [&](const Header& h) { return isDroppedNomination(nominated, h, upgrade); }),
+      headers.end());
+}
+
 bool isProxyHeader(std::string_view name) {
   return iequals(name, "X-Forwarded-For") || iequals(name, "X-Forwarded-Proto") ||
          iequals(name, "Forwarded");
@@ -102,8 +129,6 @@ void appendProxyHeaders(std::string& out, const HeaderList& in, const ForwardInf
 
 std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo& info) {
   const HeaderList& in = request.headers;
-  // The Connection header's nominations, split once rather than once per forwarded header.
-  const std::vector<std::string_view> nominated = connectionTokens(in);
   std::string out;
   out.reserve(512);
   out.append("GET ");
@@ -111,9 +136,6 @@ std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo
   out.append(" HTTP/1.1\r\n");
   for (const Header& h : in) {
     if (isHopByHop(h.name) || iequals(h.name, "Content-Length") || isProxyHeader(h.name)) {
-      continue;
-    }
-    if (!nominated.empty() && !isProtected(h.name) && hasToken(nominated, h.name)) {
       continue;
     }
     appendHeader(out, h.name, h.value);

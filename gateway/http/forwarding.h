@@ -22,10 +22,8 @@ struct ForwardInfo {
 
 // Returns the whole request head, ending in the blank line:
 //   GET <target> HTTP/1.1\r\n
-//   <client headers in order, except: hop-by-hop ones (isHopByHop); ones nominated in the
-//    client's Connection header (but never Host or Sec-WebSocket-*, which the handshake needs);
-//    Content-Length (the gateway sends no body); X-Forwarded-For, X-Forwarded-Proto and Forwarded
-//    (re-sent below)>
+//   <request headers in order, except: hop-by-hop ones (isHopByHop); Content-Length (the gateway
+//    sends no body); X-Forwarded-For, X-Forwarded-Proto and Forwarded (re-sent below)>
 //   Connection: Upgrade\r\n
 //   Upgrade: websocket\r\n
 //   X-Forwarded-For: <client's values joined by ", ">, <client_ip>\r\n
@@ -37,7 +35,17 @@ struct ForwardInfo {
 // In Forwarded (RFC 7239 §4, §6) an IPv6 address is written "[addr]" and quoted, any value that
 // is not a token (e.g. "host:8080") is quoted; by= only when listener_host is set, host= only
 // when the client sent a Host. Sec-WebSocket-* headers pass through unchanged.
+// `request` is the client's head after dropConnectionNominated(), plus what the gateway and its
+// plugins added: every header it still has goes upstream unless listed above.
 std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo& info);
+
+// RFC 9110 §7.6.1: the headers a client's Connection header names are meant for the gateway, not
+// the upstream. Removes them from the client's `headers`, before the gateway or a plugin adds any
+// of its own (which a client must not be able to strip by naming them). Kept: hop-by-hop headers,
+// Content-Length and the proxy headers (upgate reads them; the forwarders never pass them on as
+// they are), Host, and, for a WebSocket upgrade, Sec-WebSocket-* (the upstream handshake needs
+// them).
+void dropConnectionNominated(HeaderList& headers, bool upgrade);
 
 // The proxy headers above (X-Forwarded-For, X-Forwarded-Proto, Forwarded): a request forwarded
 // upstream drops the client's copies of these and appends appendProxyHeaders() instead.

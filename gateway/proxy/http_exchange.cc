@@ -150,7 +150,6 @@ std::string upstreamHttpRequest(const RequestHead& head, const ForwardInfo& forw
     }
     // An HTTP/1.0 client cannot receive the 100 an Expect asks for (RFC 9110 §10.1.1).
     if (head.http_minor == 0 && iequals(h.name, "Expect")) continue;
-    if (!iequals(h.name, "Host") && headerHasToken(in, "Connection", h.name)) continue;
     appendHeader(out, h.name, h.value);
   }
   if (host == nullptr) appendHeader(out, "Host", default_host);

@@ -107,14 +107,17 @@ RequestFraming checkRequest(const RequestHead& head);
 
 // The request head sent upstream, ending in the blank line:
 //   <method> <origin-form target, or * for OPTIONS *> HTTP/1.1
-//   <client headers in order, except hop-by-hop ones (headers.h isHopByHop), ones nominated by
-//    the client's Connection header (never Host), Content-Length (re-sent below), Expect from an
-//    HTTP/1.0 client, and X-Forwarded-For/-Proto and Forwarded (re-sent below)>
+//   <request headers in order, except hop-by-hop ones (headers.h isHopByHop), Content-Length
+//    (re-sent below), Expect from an HTTP/1.0 client, and X-Forwarded-For/-Proto and Forwarded
+//    (re-sent below)>
 //   Host: <default_host>                       (only when the client sent none: HTTP/1.0)
 //   Content-Length: N | Transfer-Encoding: chunked   (per `framing`)
 //   X-Forwarded-For / X-Forwarded-Proto / X-Forwarded-Host / Forwarded, as forwarding.h documents
 //   for upstreamUpgradeRequest.
 // An absolute-form target is sent in origin-form (path and query); a fragment is dropped.
+// Like upstreamUpgradeRequest, it expects the headers the client's Connection header names to be
+// gone already (dropConnectionNominated, forwarding.h): what the gateway and its plugins added
+// under such a name goes upstream.
 std::string upstreamHttpRequest(const RequestHead& head, const ForwardInfo& forward,
                                 const RequestFraming& framing, const std::string& default_host);
 

@@ -256,6 +256,9 @@ void Session::routeRequest() {
     respondError(404, "no route for " + head.path);
     return;
   }
+  // The headers the client's Connection header names go now, while only the client's are
+  // there: what plugins and upgate add next reaches the upstream whatever the client named.
+  dropConnectionNominated(head.headers, upgrade);
   // Only plugins vouch for an identity: a client's own copies of these headers are dropped.
   auto& h = head.headers;
   h.erase(std::remove_if(h.begin(), h.end(),

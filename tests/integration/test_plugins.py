@@ -21,7 +21,8 @@ config checker's errors.
   invalid results -> 500 + a log line, reject headers filtered and the body sent as given,
   PAUSE/resume and the 503 for a pause never resumed, set_upstream_header's refusals, close()
   before the 101, on_close once per session; api_key on an http route judges every request of a
-  keep-alive connection.
+  keep-alive connection. A client naming plugin-set headers in its Connection header does not
+  keep them from the upstream (http and websocket routes).
 - Loader fixtures (wrong ABI, missing entry, short struct, undefined symbol, missing file, not an
   ELF file) make `upgate -t` and a real start exit 2 naming the entry, the path and the reason; a
   plugin's config error gives file:line:col of its entry, all errors at once.
@@ -1290,6 +1291,34 @@ class HostApiTest(GatewayTestCase):
         want = ("set=0 host=-1 sec=-1 crlf=-1 name=-1 close=-1 ip=127.0.0.1 port=%d route=probe "
                 "target=%s" % (resp.local[1], path))
         self.assertEqual(report[0], want)
+
+    def test_connection_cannot_strip_what_plugins_add(self):
+        """A client's Connection header names hop-by-hop headers of its own: naming the ones
+        plugins add (identity, set_upstream_header) must not keep them from the upstream."""
+        # http route: api_key's identity.
+        with RawClient(self.gw.addr()) as c:
+            resp = http_get(c, "/site/conn-strip", [
+                ("X-API-Key", "key-alice"), ("X-Upgate-User", "mallory"), ("X-Hop", "client"),
+                ("Connection", "X-Upgate-User, X-Upgate-Claims, X-Hop")])
+            self.assertEqual(resp.status, 200, resp)
+        seen = [r for r in self.app.requests if r["path"] == "/site/conn-strip"]
+        self.assertEqual(len(seen), 1)
+        h = seen[0]["headers"]
+        self.assertEqual(header_values(h, "X-Upgate-User"), ["alice"], h)
+        self.assertEqual(header_values(h, "X-Upgate-Claims"), ['{"role":"admin"}'], h)
+        self.assertEqual(header_values(h, "X-Hop"), [], h)  # the client's own: still dropped
+        # websocket route: the probe's set_upstream_header.
+        path = "/probe/conn-strip"
+        resp = attempt(self.gw.addr(), path, [
+            ("X-Probe", "host-api"), ("X-Probe-Set", "client"), ("X-Hop", "client"),
+            ("Connection", "X-Probe-Set, X-Probe-Report, X-Hop")])
+        self.assertEqual(resp.status, 101, resp)
+        seen = upstream_saw(self.echo, path)
+        self.assertEqual(len(seen), 1)
+        h = seen[0]["headers"]
+        self.assertEqual(header_values(h, "X-Probe-Set"), ["yes"], h)
+        self.assertEqual(len(header_values(h, "X-Probe-Report")), 1, h)
+        self.assertEqual(header_values(h, "X-Hop"), [], h)
 
     def test_on_close_runs_once_per_session(self):
         rejected = self.probe("bad-headers", "/probe/close-rejected")

@@ -35,7 +35,9 @@ TEST_CASE("forwarding: exact upstream request for a plain client", "[http]") {
   ForwardInfo info;
   info.client_ip = "192.0.2.7";
   info.client_port = 51000;
-  CHECK(upstreamUpgradeRequest(parse(kClientHead), info) ==
+  RequestHead head = parse(kClientHead);
+  dropConnectionNominated(head.headers, true);  // as the session does
+  CHECK(upstreamUpgradeRequest(head, info) ==
         "GET /chat?room=1 HTTP/1.1\r\n"
         "Host: chat.example.com\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -109,17 +111,81 @@ TEST_CASE("forwarding: Forwarded node quoting", "[http]") {
 }
 
 TEST_CASE("forwarding: Connection cannot strip what the handshake needs", "[http]") {
-  const RequestHead head = parse(
+  RequestHead head = parse(
       "GET / HTTP/1.1\r\n"
       "Host: h\r\n"
       "Connection: Upgrade, Host, Sec-WebSocket-Key, Cookie\r\n"
       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
       "Cookie: a=b\r\n"
       "\r\n");
+  dropConnectionNominated(head.headers, true);
   const std::string out = upstreamUpgradeRequest(head, ForwardInfo{"192.0.2.1", 1, false, ""});
   CHECK(out.find("Host: h\r\n") != std::string::npos);
   CHECK(out.find("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n") != std::string::npos);
   CHECK(out.find("Cookie") == std::string::npos);
+}
+
+TEST_CASE("forwarding: dropConnectionNominated removes the client's nominations only", "[http]") {
+  const std::string raw =
+      "POST / HTTP/1.1\r\n"
+      "Host: h\r\n"
+      "Connection: keep-alive, X-A, host, content-length, TE, sec-websocket-key, X-Upgate-User\r\n"
+      "Connection: x-b, x-forwarded-for\r\n"
+      "Keep-Alive: timeout=5\r\n"
+      "TE: trailers\r\n"
+      "X-A: 1\r\n"
+      "Content-Length: 0\r\n"
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+      "x-a: 2\r\n"
+      "X-B: 3\r\n"
+      "X-Upgate-User: mallory\r\n"
+      "X-Forwarded-For: 203.0.113.1\r\n"
+      "X-C: kept\r\n"
+      "\r\n";
+  auto names = [](const HeaderList& headers) {
+    std::string out;
+    for (const Header& h : headers) out += h.name + ";";
+    return out;
+  };
+  SECTION("a plain request (the proxy headers stay: upgate extends them itself)") {
+    RequestHead head = parse(raw);
+    dropConnectionNominated(head.headers, false);
+    CHECK(names(head.headers) ==
+          "Host;Connection;Connection;Keep-Alive;TE;Content-Length;X-Forwarded-For;X-C;");
+  }
+  SECTION("an upgrade keeps Sec-WebSocket-*") {
+    RequestHead head = parse(raw);
+    dropConnectionNominated(head.headers, true);
+    CHECK(names(head.headers) ==
+          "Host;Connection;Connection;Keep-Alive;TE;Content-Length;Sec-WebSocket-Key;"
+          "X-Forwarded-For;X-C;");
+  }
+  SECTION("nothing named that goes: unchanged") {
+    RequestHead head = parse(
+        "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, close\r\n"
+        "Upgrade: websocket\r\nX-A: 1\r\n\r\n");
+    const HeaderList before = head.headers;
+    dropConnectionNominated(head.headers, false);
+    CHECK(names(head.headers) == names(before));
+  }
+}
+
+TEST_CASE("forwarding: a header the gateway adds under a nominated name goes upstream", "[http]") {
+  // The client names X-Upgate-User in Connection to strip the identity a plugin vouches for.
+  RequestHead head = parse(
+      "GET / HTTP/1.1\r\n"
+      "Host: h\r\n"
+      "Connection: Upgrade, X-Upgate-User, X-Plugin\r\n"
+      "Upgrade: websocket\r\n"
+      "X-Plugin: from the client\r\n"
+      "\r\n");
+  dropConnectionNominated(head.headers, true);
+  head.headers.push_back({"X-Upgate-User", "alice"});
+  head.headers.push_back({"X-Plugin", "from a plugin"});
+  const std::string out = upstreamUpgradeRequest(head, ForwardInfo{"192.0.2.1", 1, false, ""});
+  CHECK(out.find("X-Upgate-User: alice\r\n") != std::string::npos);
+  CHECK(out.find("X-Plugin: from a plugin\r\n") != std::string::npos);
+  CHECK(out.find("from the client") == std::string::npos);
 }
 
 TEST_CASE("forwarding: the upstream request parses back", "[http]") {
