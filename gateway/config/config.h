@@ -226,6 +226,9 @@ struct TimeoutsConfig {
   Millis keepalive{60000};     // http routes: an idle kept-alive client connection is closed
   Millis plugin_pause{10000};  // a plugin's PAUSE not resumed within this -> 503
   Millis close{5000};  // websocket: after a close frame was sent, wait this long for the reply
+  // http routes: a client that takes none of the response bytes queued for it (over
+  // limits.high_water, the upstream paused) for this long is cut; 0 = never
+  Millis send{60000};
 };
 
 enum class LogLevel { Debug, Info, Warn, Error };

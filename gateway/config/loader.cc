@@ -909,7 +909,7 @@ class Loader {
 
   void loadTimeouts(const Field& map) {
     TimeoutsConfig& t = cfg_->timeouts;
-    fields(map, {"head", "idle", "half_close", "keepalive", "close", "plugin_pause"}, {},
+    fields(map, {"head", "idle", "half_close", "keepalive", "close", "plugin_pause", "send"}, {},
            [&](const std::string& key, const Field& f) {
              if (key == "head") {
                readDuration(f, t.head);
@@ -923,6 +923,8 @@ class Loader {
                readDuration(f, t.close);
              } else if (key == "plugin_pause") {
                readDuration(f, t.plugin_pause);
+             } else if (key == "send") {
+               readDuration(f, t.send);
              }
            });
   }

@@ -487,6 +487,7 @@ class Validator {
     checkNonNegative("timeouts.idle", c_.timeouts.idle);
     checkNonNegative("timeouts.half_close", c_.timeouts.half_close);
     checkPositive("timeouts.plugin_pause", c_.timeouts.plugin_pause);
+    checkNonNegative("timeouts.send", c_.timeouts.send);
   }
 
   const Config& c_;

@@ -172,7 +172,8 @@ HttpExchange::HttpExchange(Worker& worker, const Generation& generation, Upstrea
                            const ForwardInfo& forward)
     : HttpExchange(
           HttpExchangeContext{pool, generation.config->limits,
-                              generation.upstreamTls(upstream.name), worker.nextEndpoint(upstream)},
+                              generation.upstreamTls(upstream.name), worker.nextEndpoint(upstream),
+                              static_cast<uint64_t>(generation.config->timeouts.send.count())},
           owner, route, upstream, std::move(head), forward) {}
 
 HttpExchange::HttpExchange(const HttpExchangeContext& ctx, HttpExchangeOwner& owner,
@@ -185,6 +186,7 @@ HttpExchange::HttpExchange(const HttpExchangeContext& ctx, HttpExchangeOwner& ow
       tls_(ctx.tls),
       first_endpoint_(ctx.first_endpoint),
       high_water_(ctx.limits.high_water),
+      send_timeout_ms_(ctx.send_timeout_ms),
       max_response_head_bytes_(ctx.limits.max_response_head_bytes),
       max_headers_(ctx.limits.max_headers),
       max_trailer_bytes_(ctx.limits.max_head_bytes),
@@ -464,6 +466,8 @@ void HttpExchange::upstreamData(const char* data, size_t len) {
   }
   if (!upstream_paused_ && owner_.clientStream().pendingBytes() > high_water_) {
     upstream_paused_ = true;
+    send_check_at_ = conn_->now();
+    send_check_pending_ = owner_.clientStream().pendingBytes();
     conn_->stream().readStop();
     armTimer();  // without the response deadline: a slow client is not a silent upstream
   }
@@ -540,6 +544,10 @@ void HttpExchange::armTimer() {
   if (client_paused_ && conn_->socketPendingBytes() <= high_water_) {
     due = std::min(due, kPauseRecheckMs);
   }
+  if (upstream_paused_ && send_timeout_ms_ > 0) {
+    const uint64_t waited = conn_->now() - send_check_at_;
+    due = std::min(due, waited >= send_timeout_ms_ ? 0 : send_timeout_ms_ - waited);
+  }
   if (due == UINT64_MAX) {
     conn_->stopTimer();
   } else {
@@ -549,6 +557,19 @@ void HttpExchange::armTimer() {
 
 void HttpExchange::upstreamTimer() {
   if (finished_) return;
+  if (upstream_paused_ && send_timeout_ms_ > 0 &&
+      conn_->now() - send_check_at_ >= send_timeout_ms_) {
+    // Nothing is added to the client's queue while the upstream is paused: if it did not
+    // shrink, the client took nothing in all that time (a drain would have resumed the upstream).
+    const size_t pending = owner_.clientStream().pendingBytes();
+    if (pending >= send_check_pending_) {
+      failOrAbort(504, "client took no response bytes for " + std::to_string(send_timeout_ms_) +
+                           " ms (timeouts.send)");
+      return;
+    }
+    send_check_at_ = conn_->now();
+    send_check_pending_ = pending;
+  }
   if (client_paused_ && !req_done_ && conn_->stream().pendingBytes() <= high_water_ / 2) {
     resumeClient();
   }

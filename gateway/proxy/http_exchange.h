@@ -24,7 +24,9 @@
 // else 502. route.response_timeout bounds the wait for the first response byte after the request
 // was sent (restarted by request-body progress: 504, or 408 when the client stalls its body) and
 // then every silence of the upstream while reading its response (504 after interim answers
-// only; once the final head went out the connection is aborted).
+// only; once the final head went out the connection is aborted). While the upstream is paused
+// for a slow client, timeouts.send bounds how long the client may take none of the bytes queued
+// for it (then the connection is aborted and the upstream connection dropped).
 // Reuse: the upstream connection goes back to the pool only after a complete, keep-alive response
 // to a completely sent request with nothing extra on the wire. A pooled connection that fails
 // before any response byte is retried once on a fresh connection when the request is idempotent
@@ -84,6 +86,7 @@ struct HttpExchangeContext {
   const LimitsConfig& limits;             // copied by the exchange
   std::shared_ptr<const TlsContext> tls;  // generation.upstreamTls(upstream.name); null = plain
   size_t first_endpoint = 0;              // worker.nextEndpoint(upstream)
+  uint64_t send_timeout_ms = 0;           // timeouts.send; 0 = none
 };
 
 // How a client request's body is delimited (RFC 9112 §6.3), or why it cannot be forwarded.
@@ -228,6 +231,7 @@ class HttpExchange final : private UpstreamUser {
   const std::shared_ptr<const TlsContext> tls_;
   const size_t first_endpoint_;
   const size_t high_water_;
+  const uint64_t send_timeout_ms_;
   const size_t max_response_head_bytes_;
   const size_t max_headers_;
   const size_t max_trailer_bytes_;
@@ -276,6 +280,9 @@ class HttpExchange final : private UpstreamUser {
   bool got_response_byte_ = false;
   bool client_ka_ = false;        // what the final head told the client
   bool upstream_paused_ = false;  // we stopped upstream reads (client above high water)
+  // While upstream_paused_: when the client's queue was last seen to shrink, and its size then.
+  uint64_t send_check_at_ = 0;
+  size_t send_check_pending_ = 0;
 
   uint64_t last_activity_ = 0;  // loop time of the last progress the response timer counts
   uint64_t bytes_in_ = 0;

@@ -107,6 +107,8 @@ class LegacyApp:
                     for part in (b"second", b"third-and-last"):
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                     self.wfile.write(b"0\r\n\r\n")
+                elif url.path == "/big":
+                    self.reply(200, b"b" * BIG_BODY, [("Content-Type", "text/plain")])
                 elif url.path == "/hello":
                     self.reply(200, b"hello %s" % url.query.encode(),
                                [("X-App", "legacy"), ("X-Upstream-Port", str(self.client_address[1])),
@@ -517,6 +519,47 @@ class KeepAliveTimeoutTest(GatewayTestCase):
             self.assertEqual(extra, b"", "an idle keep-alive connection gets no answer")
             self.assertGreater(idle, 0.8, "closed after %.2fs, before timeouts.keepalive" % idle)
             self.assertLess(idle, 3.0, "still open %.2fs after timeouts.keepalive" % idle)
+
+
+class SendTimeoutTest(GatewayTestCase):
+    """timeouts.send: a client that takes none of the response queued for it (the upstream paused
+    behind it) is cut, and its upstream connection dropped; one that reads slowly is not."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.app = cls.start_class_peer(LegacyApp())
+        cls.gw = cls.start_class_gateway(harness.make_config(
+            {"app": {"endpoints": [cls.app.addr]}},
+            [{"name": "legacy", "match": {"path_prefix": "/"}, "kind": "http", "upstream": "app"}],
+            timeouts={"send": "1s"}, limits={"high_water": "16KiB"}))
+
+    def test_client_that_stops_reading_is_cut(self):
+        c = RawClient(self.gw.addr(), rcvbuf=4096)
+        self.addCleanup(c.close)
+        c.send(request("GET", "/big"))
+        entry = self.gw.access_log_for_client(c.local, timeout=20)
+        self.assertIn("client took no response bytes for 1000 ms (timeouts.send)",
+                      entry.get("close", ""), entry)
+        self.assertEqual(entry.get("status"), 200, entry)
+        extra, how = c.read_until_closed(10)
+        self.assertIn(how, ("eof", "reset"))
+        self.assertLess(len(extra), BIG_BODY, "the whole body cannot have been sent")
+
+    def test_slow_reader_is_not_cut(self):
+        c = RawClient(self.gw.addr(), rcvbuf=4096)
+        self.addCleanup(c.close)
+        c.send(request("GET", "/big"))
+        got = 0
+        c.sock.settimeout(5)
+        for _ in range(12):  # about 3 s of reading 32 KiB every 0.25 s: over timeouts.send
+            time.sleep(0.25)
+            chunk = c.sock.recv(32768)
+            self.assertTrue(chunk, "the gateway closed a client that was reading")
+            got += len(chunk)
+        self.assertGreater(got, 12 * 1024)
+
+
+BIG_BODY = 16 << 20  # /big: far over the gateway's high water and the kernel's buffers
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ TEST_CASE("loader: absent keys take the documented defaults", "[config]") {
   CHECK(c->timeouts.idle == d.timeouts.idle);
   CHECK(c->timeouts.half_close == d.timeouts.half_close);
   CHECK(c->timeouts.plugin_pause == Millis(10000));
+  CHECK(c->timeouts.send == Millis(60000));
   CHECK(c->log.level == LogLevel::Info);
   CHECK(c->log.access_log);
 }
@@ -129,6 +130,15 @@ TEST_CASE("loader: timeouts.plugin_pause", "[config]") {
       "listeners: [{name: a, address: \"127.0.0.1:1\"}]\ntimeouts: {plugin_pause: 1500ms}\n",
       "mem");
   CHECK(c->timeouts.plugin_pause == Millis(1500));
+}
+
+TEST_CASE("loader: timeouts.send", "[config]") {
+  auto c = loadConfigString(
+      "listeners: [{name: a, address: \"127.0.0.1:1\"}]\ntimeouts: {send: 30s}\n", "mem");
+  CHECK(c->timeouts.send == Millis(30000));
+  c = loadConfigString("listeners: [{name: a, address: \"127.0.0.1:1\"}]\ntimeouts: {send: 0}\n",
+                       "mem");
+  CHECK(c->timeouts.send == Millis(0));  // never
 }
 
 TEST_CASE("loader: shipped configs load", "[config]") {
