@@ -560,7 +560,9 @@ void Session::subscriptionEnded(uint16_t code, const std::string& reason) {
 }
 
 void Session::subscriptionClosing() {
-  if (state_ == State::Subscribed) uv_timer_start(&timer_, onTimer, kLingerMs, 0);
+  if (state_ == State::Subscribed) {
+    uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(config().timeouts.close.count()), 0);
+  }
 }
 
 void Session::lingerClose(const std::string& reason, bool flush_upstream) {
