@@ -30,12 +30,13 @@ bool jsonPath(const nlohmann::json& doc, std::string_view path, std::string& out
   return true;
 }
 
-bool looksBinary(const HttpResponse& r) {
-  const std::string* type = findHeader(r.headers, "content-type");
-  return type && type->find("application/octet-stream") != std::string::npos;
-}
-
 }  // namespace
+
+bool isBinaryAnswer(const HttpResponse& r) {
+  const std::string* type = findHeader(r.headers, "content-type");
+  if (type && type->find("application/octet-stream") != std::string::npos) return true;
+  return !isValidUtf8(r.body);
+}
 
 PollRequest makePollRequest(const LongPollConfig& lp, std::shared_ptr<const RequestHead> origin) {
   PollRequest poll;
@@ -231,8 +232,7 @@ void Poller::onResponse(const std::string& error, HttpResponse& r) {
 void Poller::publishBody(const HttpResponse& r) {
   Hub& hub = worker_.hub();
   if (!route_->longpoll.split_json_array) {
-    // Text frames must be UTF-8: a body that is not goes out as a binary message.
-    hub.publish(channel_, r.body, looksBinary(r) || !isValidUtf8(r.body));
+    hub.publish(channel_, r.body, isBinaryAnswer(r));
     return;
   }
   nlohmann::json doc = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
@@ -241,7 +241,8 @@ void Poller::publishBody(const HttpResponse& r) {
                "channel {}: split: json_array, but the body is not a JSON array; "
                "published whole",
                channelForLog(channel_));
-    hub.publish(channel_, r.body, false);
+    // Not JSON, so possibly not UTF-8 either: the same rule as split: body.
+    hub.publish(channel_, r.body, isBinaryAnswer(r));
     return;
   }
   // Strings go out as their text, anything else as compact JSON.

@@ -23,6 +23,11 @@ namespace upgate {
 
 class Worker;
 
+// How an answer of the legacy app (to a poll, or to a client's message) goes to WebSocket
+// clients: binary when its Content-Type says application/octet-stream or its body is not valid
+// UTF-8 (a text message must be), else text.
+bool isBinaryAnswer(const HttpResponse& response);
+
 // The poll a subscriber's request starts under a long-poll route: the route's poll template
 // expanded (all but {cursor}) and the request's `poll_forward_headers`, with `origin` kept.
 PollRequest makePollRequest(const LongPollConfig& lp, std::shared_ptr<const RequestHead> origin);

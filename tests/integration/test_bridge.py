@@ -8,7 +8,8 @@ bundled legacy ticker app (docker/demo/ticker_app.py, started here with a fast t
 - an upstream restart on the same port with its history continuing: no gap, no duplicate;
 - the poll loop stops a grace period after the last subscriber leaves;
 - a reload moves a running poll to the app's new address at once; an unchanged route keeps it;
-- two channels get independent polls and messages.
+- two channels get independent polls and messages;
+- a poll answer that is not UTF-8 goes out as a binary message.
 """
 
 import json
@@ -24,7 +25,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import harness
-from harness import GatewayTestCase, OP_TEXT
+from harness import GatewayTestCase, OP_BINARY, OP_TEXT
 import bridge_util
 from bridge_util import SubscriberPool, TickerApp, seq_of, start_gateway
 
@@ -811,6 +812,121 @@ class RecordingApp:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+class ScriptedApp:
+    """A legacy app whose answers the test writes. `poll(cursor)` answers GET /poll?cursor=N and
+    `send(body, headers)` a POST: each returns (status, headers dict, body bytes), or None for a
+    204 after `hold` seconds (an idle long-poll). Every request is recorded as a dict: t
+    (monotonic), method, path, cursor, headers (names lowercased), body."""
+
+    def __init__(self, poll=None, send=None, hold=0.5):
+        self.requests = []
+        self.cond = threading.Condition()
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, script, *args):
+                answer = script(*args) if script else None
+                if answer is None:
+                    time.sleep(hold)
+                    answer = (204, {}, b"")
+                status, headers, body = answer
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    self.close_connection = True  # upgate gave the request up (it stopped)
+
+            def _record(self, body):
+                url = urllib.parse.urlsplit(self.path)
+                req = {"t": time.monotonic(), "method": self.command, "path": url.path,
+                       "cursor": dict(urllib.parse.parse_qsl(url.query)).get("cursor"),
+                       "headers": {k.lower(): v for k, v in self.headers.items()},
+                       "body": body}
+                with app.cond:
+                    app.requests.append(req)
+                    app.cond.notify_all()
+                return req
+
+            def do_GET(self):
+                req = self._record(b"")
+                self._answer(poll, req["cursor"])
+
+            def do_POST(self):
+                req = self._record(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                self._answer(send, req["body"], req["headers"])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.addr = self.server.server_address
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def polls(self):
+        with self.cond:
+            return [r for r in self.requests if r["method"] == "GET"]
+
+    def posts(self):
+        with self.cond:
+            return [r for r in self.requests if r["method"] == "POST"]
+
+    def wait(self, what, predicate, timeout=10):
+        with self.cond:
+            if not self.cond.wait_for(predicate, timeout):
+                raise AssertionError("no %s: requests %r" % (what, self.requests[-20:]))
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def json_array(items):
+    return json.dumps(items).encode()
+
+
+class MessageTypeTest(BridgeTestCase):
+    """Text or binary: what the legacy app answers a poll goes to clients as a binary message
+    when the answer's Content-Type says application/octet-stream or its body is not UTF-8, else
+    as text."""
+
+    def scripted_app(self, **kw):
+        app = ScriptedApp(**kw)
+        self.addCleanup(app.stop)
+        return app
+
+    def test_split_json_array_publishes_a_non_json_non_utf8_answer_as_binary(self):
+        latin1 = "caf\xe9 price".encode("latin-1")
+
+        def poll(cursor):
+            if cursor == "0":
+                return 200, {"Content-Type": "text/plain; charset=iso-8859-1", "X-Cursor": "1"}, \
+                    latin1
+            if cursor == "1":
+                return 200, {"Content-Type": "text/plain", "X-Cursor": "2"}, "caf\xe9".encode()
+            return None
+
+        app = self.scripted_app(poll=poll)
+        gw = start_gateway(self, bridge_config(app.addr))  # split: json_array
+        pool = self.pool(gw)
+        sub = pool.connect_ws("/ticker?symbols=GOOG", 1)[0]
+        pool.wait(lambda: len(sub.messages) >= 2, 15, "both answers, published whole")
+        with pool.cond:
+            # A text frame with invalid UTF-8 would make a browser fail the connection.
+            self.assertEqual(sub.messages[:2], [(OP_BINARY, latin1),
+                                                (OP_TEXT, "caf\xe9".encode())])
+            self.assertEqual(sub.errors, [])
+        bridge_util.wait_gateway_message(gw, r"channel GOOG: split: json_array, but the body is "
+                                             r"not a JSON array; published whole", count=2)
+        pool.close_all()
 
 
 class IdentityTest(GatewayTestCase):

@@ -60,3 +60,26 @@ TEST_CASE("poll request: made again from the same request under a changed route"
   CHECK(again.target == "/v2/updates?symbol=GOOG&since={cursor}");
   CHECK(again.origin == first.origin);  // the request is kept, not copied again
 }
+
+TEST_CASE("answers: binary when the Content-Type says so or the body is not UTF-8", "[bridge]") {
+  HttpResponse r;
+  r.status = 200;
+  r.body = "caf\xc3\xa9";  // UTF-8
+  CHECK_FALSE(isBinaryAnswer(r));
+  r.headers = {{"Content-Type", "text/plain; charset=utf-8"}};
+  CHECK_FALSE(isBinaryAnswer(r));
+  SECTION("a text frame must be UTF-8, whatever the Content-Type claims") {
+    r.body = "caf\xe9";  // Latin-1
+    CHECK(isBinaryAnswer(r));
+    r.headers = {{"content-type", "application/json"}};
+    CHECK(isBinaryAnswer(r));
+  }
+  SECTION("application/octet-stream is binary even when its bytes happen to be UTF-8") {
+    r.headers = {{"content-type", "application/octet-stream"}};
+    CHECK(isBinaryAnswer(r));
+  }
+  SECTION("an empty body is text") {
+    r.body.clear();
+    CHECK_FALSE(isBinaryAnswer(r));
+  }
+}
