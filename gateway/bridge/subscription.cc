@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "bridge/poller.h"
 #include "core/log.h"
 #include "proxy/worker.h"
 #include "websocket/close_code.h"
@@ -308,10 +309,12 @@ void Subscription::sendNext() {
           fail(close_code::kInternalError, "the application did not accept the message");
           return;
         }
-        // The application's answer, if any, goes back to this client only.
+        // The application's answer, if any, goes back to this client only, typed as a poll's
+        // answer would be (a text frame must be UTF-8).
         if (!r.body.empty() && !close_sent_) {
           owner_.countBytes(0, r.body.size());
-          if (!writeFrame(opcode::kText, r.body.data(), r.body.size())) {
+          const uint8_t op = isBinaryAnswer(r) ? opcode::kBinary : opcode::kText;
+          if (!writeFrame(op, r.body.data(), r.body.size())) {
             fail(close_code::kAbnormal, "client write failed");
             return;
           }

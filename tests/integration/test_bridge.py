@@ -9,7 +9,7 @@ bundled legacy ticker app (docker/demo/ticker_app.py, started here with a fast t
 - the poll loop stops a grace period after the last subscriber leaves;
 - a reload moves a running poll to the app's new address at once; an unchanged route keeps it;
 - two channels get independent polls and messages;
-- a poll answer that is not UTF-8 goes out as a binary message.
+- the app's answers go out as text or binary messages by one rule.
 """
 
 import json
@@ -894,9 +894,9 @@ def json_array(items):
 
 
 class MessageTypeTest(BridgeTestCase):
-    """Text or binary: what the legacy app answers a poll goes to clients as a binary message
-    when the answer's Content-Type says application/octet-stream or its body is not UTF-8, else
-    as text."""
+    """Text or binary, both ways. What the legacy app answers (a poll, a client's message) goes
+    to clients by one rule: binary when the answer's Content-Type says application/octet-stream
+    or its body is not UTF-8, else text."""
 
     def scripted_app(self, **kw):
         app = ScriptedApp(**kw)
@@ -927,6 +927,23 @@ class MessageTypeTest(BridgeTestCase):
         bridge_util.wait_gateway_message(gw, r"channel GOOG: split: json_array, but the body is "
                                              r"not a JSON array; published whole", count=2)
         pool.close_all()
+
+    def test_the_answer_to_a_client_message_is_binary_unless_it_is_utf8_text(self):
+        answers = {
+            b"octets": (200, {"Content-Type": "application/octet-stream"}, b"\x00\xff\xfe\x01"),
+            b"latin1": (200, {"Content-Type": "text/plain"}, "caf\xe9".encode("latin-1")),
+            b"utf8": (200, {"Content-Type": "text/plain"}, "caf\xe9".encode()),
+        }
+        app = self.scripted_app(send=lambda body, headers: answers[body])
+        gw = start_gateway(self, bridge_config(app.addr))  # send: /send
+        c = harness.RawClient(gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/ticker?symbols=GOOG")
+        for message, op in ((b"octets", OP_BINARY), (b"latin1", OP_BINARY), (b"utf8", OP_TEXT)):
+            c.send_frame(OP_TEXT, message)
+            self.assertEqual(c.recv_frame()[1:], (op, answers[message][2]),
+                             "the answer to %r" % message)
+        self.assertEqual([p["body"] for p in app.posts()], [b"octets", b"latin1", b"utf8"])
 
 
 class IdentityTest(GatewayTestCase):
