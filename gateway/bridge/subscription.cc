@@ -275,7 +275,7 @@ void Subscription::onClientMessage() {
     fail(close_code::kPolicyViolation, "too many messages waiting for the application");
     return;
   }
-  outbox_.push_back(std::move(message_));
+  outbox_.push_back({std::move(message_), validator_.messageOpcode() == opcode::kBinary});
   message_.clear();
   if (!send_call_) sendNext();
 }
@@ -291,10 +291,10 @@ void Subscription::sendNext() {
   req.target = send_target_;
   req.headers = forward_headers_;
   for (const auto& [name, value] : route_.longpoll.headers) req.headers.push_back({name, value});
-  req.headers.push_back({"Content-Type", validator_.messageOpcode() == opcode::kBinary
-                                             ? "application/octet-stream"
-                                             : "text/plain; charset=utf-8"});
-  req.body = std::move(outbox_.front());
+  OutgoingMessage& next = outbox_.front();
+  req.headers.push_back(
+      {"Content-Type", next.binary ? "application/octet-stream" : "text/plain; charset=utf-8"});
+  req.body = std::move(next.payload);
   outbox_.pop_front();
   req.timeout = route_.longpoll.timeout;
   send_call_ =

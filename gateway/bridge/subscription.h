@@ -112,10 +112,16 @@ class Subscription final : public ChannelSubscriber, private FrameSink {
   MessageValidator validator_;  // fragmentation order, UTF-8, close payloads, message size
   std::string message_;
 
-  // longpoll: client messages POSTed to the legacy app, one at a time, in order.
+  // longpoll: client messages POSTed to the legacy app, one at a time, in order. Each keeps
+  // whether it was a binary message: its POST's Content-Type says so, however many messages
+  // the client sent after it while it waited.
+  struct OutgoingMessage {
+    std::string payload;
+    bool binary = false;
+  };
   std::string send_target_;
   HeaderList forward_headers_;
-  std::deque<std::string> outbox_;
+  std::deque<OutgoingMessage> outbox_;
   std::shared_ptr<HttpClient::Call> send_call_;
 
   uint64_t dropped_ = 0;      // messages not sent: over max_queue_bytes with overflow: drop

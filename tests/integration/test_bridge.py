@@ -9,7 +9,8 @@ bundled legacy ticker app (docker/demo/ticker_app.py, started here with a fast t
 - the poll loop stops a grace period after the last subscriber leaves;
 - a reload moves a running poll to the app's new address at once; an unchanged route keeps it;
 - two channels get independent polls and messages;
-- the app's answers go out as text or binary messages by one rule.
+- the app's answers go out as text or binary messages by one rule, and client messages are
+  POSTed with a Content-Type of their own.
 """
 
 import json
@@ -893,10 +894,23 @@ def json_array(items):
     return json.dumps(items).encode()
 
 
+ADMIN = {"address": "127.0.0.1:0"}  # for /metrics
+
+
+def metric(gw, name, **labels):
+    """One series of upgate's /metrics (the config needs `admin: ADMIN`); 0 until it exists."""
+    text = bridge_util.Admin(gw).request("GET", "/metrics").body.decode()
+    for m in re.finditer(r"^%s\{([^}]*)\} (\S+)$" % re.escape(name), text, re.M):
+        if dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))) == labels:
+            return float(m.group(2))
+    return 0
+
+
 class MessageTypeTest(BridgeTestCase):
     """Text or binary, both ways. What the legacy app answers (a poll, a client's message) goes
     to clients by one rule: binary when the answer's Content-Type says application/octet-stream
-    or its body is not UTF-8, else text."""
+    or its body is not UTF-8, else text. A client's message is POSTed with a Content-Type that
+    says which it was."""
 
     def scripted_app(self, **kw):
         app = ScriptedApp(**kw)
@@ -944,6 +958,40 @@ class MessageTypeTest(BridgeTestCase):
             self.assertEqual(c.recv_frame()[1:], (op, answers[message][2]),
                              "the answer to %r" % message)
         self.assertEqual([p["body"] for p in app.posts()], [b"octets", b"latin1", b"utf8"])
+
+    def test_a_queued_client_message_is_posted_with_its_own_content_type(self):
+        # The app holds the first POST until the next two messages are queued behind it.
+        queued = threading.Event()
+        self.addCleanup(queued.set)
+
+        def send(body, headers):
+            if body == b"A":
+                queued.wait(10)
+            return 200, {}, b""
+
+        app = self.scripted_app(send=send)
+        gw = start_gateway(self, bridge_config(app.addr, admin=ADMIN))
+        c = harness.RawClient(gw.addr())
+        self.addCleanup(c.close)
+        c.handshake("/ticker?symbols=GOOG")
+        c.send_frame(OP_TEXT, b"A")
+        app.wait("the first POST", lambda: len(app.posts()) >= 1)
+        c.send_frame(OP_BINARY, b"\x00\x01BIN")
+        c.send_frame(OP_TEXT, b"C-text")
+        # Both read by upgate (and so queued: no POST goes out while one is in flight) before
+        # the first is answered.
+        harness.poll_until(lambda: metric(gw, "upgate_messages_total", route="ticker",
+                                          direction="up") >= 3, 10, what="3 client messages")
+        self.assertEqual(len(app.posts()), 1, "a POST went out while one was in flight")
+        queued.set()
+        app.wait("the queued POSTs", lambda: len(app.posts()) >= 3)
+        c.send_frame(OP_BINARY, b"\x02D")  # nothing queued: sent at once
+        app.wait("the last POST", lambda: len(app.posts()) >= 4)
+        got = [(p["body"], p["headers"].get("content-type")) for p in app.posts()]
+        self.assertEqual(got, [(b"A", "text/plain; charset=utf-8"),
+                               (b"\x00\x01BIN", "application/octet-stream"),
+                               (b"C-text", "text/plain; charset=utf-8"),
+                               (b"\x02D", "application/octet-stream")])
 
 
 class IdentityTest(GatewayTestCase):
