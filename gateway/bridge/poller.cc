@@ -215,18 +215,22 @@ void Poller::onResponse(const std::string& error, HttpResponse& r) {
     return;
   }
   count("data");
-  failures_ = 0;
   publishBody(r);
-  if (!advanceCursor(r)) {
-    UPGATE_LOG(warn, 0,
-               "channel {}: the poll answer carried no cursor ({}); the next poll repeats "
-               "cursor \"{}\"",
-               channelForLog(channel_),
-               route_->longpoll.cursor_header.empty() ? route_->longpoll.cursor_json
-                                                      : "header " + route_->longpoll.cursor_header,
-               cursor_);
+  if (advanceCursor(r)) {
+    failures_ = 0;
+    poll();
+    return;
   }
-  poll();
+  // The next poll repeats the cursor, so it may well get the same answer again: at once, that
+  // would be a loop republishing it as fast as the app answers. Backed off as an error is.
+  uint64_t delay = retryLater();
+  UPGATE_LOG(warn, 0,
+             "channel {}: the poll answer carried no cursor ({}); retry {} in {} ms repeats "
+             "cursor \"{}\"",
+             channelForLog(channel_),
+             route_->longpoll.cursor_header.empty() ? route_->longpoll.cursor_json
+                                                    : "header " + route_->longpoll.cursor_header,
+             failures_, delay, cursor_);
 }
 
 void Poller::publishBody(const HttpResponse& r) {
@@ -268,6 +272,12 @@ bool Poller::advanceCursor(const HttpResponse& r) {
 }
 
 void Poller::backoff(const std::string& why) {
+  uint64_t delay = retryLater();
+  UPGATE_LOG(warn, 0, "channel {}: poll failed ({}); retry {} in {} ms, cursor \"{}\" kept",
+             channelForLog(channel_), why, failures_, delay, cursor_);
+}
+
+uint64_t Poller::retryLater() {
   const LongPollConfig& lp = route_->longpoll;
   uint64_t base = static_cast<uint64_t>(lp.backoff_initial.count());
   uint64_t cap = static_cast<uint64_t>(lp.backoff_max.count());
@@ -277,9 +287,8 @@ void Poller::backoff(const std::string& why) {
   // Full jitter on the upper half: many gateways restarting together do not poll in lockstep.
   static thread_local std::minstd_rand rng{std::random_device{}()};
   delay = delay / 2 + rng() % (delay / 2 + 1);
-  UPGATE_LOG(warn, 0, "channel {}: poll failed ({}); retry {} in {} ms, cursor \"{}\" kept",
-             channelForLog(channel_), why, failures_, delay, cursor_);
   uv_timer_start(&retry_timer_, onRetryTimer, delay, 0);
+  return delay;
 }
 
 void Poller::onRetryTimer(uv_timer_t* t) noexcept {

@@ -4,6 +4,7 @@
 // through the Hub, so subscribers on every worker get the same messages in the same order.
 //
 //   poll -> 200 with a body: split into messages, publish, advance the cursor, poll again
+//           (no cursor in it: back off, as the same answer may come again)
 //        -> 204 / 304 / empty body / our own timeout: poll again at once
 //        -> anything else (connect error, 5xx, ...): back off exponentially with jitter
 // The cursor survives upstream restarts: a failed poll never moves it, so the next successful
@@ -70,7 +71,10 @@ class Poller {
   void onResponse(const std::string& error, HttpResponse& response);
   void publishBody(const HttpResponse& response);
   bool advanceCursor(const HttpResponse& response);
-  void backoff(const std::string& why);
+  void backoff(const std::string& why);  // a failed poll: logged, retried after retryLater()
+  // Starts the retry timer for the route's backoff (exponential in failures_, with jitter) and
+  // counts the failure; returns the delay in ms.
+  uint64_t retryLater();
   // What the next poll's request depends on, as text: equal when two configurations poll alike.
   std::string signature() const;
 

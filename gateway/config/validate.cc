@@ -431,6 +431,11 @@ class Validator {
         }
         if (!lp.cursor_header.empty() && !lp.cursor_json.empty()) {
           error(base + ".longpoll.cursor", "set either header or json, not both");
+        } else if (!lp.cursor_json.empty() && lp.split_json_array) {
+          // A split answer is an array, which has no field to read; an object is not split.
+          error(base + ".longpoll.cursor.json",
+                "cannot be read with split: json_array (an array answer has no fields): use "
+                "cursor: {header: ...}, or split: body");
         }
         if (lp.timeout.count() <= 0) error(base + ".longpoll.timeout", "must be greater than 0");
         if (lp.backoff_initial.count() <= 0 || lp.backoff_max < lp.backoff_initial) {

@@ -10,7 +10,9 @@ bundled legacy ticker app (docker/demo/ticker_app.py, started here with a fast t
 - a reload moves a running poll to the app's new address at once; an unchanged route keeps it;
 - two channels get independent polls and messages;
 - the app's answers go out as text or binary messages by one rule, and client messages are
-  POSTed with a Content-Type of their own.
+  POSTed with a Content-Type of their own;
+- an answer the poll cannot move on from (no cursor in it) is polled again only after the
+  backoff.
 """
 
 import json
@@ -992,6 +994,54 @@ class MessageTypeTest(BridgeTestCase):
                                (b"\x00\x01BIN", "application/octet-stream"),
                                (b"C-text", "text/plain; charset=utf-8"),
                                (b"\x02D", "application/octet-stream")])
+
+
+class PollPaceTest(BridgeTestCase):
+    """An answer the poll cannot move on from (no cursor in it) would come back as it is if
+    polled again at once: the next poll waits the route's backoff, so no configuration or app
+    makes a tight poll loop."""
+
+    def scripted_app(self, **kw):
+        app = ScriptedApp(**kw)
+        self.addCleanup(app.stop)
+        return app
+
+    def assertBackedOff(self, lines, what):
+        """The retry lines number 1, 2, ... and wait within [base/2, base], base doubling from
+        backoff.initial up to backoff.max (as for a failed poll)."""
+        retries = [int(m.group(1)) for _, m in lines]
+        self.assertEqual(retries, list(range(1, len(lines) + 1)), what)
+        for k, (_, m) in enumerate(lines, start=1):
+            base = min(BACKOFF_INITIAL_MS << (k - 1), BACKOFF_MAX_MS)
+            self.assertTrue(base // 2 <= int(m.group(2)) <= base,
+                            "%s: retry %d waits %s ms, outside [%d, %d]"
+                            % (what, k, m.group(2), base // 2, base))
+
+    def test_an_answer_without_its_cursor_is_polled_again_after_the_backoff(self):
+        # Every poll: a message, and no X-Cursor (the route reads the cursor from that header).
+        app = self.scripted_app(
+            poll=lambda cursor: (200, {"Content-Type": "application/json"}, b'["tick"]'))
+        gw = start_gateway(self, bridge_config(app.addr))
+        pool = self.pool(gw)
+        sub = pool.connect_ws("/ticker?symbols=GOOG", 1)[0]
+        pool.wait(lambda: len(sub.messages) >= 1, 15, "the first answer")
+        # A bounded watch: the backoff (200 ms doubling to 1.6 s) allows a handful of polls in
+        # two seconds; at once, the app would be asked hundreds of times.
+        before = len(app.polls())
+        time.sleep(2)
+        self.assertLessEqual(len(app.polls()) - before, 8, "polls in 2 s after the first")
+        rx = (r'channel GOOG: the poll answer carried no cursor \(header X-Cursor\); retry (\d+) '
+              r'in (\d+) ms repeats cursor "0"')
+        lines = bridge_util.wait_gateway_message(gw, rx, count=4, timeout=15)[:4]
+        self.assertBackedOff(lines, "retries without a cursor")
+        # One poll per retry (and the one in flight), all with the same cursor.
+        polls = app.polls()
+        self.assertLessEqual(len(polls), len(bridge_util.gateway_messages(gw, rx)) + 1, polls)
+        self.assertEqual({p["cursor"] for p in polls}, {"0"})
+        with pool.cond:
+            self.assertEqual(set(sub.messages), {(OP_TEXT, b"tick")})
+            self.assertLessEqual(len(sub.messages), len(polls))
+        pool.close_all()
 
 
 class IdentityTest(GatewayTestCase):

@@ -492,6 +492,20 @@ TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
           "t.yaml:11:23: routes[0].longpoll.poll: unknown variable {query} (expected path, "
           "path.N, query.NAME, header.NAME, cursor)");
   }
+  SECTION("a JSON cursor cannot be read from answers split as a JSON array") {
+    // The split needs an array, the cursor an object: no answer can give both, and the poll
+    // would repeat its cursor (and republish the same messages) forever.
+    const std::string route =
+        "routes:\n  - name: r\n    kind: longpoll\n    upstream: chat\n"
+        "    longpoll:\n      poll: \"/p?c={cursor}\"\n";
+    CHECK(oneError(kBase + route +
+                   "      cursor: { json: \"$.cursor\" }\n      split: json_array\n") ==
+          "t.yaml:13:23: routes[0].longpoll.cursor.json: cannot be read with split: json_array "
+          "(an array answer has no fields): use cursor: {header: ...}, or split: body");
+    auto cfg = loadConfigString(kBase + route + "      cursor: { json: \"$.cursor\" }\n", "t.yaml");
+    CHECK(cfg->routes.at(0).longpoll.cursor_json == "$.cursor");
+    CHECK_FALSE(cfg->routes.at(0).longpoll.split_json_array);
+  }
   SECTION("a channel route needs no upstream but needs the admin API") {
     CHECK(
         oneError(kBase + "routes:\n  - name: n\n    kind: channel\n    channel: \"{path.1}\"\n") ==
