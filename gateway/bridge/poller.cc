@@ -5,6 +5,7 @@
 #include <random>
 
 #include "bridge/hub.h"
+#include "config/validate.h"
 #include "core/handle.h"
 #include "core/log.h"
 #include "http/headers.h"
@@ -147,7 +148,7 @@ std::string Poller::signature() const {
       s += "plain";
     }
   }
-  s += '\n' + std::to_string(lp.timeout.count()) + ' ' + std::to_string(route_->max_queue_bytes);
+  s += '\n' + std::to_string(lp.timeout.count()) + ' ' + std::to_string(lp.max_response_bytes);
   for (const auto& [name, value] : lp.headers) s += '\n' + name + ": " + value;
   for (const auto& [name, value] : poll_.headers) s += '\n' + name + ": " + value;
   return s;
@@ -172,7 +173,7 @@ void Poller::poll() {
   for (const auto& [name, value] : route_->longpoll.headers) req.headers.push_back({name, value});
   for (const auto& [name, value] : poll_.headers) req.headers.push_back({name, value});
   req.timeout = route_->longpoll.timeout;
-  req.max_response_bytes = route_->max_queue_bytes;
+  req.max_response_bytes = route_->longpoll.max_response_bytes;
   ++polls_;
   call_ =
       worker_.httpClient().send(std::move(req), [this](const std::string& error, HttpResponse& r) {
@@ -196,6 +197,20 @@ void Poller::onResponse(const std::string& error, HttpResponse& r) {
       count("empty");
       failures_ = 0;
       poll();
+      return;
+    }
+    // HttpCallback's "response body exceeds N bytes": the answer is over our limit. Polled
+    // again with the same cursor it would come back as large, so this is not a passing error:
+    // said as one, with what to change, and retried only after the backoff.
+    if (error.rfind("response body exceeds", 0) == 0) {
+      count("too_large");
+      uint64_t delay = retryLater();
+      UPGATE_LOG(err, 0,
+                 "channel {}: the poll answer is larger than longpoll.max_response_bytes ({}) of "
+                 "route {} and was not taken; retry {} in {} ms, cursor \"{}\" kept (raise the "
+                 "limit, or have the app answer in smaller batches)",
+                 channel_, formatSize(route_->longpoll.max_response_bytes), route_->name, failures_,
+                 delay, cursor_);
       return;
     }
     count("error");

@@ -6,7 +6,8 @@
 //   poll -> 200 with a body: split into messages, publish, advance the cursor, poll again
 //           (no cursor in it: back off, as the same answer may come again)
 //        -> 204 / 304 / empty body / our own timeout: poll again at once
-//        -> anything else (connect error, 5xx, ...): back off exponentially with jitter
+//        -> anything else (connect error, 5xx, an answer over longpoll.max_response_bytes,
+//           ...): back off exponentially with jitter
 // The cursor survives upstream restarts: a failed poll never moves it, so the next successful
 // poll resumes where the last one ended and nothing published upstream is skipped.
 

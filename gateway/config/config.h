@@ -130,6 +130,10 @@ struct LongPollConfig {
   Millis grace{5000};           // stop polling this long after the last subscriber left
   Millis backoff_initial{500};  // upstream errors: exponential backoff with jitter...
   Millis backoff_max{30000};    // ...up to this
+  // The largest poll answer (decoded body) taken; a larger one is not published and the poll is
+  // retried after the backoff. The size of the largest client message (limits.max_message_size)
+  // by default: a split: body answer is one message. One answer per channel is held at a time.
+  size_t max_response_bytes = 16 * 1024 * 1024;
 };
 
 enum class OverflowPolicy { Close, Drop };

@@ -774,7 +774,7 @@ class Loader {
   void loadLongPoll(const Field& map, LongPollConfig& lp) {
     fields(map,
            {"channel", "poll", "method", "headers", "timeout", "cursor", "split", "send", "grace",
-            "backoff", "forward_headers", "poll_forward_headers"},
+            "backoff", "forward_headers", "poll_forward_headers", "max_response_bytes"},
            {"poll"}, [&](const std::string& key, const Field& f) {
              if (key == "channel") {
                readNonEmptyString(f, lp.channel);
@@ -819,6 +819,8 @@ class Loader {
                fields(f, {"initial", "max"}, {}, [&](const std::string& k, const Field& v) {
                  readDuration(v, k == "initial" ? lp.backoff_initial : lp.backoff_max);
                });
+             } else if (key == "max_response_bytes") {
+               readSize(f, lp.max_response_bytes);
              } else if (key == "forward_headers" || key == "poll_forward_headers") {
                std::vector<std::string>& names =
                    key == "forward_headers" ? lp.forward_headers : lp.poll_forward_headers;

@@ -438,6 +438,8 @@ class Validator {
                 "cursor: {header: ...}, or split: body");
         }
         if (lp.timeout.count() <= 0) error(base + ".longpoll.timeout", "must be greater than 0");
+        checkSize(base + ".longpoll.max_response_bytes", lp.max_response_bytes,
+                  config_range::kMinPollResponseBytes, config_range::kMaxPollResponseBytes);
         if (lp.backoff_initial.count() <= 0 || lp.backoff_max < lp.backoff_initial) {
           error(base + ".longpoll.backoff", "need 0 < initial <= max");
         }

@@ -30,6 +30,8 @@ inline constexpr size_t kMaxHeaders = 10000;
 inline constexpr size_t kMinHighWater = 1024;
 inline constexpr size_t kMaxHighWater = size_t{1} << 30;  // the overflow mark is a multiple
 inline constexpr size_t kMaxErrorBodyBytes = 16 * 1024 * 1024;
+inline constexpr size_t kMinPollResponseBytes = 1024;  // longpoll.max_response_bytes
+inline constexpr size_t kMaxPollResponseBytes = size_t{1} << 30;
 }  // namespace config_range
 
 // Every problem found, in section order (file/line/column left empty). Empty = valid.

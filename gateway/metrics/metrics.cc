@@ -45,7 +45,7 @@ constexpr std::array<FamilyInfo, static_cast<size_t>(Family::Count)> kFamilies{{
     {"upgate_published_messages_total", "counter", "Messages published with POST /publish.", false},
     {"upgate_longpoll_polls_total", "counter",
      "Upstream long-polls finished, by route and result (data; empty: no change, or the poll "
-     "timeout; error).",
+     "timeout; error; too_large: over longpoll.max_response_bytes).",
      true},
     {"upgate_reloads_total", "counter", "Configuration reloads, by result (ok, failed).", true},
     {"upgate_config_generation", "gauge",

@@ -11,8 +11,8 @@ bundled legacy ticker app (docker/demo/ticker_app.py, started here with a fast t
 - two channels get independent polls and messages;
 - the app's answers go out as text or binary messages by one rule, and client messages are
   POSTed with a Content-Type of their own;
-- an answer the poll cannot move on from (no cursor in it) is polled again only after the
-  backoff.
+- an answer the poll cannot move on from (no cursor in it, over longpoll.max_response_bytes)
+  is polled again only after the backoff; max_queue_bytes does not limit what a poll reads.
 """
 
 import json
@@ -997,9 +997,9 @@ class MessageTypeTest(BridgeTestCase):
 
 
 class PollPaceTest(BridgeTestCase):
-    """An answer the poll cannot move on from (no cursor in it) would come back as it is if
-    polled again at once: the next poll waits the route's backoff, so no configuration or app
-    makes a tight poll loop."""
+    """An answer the poll cannot move on from (no cursor in it, or over the route's
+    longpoll.max_response_bytes) would come back as it is if polled again at once: the next
+    poll waits the route's backoff, so no configuration or app makes a tight poll loop."""
 
     def scripted_app(self, **kw):
         app = ScriptedApp(**kw)
@@ -1041,6 +1041,64 @@ class PollPaceTest(BridgeTestCase):
         with pool.cond:
             self.assertEqual(set(sub.messages), {(OP_TEXT, b"tick")})
             self.assertLessEqual(len(sub.messages), len(polls))
+        pool.close_all()
+
+    def test_an_answer_over_max_queue_bytes_is_delivered(self):
+        # max_queue_bytes bounds what a subscriber has not been sent yet, not a poll answer.
+        batch = json_array(["x" * 100] * 20)  # ~2 KiB: 20 small messages
+
+        def poll(cursor):
+            if cursor == "0":
+                return 200, {"X-Cursor": "1"}, batch
+            if cursor == "1":
+                return 200, {"X-Cursor": "2"}, json_array(["small"])
+            return None
+
+        app = self.scripted_app(poll=poll)
+        route = longpoll_route()
+        route["max_queue_bytes"] = "1KiB"
+        gw = start_gateway(self, bridge_config(app.addr, routes=[route]))
+        pool = self.pool(gw)
+        sub = pool.connect_ws("/ticker?symbols=GOOG", 1)[0]
+        pool.wait(lambda: len(sub.messages) >= 21, 15, "the big batch and the next one")
+        with pool.cond:
+            self.assertEqual(sub.messages, [(OP_TEXT, b"x" * 100)] * 20 + [(OP_TEXT, b"small")])
+        app.wait("a poll with cursor 2", lambda: any(p["cursor"] == "2" for p in app.polls()))
+        self.assertEqual(bridge_util.gateway_messages(gw, r"poll failed"), [])
+        pool.close_all()
+
+    def test_an_answer_over_max_response_bytes_is_an_error_retried_after_the_backoff(self):
+        small = threading.Event()  # set: the app answers in smaller batches
+        self.addCleanup(small.set)
+
+        def poll(cursor):
+            if cursor == "0":
+                count = 5 if small.is_set() else 20  # ~2 KiB: over the 1 KiB limit
+                return 200, {"X-Cursor": "1"}, json_array(["x" * 100] * count)
+            return None
+
+        app = self.scripted_app(poll=poll)
+        gw = start_gateway(self, bridge_config(app.addr, admin=ADMIN, routes=[
+            longpoll_route(max_response_bytes="1KiB")]))
+        pool = self.pool(gw)
+        sub = pool.connect_ws("/ticker?symbols=GOOG", 1)[0]
+        rx = (r'channel GOOG: the poll answer is larger than longpoll.max_response_bytes \(1KiB\) '
+              r'of route ticker and was not taken; retry (\d+) in (\d+) ms, cursor "0" kept')
+        lines = bridge_util.wait_gateway_message(gw, rx, count=3, timeout=15)[:3]
+        self.assertTrue(all(e["level"] in ("error", "err") for e, _ in lines), lines)
+        self.assertBackedOff(lines, "retries of the answer over the limit")
+        self.assertGreaterEqual(metric(gw, "upgate_longpoll_polls_total", route="ticker",
+                                       result="too_large"), 3)
+        polls = app.polls()
+        self.assertLessEqual(len(polls), len(bridge_util.gateway_messages(gw, rx)) + 1, polls)
+        with pool.cond:
+            self.assertEqual(sub.messages, [])  # nothing of an answer that was not taken
+        # Answers under the limit go through, and the cursor moves on.
+        small.set()
+        pool.wait(lambda: len(sub.messages) >= 5, 15, "the smaller batch")
+        app.wait("a poll with cursor 1", lambda: any(p["cursor"] == "1" for p in app.polls()))
+        with pool.cond:
+            self.assertEqual(sub.messages, [(OP_TEXT, b"x" * 100)] * 5)
         pool.close_all()
 
 

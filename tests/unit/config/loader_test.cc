@@ -468,7 +468,7 @@ TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
             "      poll: \"/poll?s={query.symbols}&c={cursor}\"\n"
             "      cursor: { header: X-Cursor, initial: \"7\" }\n      split: json_array\n"
             "      send: /send\n      grace: 2s\n      backoff: { initial: 100ms, max: 5s }\n"
-            "      headers: { X-From: upgate }\n",
+            "      headers: { X-From: upgate }\n      max_response_bytes: 2MiB\n",
         "t.yaml");
     const RouteConfig& r = cfg->routes.at(0);
     CHECK(r.kind == RouteKind::LongPoll);
@@ -483,6 +483,13 @@ TEST_CASE("loader: longpoll, channel and http routes", "[config]") {
     CHECK(r.longpoll.backoff_max == Millis(5000));
     REQUIRE(r.longpoll.headers.size() == 1);
     CHECK(r.longpoll.headers[0].first == "X-From");
+    CHECK(r.longpoll.max_response_bytes == 2 * 1024 * 1024);
+    // Not max_queue_bytes, which bounds a subscriber's unsent bytes, not what a poll may read.
+    CHECK(loadConfigString(kBase + "routes:\n  - name: r\n    kind: longpoll\n    upstream: "
+                                   "chat\n    max_queue_bytes: 1KiB\n    longpoll: { poll: /p }\n",
+                           "t.yaml")
+              ->routes.at(0)
+              .longpoll.max_response_bytes == 16 * 1024 * 1024);
   }
   SECTION("longpoll needs a poll target with known variables") {
     CHECK(oneError(kBase + "routes:\n  - name: r\n    kind: longpoll\n    upstream: chat\n") ==
@@ -570,6 +577,14 @@ TEST_CASE("loader: value ranges", "[config]") {
       {"routes:\n  - name: lp\n    kind: longpoll\n    upstream: chat\n    longpoll:\n"
        "      poll: /poll\n      forward_headers: [Cookie, \"bad name\"]\n",
        "t.yaml:13:33: routes[0].longpoll.forward_headers[1]: invalid header name \"bad name\""},
+      {"routes:\n  - name: lp\n    kind: longpoll\n    upstream: chat\n    longpoll:\n"
+       "      poll: /poll\n      max_response_bytes: 1000\n",
+       "t.yaml:13:27: routes[0].longpoll.max_response_bytes: must be between 1KiB and 1GiB, got "
+       "1000"},
+      {"routes:\n  - name: lp\n    kind: longpoll\n    upstream: chat\n    longpoll:\n"
+       "      poll: /poll\n      max_response_bytes: 2GiB\n",
+       "t.yaml:13:27: routes[0].longpoll.max_response_bytes: must be between 1KiB and 1GiB, got "
+       "2GiB"},
       {"limits: {max_connections: -1}\n",
        "t.yaml:7:27: limits.max_connections: must be between 0 and 100000000, got -1"},
       {"limits: {high_water: 1023}\n",
