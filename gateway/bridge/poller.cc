@@ -209,8 +209,8 @@ void Poller::onResponse(const std::string& error, HttpResponse& r) {
                  "channel {}: the poll answer is larger than longpoll.max_response_bytes ({}) of "
                  "route {} and was not taken; retry {} in {} ms, cursor \"{}\" kept (raise the "
                  "limit, or have the app answer in smaller batches)",
-                 channel_, formatSize(route_->longpoll.max_response_bytes), route_->name, failures_,
-                 delay, cursor_);
+                 channelForLog(channel_), formatSize(route_->longpoll.max_response_bytes),
+                 route_->name, failures_, delay, cursor_);
       return;
     }
     count("error");

@@ -940,8 +940,9 @@ class MessageTypeTest(BridgeTestCase):
             self.assertEqual(sub.messages[:2], [(OP_BINARY, latin1),
                                                 (OP_TEXT, "caf\xe9".encode())])
             self.assertEqual(sub.errors, [])
-        bridge_util.wait_gateway_message(gw, r"channel GOOG: split: json_array, but the body is "
-                                             r"not a JSON array; published whole", count=2)
+        bridge_util.wait_gateway_message(gw, r"channel ticker:GOOG: split: json_array, but the "
+                                             r"body is not a JSON array; published whole",
+                                         count=2)
         pool.close_all()
 
     def test_the_answer_to_a_client_message_is_binary_unless_it_is_utf8_text(self):
@@ -1030,8 +1031,8 @@ class PollPaceTest(BridgeTestCase):
         before = len(app.polls())
         time.sleep(2)
         self.assertLessEqual(len(app.polls()) - before, 8, "polls in 2 s after the first")
-        rx = (r'channel GOOG: the poll answer carried no cursor \(header X-Cursor\); retry (\d+) '
-              r'in (\d+) ms repeats cursor "0"')
+        rx = (r'channel ticker:GOOG: the poll answer carried no cursor \(header X-Cursor\); '
+              r'retry (\d+) in (\d+) ms repeats cursor "0"')
         lines = bridge_util.wait_gateway_message(gw, rx, count=4, timeout=15)[:4]
         self.assertBackedOff(lines, "retries without a cursor")
         # One poll per retry (and the one in flight), all with the same cursor.
@@ -1082,8 +1083,9 @@ class PollPaceTest(BridgeTestCase):
             longpoll_route(max_response_bytes="1KiB")]))
         pool = self.pool(gw)
         sub = pool.connect_ws("/ticker?symbols=GOOG", 1)[0]
-        rx = (r'channel GOOG: the poll answer is larger than longpoll.max_response_bytes \(1KiB\) '
-              r'of route ticker and was not taken; retry (\d+) in (\d+) ms, cursor "0" kept')
+        rx = (r'channel ticker:GOOG: the poll answer is larger than longpoll.max_response_bytes '
+              r'\(1KiB\) of route ticker and was not taken; retry (\d+) in (\d+) ms, '
+              r'cursor "0" kept')
         lines = bridge_util.wait_gateway_message(gw, rx, count=3, timeout=15)[:3]
         self.assertTrue(all(e["level"] in ("error", "err") for e, _ in lines), lines)
         self.assertBackedOff(lines, "retries of the answer over the limit")
