@@ -632,11 +632,17 @@ int HttpExchange::respStatus(const char* at, size_t len) noexcept {
 
 int HttpExchange::respHeaderField(const char* at, size_t len) noexcept {
   if (in_head_) field_.append(at, len);
-  return respCountHead(len + 4);  // ": " and CRLF
+  return respCountHead(len);
 }
 
 int HttpExchange::respHeaderFieldComplete() noexcept {
+  // ": " and CRLF, once per line however the name arrived (a name split over reads comes in
+  // several callbacks).
+  if (int rc = respCountHead(4); rc != HPE_OK) return rc;
   if (!in_head_) return HPE_OK;
+  // RFC 9112 §5.1: a proxy removes whitespace between a response's field name and the colon
+  // (llhttp's loose mode leaves it in the name), as ResponseParser does.
+  while (!field_.empty() && (field_.back() == ' ' || field_.back() == '\t')) field_.pop_back();
   if (!isToken(field_)) {
     resp_error_ = "invalid header name";
     return HPE_USER;

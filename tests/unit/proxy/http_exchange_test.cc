@@ -965,6 +965,17 @@ TEST_CASE("http_exchange: upstream failures", "[proxy]") {
       CHECK(c.received.empty());
     }
   }
+  SECTION("whitespace before a colon is removed, not a 502 (RFC 9112 5.1)") {
+    answer = "HTTP/1.1 200 OK\r\nX-Spaced  : v\r\nContent-Length: 2\r\n\r\nok";
+    FakeClient& c = h.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    REQUIRE(h.runUntil([&] { return c.ended(); }));
+    INFO(c.reason);
+    REQUIRE(c.done);
+    ClientView v = parseClient(c.received);
+    CHECK(headerIn(v.head, "X-Spaced") == "v");
+    CHECK(v.head.find("X-Spaced  :") == std::string::npos);
+    CHECK(v.body == "ok");
+  }
   SECTION("101 to a plain request: 502") {
     answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
     FakeClient& c = h.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
