@@ -1,5 +1,7 @@
 #include "bridge/subscription.h"
 
+#include <openssl/evp.h>
+
 #include <string>
 
 #include "bridge/poller.h"
@@ -44,7 +46,20 @@ std::string encodeWsFrame(const ChannelMessage& m) {
 
 std::string encodeSseEvent(const ChannelMessage& m) {
   std::string out = "id: " + std::to_string(m.seq) + "\n";
-  appendSseData(out, m.payload);
+  if (!m.binary) {
+    appendSseData(out, m.payload);
+    return out;
+  }
+  // SSE is UTF-8 text, and its line ends would split binary bytes: a binary message goes as a
+  // `binary` event with its payload in base64 (RFC 4648, one line).
+  out += "event: binary\ndata: ";
+  const size_t at = out.size();
+  out.resize(at + 4 * ((m.payload.size() + 2) / 3) + 1);  // EVP_EncodeBlock adds a NUL
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(&out[at]),
+                                reinterpret_cast<const unsigned char*>(m.payload.data()),
+                                static_cast<int>(m.payload.size()));
+  out.resize(at + static_cast<size_t>(n));
+  out += "\n\n";
   return out;
 }
 

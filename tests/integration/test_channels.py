@@ -13,6 +13,7 @@
 """
 
 import asyncio
+import base64
 import json
 import re
 import signal
@@ -247,6 +248,23 @@ class ChannelTest(GatewayTestCase):
                 got = [(op, p) for op, p in c.messages if p != b"warmup"]
                 self.assertEqual(got, [(OP_BINARY, blob), (OP_BINARY, b"flagged"),
                                        (OP_TEXT, b"text again")], c)
+        pool.close_all()
+
+    def test_binary_publish_reaches_sse_readers_as_base64(self):
+        # SSE carries UTF-8 text in lines: raw bytes would be split at CR/LF and mangled.
+        pool = self.pool(name="binary-sse")
+        sse = pool.connect_sse("/news/binsse", 1)[0]
+        warm_up(self.admin, "binsse", 1)
+        blob = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+        seq = self.admin.publish("binsse", blob, content_type="application/octet-stream")["seq"]
+        end = self.admin.publish("binsse", "end")["seq"]
+        pool.wait(lambda: any(i == str(end) for i, _ in sse.messages), 10, "the SSE events")
+        with pool.cond:
+            raw = bytes(sse.raw_sse)
+        event = ("id: %d\nevent: binary\ndata: %s\n\n"
+                 % (seq, base64.b64encode(blob).decode())).encode()
+        self.assertIn(event, raw, raw[-400:])
+        self.assertIn(("id: %d\ndata: end\n\n" % end).encode(), raw)
         pool.close_all()
 
     def test_text_publish_that_is_not_utf8_does_not_break_subscribers(self):

@@ -19,6 +19,18 @@ TEST_CASE("subscription: SSE events carry the id and one data field per line", "
   CHECK(encodeSseEvent(m) == "id: 7\ndata: \n\n");
 }
 
+TEST_CASE("subscription: binary messages reach SSE readers as base64 `binary` events", "[bridge]") {
+  ChannelMessage m;
+  m.seq = 9;
+  m.binary = true;
+  m.payload = std::string("\x89PNG\r\n\x1a\n\x00\xff", 10);
+  CHECK(encodeSseEvent(m) == "id: 9\nevent: binary\ndata: iVBORw0KGgoA/w==\n\n");
+  m.payload = "";
+  CHECK(encodeSseEvent(m) == "id: 9\nevent: binary\ndata: \n\n");
+  m.payload = "ab";
+  CHECK(encodeSseEvent(m) == "id: 9\nevent: binary\ndata: YWI=\n\n");
+}
+
 TEST_CASE("subscription: the overflow notice says how many were missed", "[bridge]") {
   const std::string notice = R"({"type":"overflow","count":{count},"again":"{count}"})";
   const std::string text = R"({"type":"overflow","count":12,"again":"12"})";
