@@ -62,11 +62,16 @@ void Hub::unsubscribed(unsigned worker, const std::string& channel) {
   if (it == channels_.end() || it->second.per_worker[worker] == 0) return;
   Channel& c = it->second;
   --c.per_worker[worker];
-  if (--c.total != 0 || !c.polled) return;  // channel routes have no poller to release
-  c.polled = false;
-  Worker* owner = workers_[ownerOf(channel)];
-  owner->post([owner, channel] { owner->releasePoller(channel); });
-  // The entry stays (it carries the sequence number); it is tiny.
+  if (--c.total != 0) return;
+  if (c.polled) {  // channel routes have no poller to release
+    c.polled = false;
+    Worker* owner = workers_[ownerOf(channel)];
+    owner->post([owner, channel] { owner->releasePoller(channel); });
+  }
+  // An entry that carries a sequence number stays (it is tiny), so a channel's numbers never
+  // restart. One nothing was ever published to goes: clients choosing ever new names would
+  // otherwise grow the map for good.
+  if (c.seq == 0) channels_.erase(it);
 }
 
 uint64_t Hub::publish(const std::string& channel, std::string payload, bool binary,
@@ -88,6 +93,11 @@ uint64_t Hub::publish(const std::string& channel, std::string payload, bool bina
   }
   if (workers_reached) *workers_reached = reached;
   return shared->seq;
+}
+
+size_t Hub::channelCount() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return channels_.size();
 }
 
 size_t Hub::subscribers(const std::string& channel) {

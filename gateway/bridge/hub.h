@@ -97,6 +97,8 @@ class Hub {
                    size_t* workers_reached = nullptr);
   // Subscribers in the process (all workers), for the admin API and tests.
   size_t subscribers(const std::string& channel);
+  // Channels the hub keeps an entry for (tests: entries do not pile up).
+  size_t channelCount();
 
  private:
   struct Channel {

@@ -66,3 +66,25 @@ TEST_CASE("hub: channel names are text", "[bridge]") {
   CHECK_FALSE(isValidChannelName(std::string("a\0b", 3)));
   CHECK_FALSE(isValidChannelName("a\x7f"));
 }
+
+TEST_CASE("hub: entries of channels nothing was published to do not pile up", "[bridge]") {
+  Hub hub;
+  hub.setWorkers({nullptr});
+  auto gen = std::make_shared<Generation>(1, std::make_shared<Config>(), nullptr, nullptr);
+  RouteConfig route;
+  route.kind = RouteKind::Channel;
+  for (int i = 0; i < 100; ++i) {  // a client trying ever new names
+    const std::string name = "probe-" + std::to_string(i);
+    hub.subscribed(0, name, *gen, route, PollRequest{});
+    hub.unsubscribed(0, name);
+  }
+  CHECK(hub.channelCount() == 0);
+  // A channel with a sequence number keeps it across an empty spell: numbers never restart.
+  hub.subscribed(0, "news", *gen, route, PollRequest{});
+  hub.unsubscribed(0, "news");
+  CHECK(hub.publish("news", "a", false) == 1);
+  hub.subscribed(0, "news", *gen, route, PollRequest{});
+  hub.unsubscribed(0, "news");
+  CHECK(hub.channelCount() == 1);
+  CHECK(hub.publish("news", "b", false) == 2);
+}
