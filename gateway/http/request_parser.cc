@@ -193,6 +193,7 @@ int RequestParser::onHeadersComplete() noexcept {
   head_.http_minor = parser_.http_minor;
   head_.upgrade = parser_.upgrade != 0;
   splitTarget(head_.target, head_.path, head_.query);
+  useTargetAuthority();
   // llhttp's loose mode accepts "GET /" as HTTP/0.9; there is no head to speak of.
   if (head_.http_major == 0) {
     return reject(400, "request line has no HTTP version");
@@ -204,6 +205,28 @@ int RequestParser::onHeadersComplete() noexcept {
   // Only the head is wanted: stop before any body; bodyless requests end in onMessageComplete.
   const bool has_body = (parser_.flags & F_CHUNKED) != 0 || parser_.content_length > 0;
   return has_body ? HPE_PAUSED : HPE_OK;
+}
+
+void RequestParser::useTargetAuthority() {
+  // RFC 9112 §3.2.2: with an absolute-form target the recipient ignores Host and uses the
+  // target's authority. Routing and forwarding read Host, so it is made to say the same: a front
+  // end that routes on the target and upgate cannot then disagree on the site. (No Host at all,
+  // or two, is refused later as for any request.)
+  const std::string_view target = head_.target;
+  const size_t scheme_end = target.find("://");
+  if (target.empty() || target.front() == '/' || scheme_end == std::string_view::npos) return;
+  std::string_view authority = target.substr(scheme_end + 3);
+  authority = authority.substr(0, authority.find_first_of("/?#"));
+  if (const size_t at = authority.rfind('@'); at != std::string_view::npos) {
+    authority.remove_prefix(at + 1);  // userinfo is no part of Host
+  }
+  Header* host = nullptr;
+  for (Header& h : head_.headers) {
+    if (!iequals(h.name, "Host")) continue;
+    if (host != nullptr) return;
+    host = &h;
+  }
+  if (host != nullptr && !authority.empty()) host->value.assign(authority);
 }
 
 int RequestParser::onMessageComplete() noexcept {

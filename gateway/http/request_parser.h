@@ -82,6 +82,8 @@ class RequestParser {
   int onHeaderValue(const char* at, size_t len) noexcept;
   int onHeaderValueComplete() noexcept;
   int onHeadersComplete() noexcept;
+  // Absolute-form target: the single Host header takes the target's authority.
+  void useTargetAuthority();
   int onMessageComplete() noexcept;
 
   int reject(int status, std::string reason) noexcept;

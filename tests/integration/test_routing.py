@@ -56,6 +56,13 @@ class RoutingTest(GatewayTestCase):
         self.assertEqual(self.route("/h2", host="chat.example.com:8080"), ("B", "wild"))
         self.assertEqual(self.status("/h3", host="chat.example.org"), 404)
 
+    def test_absolute_form_target_routes_on_its_authority(self):
+        # RFC 9112 §3.2.2: the target's authority wins over Host, for routing too.
+        self.assertEqual(self.status("http://chat.example.com/h4", host="chat.example.org"),
+                         101)
+        self.assertEqual(self.status("http://chat.example.org/h5", host="chat.example.com"),
+                         404)
+
     def test_header_match(self):
         self.assertEqual(self.route("/t1", extra=[("X-Tenant", "blue")]), ("B", "tenant"))
         self.assertEqual(self.route("/t2", extra=[("x-tenant", "blue")]), ("B", "tenant"))

@@ -206,6 +206,13 @@ TEST_CASE("request_parser: requests that are not upgrades", "[http]") {
     CHECK(o.head.target == "http://example.com/ws/x?a=b");
     CHECK(o.head.path == "/ws/x");
     CHECK(o.head.query == "a=b");
+    // RFC 9112 §3.2.2: the target's authority wins over Host (userinfo is dropped).
+    REQUIRE(o.head.headers.size() == 1);
+    CHECK(o.head.headers[0].value == "example.com");
+    const Outcome u = parseWhole("GET http://u:p@site.test:8080?q HTTP/1.1\r\nHost: x\r\n\r\n");
+    REQUIRE(u.result == ParseResult::Complete);
+    CHECK(u.head.headers[0].value == "site.test:8080");
+    CHECK(u.head.path == "/");
   }
   SECTION("Upgrade header without Connection: upgrade is not an llhttp upgrade") {
     const Outcome o = parseWhole("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nrest");
