@@ -105,6 +105,15 @@ class AdminConnection final : public StreamListener {
       size_t used = parser_.consumed();
       data += used;
       len -= used;
+      // A client that waits for permission to send its body (curl does, for a second, above 1 KiB)
+      // gets it at once (RFC 9110 §10.1.1).
+      if (expected_ > len && headerHasToken(head.headers, "expect", "100-continue")) {
+        static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (tcp_.write(kContinue.data(), kContinue.size()) != 0) {
+          close();
+          return;
+        }
+      }
     }
     body_.append(data, std::min<size_t>(len, expected_ - body_.size()));
     if (body_.size() == expected_) dispatch();
@@ -309,7 +318,11 @@ std::string AdminServer::handle(const std::string& method, const std::string& pa
     if (channel.empty()) return errorResponse(400, "no channel name after /publish/");
     if (!isValidChannelName(channel))
       return errorResponse(400, "a channel name must not contain control characters");
-    bool binary = (content_type && content_type->find("application/octet-stream") == 0) ||
+    // Media types are case-insensitive (RFC 9110 §8.3.1); parameters may follow.
+    const std::string_view media =
+        content_type ? trimOws(std::string_view(*content_type).substr(0, content_type->find(';')))
+                     : std::string_view();
+    bool binary = iequals(media, "application/octet-stream") ||
                   queryParam(query, "binary").value_or("") == "1";
     // A text frame must be UTF-8 (RFC 6455 §5.6), or every subscriber's client fails the
     // connection: refuse it here, where the publisher can be told.

@@ -690,6 +690,25 @@ class AdminLimitsTest(GatewayTestCase):
         self.assertEqual(payloads(sub), [b"x" * 1024, b"after"])
         self.assertGatewayAlive(self.gw)
 
+    def test_expect_100_continue_is_answered_before_the_body(self):
+        pool = SubscriberPool(self.gw.addr())
+        self.addCleanup(pool.stop)
+        sub = pool.connect_ws("/news/cont")[0]
+        warm_up(self.admin, "cont", 1)
+        body = bytes(range(256))  # not UTF-8: binary by its Content-Type, whatever its case
+        with harness.RawClient(self.gw.addr("admin")) as c:
+            c.send(("POST /publish/cont HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer %s\r\n"
+                    "Content-Type: Application/Octet-Stream; x=1\r\nContent-Length: %d\r\n"
+                    "Expect: 100-continue\r\n\r\n" % (TOKEN, len(body))).encode())
+            interim = c.read_response()
+            self.assertEqual(interim.status, 100, interim)
+            c.send(body)
+            resp = c.read_response()
+            self.assertEqual(resp.status, 200, resp)
+        pool.wait(lambda: body in payloads(sub), 10, "the binary publish")
+        with pool.cond:
+            self.assertIn((harness.OP_BINARY, body), sub.messages)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
