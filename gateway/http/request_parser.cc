@@ -113,8 +113,11 @@ ParseResult RequestParser::feed(const char* data, size_t len) {
       if (cb_status_ != 0) {
         return fail(cb_status_, std::move(cb_reason_));
       }
-      if (err == HPE_INVALID_HEADER_TOKEN && stop && (*stop == ' ' || *stop == '\t')) {
-        return fail(400, kNameSpaceReason);  // strict mode stops at the space itself
+      // Strict mode stops at the space itself (the error position may also be the end of the
+      // buffer, which is no byte to look at).
+      if (err == HPE_INVALID_HEADER_TOKEN && stop && scanned < n &&
+          (*stop == ' ' || *stop == '\t')) {
+        return fail(400, kNameSpaceReason);
       }
       const char* why = llhttp_get_error_reason(&parser_);
       return fail(400, std::string("malformed request: ") + (why ? why : llhttp_errno_name(err)));

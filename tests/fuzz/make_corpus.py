@@ -79,6 +79,9 @@ REQUEST_SEEDS = {
     "options_asterisk": b"\x08OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
     "pipelined": b"\x60GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
     "http10_leading_crlf": b"\xff\r\nGET / HTTP/1.0\r\nUser-Agent: t\r\n\r\n",
+    # Found by the fuzzer: llhttp's strict mode reports the error at the end of the read, where
+    # there is no byte to look at.
+    "bare_lf_ends_the_read": (b"\x20POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Enconcgid: \n"),
 }
 
 ACCEPT = b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
