@@ -36,6 +36,10 @@ class Stream {
   virtual int write(const char* data, size_t len) = 0;
   // Bytes accepted by write() and not yet handed to the kernel.
   virtual size_t pendingBytes() const = 0;
+  // Bytes accepted by write() that the peer has not acknowledged yet: pendingBytes() plus what
+  // the kernel holds unsent or unacknowledged. While nothing is written, a fall means the peer
+  // is taking data (pendingBytes() alone falls only when a whole queued write completes).
+  virtual size_t unacknowledgedBytes() const { return pendingBytes(); }
   // Sends FIN after every queued byte was written. Idempotent.
   virtual void shutdown() = 0;
   // write() then shutdown(): the last bytes towards this peer. A transport may send them and the

@@ -1,7 +1,9 @@
 #include "net/tcp_stream.h"
 
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -63,6 +65,17 @@ void TcpStream::watchPeer(uint32_t timeout_ms) {
   // zero window that long. 0 is the kernel's default again.
   const int ms = static_cast<int>(std::min<uint32_t>(timeout_ms, INT32_MAX));
   setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+}
+
+size_t TcpStream::unacknowledgedBytes() const {
+  uv_os_fd_t fd;
+  int queued = 0;  // SIOCOUTQ: the send queue, unsent and unacknowledged
+  if (!initialized_ || closing_ ||
+      uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) != 0 ||
+      ioctl(fd, SIOCOUTQ, &queued) != 0 || queued < 0) {
+    queued = 0;
+  }
+  return pending_ + static_cast<size_t>(queued);
 }
 
 void TcpStream::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {

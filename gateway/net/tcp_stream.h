@@ -46,6 +46,7 @@ class TcpStream final : public Stream {
   int writeLast(const char* data, size_t len) override { return sendLast(data, len, false); }
   int writeFinal(const char* data, size_t len) override { return sendLast(data, len, true); }
   size_t pendingBytes() const override { return pending_; }
+  size_t unacknowledgedBytes() const override;
   void shutdown() override;
   void close() override;
   bool isClosing() const override { return closing_; }

@@ -467,7 +467,7 @@ void HttpExchange::upstreamData(const char* data, size_t len) {
   if (!upstream_paused_ && owner_.clientStream().pendingBytes() > high_water_) {
     upstream_paused_ = true;
     send_check_at_ = conn_->now();
-    send_check_pending_ = owner_.clientStream().pendingBytes();
+    send_check_pending_ = owner_.clientStream().unacknowledgedBytes();
     conn_->stream().readStop();
     armTimer();  // without the response deadline: a slow client is not a silent upstream
   }
@@ -559,9 +559,9 @@ void HttpExchange::upstreamTimer() {
   if (finished_) return;
   if (upstream_paused_ && send_timeout_ms_ > 0 &&
       conn_->now() - send_check_at_ >= send_timeout_ms_) {
-    // Nothing is added to the client's queue while the upstream is paused: if it did not
-    // shrink, the client took nothing in all that time (a drain would have resumed the upstream).
-    const size_t pending = owner_.clientStream().pendingBytes();
+    // Nothing is added to the client's queue while the upstream is paused: if what it has not
+    // acknowledged did not shrink, it took nothing in all that time.
+    const size_t pending = owner_.clientStream().unacknowledgedBytes();
     if (pending >= send_check_pending_) {
       failOrAbort(504, "client took no response bytes for " + std::to_string(send_timeout_ms_) +
                            " ms (timeouts.send)");

@@ -280,7 +280,8 @@ class HttpExchange final : private UpstreamUser {
   bool got_response_byte_ = false;
   bool client_ka_ = false;        // what the final head told the client
   bool upstream_paused_ = false;  // we stopped upstream reads (client above high water)
-  // While upstream_paused_: when the client's queue was last seen to shrink, and its size then.
+  // While upstream_paused_: when the client's unacknowledged bytes were last seen to shrink, and
+  // how many there were then.
   uint64_t send_check_at_ = 0;
   size_t send_check_pending_ = 0;
 

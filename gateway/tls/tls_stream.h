@@ -49,6 +49,7 @@ class TlsStream final : public Stream, private StreamListener {
   void readStop() override { tcp_.readStop(); }
   int write(const char* data, size_t len) override;
   size_t pendingBytes() const override { return tcp_.pendingBytes() + early_.size(); }
+  size_t unacknowledgedBytes() const override { return tcp_.unacknowledgedBytes() + early_.size(); }
   void setHighWater(size_t high) override { tcp_.setHighWater(high); }
   void watchPeer(uint32_t timeout_ms) override { tcp_.watchPeer(timeout_ms); }
   void shutdown() override;

@@ -549,14 +549,27 @@ class SendTimeoutTest(GatewayTestCase):
         c = RawClient(self.gw.addr(), rcvbuf=4096)
         self.addCleanup(c.close)
         c.send(request("GET", "/big"))
-        got = 0
+        data = b""
         c.sock.settimeout(5)
-        for _ in range(12):  # about 3 s of reading 32 KiB every 0.25 s: over timeouts.send
+        for _ in range(12):  # about 3 s of a few KiB every 0.25 s: well over timeouts.send
             time.sleep(0.25)
-            chunk = c.sock.recv(32768)
+            chunk = c.sock.recv(8192)
             self.assertTrue(chunk, "the gateway closed a client that was reading")
-            got += len(chunk)
-        self.assertGreater(got, 12 * 1024)
+            data += chunk
+        # Then the rest at full speed: all of it must come (a cut connection would still hand
+        # over what the kernel had buffered, then end short).
+        head_end = data.find(b"\r\n\r\n")
+        self.assertGreater(head_end, 0, data[:200])
+        want = head_end + 4 + BIG_BODY
+        deadline = time.monotonic() + 60
+        for _ in range(10 ** 6):
+            if len(data) >= want or time.monotonic() > deadline:
+                break
+            chunk = c.sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(len(data), want, "the body ended short: the slow reader was cut")
 
 
 BIG_BODY = 16 << 20  # /big: far over the gateway's high water and the kernel's buffers

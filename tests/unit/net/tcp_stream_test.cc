@@ -233,6 +233,21 @@ TEST_CASE("tcp_stream: queue above high water drains with one onDrain upcall", "
   CHECK(p.a.pendingBytes() == 0);
 }
 
+TEST_CASE("tcp_stream: unacknowledgedBytes counts the kernel's queue too", "[net]") {
+  Pair p;
+  CHECK(p.a.unacknowledgedBytes() == 0);
+  std::string chunk = pattern(64 * 1024);
+  REQUIRE(p.a.write(chunk.data(), chunk.size()) == 0);  // the peer is not reading yet
+  // Until the peer reads, the bytes sit in our queue or in the kernel's send queue (the peer's
+  // kernel may already have acknowledged what fits its receive buffer).
+  CHECK(p.a.unacknowledgedBytes() >= p.a.pendingBytes());
+  REQUIRE(p.b.readStart() == 0);
+  p.runUntil([&] { return p.rb.data.size() == chunk.size(); });
+  p.runUntil([&] { return p.a.unacknowledgedBytes() == 0; });
+  CHECK(p.a.unacknowledgedBytes() == 0);
+  CHECK(p.a.pendingBytes() == 0);
+}
+
 TEST_CASE("tcp_stream: writes after close fail and the close upcall comes once", "[net]") {
   Pair p;
   p.a.close();
