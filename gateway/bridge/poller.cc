@@ -100,7 +100,8 @@ void Poller::destroy() {
 void Poller::follow(const GenerationPtr& generation) {
   // Forward only: a subscriber's task may carry an older generation than its owner worker's.
   if (stopping_ || !poll_.origin || generation->number <= generation_->number) return;
-  // The route of the same name, else (renamed) the one the new table picks for the request.
+  // The route of the same name: a long-poll channel belongs to its route (hubChannelKey), so a
+  // renamed route's subscribers start channels of their own, and this one stays as it is.
   const RouteConfig* next = nullptr;
   for (const RouteConfig& r : generation->config->routes) {
     if (r.name == route_->name) {
@@ -108,14 +109,13 @@ void Poller::follow(const GenerationPtr& generation) {
       break;
     }
   }
-  if (next == nullptr) next = generation->routes.match(*poll_.origin);
   std::optional<std::string> key;
   if (next && next->kind == RouteKind::LongPoll)
     key = expandTemplate(next->longpoll.channel, *poll_.origin, TemplateUse::ChannelKey);
   if (!key || hubChannelKey(*next, *key) != channel_) {
     UPGATE_LOG(info, 0,
-               "channel {}: the new configuration has no long-poll route ({} or one matching "
-               "the request) for this channel; polling goes on as before",
+               "channel {}: the new configuration has no long-poll route {} keying this "
+               "request to this channel; polling goes on as before until its subscribers leave",
                channelForLog(channel_), route_->name);
     return;
   }

@@ -530,7 +530,7 @@ void Session::subscribe(bool upgrade) {
   subscription_ = std::make_unique<Subscription>(
       worker_, *generation_, static_cast<SubscriptionOwner&>(*this), *route_, *channel, mode);
   subscription_->start(poll, std::move(send_target), std::move(forward));
-  UPGATE_LOG(debug, id_, "subscribed to channel {} ({})", *channel,
+  UPGATE_LOG(debug, id_, "subscribed to channel {} ({})", channelForLog(*channel),
              mode == Subscription::Mode::Sse ? "SSE" : "WebSocket");
   last_activity_ms_ = uv_now(worker_.loop());
   armTunnelTimer();
