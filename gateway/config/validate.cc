@@ -494,6 +494,7 @@ class Validator {
     checkNonNegative("timeouts.idle", c_.timeouts.idle);
     checkNonNegative("timeouts.half_close", c_.timeouts.half_close);
     checkPositive("timeouts.plugin_pause", c_.timeouts.plugin_pause);
+    checkPositive("timeouts.close", c_.timeouts.close);  // 0 would drop the close frame queued
     checkNonNegative("timeouts.send", c_.timeouts.send);
   }
 

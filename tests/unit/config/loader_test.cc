@@ -598,6 +598,7 @@ TEST_CASE("loader: value ranges", "[config]") {
       {"timeouts: {head: 0}\n", "t.yaml:7:18: timeouts.head: must be greater than 0, got 0"},
       {"timeouts: {plugin_pause: 0}\n",
        "t.yaml:7:26: timeouts.plugin_pause: must be greater than 0, got 0"},
+      {"timeouts: {close: 0}\n", "t.yaml:7:19: timeouts.close: must be greater than 0, got 0"},
       {"log: {level: trace}\n",
        "t.yaml:7:14: log.level: unknown log level \"trace\" (expected one of: debug, info, warn, "
        "error)"},
