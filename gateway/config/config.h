@@ -131,8 +131,8 @@ struct LongPollConfig {
   Millis backoff_initial{500};  // upstream errors: exponential backoff with jitter...
   Millis backoff_max{30000};    // ...up to this
   // The largest poll answer (decoded body) taken; a larger one is not published and the poll is
-  // retried after the backoff. The size of the largest client message (limits.max_message_size)
-  // by default: a split: body answer is one message. One answer per channel is held at a time.
+  // retried after the backoff. 16 MiB, the default of limits.max_message_size (a split: body
+  // answer is one message), but set on its own. One answer per channel is held at a time.
   size_t max_response_bytes = 16 * 1024 * 1024;
 };
 
