@@ -308,6 +308,28 @@ class BackoffTest(BridgeTestCase):
         pool.close_all()
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 (keep-alive), and no request log on stderr."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
+class LegacyServer:
+    """A small legacy app's HTTP server on 127.0.0.1, port 0, one thread per connection."""
+
+    def serve(self, handler):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.addr = self.server.server_address
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class HistoryApp:
     """A small legacy long-poll app (stdlib) whose history outlives its process, unlike the
     ticker app, whose sequence numbers restart at 1: stop() drops every connection as a crash
@@ -340,12 +362,7 @@ class HistoryApp:
     def start(self):
         app = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def setup(self):
                 super().setup()
                 with app.cond:
@@ -665,7 +682,7 @@ class TwoChannelsTest(BridgeTestCase):
         pool.close_all()
 
 
-class TaggedApp:
+class TaggedApp(LegacyServer):
     """A legacy app whose first poll answer (cursor 0), held until release is set, is one message
     naming the app; later polls are held briefly and answered 204. Counts the polls it gets."""
 
@@ -675,12 +692,7 @@ class TaggedApp:
         self.lock = threading.Lock()
         app = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 with app.lock:
                     app.polls += 1
@@ -698,14 +710,7 @@ class TaggedApp:
                 self.send_response(204)
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.addr = self.server.server_address
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 class RouteScopeTest(BridgeTestCase):
@@ -768,7 +773,7 @@ class RouteScopeTest(BridgeTestCase):
         pool.close_all()
 
 
-class RecordingApp:
+class RecordingApp(LegacyServer):
     """A legacy app that records the headers of every poll and POST: polls are answered 204
     after a short hold, POSTs with "ok"."""
 
@@ -777,12 +782,7 @@ class RecordingApp:
         self.cond = threading.Condition()
         app = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def _record(self, into):
                 with app.cond:
                     into.append({k.lower(): v for k, v in self.headers.items()})
@@ -802,22 +802,15 @@ class RecordingApp:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.addr = self.server.server_address
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.serve(Handler)
 
     def wait(self, what, predicate, timeout=10):
         with self.cond:
             if not self.cond.wait_for(predicate, timeout):
                 raise AssertionError("no %s: polls %r, posts %r" % (what, self.polls, self.posts))
 
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
-
-class ScriptedApp:
+class ScriptedApp(LegacyServer):
     """A legacy app whose answers the test writes. `poll(cursor)` answers GET /poll?cursor=N and
     `send(body, headers)` a POST: each returns (status, headers dict, body bytes), or None for a
     204 after `hold` seconds (an idle long-poll). Every request is recorded as a dict: t
@@ -828,12 +821,7 @@ class ScriptedApp:
         self.cond = threading.Condition()
         app = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def _answer(self, script, *args):
                 answer = script(*args) if script else None
                 if answer is None:
@@ -869,10 +857,7 @@ class ScriptedApp:
                 req = self._record(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
                 self._answer(send, req["body"], req["headers"])
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.addr = self.server.server_address
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.serve(Handler)
 
     def polls(self):
         with self.cond:
@@ -886,10 +871,6 @@ class ScriptedApp:
         with self.cond:
             if not self.cond.wait_for(predicate, timeout):
                 raise AssertionError("no %s: requests %r" % (what, self.requests[-20:]))
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def json_array(items):
