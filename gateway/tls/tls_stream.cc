@@ -195,6 +195,8 @@ long TlsStream::bioCtrl(BIO*, int cmd, long, void*) noexcept {
   return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
+// The loop's buffer for records on their way to a socket. Every operation that fills it
+// empties it again (flush) before it returns or makes an upcall: streams share it.
 std::string& TlsStream::scratch() {
   return static_cast<LoopContext*>(tcp_.handle()->loop->data)->tls_out;
 }
@@ -258,6 +260,13 @@ void TlsStream::cycle() {
       return;
     }
     secrets_.reset();
+    // Our last handshake flight (a client's Finished, a server's tickets) goes out before any
+    // upcall: the scratch buffer is the loop's, and a write to another stream from the upcall
+    // would send it on that stream's socket.
+    if (flush() != 0) {
+      fail(SSL_ERROR_SYSCALL);
+      return;
+    }
     if (!early_.empty()) {
       std::string early = std::move(early_);
       early_.clear();
@@ -270,6 +279,12 @@ void TlsStream::cycle() {
   for (;;) {
     int n = SSL_read(ssl_, ctx->plain_buffer, sizeof(ctx->plain_buffer));
     if (n > 0) {
+      // What OpenSSL wrote while reading (tickets after a client's Finished, an alert) leaves
+      // before the upcall, for the same reason as above.
+      if (flush() != 0) {
+        fail(SSL_ERROR_SYSCALL);
+        return;
+      }
       listener_->onData(ctx->plain_buffer, static_cast<size_t>(n));
       if (tcp_.isClosing()) return;  // the upcall may have closed us
       continue;

@@ -319,15 +319,24 @@ class TcpRouteTlsUpstreamTest(GatewayTestCase):
         cls.silent.bind(("127.0.0.1", 0))
         cls.silent.listen(8)
         cls.addClassCleanup(cls.silent.close)
+        edge_ca = pki.ca("edge-ca", "upgate edge CA")
+        cls.edge = pki.leaf("edge", edge_ca, "a.example.com", dns=["a.example.com"])
+        cls.client_ctx = tlsutil.client_context(edge_ca.cert)
         tls = {"server_name": "svc.example.com"}
         cls.gw = cls.start_class_gateway(harness.make_config(
+            listeners=[{"name": "public", "address": "127.0.0.1:0"},
+                       tls_listener("secure", [cls.edge], record_offload=False)],
             upstreams={"svc": {"endpoints": [cls.svc.addr], "tls": dict(tls, ca=ca.cert)},
+                       "svc-openssl-records": {"endpoints": [cls.svc.addr], "tls": dict(
+                           tls, ca=ca.cert, record_offload=False)},
                        "untrusted": {"endpoints": [cls.svc.addr],
                                      "tls": dict(tls, ca=other.cert)},
                        "silent": {"endpoints": [cls.silent.getsockname()],
                                   "tls": dict(tls, ca=ca.cert), "handshake_timeout": "500ms"}},
             routes=[{"name": "svc", "match": {"path": "/svc"}, "kind": "tcp",
                      "upstream": "svc"},
+                    {"name": "svc-openssl-records", "match": {"path": "/svc-openssl-records"},
+                     "kind": "tcp", "upstream": "svc-openssl-records"},
                     {"name": "untrusted", "match": {"path": "/untrusted"}, "kind": "tcp",
                      "upstream": "untrusted"},
                     {"name": "silent", "match": {"path": "/silent"}, "kind": "tcp",
@@ -346,6 +355,22 @@ class TcpRouteTlsUpstreamTest(GatewayTestCase):
                     got += await asyncio.wait_for(ws.recv(), 10)
                 return got
         self.assertEqual(self.run_async(run()), b"etagpu olleh\n")
+
+    def test_tls_on_both_legs_with_openssl_records(self):
+        # Both legs keep OpenSSL's record layer (record_offload: false): the upstream leg's last
+        # handshake flight is written when its handshake completes, just before the 101 goes to
+        # the client's TLS leg. The two must not mix (the loop shares one buffer for records on
+        # their way out).
+        for path in ("/svc-openssl-records", "/svc"):
+            with self.subTest(path=path):
+                async def run():
+                    async with tlsutil.connect_wss(self.gw, path, self.client_ctx) as ws:
+                        await ws.send(b"both legs\n")
+                        got = b""
+                        while not got.endswith(b"\n"):
+                            got += await asyncio.wait_for(ws.recv(), 10)
+                        return got
+                self.assertEqual(self.run_async(run()), b"sgel htob\n")
 
     def test_an_untrusted_certificate_is_a_502_before_any_101(self):
         c = harness.RawClient(self.gw.addr())
