@@ -137,6 +137,7 @@ ChainOutcome PluginChain::start(const RequestHead& head, upgate_request_kind_t k
   request_ = upgate_request_t{};
   request_.struct_size = sizeof(upgate_request_t);
   request_.kind = kind;
+  websocket_ = kind == UPGATE_REQUEST_WEBSOCKET;
   request_.method = head.method.c_str();
   request_.target = head.target.c_str();
   request_.path = head.path.c_str();
@@ -371,6 +372,10 @@ MessageVerdict PluginChain::onMessage(upgate_direction_t dir, uint8_t opcode, co
 
 void PluginChain::onWakeup() {
   if (closed_) return;
+  // The session's timer is one-shot and has fired: no wakeup is armed now. (Left at the fired
+  // deadline, a timer a callback starts for that same instant, with delay 0, would look armed
+  // to updateWakeup() and never run; nor would the pause deadline behind it.)
+  wakeup_ = 0;
   ++depth_;
   const uint64_t now = session_.nowMs();
   // Only timers that exist now: one started by a callback with delay 0 waits for the next turn.
@@ -571,7 +576,10 @@ void PluginChain::apiLog(size_t i, upgate_log_level_t level, const char* message
 
 uint64_t PluginChain::apiTimerStart(size_t i, uint64_t delay_ms, upgate_timer_cb cb, void* arg) {
   if (closed_ || cb == nullptr) return 0;
-  Timer t{next_timer_id_++, session_.nowMs() + delay_ms, i, cb, arg};
+  // Saturated: a huge delay means "not for ages", not a wrapped-around deadline that is due now.
+  const uint64_t now = session_.nowMs();
+  const uint64_t deadline = delay_ms > UINT64_MAX - 1 - now ? UINT64_MAX - 1 : now + delay_ms;
+  Timer t{next_timer_id_++, deadline, i, cb, arg};
   timers_.push_back(t);
   updateWakeup();
   return t.id;
@@ -620,7 +628,11 @@ int PluginChain::apiResume(size_t i, upgate_decision_t decision, const upgate_re
 }
 
 int PluginChain::apiClose(size_t i, uint16_t code, const char* reason) {
-  if (!handshake_done_ || closed_ || !validCloseCode(code)) return -1;
+  // Only a WebSocket session can be closed this way: a plain HTTP request admitted when it
+  // arrived runs to its end (its response is not cut mid-body).
+  if (!handshake_done_ || closed_ || !websocket_ || !validCloseCode(code)) {
+    return -1;
+  }
   UPGATE_LOG(info, session_.sessionId(), "plugin {}: closes the session with {}", nameOf(i), code);
   std::string sent = wireCloseReason(reason != nullptr ? reason : "");
   if (!pending_close_) pending_close_.emplace(code, sent);

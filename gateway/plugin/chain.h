@@ -284,6 +284,7 @@ class PluginChain {
   std::vector<std::pair<std::string, std::optional<std::string>>> header_edits_;
   bool has_message_hooks_ = false;
   bool handshake_done_ = false;
+  bool websocket_ = false;  // an upgrade, not a plain HTTP request (request_ goes at the 101)
   bool closed_ = false;
 
   std::vector<Timer> timers_;

@@ -89,11 +89,12 @@ class Fixture {
     return s;
   }
 
-  ChainOutcome start(const HeaderList& headers = {}) {
+  ChainOutcome start(const HeaderList& headers = {},
+                     upgate_request_kind_t kind = UPGATE_REQUEST_WEBSOCKET) {
     head = test::makeHead(headers);
     chain = std::make_unique<PluginChain>(session, instances_, Millis{5000});
     session.chain = chain.get();
-    return chain->start(head, UPGATE_REQUEST_WEBSOCKET, "chat");
+    return chain->start(head, kind, "chat");
   }
 
   std::vector<std::string> calls;
@@ -224,6 +225,33 @@ TEST_CASE("plugin chain: PAUSE waits for resume from a timer, then goes on", "[p
   CHECK(f.chain->outcome() == ChainOutcome::Continue);
   CHECK(f.calls == Calls{"a.request", "b.request", "a.route", "b.route"});
   CHECK(f.session.wakeup == 0);
+}
+
+TEST_CASE("plugin chain: a 0 ms timer started by a timer callback runs", "[plugin]") {
+  // The loop timer is one-shot: firing it must not leave its deadline looking armed, or a
+  // timer due at that same instant (and the pause deadline behind it) would never run.
+  Fixture f;
+  Script& a = f.add("a");
+  a.request = [&a](upgate_session_t* s, upgate_reject_t*) {
+    a.host->timer_start(
+        s, 50,
+        [](upgate_session_t* ss, void* arg) {
+          auto* sc = static_cast<Script*>(arg);
+          sc->host->timer_start(
+              ss, 0,
+              [](upgate_session_t* s2, void* arg2) {
+                auto* sc2 = static_cast<Script*>(arg2);
+                CHECK(sc2->host->resume(s2, UPGATE_CONTINUE, nullptr, nullptr) == 0);
+              },
+              sc);
+        },
+        &a);
+    return UPGATE_PAUSE;
+  };
+  CHECK(f.start() == ChainOutcome::Paused);
+  f.session.advance(50);
+  CHECK(f.session.resumed == 1);
+  CHECK(f.chain->outcome() == ChainOutcome::Continue);
 }
 
 TEST_CASE("plugin chain: resume with REJECT from a timer", "[plugin]") {
@@ -408,6 +436,49 @@ TEST_CASE("plugin chain: host->close after the 101 reaches the session", "[plugi
   REQUIRE(f.session.closes.size() == 1);
   CHECK(f.session.closes[0].first == 1008);
   CHECK(f.session.closes[0].second == "token expired");
+}
+
+TEST_CASE("plugin chain: host->close leaves a plain HTTP request alone", "[plugin]") {
+  // An HTTP request admitted when it arrived runs to its end: its response is not cut mid-body
+  // (e.g. by jwt's close_on_expiry).
+  Fixture f;
+  Script& a = f.add("a");
+  a.request = [&](upgate_session_t* s, upgate_reject_t*) {
+    a.host->timer_start(
+        s, 50,
+        [](upgate_session_t* ss, void* arg) {
+          auto* sc = static_cast<Script*>(arg);
+          CHECK(sc->host->close(ss, 1008, "token expired") == -1);
+        },
+        &a);
+    return UPGATE_CONTINUE;
+  };
+  CHECK(f.start({}, UPGATE_REQUEST_HTTP) == ChainOutcome::Continue);
+  f.chain->handshakeDone();  // the request went upstream
+  f.session.advance(50);
+  CHECK(f.session.closes.empty());
+}
+
+TEST_CASE("plugin chain: a huge timer delay is far off, not due at once", "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  a.request = [&a](upgate_session_t* s, upgate_reject_t*) {
+    a.host->timer_start(
+        s, UINT64_MAX,
+        [](upgate_session_t* ss, void* arg) {
+          auto* sc = static_cast<Script*>(arg);
+          sc->host->resume(ss, UPGATE_CONTINUE, nullptr, nullptr);
+        },
+        &a);
+    return UPGATE_PAUSE;
+  };
+  CHECK(f.start() == ChainOutcome::Paused);
+  f.session.advance(4999);
+  CHECK(f.session.resumed == 0);  // the deadline did not wrap round to "now"
+  f.session.advance(1);           // plugin_pause (5 s in the fixture) ends it
+  CHECK(f.session.resumed == 1);
+  CHECK(f.chain->outcome() == ChainOutcome::Reject);
+  CHECK(f.chain->reject().status == 503);
 }
 
 TEST_CASE("plugin chain: messages pass, rewrite, drop and close", "[plugin]") {

@@ -2,6 +2,7 @@
 // Test doubles for the plugin layer: a PluginSession with an injected clock, and a harness that
 // runs one configured plugin instance over a request.
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <memory>
 #include <optional>
@@ -81,14 +82,15 @@ class FakeSession final : public PluginSession {
     return r;
   }
 
-  // Moves the clock and fires the chain's wakeups that fall due, as a loop timer would.
+  // Moves the clock and fires the chain's wakeups that fall due, as a one-shot loop timer
+  // would: firing disarms it, and only the chain's setPluginWakeup() arms it again.
   void advance(uint64_t ms) {
     uint64_t target = now + ms;
-    while (chain != nullptr && wakeup != 0 && wakeup <= target) {
-      now = wakeup;
-      uint64_t before = wakeup;
+    for (int fired = 0; chain != nullptr && wakeup != 0 && wakeup <= target; ++fired) {
+      REQUIRE(fired < 10000);  // a chain re-arming for ever at the same instant
+      now = std::max(now, wakeup);
+      wakeup = 0;
       chain->onWakeup();
-      if (wakeup == before) break;  // nothing rescheduled: avoid spinning
     }
     now = target;
   }
