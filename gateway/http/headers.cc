@@ -51,6 +51,16 @@ bool iequalsSameLength(std::string_view a, std::string_view b) {
   return true;
 }
 
+bool sameFieldName(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const char x = a[i] == '_' ? '-' : asciiLower(a[i]);
+    const char y = b[i] == '_' ? '-' : asciiLower(b[i]);
+    if (x != y) return false;
+  }
+  return true;
+}
+
 const std::string* findHeader(const HeaderList& headers, std::string_view name) {
   for (const Header& h : headers) {
     if (iequals(h.name, name)) {

@@ -31,6 +31,11 @@ inline bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && iequalsSameLength(a, b);
 }
 
+// iequals() with '_' and '-' taken as the same: names that servers reading headers CGI-style
+// (X-Upgate-User and X_Upgate_User both as HTTP_X_UPGATE_USER) cannot tell apart. For headers
+// the gateway vouches for, so a client's look-alike cannot stand in for them.
+bool sameFieldName(std::string_view a, std::string_view b);
+
 // Value of the first header called `name` (case-insensitive), or nullptr. The pointer is into
 // `headers` and lives as long as that element is not modified or removed.
 const std::string* findHeader(const HeaderList& headers, std::string_view name);

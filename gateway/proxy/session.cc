@@ -259,12 +259,13 @@ void Session::routeRequest() {
   // The headers the client's Connection header names go now, while only the client's are
   // there: what plugins and upgate add next reaches the upstream whatever the client named.
   dropConnectionNominated(head.headers, upgrade);
-  // Only plugins vouch for an identity: a client's own copies of these headers are dropped.
+  // Only plugins vouch for an identity: a client's own copies of these headers are dropped, and
+  // their look-alikes (X_Upgate_User, which CGI-style servers read as the same header).
   auto& h = head.headers;
   h.erase(std::remove_if(h.begin(), h.end(),
                          [](const Header& x) {
-                           return iequals(x.name, "X-Upgate-User") ||
-                                  iequals(x.name, "X-Upgate-Claims");
+                           return sameFieldName(x.name, "X-Upgate-User") ||
+                                  sameFieldName(x.name, "X-Upgate-Claims");
                          }),
           h.end());
   // Plugins decide before anything is connected: authentication, then routing.

@@ -1320,6 +1320,29 @@ class HostApiTest(GatewayTestCase):
         self.assertEqual(len(header_values(h, "X-Probe-Report")), 1, h)
         self.assertEqual(header_values(h, "X-Hop"), [], h)
 
+    def test_look_alikes_of_vouched_headers_do_not_reach_the_upstream(self):
+        """Servers that read headers CGI-style take X_Upgate_User for X-Upgate-User: a client's
+        look-alike of a header upgate or a plugin vouches for must not get through."""
+        with RawClient(self.gw.addr()) as c:
+            resp = http_get(c, "/site/look-alike", [
+                ("X-API-Key", "key-alice"), ("X_Upgate_User", "mallory"),
+                ("x_upgate_claims", '{"role":"root"}')])
+            self.assertEqual(resp.status, 200, resp)
+        seen = [r for r in self.app.requests if r["path"] == "/site/look-alike"]
+        self.assertEqual(len(seen), 1)
+        names = [n.lower().replace("_", "-") for n, _ in seen[0]["headers"]]
+        self.assertEqual(names.count("x-upgate-user"), 1, seen[0]["headers"])
+        self.assertEqual(names.count("x-upgate-claims"), 1, seen[0]["headers"])
+        self.assertEqual(header_values(seen[0]["headers"], "X-Upgate-User"), ["alice"])
+        # set_upstream_header: the probe's X-Probe-Set replaces the client's X_Probe_Set.
+        path = "/probe/look-alike"
+        resp = attempt(self.gw.addr(), path, [("X-Probe", "host-api"),
+                                              ("X_Probe_Set", "client")])
+        self.assertEqual(resp.status, 101, resp)
+        h = upstream_saw(self.echo, path)[0]["headers"]
+        self.assertEqual([n for n, _ in h if n.lower().replace("_", "-") == "x-probe-set"],
+                         ["X-Probe-Set"], h)
+
     def test_on_close_runs_once_per_session(self):
         rejected = self.probe("bad-headers", "/probe/close-rejected")
         admitted = self.probe("none", "/probe/admitted")  # ("/close" in a path: echo closes)

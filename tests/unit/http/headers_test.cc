@@ -20,6 +20,13 @@ TEST_CASE("headers: iequals is ASCII case-insensitive", "[http]") {
   CHECK_FALSE(iequals("a\xC3\xA9", "A\xC3\x89"));  // no Unicode folding
 }
 
+TEST_CASE("headers: sameFieldName takes '_' for '-', in any case", "[http]") {
+  CHECK(sameFieldName("X-Upgate-User", "x_upgate_user"));
+  CHECK(sameFieldName("X_Upgate_User", "X-UPGATE-USER"));
+  CHECK_FALSE(sameFieldName("X-Upgate-User", "X-Upgate-Users"));
+  CHECK_FALSE(sameFieldName("X-Upgate-User", "X.Upgate-User"));
+}
+
 TEST_CASE("headers: findHeader returns the first match, countHeader counts all", "[http]") {
   const HeaderList h = {{"Host", "a"}, {"X-Thing", "1"}, {"x-thing", "2"}};
   const std::string* v = findHeader(h, "X-THING");
