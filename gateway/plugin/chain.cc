@@ -336,6 +336,18 @@ MessageVerdict PluginChain::onMessage(upgate_direction_t dir, uint8_t opcode, co
         (out.opcode == UPGATE_OPCODE_TEXT || out.opcode == UPGATE_OPCODE_BINARY) &&
         (out.data != nullptr || out.len == 0)) {
       std::string payload(reinterpret_cast<const char*>(out.data), out.len);
+      if (out.opcode == UPGATE_OPCODE_TEXT && !isValidUtf8(payload)) {
+        // The peer would fail the connection on it (1007): the plugin's fault, not the peer's.
+        UPGATE_LOG(err, session_.sessionId(),
+                   "plugin {}: rewrote a text message into bytes "
+                   "that are not UTF-8",
+                   nameOf(i));
+        v = MessageVerdict{};
+        v.action = UPGATE_MESSAGE_CLOSE;
+        v.close_code = 1011;
+        v.close_reason = "plugin error";
+        break;
+      }
       v.payload = std::move(payload);
       v.opcode = out.opcode;
       rewritten = true;

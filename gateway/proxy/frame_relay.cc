@@ -262,6 +262,13 @@ bool FrameRelay::endMessage() {
         ok = sendMessage(op, message_);
         break;
       case UPGATE_MESSAGE_REWRITE:
+        // The peer holds messages to the same limit: one a plugin made longer than it is a
+        // plugin error (1011), not the sender's.
+        if (v.payload.size() > validator_.maxMessageSize()) {
+          return fail(ParseError{close_code::kInternalError,
+                                 "plugin rewrote a message over "
+                                 "limits.max_message_size"});
+        }
         ok = sendMessage(v.opcode, v.payload);
         break;
       case UPGATE_MESSAGE_DROP:

@@ -183,7 +183,9 @@ typedef struct upgate_message {
 typedef struct upgate_message_result {
   uint32_t struct_size;
   uint8_t opcode;      /* REWRITE: opcode of the new message (text or binary) */
-  const uint8_t* data; /* REWRITE: the new payload; copied by the host when on_message returns */
+  /* REWRITE: the new payload; copied by the host when on_message returns. Text must be UTF-8,
+     and no payload may exceed limits.max_message_size: else the session closes with 1011. */
+  const uint8_t* data;
   size_t len;
   uint16_t close_code;      /* CLOSE: a code a server may send (UPGATE_CLOSE_CODE_OK); else 1011 */
   const char* close_reason; /* CLOSE: short text (at most 123 bytes are sent); may be NULL */

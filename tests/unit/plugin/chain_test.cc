@@ -508,6 +508,13 @@ TEST_CASE("plugin chain: messages pass, rewrite, drop and close", "[plugin]") {
       out->close_reason = euros.c_str();
       return UPGATE_MESSAGE_CLOSE;
     }
+    if (text == "not-utf8") {  // a text rewrite must stay UTF-8
+      static const uint8_t bad[] = {0xff, 0xfe, 'A'};
+      out->opcode = UPGATE_OPCODE_TEXT;
+      out->data = bad;
+      out->len = sizeof(bad);
+      return UPGATE_MESSAGE_REWRITE;
+    }
     if (text == "latin1") {
       out->close_code = 4003;
       out->close_reason = "caf\xe9";  // not UTF-8: not sent
@@ -538,6 +545,10 @@ TEST_CASE("plugin chain: messages pass, rewrite, drop and close", "[plugin]") {
   seen.clear();
   CHECK(msg("drop").action == UPGATE_MESSAGE_DROP);
   CHECK(seen.empty());
+  v = msg("not-utf8");
+  CHECK(v.action == UPGATE_MESSAGE_CLOSE);
+  CHECK(v.close_code == 1011);
+  CHECK(seen.empty());  // later plugins do not see it
   v = msg("close");
   CHECK(v.action == UPGATE_MESSAGE_CLOSE);
   CHECK(v.close_code == 4001);

@@ -472,6 +472,17 @@ TEST_CASE("FrameRelay: message hooks pass, rewrite, drop or close", "[proxy][fra
     CHECK(out[0].op == opcode::kBinary);
     CHECK(out[0].payload == "new");
   }
+  SECTION("a rewrite over max_message_size is the plugin's error: 1011, nothing sent") {
+    FrameRelay::Options small = o;
+    small.max_message_size = 10;
+    FrameRelay r2(small, s);
+    s.verdict.action = UPGATE_MESSAGE_REWRITE;
+    s.verdict.opcode = opcode::kBinary;
+    s.verdict.payload = std::string(11, 'x');
+    ParseError e = r2.feed(&input[0], input.size());
+    CHECK(e.code == close_code::kInternalError);
+    CHECK(s.out.empty());
+  }
   SECTION("drop") {
     s.verdict.action = UPGATE_MESSAGE_DROP;
     REQUIRE_FALSE(r.feed(&input[0], input.size()));
