@@ -88,6 +88,10 @@ ParseResult ResponseParser::feed(const char* data, size_t len) {
   return ParseResult::NeedMore;
 }
 
+bool ResponseParser::needsEof() const {
+  return final_head_ && state_ == ParseResult::NeedMore && llhttp_message_needs_eof(&parser_) != 0;
+}
+
 ParseResult ResponseParser::finishEof() {
   consumed_ = 0;
   if (state_ != ParseResult::NeedMore) {

@@ -59,6 +59,9 @@ class ResponseParser {
   // chunked); anything else still in progress is an Error ("upstream closed before the response
   // was complete"). After Complete/Error it returns that state again.
   ParseResult finishEof();
+  // Whether the response in progress (its head read) ends only with the connection: no
+  // Content-Length, not chunked, a status that has a body.
+  bool needsEof() const;
 
   // On Complete from feed(): bytes of the last feed() that belonged to the response; the rest is
   // leftover (for a 101, the first upstream frames). 0 after finishEof() and in other states.

@@ -61,6 +61,10 @@ class Stream {
   // timeout_ms end the stream with an error (UV_ETIMEDOUT, from a read or a write). 0 turns it
   // off again. A transport without such a mechanism ignores it.
   virtual void watchPeer(uint32_t timeout_ms) { (void)timeout_ms; }
+  // After onEof(): whether the peer's end of data is authenticated (TLS: its close_notify came,
+  // not a bare TCP FIN that anyone on the path can forge). Plain TCP has nothing better: true.
+  // A body delimited by the end of the connection is complete only then (RFC 9112 §9.8).
+  virtual bool eofAuthenticated() const { return true; }
   // Idempotent; onClosed() follows from the loop.
   virtual void close() = 0;
   virtual bool isClosing() const = 0;

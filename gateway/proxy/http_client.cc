@@ -511,6 +511,11 @@ void HttpClient::connEof(Conn* conn) {
   }
   if (conn->state != ConnState::Busy || conn->call == nullptr) return;
   Call* call = conn->call;
+  if (call->parser->needsEof() && !conn->stream->eofAuthenticated()) {
+    failOrRetry(call, responseError("the TLS connection ended without close_notify inside a "
+                                    "response delimited by the end of the connection"));
+    return;
+  }
   if (call->parser->finishEof() == ParseResult::Complete) {
     responseDone(call, false);  // a body delimited by the end of the connection
     return;

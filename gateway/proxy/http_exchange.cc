@@ -484,7 +484,14 @@ void HttpExchange::onClientDrain() {
 void HttpExchange::upstreamEof() {
   if (finished_) return;
   if (final_head_) {
-    // A body delimited by the end of the connection ends here; any other is truncated.
+    // A body delimited by the end of the connection ends here; any other is truncated. Over TLS
+    // only a close_notify ends it: a bare FIN may be an attacker cutting it short.
+    if (llhttp_message_needs_eof(&resp_parser_) != 0 && !conn_->stream().eofAuthenticated()) {
+      failOrAbort(502,
+                  "upstream ended its TLS connection without close_notify inside a response "
+                  "delimited by the end of the connection (it may be cut short)");
+      return;
+    }
     llhttp_finish(&resp_parser_);
     if (resp_complete_) {
       if (!flushClient()) return;
@@ -704,8 +711,10 @@ int HttpExchange::onResponseHead() {
     out_body_ = client_11_ ? OutBody::Chunked : OutBody::Raw;  // 1.0: decoded, close-delimited
     delimited = client_11_;
   } else if (llhttp_message_needs_eof(&resp_parser_) != 0) {
-    out_body_ = OutBody::Raw;
-    delimited = false;
+    // Delimited by the end of the upstream connection: chunked to an HTTP/1.1 client, so it
+    // can tell the whole body (the last chunk) from one cut short, and keep its connection.
+    out_body_ = client_11_ ? OutBody::Chunked : OutBody::Raw;
+    delimited = client_11_;
   } else {
     out_body_ = OutBody::Raw;  // Content-Length: byte for byte
   }
@@ -736,8 +745,13 @@ void HttpExchange::appendResponseHead(bool interim) {
   }
   if (!interim) {
     // Chunked output, a read-until-close body or a HEAD/304 describing one keep the upstream's
-    // codings; an HTTP/1.0 client cannot be sent any.
-    if (has_te && client_11_ && !bodiless_status) {
+    // codings; an HTTP/1.0 client cannot be sent any. A body the upstream delimits by closing
+    // goes chunked to an HTTP/1.1 client: its codings, then chunked.
+    if (out_body_ == OutBody::Chunked && (resp_parser_.flags & F_CHUNKED) == 0) {
+      appendHeader(out_, "Transfer-Encoding",
+                   has_te ? joinValues(resp_headers_, "Transfer-Encoding") + ", chunked"
+                          : std::string("chunked"));
+    } else if (has_te && client_11_ && !bodiless_status) {
       appendHeader(out_, "Transfer-Encoding", joinValues(resp_headers_, "Transfer-Encoding"));
     }
     appendHeader(out_, "Connection", client_ka_ ? "keep-alive" : "close");

@@ -306,8 +306,9 @@ void TlsStream::cycle() {
 
 void TlsStream::onEof() {
   // A TCP FIN without close_notify: for WebSocket the frames carry their own end (close
-  // frames), so a missing close_notify is not a truncation risk worth failing on. After a
-  // close_notify the listener has had its end of data already.
+  // frames), so a missing close_notify is not a truncation risk worth failing on; an HTTP body
+  // delimited by the end of the connection is (eofAuthenticated() says which end this was).
+  // After a close_notify the listener has had its end of data already.
   if (!peer_closed_) listener_->onEof();
 }
 

@@ -52,6 +52,7 @@ class TlsStream final : public Stream, private StreamListener {
   size_t unacknowledgedBytes() const override { return tcp_.unacknowledgedBytes() + early_.size(); }
   void setHighWater(size_t high) override { tcp_.setHighWater(high); }
   void watchPeer(uint32_t timeout_ms) override { tcp_.watchPeer(timeout_ms); }
+  bool eofAuthenticated() const override { return peer_closed_; }
   void shutdown() override;
   void close() override { tcp_.close(); }
   bool isClosing() const override { return tcp_.isClosing(); }

@@ -11,7 +11,9 @@ after a verified TLS handshake."""
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
+import threading
 import unittest
 
 import websockets
@@ -385,6 +387,111 @@ class TcpRouteTlsUpstreamTest(GatewayTestCase):
         self.assertEqual(c.read_response().status, 504)
         entry = self.gw.access_log_for_client(c.sock.getsockname())
         self.assertEqual(entry["close"], "upstream TLS handshake not done within 500 ms", entry)
+
+
+class CloseDelimitedTlsServer:
+    """An HTTPS app (Python's ssl, a thread) that answers every request with an HTTP/1.0 body
+    delimited by the end of the connection, "PART-ONE;", then ends the connection: with its
+    close_notify for /clean, with a bare TCP FIN for /bare (what anyone on the path could send
+    to cut a response short)."""
+
+    def __init__(self, cert):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert.cert, cert.key)
+        self.errors = []
+
+    def start(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.addr = self.sock.getsockname()
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def _serve(self):
+        for _ in range(1000):
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(raw,), daemon=True).start()
+
+    def _one(self, raw):
+        raw.settimeout(10)
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            path = head.split(b" ")[1]
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nPART-ONE;")
+            if path == b"/clean":
+                try:
+                    conn.unwrap()  # close_notify (then waits for the gateway's, bounded)
+                except (OSError, ssl.SSLError):
+                    pass
+            conn.close() if path != b"/clean" else raw.close()
+        except (OSError, ssl.SSLError) as exc:
+            self.errors.append(repr(exc))
+
+    def stop(self):
+        self.sock.close()
+
+
+class CloseDelimitedTlsBodyTest(GatewayTestCase):
+    """RFC 9112 §9.8: over TLS, a body delimited by the end of the connection is whole only when
+    the close_notify came. Such a body goes to an HTTP/1.1 client chunked, so a cut one (no last
+    chunk) can be told from a whole one."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki = Pki(tlsutil.temp_dir(cls))
+        ca = pki.ca("app-ca", "upgate app CA")
+        cls.app = cls.start_class_peer(CloseDelimitedTlsServer(
+            pki.leaf("app", ca, "app.example.com", dns=["app.example.com"])))
+        cls.gw = cls.start_class_gateway(harness.make_config(
+            upstreams={"app": {"endpoints": [cls.app.addr],
+                               "tls": {"ca": ca.cert, "server_name": "app.example.com"}}},
+            routes=[{"name": "site", "match": {"path_prefix": "/"}, "kind": "http",
+                     "upstream": "app"}]))
+
+    def tearDown(self):
+        self.assertGatewayAlive(self.gw)
+
+    def fetch(self, path):
+        """The raw answer: up to the last chunk, or all there was until the connection ended."""
+        with harness.RawClient(self.gw.addr()) as c:
+            c.send(("GET %s HTTP/1.1\r\nHost: app.example.com\r\n\r\n" % path).encode())
+            data = b""
+            c.sock.settimeout(10)
+            for _ in range(1000):
+                if data.endswith(b"\r\n0\r\n\r\n"):
+                    break
+                try:
+                    chunk = c.sock.recv(65536)
+                except (ConnectionResetError, socket.timeout):
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            return data, c.local
+
+    def test_a_body_ended_by_close_notify_is_whole(self):
+        data, _ = self.fetch("/clean")
+        self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
+        self.assertIn(b"\r\nTransfer-Encoding: chunked\r\n", data)
+        self.assertTrue(data.endswith(b"\r\n\r\n9\r\nPART-ONE;\r\n0\r\n\r\n"), data)
+
+    def test_a_body_ended_by_a_bare_fin_is_cut_short(self):
+        data, local = self.fetch("/bare")
+        self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
+        self.assertIn(b"PART-ONE;", data)
+        self.assertNotIn(b"\r\n0\r\n\r\n", data, "the last chunk must not come: %r" % data)
+        entry = self.gw.access_log_for_client(local)
+        self.assertIn("without close_notify", entry.get("close", ""), entry)
 
 
 if __name__ == "__main__":

@@ -283,6 +283,23 @@ TEST_CASE("response_parser: lenient header shapes are normalised", "[http]") {
   CHECK(o.head.headers[1].value == "a  b");
 }
 
+TEST_CASE("response_parser: needsEof names a body only the end of the connection ends", "[http]") {
+  ResponseParser eof(kMaxHead, kMaxBody);
+  const std::string a = "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nabc";
+  REQUIRE(eof.feed(a.data(), a.size()) == ParseResult::NeedMore);
+  CHECK(eof.needsEof());
+  CHECK(eof.finishEof() == ParseResult::Complete);
+  CHECK_FALSE(eof.needsEof());  // complete now
+  ResponseParser sized(kMaxHead, kMaxBody);
+  const std::string b = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab";
+  REQUIRE(sized.feed(b.data(), b.size()) == ParseResult::NeedMore);
+  CHECK_FALSE(sized.needsEof());
+  ResponseParser head_only(kMaxHead, kMaxBody);
+  const std::string c = "HTTP/1.0 200 OK\r\nX: y\r\n";
+  REQUIRE(head_only.feed(c.data(), c.size()) == ParseResult::NeedMore);
+  CHECK_FALSE(head_only.needsEof());  // no head yet
+}
+
 TEST_CASE("response_parser: 204 and 304 have no body", "[http]") {
   const std::string status =
       GENERATE(std::string("204 No Content"), std::string("304 Not Modified"));
