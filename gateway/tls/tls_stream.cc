@@ -354,11 +354,14 @@ int TlsStream::write(const char* data, size_t len) {
 }
 
 void TlsStream::shutdown() {
-  if (records_ && !failed_ && !tcp_.isClosing()) {
-    static const uint8_t kCloseNotify[] = {1, Tls13Records::kCloseNotify};  // warning level
-    if (records_->seal(Tls13Records::kAlert, kCloseNotify, sizeof(kCloseNotify), scratch())) {
-      close_sent_ = true;
-      flush();
+  if (records_) {
+    // Once: nothing may follow a close_notify (a second call would seal another record).
+    if (!close_sent_ && !failed_ && !tcp_.isClosing()) {
+      static const uint8_t kCloseNotify[] = {1, Tls13Records::kCloseNotify};  // warning level
+      if (records_->seal(Tls13Records::kAlert, kCloseNotify, sizeof(kCloseNotify), scratch())) {
+        close_sent_ = true;
+        flush();
+      }
     }
   } else if (handshake_done_ && !failed_ && !tcp_.isClosing()) {
     clearTlsErrors();

@@ -257,7 +257,7 @@ typedef struct upgate_host_api {
   const upgate_request_t* (*request)(upgate_session_t* s);
 
   /* Value of the index-th header called `name` (ASCII case-insensitive; index 0 = first), or
-     NULL. NUL-terminated, borrowed like the request. */
+     NULL. NUL-terminated, borrowed like the request: for the current hook or callback only. */
   const char* (*header)(upgate_session_t* s, const char* name, size_t index);
 
   /* Number of request header fields (0 once the handshake is over). */
