@@ -137,7 +137,6 @@ ChainOutcome PluginChain::start(const RequestHead& head, upgate_request_kind_t k
   request_ = upgate_request_t{};
   request_.struct_size = sizeof(upgate_request_t);
   request_.kind = kind;
-  websocket_ = kind == UPGATE_REQUEST_WEBSOCKET;
   request_.method = head.method.c_str();
   request_.target = head.target.c_str();
   request_.path = head.path.c_str();
@@ -295,8 +294,9 @@ void PluginChain::applyUpstreamHeaders(HeaderList& headers) const {
   }
 }
 
-void PluginChain::handshakeDone() {
+void PluginChain::handshakeDone(bool closable) {
   handshake_done_ = true;
+  closable_ = closable;
   head_ = nullptr;
   request_ = upgate_request_t{};
 }
@@ -641,11 +641,10 @@ int PluginChain::apiResume(size_t i, upgate_decision_t decision, const upgate_re
 }
 
 int PluginChain::apiClose(size_t i, uint16_t code, const char* reason) {
-  // Only a WebSocket session can be closed this way: a plain HTTP request admitted when it
-  // arrived runs to its end (its response is not cut mid-body).
-  if (!handshake_done_ || closed_ || !websocket_ || !validCloseCode(code)) {
-    return -1;
-  }
+  // Only a WebSocket or SSE stream can be closed this way: a plain HTTP request admitted when
+  // it arrived runs to its end (its response is not cut mid-body), which -2 tells for good.
+  if (handshake_done_ && !closable_) return -2;
+  if (!handshake_done_ || closed_ || !validCloseCode(code)) return -1;
   UPGATE_LOG(info, session_.sessionId(), "plugin {}: closes the session with {}", nameOf(i), code);
   std::string sent = wireCloseReason(reason != nullptr ? reason : "");
   if (!pending_close_) pending_close_.emplace(code, sent);

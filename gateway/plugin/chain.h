@@ -170,9 +170,10 @@ class PluginChain {
   // Applies upstreamHeaderEdits() to `headers` (removes every field of each name, then appends).
   void applyUpstreamHeaders(HeaderList& headers) const;
 
-  // The handshake is over (101 sent, or the HTTP request forwarded): the request head is no
-  // longer read, host->close becomes available.
-  void handshakeDone();
+  // The handshake is over (101 sent, SSE stream answered, or the HTTP request forwarded): the
+  // request head is no longer read. `closable`: the session lives on as a WebSocket or SSE
+  // stream that host->close may end; a forwarded HTTP request (false) runs to its end.
+  void handshakeDone(bool closable);
 
   // True if some instance defines on_message.
   bool hasMessageHooks() const { return has_message_hooks_; }
@@ -284,7 +285,7 @@ class PluginChain {
   std::vector<std::pair<std::string, std::optional<std::string>>> header_edits_;
   bool has_message_hooks_ = false;
   bool handshake_done_ = false;
-  bool websocket_ = false;  // an upgrade, not a plain HTTP request (request_ goes at the 101)
+  bool closable_ = false;  // handshakeDone(true): host->close may end the session
   bool closed_ = false;
 
   std::vector<Timer> timers_;

@@ -516,7 +516,7 @@ void Session::subscribe(bool upgrade) {
             "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
           : ownSwitchingResponse(head, selectedProtocol(head));
   std::string leftover = std::move(hs_->client_leftover);
-  if (chain_) chain_->handshakeDone();
+  if (chain_) chain_->handshakeDone(/*closable=*/true);  // a WebSocket or SSE stream
   hs_.reset();
   answered(mode == Subscription::Mode::Sse ? 200 : 101);
   upstream_addr_.clear();
@@ -667,7 +667,7 @@ void Session::startExchange() {
   upstream_cfg_ = &up;
   state_ = State::Exchanging;
   uv_timer_stop(&timer_);
-  if (chain_) chain_->handshakeDone();
+  if (chain_) chain_->handshakeDone(/*closable=*/false);  // the request runs to its end
   std::string early = std::move(hs_->client_leftover);
   RequestHead head = std::move(hs_->request.head());
   hs_.reset();
@@ -964,7 +964,7 @@ void Session::fillRelaySetup(TunnelSetup& setup) const {
 
 void Session::startRelay(const std::string& response, std::unique_ptr<Relay> relay,
                          const std::string& upstream_leftover) {
-  if (chain_) chain_->handshakeDone();
+  if (chain_) chain_->handshakeDone(/*closable=*/true);
   answered(101);
   tunnel_ = std::move(relay);
   const bool client_eof = hs_->client_eof;

@@ -435,11 +435,14 @@ class JwtPlugin : public PluginBase {
   static void onExpired(upgate_session_t* s, void* self) {
     auto* p = static_cast<JwtPlugin*>(self);
     // close() is refused (-1) until the 101 is sent; a slow upstream handshake must not let
-    // the expired token through, so try again shortly until the session is established.
-    if (p->host()->close(s, 1008, "token expired") != 0) {
+    // the expired token through, so try again shortly until the session is established. -2: a
+    // plain HTTP request, which runs to its end (admitted when its token was valid).
+    const int rc = p->host()->close(s, 1008, "token expired");
+    if (rc == -1) {
       p->host()->timer_start(s, 100, &JwtPlugin::onExpired, self);
       return;
     }
+    if (rc != 0) return;
     p->log(s, UPGATE_LOG_INFO, "token expired; closing the session");
   }
 

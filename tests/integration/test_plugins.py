@@ -575,6 +575,23 @@ class JwtTest(GatewayTestCase):
         # The upstream side of the tunnel is ended too.
         self.echo.wait_close_for(tunnel_path, timeout=5)
 
+    def test_sse_reader_closed_when_token_expires(self):
+        """An SSE reader is a request that lives on: at exp its stream ends too."""
+        exp = int(time.time()) + 2
+        with RawClient(self.gw.addr()) as c:
+            lines = ["GET /news/sse-expiring HTTP/1.1", "Host: localhost",
+                     "Accept: text/event-stream"] + ["%s: %s" % h for h in
+                                                     bearer(make_jwt(claims(exp=exp)))]
+            c.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            resp = c.read_response()
+            self.assertEqual(resp.status, 200, resp)
+            _, how = c.read_until_closed(exp - time.time() + 5)
+            closed_at = time.time()
+            self.assertIn(how, ("eof", "reset"), "the SSE stream outlived its token")
+            self.assertGreaterEqual(closed_at, exp - 0.2)
+            entry = self.gw.access_log_for_client(c.local)
+        self.assertIn("token expired", entry.get("close", ""), entry)
+
     def test_token_expiring_during_the_upstream_handshake(self):
         """The token expires while the upstream is still answering the upgrade (a slow app, or
         a PAUSEd plugin later in the chain). host->close refuses to act before the 101, so the

@@ -321,8 +321,8 @@ typedef struct upgate_host_api {
   /* Closes an established WebSocket session with `code` (UPGATE_CLOSE_CODE_OK) and a short
      reason (at most 123 bytes are sent), e.g. 1008 when the credential the session was admitted
      with expires. Takes effect after the current hook or timer callback returns. Returns -1 before
-     the 101 (reject instead), on a plain HTTP request (UPGATE_REQUEST_HTTP: it runs to its end)
-     or for an invalid code. */
+     the 101 (reject instead) or for an invalid code; -2, for good, on a plain HTTP request that
+     was forwarded (it runs to its end; an SSE stream can be closed). */
   int (*close)(upgate_session_t* s, uint16_t code, const char* reason);
 
   /* Per-session, per-instance pointer for the plugin's own state: NULL until set. The plugin

@@ -431,7 +431,7 @@ TEST_CASE("plugin chain: host->close after the 101 reaches the session", "[plugi
     return UPGATE_CONTINUE;
   };
   CHECK(f.start() == ChainOutcome::Continue);
-  f.chain->handshakeDone();
+  f.chain->handshakeDone(true);
   f.session.advance(50);
   REQUIRE(f.session.closes.size() == 1);
   CHECK(f.session.closes[0].first == 1008);
@@ -448,15 +448,36 @@ TEST_CASE("plugin chain: host->close leaves a plain HTTP request alone", "[plugi
         s, 50,
         [](upgate_session_t* ss, void* arg) {
           auto* sc = static_cast<Script*>(arg);
-          CHECK(sc->host->close(ss, 1008, "token expired") == -1);
+          CHECK(sc->host->close(ss, 1008, "token expired") == -2);  // for good: no retry
         },
         &a);
     return UPGATE_CONTINUE;
   };
   CHECK(f.start({}, UPGATE_REQUEST_HTTP) == ChainOutcome::Continue);
-  f.chain->handshakeDone();  // the request went upstream
+  f.chain->handshakeDone(/*closable=*/false);  // the request went upstream
   f.session.advance(50);
   CHECK(f.session.closes.empty());
+}
+
+TEST_CASE("plugin chain: host->close ends an SSE stream (an HTTP request that lives on)",
+          "[plugin]") {
+  Fixture f;
+  Script& a = f.add("a");
+  a.request = [&](upgate_session_t* s, upgate_reject_t*) {
+    a.host->timer_start(
+        s, 50,
+        [](upgate_session_t* ss, void* arg) {
+          auto* sc = static_cast<Script*>(arg);
+          CHECK(sc->host->close(ss, 1008, "token expired") == 0);
+        },
+        &a);
+    return UPGATE_CONTINUE;
+  };
+  CHECK(f.start({}, UPGATE_REQUEST_HTTP) == ChainOutcome::Continue);
+  f.chain->handshakeDone(/*closable=*/true);  // answered as an event stream
+  f.session.advance(50);
+  REQUIRE(f.session.closes.size() == 1);
+  CHECK(f.session.closes[0].first == 1008);
 }
 
 TEST_CASE("plugin chain: a huge timer delay is far off, not due at once", "[plugin]") {
@@ -531,7 +552,7 @@ TEST_CASE("plugin chain: messages pass, rewrite, drop and close", "[plugin]") {
     return UPGATE_MESSAGE_PASS;
   };
   CHECK(f.start() == ChainOutcome::Continue);
-  f.chain->handshakeDone();
+  f.chain->handshakeDone(true);
   REQUIRE(f.chain->hasMessageHooks());
   auto msg = [&](const std::string& t) {
     return f.chain->onMessage(UPGATE_CLIENT_TO_UPSTREAM, UPGATE_OPCODE_TEXT,
@@ -573,7 +594,7 @@ TEST_CASE("plugin chain: host->close inside on_message becomes the verdict", "[p
     return UPGATE_MESSAGE_PASS;
   };
   CHECK(f.start() == ChainOutcome::Continue);
-  f.chain->handshakeDone();
+  f.chain->handshakeDone(true);
   const uint8_t data[] = {'x'};
   MessageVerdict v = f.chain->onMessage(UPGATE_UPSTREAM_TO_CLIENT, UPGATE_OPCODE_TEXT, data, 1);
   CHECK(v.action == UPGATE_MESSAGE_CLOSE);
@@ -780,7 +801,7 @@ TEST_CASE("plugin chain: a callout after the handshake can close the session", "
   Script& a = f.add("a");
   Seen seen{&f.calls, a.host};
   CHECK(f.start() == ChainOutcome::Continue);
-  f.chain->handshakeDone();
+  f.chain->handshakeDone(true);
   // From on_message: check something asynchronously, then close from the callback.
   a.message = [&](upgate_session_t* s, const upgate_message_t*, upgate_message_result_t*) {
     a.host->http_request(

@@ -47,7 +47,7 @@ TEST_CASE("example C plugin: header_gate", "[plugin]") {
   c2.applyUpstreamHeaders(up);
   REQUIRE(up.size() == 1);
   CHECK(up[0].name == "X-Gate-Passed");
-  c2.handshakeDone();
+  c2.handshakeDone(true);
   const uint8_t msg[] = {'h', 'i'};
   CHECK(c2.onMessage(UPGATE_CLIENT_TO_UPSTREAM, UPGATE_OPCODE_TEXT, msg, 2).action ==
         UPGATE_MESSAGE_PASS);
@@ -69,7 +69,7 @@ TEST_CASE("example C++ plugin: path_router", "[plugin]") {
   PluginChain c(session, {inst});
   CHECK(c.start(head, UPGATE_REQUEST_WEBSOCKET, "") == ChainOutcome::Continue);
   CHECK(c.upstream() == "admin");
-  c.handshakeDone();
+  c.handshakeDone(true);
   const uint8_t big[] = {1, 2, 3, 4, 5};
   MessageVerdict v = c.onMessage(UPGATE_CLIENT_TO_UPSTREAM, UPGATE_OPCODE_BINARY, big, 5);
   CHECK(v.action == UPGATE_MESSAGE_CLOSE);

@@ -293,7 +293,7 @@ TEST_CASE("jwt plugin: the session is closed with 1008 when the token expires", 
   test::Harness h("jwt", std::string(kConfig));
   std::string t = sign(json{{"alg", "RS256"}}, claims(10), "rsa.key.pem");
   CHECK(h.run({{"Authorization", bearer(t)}}) == ChainOutcome::Continue);
-  h.chain->handshakeDone();
+  h.chain->handshakeDone(true);
   REQUIRE(h.session.wakeup != 0);
   // exp + leeway is 15 s away (give or take the second boundary).
   uint64_t delay = h.session.wakeup - h.session.now;

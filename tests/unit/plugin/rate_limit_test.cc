@@ -99,7 +99,7 @@ upgate_message_action_t message(test::Harness& h, upgate_direction_t dir,
 TEST_CASE("rate_limit plugin: messages per session, token bucket, close 1008", "[plugin]") {
   test::Harness h("rate_limit", "messages: { rate: 2, burst: 3 }\n");
   REQUIRE(h.run({}) == ChainOutcome::Continue);  // no handshake rate: admitted
-  h.chain->handshakeDone();
+  h.chain->handshakeDone(true);
   REQUIRE(h.chain->hasMessageHooks());
   for (int i = 0; i < 3; ++i) CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
   // The upstream's messages are not counted by default.
@@ -122,14 +122,14 @@ TEST_CASE("rate_limit plugin: messages per session, token bucket, close 1008", "
 TEST_CASE("rate_limit plugin: every session has its own message bucket", "[plugin]") {
   test::Harness h("rate_limit", "messages: { rate: 1, burst: 1 }\n", 2);
   REQUIRE(h.run({}) == ChainOutcome::Continue);
-  h.chain->handshakeDone();
+  h.chain->handshakeDone(true);
   CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
   CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
   // A new session of the same client, on any worker: a full bucket, not split by workers.
   for (uint32_t w = 0; w < 2; ++w) {
     h.session.worker = w;
     REQUIRE(h.run({}) == ChainOutcome::Continue);
-    h.chain->handshakeDone();
+    h.chain->handshakeDone(true);
     CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
     CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
   }
@@ -139,7 +139,7 @@ TEST_CASE("rate_limit plugin: message direction upstream and both", "[plugin]") 
   SECTION("upstream") {
     test::Harness h("rate_limit", "messages: { rate: 1, direction: upstream }\n");
     REQUIRE(h.run({}) == ChainOutcome::Continue);
-    h.chain->handshakeDone();
+    h.chain->handshakeDone(true);
     for (int i = 0; i < 5; ++i) CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
     CHECK(message(h, UPGATE_UPSTREAM_TO_CLIENT) == UPGATE_MESSAGE_PASS);
     CHECK(message(h, UPGATE_UPSTREAM_TO_CLIENT) == UPGATE_MESSAGE_CLOSE);
@@ -147,7 +147,7 @@ TEST_CASE("rate_limit plugin: message direction upstream and both", "[plugin]") 
   SECTION("both share one bucket") {
     test::Harness h("rate_limit", "messages: { rate: 1, burst: 2, direction: both }\n");
     REQUIRE(h.run({}) == ChainOutcome::Continue);
-    h.chain->handshakeDone();
+    h.chain->handshakeDone(true);
     CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
     CHECK(message(h, UPGATE_UPSTREAM_TO_CLIENT) == UPGATE_MESSAGE_PASS);
     CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
@@ -157,7 +157,7 @@ TEST_CASE("rate_limit plugin: message direction upstream and both", "[plugin]") 
 TEST_CASE("rate_limit plugin: handshake and message limits together", "[plugin]") {
   test::Harness h("rate_limit", "rate: 1\nburst: 1\nmessages: { rate: 100 }\n");
   CHECK(h.run({}) == ChainOutcome::Continue);
-  h.chain->handshakeDone();
+  h.chain->handshakeDone(true);
   for (int i = 0; i < 100; ++i) CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
   CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_CLOSE);
   CHECK(h.run({}) == ChainOutcome::Reject);
@@ -167,7 +167,7 @@ TEST_CASE("rate_limit plugin: handshake and message limits together", "[plugin]"
 TEST_CASE("rate_limit plugin: handshake-only config passes every message", "[plugin]") {
   test::Harness h("rate_limit", "rate: 1\n");
   CHECK(h.run({}) == ChainOutcome::Continue);
-  h.chain->handshakeDone();
+  h.chain->handshakeDone(true);
   for (int i = 0; i < 50; ++i) CHECK(message(h, UPGATE_CLIENT_TO_UPSTREAM) == UPGATE_MESSAGE_PASS);
 }
 
