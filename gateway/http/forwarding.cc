@@ -89,7 +89,8 @@ void dropConnectionNominated(HeaderList& headers, bool upgrade) {
 }
 
 bool isProxyHeader(std::string_view name) {
-  return iequals(name, "X-Forwarded-For") || iequals(name, "X-Forwarded-Proto") ||
+  // Look-alikes too (X_Forwarded_Proto): servers reading headers CGI-style merge them with ours.
+  return sameFieldName(name, "X-Forwarded-For") || sameFieldName(name, "X-Forwarded-Proto") ||
          iequals(name, "Forwarded");
 }
 

@@ -47,8 +47,9 @@ std::string upstreamUpgradeRequest(const RequestHead& request, const ForwardInfo
 // them).
 void dropConnectionNominated(HeaderList& headers, bool upgrade);
 
-// The proxy headers above (X-Forwarded-For, X-Forwarded-Proto, Forwarded): a request forwarded
-// upstream drops the client's copies of these and appends appendProxyHeaders() instead.
+// The proxy headers above (X-Forwarded-For, X-Forwarded-Proto, Forwarded, and look-alikes with
+// '_' for '-'): a request forwarded upstream drops the client's copies of these and appends
+// appendProxyHeaders() instead.
 bool isProxyHeader(std::string_view name);
 
 // Appends the X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and Forwarded lines shown

@@ -1343,7 +1343,8 @@ class HostApiTest(GatewayTestCase):
         with RawClient(self.gw.addr()) as c:
             resp = http_get(c, "/site/look-alike", [
                 ("X-API-Key", "key-alice"), ("X_Upgate_User", "mallory"),
-                ("x_upgate_claims", '{"role":"root"}')])
+                ("x_upgate_claims", '{"role":"root"}'), ("X_Forwarded_Proto", "https"),
+                ("X_Forwarded_For", "10.0.0.1")])
             self.assertEqual(resp.status, 200, resp)
         seen = [r for r in self.app.requests if r["path"] == "/site/look-alike"]
         self.assertEqual(len(seen), 1)
@@ -1351,6 +1352,10 @@ class HostApiTest(GatewayTestCase):
         self.assertEqual(names.count("x-upgate-user"), 1, seen[0]["headers"])
         self.assertEqual(names.count("x-upgate-claims"), 1, seen[0]["headers"])
         self.assertEqual(header_values(seen[0]["headers"], "X-Upgate-User"), ["alice"])
+        # The proxy headers upgate writes itself: only its own.
+        self.assertEqual(names.count("x-forwarded-proto"), 1, seen[0]["headers"])
+        self.assertEqual(header_values(seen[0]["headers"], "X-Forwarded-Proto"), ["http"])
+        self.assertEqual(names.count("x-forwarded-for"), 1, seen[0]["headers"])
         # set_upstream_header: the probe's X-Probe-Set replaces the client's X_Probe_Set.
         path = "/probe/look-alike"
         resp = attempt(self.gw.addr(), path, [("X-Probe", "host-api"),
