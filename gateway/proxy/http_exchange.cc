@@ -713,8 +713,11 @@ int HttpExchange::onResponseHead() {
   } else if (llhttp_message_needs_eof(&resp_parser_) != 0) {
     // Delimited by the end of the upstream connection: chunked to an HTTP/1.1 client, so it
     // can tell the whole body (the last chunk) from one cut short, and keep its connection.
-    out_body_ = client_11_ ? OutBody::Chunked : OutBody::Raw;
-    delimited = client_11_;
+    // Not when the upstream's codings name chunked already (not last): chunked may not be
+    // applied twice (RFC 9112 §6.1), so that body goes as it came, then close.
+    const bool chunk = client_11_ && !headerHasToken(resp_headers_, "Transfer-Encoding", "chunked");
+    out_body_ = chunk ? OutBody::Chunked : OutBody::Raw;
+    delimited = chunk;
   } else {
     out_body_ = OutBody::Raw;  // Content-Length: byte for byte
   }
@@ -748,9 +751,8 @@ void HttpExchange::appendResponseHead(bool interim) {
     // codings; an HTTP/1.0 client cannot be sent any. A body the upstream delimits by closing
     // goes chunked to an HTTP/1.1 client: its codings, then chunked.
     if (out_body_ == OutBody::Chunked && (resp_parser_.flags & F_CHUNKED) == 0) {
-      appendHeader(out_, "Transfer-Encoding",
-                   has_te ? joinValues(resp_headers_, "Transfer-Encoding") + ", chunked"
-                          : std::string("chunked"));
+      std::string codings = joinValues(resp_headers_, "Transfer-Encoding");
+      appendHeader(out_, "Transfer-Encoding", codings.empty() ? "chunked" : codings + ", chunked");
     } else if (has_te && client_11_ && !bodiless_status) {
       appendHeader(out_, "Transfer-Encoding", joinValues(resp_headers_, "Transfer-Encoding"));
     }

@@ -915,6 +915,16 @@ TEST_CASE("http_exchange: bodies the framing rules leave out or delimit by close
     ClientView v = parseClient(c.received);
     CHECK(headerIn(v.head, "Transfer-Encoding") == "gzip, chunked");
   }
+  SECTION("read until close with chunked among the codings: never chunked twice") {
+    answer = "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nzipped";
+    FakeClient& c = h.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    REQUIRE(h.runUntil([&] { return c.ended(); }));
+    REQUIRE(c.done);
+    CHECK_FALSE(c.keep_alive);
+    ClientView v = parseClient(c.received);
+    CHECK(headerIn(v.head, "Transfer-Encoding") == "chunked, gzip");
+    CHECK(headerIn(v.head, "Connection") == "close");
+  }
   SECTION("read until close to an HTTP/1.0 client: as it came, then close") {
     answer = "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end";
     FakeClient& c = h.send("GET / HTTP/1.0\r\n\r\n");
