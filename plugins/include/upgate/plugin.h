@@ -182,7 +182,7 @@ typedef struct upgate_message {
 /* Allocated zeroed by the host (struct_size set); read only for REWRITE and CLOSE. */
 typedef struct upgate_message_result {
   uint32_t struct_size;
-  uint8_t opcode;      /* REWRITE: opcode of the new message (text or binary) */
+  uint8_t opcode; /* REWRITE: opcode of the new message (text or binary) */
   /* REWRITE: the new payload; copied by the host when on_message returns. Text must be UTF-8,
      and no payload may exceed limits.max_message_size: else the session closes with 1011. */
   const uint8_t* data;
