@@ -107,7 +107,9 @@ class AdminConnection final : public StreamListener {
       len -= used;
       // A client that waits for permission to send its body (curl does, for a second, above 1 KiB)
       // gets it at once (RFC 9110 §10.1.1).
-      if (expected_ > len && headerHasToken(head.headers, "expect", "100-continue")) {
+      // HTTP/1.0 clients know no 100 (RFC 9110 §10.1.1: the expectation is ignored for them).
+      if (expected_ > len && head.http_minor >= 1 &&
+          headerHasToken(head.headers, "expect", "100-continue")) {
         static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
         if (tcp_.write(kContinue.data(), kContinue.size()) != 0) {
           close();

@@ -487,6 +487,8 @@ class Validator {
               kMaxHeadBytes);
     checkSize("limits.max_error_body_bytes", l.max_error_body_bytes, 0, kMaxErrorBodyBytes);
     checkSize("limits.max_message_size", l.max_message_size, 125, size_t{1} << 31);
+    // A published message is held whole, and goes to SSE readers base64-encoded (4/3 of it).
+    checkSize("admin.max_body_bytes", c_.admin.max_body_bytes, 1, size_t{1} << 30);
   }
 
   void checkTimeouts() {

@@ -559,7 +559,10 @@ void TlsStream::recordFail(uint8_t alert, const std::string& why) {
   if (failed_) return;
   failed_ = true;
   const uint8_t msg[] = {2, alert};
-  if (records_->seal(Tls13Records::kAlert, msg, sizeof(msg), scratch())) flush();
+  // Nothing follows our close_notify (RFC 8446 §6.1), not even an alert.
+  if (!close_sent_ && records_->seal(Tls13Records::kAlert, msg, sizeof(msg), scratch())) {
+    flush();
+  }
   clearTlsErrors();
   error_ = "TLS error: " + why;
   listener_->onError(UV_EPROTO);

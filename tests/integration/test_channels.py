@@ -708,6 +708,14 @@ class AdminLimitsTest(GatewayTestCase):
         pool.wait(lambda: body in payloads(sub), 10, "the binary publish")
         with pool.cond:
             self.assertIn((harness.OP_BINARY, body), sub.messages)
+        # An HTTP/1.0 client knows no 100: its expectation is ignored (RFC 9110 §10.1.1).
+        with harness.RawClient(self.gw.addr("admin")) as c:
+            c.send(("POST /publish/cont HTTP/1.0\r\nAuthorization: Bearer %s\r\n"
+                    "Content-Length: 2\r\nExpect: 100-continue\r\n\r\n" % TOKEN).encode())
+            time.sleep(0.3)  # the head alone first: an HTTP/1.1 client would get its 100 now
+            c.send(b"hi")
+            resp = c.read_response()
+            self.assertEqual(resp.status, 200, resp)
 
 
 if __name__ == "__main__":

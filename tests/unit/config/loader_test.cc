@@ -599,6 +599,8 @@ TEST_CASE("loader: value ranges", "[config]") {
       {"timeouts: {plugin_pause: 0}\n",
        "t.yaml:7:26: timeouts.plugin_pause: must be greater than 0, got 0"},
       {"timeouts: {close: 0}\n", "t.yaml:7:19: timeouts.close: must be greater than 0, got 0"},
+      {"admin: {address: \"127.0.0.1:0\", max_body_bytes: 2GiB}\n",
+       "t.yaml:7:49: admin.max_body_bytes: must be between 1 and 1GiB, got 2GiB"},
       {"log: {level: trace}\n",
        "t.yaml:7:14: log.level: unknown log level \"trace\" (expected one of: debug, info, warn, "
        "error)"},
