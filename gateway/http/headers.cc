@@ -1,5 +1,7 @@
 #include "http/headers.h"
 
+#include <algorithm>
+
 namespace upgate {
 
 namespace {
@@ -59,6 +61,12 @@ bool sameFieldName(std::string_view a, std::string_view b) {
     if (x != y) return false;
   }
   return true;
+}
+
+void removeHeaders(HeaderList& headers, std::string_view name) {
+  headers.erase(std::remove_if(headers.begin(), headers.end(),
+                               [&](const Header& h) { return sameFieldName(h.name, name); }),
+                headers.end());
 }
 
 const std::string* findHeader(const HeaderList& headers, std::string_view name) {

@@ -36,6 +36,9 @@ inline bool iequals(std::string_view a, std::string_view b) {
 // the gateway vouches for, so a client's look-alike cannot stand in for them.
 bool sameFieldName(std::string_view a, std::string_view b);
 
+// Removes every header called `name` or a look-alike of it (sameFieldName).
+void removeHeaders(HeaderList& headers, std::string_view name);
+
 // Value of the first header called `name` (case-insensitive), or nullptr. The pointer is into
 // `headers` and lives as long as that element is not modified or removed.
 const std::string* findHeader(const HeaderList& headers, std::string_view name);

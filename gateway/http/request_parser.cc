@@ -1,6 +1,7 @@
 #include "http/request_parser.h"
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -15,6 +16,16 @@ constexpr const char* kFoldReason =
     "obs-fold (header line starting with whitespace) is not allowed";
 constexpr const char* kNameSpaceReason = "whitespace between header field name and colon";
 
+// An absolute-form target's authority ("http://u@a.test:80/x?q" -> "u@a.test:80"), a view into
+// `target`; nullopt for the other forms.
+std::optional<std::string_view> absoluteAuthority(std::string_view target) {
+  if (target.empty() || target.front() == '/') return std::nullopt;
+  const size_t scheme_end = target.find("://");
+  if (scheme_end == std::string_view::npos) return std::nullopt;
+  const std::string_view rest = target.substr(scheme_end + 3);
+  return rest.substr(0, rest.find_first_of("/?#"));
+}
+
 }  // namespace
 
 void splitTarget(std::string_view target, std::string& path, std::string& query) {
@@ -26,13 +37,9 @@ void splitTarget(std::string_view target, std::string& path, std::string& query)
     return;
   }
   if (rest.front() != '/') {
-    size_t scheme_end = rest.find("://");
-    if (scheme_end == std::string_view::npos) {
-      return;  // authority-form (CONNECT host:port): no path
-    }
-    rest.remove_prefix(scheme_end + 3);
-    size_t path_start = rest.find_first_of("/?#");
-    rest = path_start == std::string_view::npos ? std::string_view() : rest.substr(path_start);
+    const std::optional<std::string_view> authority = absoluteAuthority(rest);
+    if (!authority) return;  // authority-form (CONNECT host:port): no path
+    rest.remove_prefix(static_cast<size_t>(authority->data() + authority->size() - rest.data()));
   }
   // A fragment is not part of a request target (RFC 7230 §5.3) but llhttp accepts one; drop it.
   rest = rest.substr(0, rest.find('#'));
@@ -215,11 +222,9 @@ void RequestParser::useTargetAuthority() {
   // target's authority. Routing and forwarding read Host, so it is made to say the same: a front
   // end that routes on the target and upgate cannot then disagree on the site. (No Host at all,
   // or two, is refused later as for any request.)
-  const std::string_view target = head_.target;
-  const size_t scheme_end = target.find("://");
-  if (target.empty() || target.front() == '/' || scheme_end == std::string_view::npos) return;
-  std::string_view authority = target.substr(scheme_end + 3);
-  authority = authority.substr(0, authority.find_first_of("/?#"));
+  const std::optional<std::string_view> found = absoluteAuthority(head_.target);
+  if (!found) return;
+  std::string_view authority = *found;
   if (const size_t at = authority.rfind('@'); at != std::string_view::npos) {
     authority.remove_prefix(at + 1);  // userinfo is no part of Host
   }

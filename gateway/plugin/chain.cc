@@ -286,10 +286,7 @@ void PluginChain::finishReject(PluginReject r) {
 
 void PluginChain::applyUpstreamHeaders(HeaderList& headers) const {
   for (const auto& [name, value] : header_edits_) {
-    // The client's look-alikes go too (X_User for X-User): the app must get the plugin's value.
-    headers.erase(std::remove_if(headers.begin(), headers.end(),
-                                 [&](const Header& h) { return sameFieldName(h.name, name); }),
-                  headers.end());
+    removeHeaders(headers, name);  // look-alikes too (X_User): the app gets the plugin's value
     if (value) headers.push_back(Header{name, *value});
   }
 }

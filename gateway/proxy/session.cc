@@ -261,13 +261,8 @@ void Session::routeRequest() {
   dropConnectionNominated(head.headers, upgrade);
   // Only plugins vouch for an identity: a client's own copies of these headers are dropped, and
   // their look-alikes (X_Upgate_User, which CGI-style servers read as the same header).
-  auto& h = head.headers;
-  h.erase(std::remove_if(h.begin(), h.end(),
-                         [](const Header& x) {
-                           return sameFieldName(x.name, "X-Upgate-User") ||
-                                  sameFieldName(x.name, "X-Upgate-Claims");
-                         }),
-          h.end());
+  removeHeaders(head.headers, "X-Upgate-User");
+  removeHeaders(head.headers, "X-Upgate-Claims");
   // Plugins decide before anything is connected: authentication, then routing.
   const auto& instances = generation_->plugins->chainFor(route_);
   if (!instances.empty()) {
